@@ -1,0 +1,453 @@
+"""Blocked Gibbs sampling of the BPMF model (and of its fixed-precision PMF form).
+
+One sweep draws every block from its exact conditional:
+
+.. math::
+
+    L_u \\mid \\cdot &\\sim \\mathcal N\\big(P_u^{-1}(\\Lambda_L\\mu_L
+        + \\alpha \\textstyle\\sum_{v\\in I_u} R_v (r_{uv}-m_v)),\\ P_u^{-1}\\big),
+    \\quad P_u = \\Lambda_L + \\alpha \\textstyle\\sum_{v\\in I_u} R_v R_v^\\top \\\\
+    (R_v, m_v) \\mid \\cdot &\\sim \\text{the same update with design } (L_u, 1)
+        \\text{ and prior } \\mathcal N((\\mu_R, \\mu_0), \\mathrm{diag}(\\Lambda_R, \\tau_m)^{-1}) \\\\
+    (\\mu, \\Lambda) \\mid \\text{factors} &\\sim \\text{Normal-Wishart}(\\mu_n, \\beta_n, \\nu_n, W_n) \\\\
+    \\mu_0, \\tau_m \\mid m &\\sim \\text{Normal}, \\text{Gamma}, \\qquad
+    \\alpha \\mid \\cdot \\sim \\mathrm{Gamma}(a_0 + n/2,\\ b_0 + \\mathrm{SSE}/2)
+
+Users are drawn all at once (a batched conjugate draw, the same row update that
+ALS takes the mode of: :mod:`bayesmf.conjugate`), then movies jointly with
+their offsets (estimated offsets: one (rank + 1)-dimensional block, which
+removes the offset/factor correlation from the chain), then the
+hyperparameters and the noise precision. With ``priors="fixed"`` only the
+factor and offset blocks are drawn; with ``offsets="empirical"`` the offsets
+stay at the movie means.
+
+Engines follow the house contract: :func:`init` and :func:`step` are pure
+functions over :class:`GibbsState`; :func:`sample` is the one jitted,
+chunked ``lax.scan`` driver, vmapped over chains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayesmf.conjugate import row_draw
+from bayesmf.engines.common import (
+    EngineResult,
+    TrackedMoments,
+    chain_keys,
+    chunk_size,
+    concat_draws,
+    progress,
+    timed_compile,
+    to_numpy,
+    welford_init,
+    welford_update,
+)
+from bayesmf.layout import build_layout, gram_and_rhs
+from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
+
+Array = jax.Array
+
+GibbsState = Params
+"""The Gibbs state is one value of every model quantity (:class:`Params`)."""
+
+# Codes of the block that first produced a non-finite value in a sweep.
+BLOCKS = ("none", "user factors", "item factors/offsets", "hyperparameters", "noise precision")
+
+
+class GibbsInfo(NamedTuple):
+    """Per-sweep diagnostics.
+
+    Attributes
+    ----------
+    train_rmse : array, shape ()
+        RMSE of the current state's mean on the training ratings.
+    nonfinite : int array, shape ()
+        Index into :data:`BLOCKS` of the first block with a NaN/inf (0: none).
+    """
+
+    train_rmse: Array
+    nonfinite: Array
+
+
+class GibbsContext(NamedTuple):
+    """Device-side data a sweep needs (passed as an argument, never baked into
+    the compiled program as constants)."""
+
+    data: ModelData
+    user_layout: object
+    item_layout: object
+
+
+def build_context(data: ModelData, layout: str = "auto") -> GibbsContext:
+    """Precompute the per-user and per-item layouts of the training ratings."""
+    u = np.asarray(data.user_index)
+    v = np.asarray(data.item_index)
+    return GibbsContext(
+        data=data,
+        user_layout=build_layout(u, v, data.num_users, data.num_items, layout),
+        item_layout=build_layout(v, u, data.num_items, data.num_users, layout),
+    )
+
+
+def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.1) -> GibbsState:
+    """Starting state: small random factors, offsets at the movie means,
+    hyperparameters at their prior centre, noise at the residual variance.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    data : ModelData
+    config : ModelConfig
+    scale : float
+        Standard deviation of the initial factors.
+    """
+    key_users, key_items = jax.random.split(rng_key)
+    d, dtype = config.rank, data.rating.dtype
+    fixed = fixed_values(data, config)
+    residual = data.rating - data.empirical_offsets[data.item_index]
+    state = dict(
+        user_factors=scale * jax.random.normal(key_users, (data.num_users, d), dtype),
+        item_factors=scale * jax.random.normal(key_items, (data.num_items, d), dtype),
+        item_offsets=data.empirical_offsets,
+        noise_precision=1.0 / jnp.maximum(jnp.var(residual), 1e-3),
+        user_mean=jnp.zeros(d, dtype),
+        user_precision=jnp.eye(d, dtype=dtype),
+        item_mean=jnp.zeros(d, dtype),
+        item_precision=jnp.eye(d, dtype=dtype),
+        offset_mean=data.global_mean,
+        offset_precision=data.empirical_offset_precision,
+    )
+    state.update(fixed)
+    return Params(**{k: jnp.asarray(state[k], dtype) for k in Params._fields})
+
+
+def normal_wishart_draw(
+    rng_key: Array, x: Array, chi2: Array, beta0: float, nu0: float, w0_scale: float
+) -> tuple[Array, Array]:
+    """Draw ``(mu, Lambda)`` from the Normal-Wishart conditional given rows ``x``.
+
+    Prior ``Lambda ~ W(nu0, w0_scale I)``, ``mu | Lambda ~ N(0, (beta0 Lambda)^-1)``;
+    posterior ``Lambda ~ W(nu0 + n, W_n)`` with
+    ``W_n^-1 = I / w0_scale + S + beta0 n / (beta0 + n) xbar xbar^T`` and
+    ``mu | Lambda ~ N(n xbar / (beta0 + n), ((beta0 + n) Lambda)^-1)``.
+
+    The Wishart draw uses Bartlett's decomposition, ``Lambda = C A A^T C^T``
+    with ``W_n = C C^T``, ``A`` lower triangular, ``A_ii^2 ~ chi2(nu_n - i)``
+    and standard normals below the diagonal. The chi-square variates come in
+    as ``chi2`` so that one vectorised Gamma call per sweep serves every
+    block: each separate ``jax.random.gamma`` site costs about a second of
+    compile time on the CPU.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    x : array, shape (n, d)
+    chi2 : array, shape (d,)
+        ``chi2[i] ~ chi2(nu0 + n - i)`` (see :func:`wishart_chi2_shapes`).
+
+    Returns
+    -------
+    mu : array, shape (d,)
+    precision : array, shape (d, d)
+    """
+    key_a, key_mu = jax.random.split(rng_key)
+    n, d = x.shape
+    dtype = x.dtype
+    xbar = jnp.mean(x, axis=0)
+    centred = x - xbar
+    beta_n = beta0 + n
+    mu_n = n * xbar / beta_n
+    w_inv = jnp.eye(d, dtype=dtype) / w0_scale + centred.T @ centred + (beta0 * n / beta_n) * jnp.outer(xbar, xbar)
+    w_inv = 0.5 * (w_inv + w_inv.T)
+    eye = jnp.eye(d, dtype=dtype)
+    w_n = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(w_inv), True), eye)
+    chol_w = jnp.linalg.cholesky(0.5 * (w_n + w_n.T))
+    below = jnp.tril(jax.random.normal(key_a, (d, d), dtype), k=-1)
+    bartlett = below + jnp.diag(jnp.sqrt(chi2))
+    factor = chol_w @ bartlett
+    precision = factor @ factor.T
+    chol_prec = jnp.sqrt(beta_n) * factor  # beta_n * Lambda = (sqrt(beta_n) C A)(...)^T, lower triangular
+    z = jax.random.normal(key_mu, (d,), dtype)
+    mu = mu_n + jax.scipy.linalg.solve_triangular(chol_prec, z, lower=True, trans="T")
+    return mu, precision
+
+
+def wishart_chi2_shapes(nu: float, d: int) -> np.ndarray:
+    """Gamma shapes whose draws, doubled, are the Bartlett chi-squares ``chi2(nu - i)``."""
+    return 0.5 * (nu - np.arange(d))
+
+
+def _code(block: int, value: Array) -> Array:
+    return jnp.where(jnp.all(jnp.isfinite(value)), 0, block)
+
+
+def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConfig) -> tuple[GibbsState, GibbsInfo]:
+    """One blocked Gibbs sweep.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    state : GibbsState
+    ctx : GibbsContext
+    config : ModelConfig
+        Static (closed over by the driver).
+    """
+    key_users, key_items, key_user_hyper, key_item_hyper, key_offset, key_noise = jax.random.split(rng_key, 6)
+    data = ctx.data
+    d, dtype = config.rank, data.rating.dtype
+    estimated = config.offsets == "estimated"
+    hyper = config.priors == "hyper"
+
+    # Users | items, offsets.
+    response = data.rating - state.item_offsets[data.item_index]
+    gram, rhs = gram_and_rhs(ctx.user_layout, state.item_factors, response)
+    user_factors = row_draw(key_users, state.user_precision, state.user_mean, gram, rhs, state.noise_precision)
+    bad = _code(1, user_factors)
+
+    # Items (and offsets, as one block) | users.
+    if estimated:
+        design = jnp.concatenate([user_factors, jnp.ones((data.num_users, 1), dtype)], axis=1)
+        prior_precision = jnp.zeros((d + 1, d + 1), dtype)
+        prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
+        prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
+        gram, rhs = gram_and_rhs(ctx.item_layout, design, data.rating)
+        block = row_draw(key_items, prior_precision, prior_mean, gram, rhs, state.noise_precision)
+        item_factors, item_offsets = block[:, :d], block[:, d]
+    else:
+        item_offsets = state.item_offsets
+        gram, rhs = gram_and_rhs(ctx.item_layout, user_factors, data.rating - item_offsets[data.item_index])
+        item_factors = row_draw(key_items, state.item_precision, state.item_mean, gram, rhs, state.noise_precision)
+    bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
+
+    new = state._replace(user_factors=user_factors, item_factors=item_factors, item_offsets=item_offsets)
+    residual = data.rating - predict_mean(new, data.user_index, data.item_index)
+    sse = jnp.sum(residual**2)
+
+    if hyper:
+        h = config.hyper
+        # Every Gamma variate of the sweep in one call (see normal_wishart_draw).
+        shapes = np.concatenate(
+            [
+                wishart_chi2_shapes(config.nu0 + data.num_users, d),
+                wishart_chi2_shapes(config.nu0 + data.num_items, d),
+                [h.offset_shape + 0.5 * data.num_items, h.noise_shape + 0.5 * data.nnz],
+            ]
+        )
+        gammas = jax.random.gamma(key_noise, jnp.asarray(shapes, dtype), dtype=dtype)
+        user_mean, user_precision = normal_wishart_draw(
+            key_user_hyper, user_factors, 2.0 * gammas[:d], h.beta0, config.nu0, h.w0_scale
+        )
+        item_mean, item_precision = normal_wishart_draw(
+            key_item_hyper, item_factors, 2.0 * gammas[d : 2 * d], h.beta0, config.nu0, h.w0_scale
+        )
+        new = new._replace(
+            user_mean=user_mean, user_precision=user_precision, item_mean=item_mean, item_precision=item_precision
+        )
+        if estimated:
+            m = item_offsets
+            num_items = m.shape[0]
+            prior_prec = 1.0 / h.offset_mean_sd**2
+            post_prec = prior_prec + state.offset_precision * num_items
+            post_mean = (prior_prec * data.global_mean + state.offset_precision * jnp.sum(m)) / post_prec
+            offset_mean = post_mean + jax.random.normal(key_offset, (), dtype) * jax.lax.rsqrt(post_prec)
+            rate = h.offset_rate + 0.5 * jnp.sum((m - offset_mean) ** 2)
+            new = new._replace(offset_mean=offset_mean, offset_precision=gammas[2 * d] / rate)
+        hyper_values = jnp.concatenate(
+            [user_mean, user_precision.ravel(), item_mean, item_precision.ravel(), new.offset_mean[None], new.offset_precision[None]]
+        )
+        bad = jnp.where(bad > 0, bad, _code(3, hyper_values))
+        noise_precision = gammas[2 * d + 1] / (h.noise_rate + 0.5 * sse)
+        new = new._replace(noise_precision=noise_precision)
+        bad = jnp.where(bad > 0, bad, _code(4, noise_precision))
+
+    info = GibbsInfo(train_rmse=jnp.sqrt(sse / data.nnz), nonfinite=bad.astype(jnp.int32))
+    return new, info
+
+
+def _sample_chunk_fn(config: ModelConfig, thin: int, keep: bool, track: bool):
+    """Build ``chunk(keys, state, acc, ctx, pairs) -> (state, acc, draws, infos, tracked)``
+    for one chain: one kept draw per key, ``thin`` sweeps each. The driver
+    vmaps it over chains and jits it once."""
+
+    def chunk(keys, state, acc, ctx, pairs):
+        def sweep(s, k):
+            return step(k, s, ctx, config)
+
+        def one(carry, key):
+            state, acc = carry
+            state, infos = jax.lax.scan(sweep, state, jax.random.split(key, thin))
+            info = GibbsInfo(train_rmse=infos.train_rmse[-1], nonfinite=jnp.max(infos.nonfinite))
+            tracked = None
+            if track:
+                tracked = predict_mean(state, pairs[0], pairs[1])
+                acc = welford_update(acc, tracked, 1.0 / state.noise_precision)
+            return (state, acc), (state if keep else None, info, tracked)
+
+        (state, acc), (draws, infos, tracked) = jax.lax.scan(one, (state, acc), keys)
+        return state, acc, draws, infos, tracked
+
+    return chunk
+
+
+def _raise_nonfinite(infos: GibbsInfo, start: int, phase: str):
+    codes = np.asarray(infos.nonfinite)  # (chains, sweeps)
+    if codes.any():
+        chain, sweep = np.argwhere(codes > 0)[0]
+        raise FloatingPointError(
+            f"Gibbs produced a non-finite value in the {BLOCKS[codes[chain, sweep]]} block at "
+            f"{phase} draw {start + sweep} of chain {chain}; try float64, a smaller rank or stronger priors"
+        )
+
+
+def sample(
+    rng_key: Array,
+    data: ModelData,
+    config: ModelConfig,
+    *,
+    num_samples: int = 200,
+    num_warmup: int = 50,
+    num_chains: int = 1,
+    thin: int = 1,
+    layout: str = "auto",
+    keep_draws: bool = True,
+    track_pairs: tuple | None = None,
+    keep_track_draws: bool = True,
+    init_params: Params | None = None,
+    progress_bar: bool = True,
+) -> EngineResult:
+    """Run blocked Gibbs on ``num_chains`` chains (vmapped).
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    data : ModelData
+    config : ModelConfig
+    num_samples : int
+        Draws kept per chain (after thinning).
+    num_warmup : int
+        Sweeps discarded per chain.
+    num_chains : int
+    thin : int
+        Sweeps per kept draw.
+    layout : {"auto", "bucket", "dense"}
+        Gram layout (:mod:`bayesmf.layout`).
+    keep_draws : bool
+        Keep every kept draw of all parameters (factors included):
+        ``num_chains * num_samples * (num_users + num_items) * rank`` floats.
+    track_pairs : (user_index, item_index) int arrays, shape (n,), optional
+        Pairs whose predictive moments are streamed during sampling (Welford),
+        independent of the number of draws.
+    keep_track_draws : bool
+        Also keep the per-draw predicted means of ``track_pairs``
+        (``num_chains * num_samples * n`` floats) for exact mixture metrics.
+    init_params : Params, optional
+        Starting state (e.g. a MAP fit) shared by all chains.
+    progress_bar : bool
+
+    Returns
+    -------
+    EngineResult
+    """
+    for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
+        if int(value) <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if int(num_warmup) < 0:
+        raise ValueError(f"num_warmup must be >= 0, got {num_warmup}")
+    track = track_pairs is not None
+    if track:
+        pairs = (jnp.asarray(track_pairs[0], jnp.int32), jnp.asarray(track_pairs[1], jnp.int32))
+        if pairs[0].shape != pairs[1].shape or pairs[0].ndim != 1:
+            raise ValueError("track_pairs must be two 1-D index arrays of one length")
+        if pairs[0].size == 0:
+            raise ValueError("track_pairs is empty: give at least one (user, item) pair or None")
+    else:
+        pairs = (jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
+    t0 = time.perf_counter()
+    ctx = build_context(data, layout)
+    keys = chain_keys(rng_key, num_chains)
+    init_keys, run_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+    if init_params is None:
+        states = jax.vmap(lambda k: init(k, data, config))(init_keys)
+    else:
+        states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num_chains,) + jnp.shape(x)), init_params)
+    accs = jax.vmap(lambda _: welford_init(pairs[0].shape[0], data.rating.dtype))(jnp.arange(num_chains))
+
+    size = chunk_size(num_warmup, num_samples)
+    # One compiled chunk serves warmup too (its draws and moments are dropped):
+    # a second program would double the compile time.
+    chunk_fn = jax.vmap(_sample_chunk_fn(config, thin, keep_draws, track), in_axes=(0, 0, 0, None, None))
+    warm_fn = jax.vmap(_sample_chunk_fn(config, 1, keep_draws, track), in_axes=(0, 0, 0, None, None))
+
+    def chunk_keys(i):
+        return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), size))(run_keys)
+
+    draw_compiled, compile_seconds = timed_compile(chunk_fn, chunk_keys(0), states, accs, ctx, pairs)
+    if num_warmup > 0 and thin != 1:
+        warm_compiled, seconds = timed_compile(warm_fn, chunk_keys(0), states, accs, ctx, pairs)
+        compile_seconds += seconds
+    else:
+        warm_compiled = draw_compiled
+
+    draws, infos_all, tracked = [], [], []
+    bar = progress(num_warmup + num_samples, "gibbs", progress_bar)
+    start = time.perf_counter()
+    chunk_index = 0
+    try:
+        for done in range(0, num_warmup, size):
+            states, _, _, infos, _ = warm_compiled(chunk_keys(chunk_index), states, accs, ctx, pairs)
+            chunk_index += 1
+            _raise_nonfinite(infos, done, "warmup")
+            bar.update(size)
+        for done in range(0, num_samples, size):
+            states, accs, chunk_draws, infos, chunk_tracked = draw_compiled(chunk_keys(chunk_index), states, accs, ctx, pairs)
+            chunk_index += 1
+            _raise_nonfinite(infos, done, "sampling")
+            if keep_draws:
+                draws.append(to_numpy(chunk_draws))
+            infos_all.append(to_numpy(infos))
+            if track and keep_track_draws:
+                tracked.append(np.asarray(chunk_tracked))
+            bar.update(size)
+            bar.set_postfix(train_rmse=f"{float(np.mean(infos.train_rmse[:, -1])):.4f}")
+    finally:
+        bar.close()
+    jax.block_until_ready(states)
+    sampling_seconds = time.perf_counter() - start
+    sweeps = num_warmup + num_samples * thin
+
+    infos = concat_draws(infos_all)
+    if keep_draws:
+        out_draws = concat_draws(draws)
+    else:
+        out_draws = jax.tree_util.tree_map(lambda x: np.asarray(x)[:, None], states)
+    moments = None
+    if track:
+        accs = to_numpy(accs)
+        noise_sd = None
+        draw_means = None
+        if keep_track_draws:
+            draw_means = np.concatenate(tracked, axis=1)
+            noise_sd = 1.0 / np.sqrt(np.asarray(out_draws.noise_precision)) if keep_draws else None
+        moments = TrackedMoments(
+            count=int(num_samples), mean=accs.mean, m2=accs.m2, noise_var=accs.noise_var, draw_means=draw_means, noise_sd=noise_sd
+        )
+    timing = dict(
+        compile_seconds=compile_seconds,
+        sampling_seconds=sampling_seconds,
+        seconds_per_sample=sampling_seconds / max(sweeps, 1),
+        fit_seconds=time.perf_counter() - t0,
+    )
+    stats = {"train_rmse": np.asarray(infos.train_rmse)}
+    return EngineResult(
+        draws=out_draws,
+        stats=stats,
+        timing=timing,
+        tracked=moments,
+        info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=size),
+    )

@@ -1,0 +1,199 @@
+"""The user-facing object: validate input, run an engine, return a Posterior.
+
+Examples
+--------
+>>> import jax, bayesmf
+>>> train = bayesmf.Ratings.from_arrays([1, 1, 2], [10, 20, 10], [4.0, 3.0, 5.0])
+>>> model = bayesmf.BayesMF(rank=2, method="gibbs", num_samples=20, num_warmup=10, progress_bar=False)
+>>> posterior = model.fit(jax.random.PRNGKey(0), train)  # doctest: +SKIP
+>>> posterior.predict([1, 3], [20, 10]).mean  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, model_data_from_ratings
+from bayesmf.posterior import Posterior
+
+METHODS = ("map", "map-adam", "als", "gibbs", "nuts", "svi")
+SAMPLERS = ("gibbs", "nuts")
+
+
+def as_key(rng_key) -> jax.Array:
+    """Accept a JAX key or an int seed."""
+    if isinstance(rng_key, (int, np.integer)):
+        return jax.random.PRNGKey(int(rng_key))
+    return rng_key
+
+
+class BayesMF:
+    """Bayesian matrix factorization of ratings.
+
+    Parameters
+    ----------
+    rank : int
+        Number of latent factors.
+    method : {"map", "map-adam", "als", "gibbs", "nuts", "svi"}
+        ``"map"``: L-BFGS on the log joint with per-group precisions tuned on a
+        validation split carved from the training data (``"map-adam"``: Adam;
+        ``"als"``: alternating exact conditional modes). ``"gibbs"``: blocked
+        Gibbs (BPMF). ``"nuts"``: NumPyro NUTS on the same model. ``"svi"``:
+        mean-field variational inference (AutoNormal).
+    offsets : {"estimated", "empirical"}
+    priors : {"hyper", "fixed"} or None
+        None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
+        ``"hyper"`` (BPMF) for the samplers and SVI.
+    fixed : FixedPriors, optional
+        Precisions for ``priors="fixed"`` (MAP tunes them unless ``tune=False``).
+    hyper : HyperPriors, optional
+    num_samples, num_warmup, num_chains, thin : int
+        Sampler settings (ignored by MAP).
+    tune : bool
+        MAP only: select the precisions on a validation split.
+    validation_fraction : float
+        MAP only: fraction of the training ratings held out for tuning and for
+        the plug-in noise sd.
+    progress_bar : bool
+    **engine_options
+        Passed to the engine (e.g. ``layout="bucket"`` for Gibbs).
+    """
+
+    def __init__(
+        self,
+        rank: int = 10,
+        method: str = "gibbs",
+        *,
+        offsets: str = "estimated",
+        priors: str | None = None,
+        fixed: FixedPriors | None = None,
+        hyper: HyperPriors | None = None,
+        num_samples: int = 200,
+        num_warmup: int = 50,
+        num_chains: int = 1,
+        thin: int = 1,
+        tune: bool = True,
+        validation_fraction: float = 0.1,
+        progress_bar: bool = True,
+        **engine_options,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if priors is None:
+            priors = "fixed" if method in ("map", "map-adam", "als") else "hyper"
+        self.config = ModelConfig(
+            rank=rank, offsets=offsets, priors=priors, fixed=fixed or FixedPriors(), hyper=hyper or HyperPriors()
+        )
+        for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
+            if int(value) <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if int(num_warmup) < 0:
+            raise ValueError(f"num_warmup must be >= 0, got {num_warmup}")
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        self.method = method
+        self.num_samples = int(num_samples)
+        self.num_warmup = int(num_warmup)
+        self.num_chains = int(num_chains)
+        self.thin = int(thin)
+        self.tune = tune
+        self.validation_fraction = validation_fraction
+        self.progress_bar = progress_bar
+        self.engine_options = engine_options
+
+    @property
+    def rank(self) -> int:
+        return self.config.rank
+
+    def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None) -> Posterior:
+        """Fit to training ratings.
+
+        Parameters
+        ----------
+        rng_key : jax.Array or int
+        ratings : bayesmf.data.Ratings
+            Training ratings (compact vocabularies: every id has a rating).
+        titles : dict, optional
+            External item id -> title, kept for recommendations.
+        track : (users, items) external ids, optional
+            Pairs (e.g. a test set) whose predictive moments samplers stream
+            during sampling (see ``Posterior.tracked``); unknown ids are
+            ignored there (predict them through ``Posterior.predict``).
+
+        Returns
+        -------
+        Posterior
+            Also stored as ``self.posterior_``.
+        """
+        rng_key = as_key(rng_key)
+        if len(ratings) == 0:
+            raise ValueError("cannot fit to empty ratings")
+        start = time.perf_counter()
+        if self.method in ("map", "map-adam", "als"):
+            result = self._fit_map(rng_key, ratings)
+        else:
+            result = self._fit_sampler(rng_key, ratings, track)
+        timing = dict(result.timing)
+        timing["fit_seconds"] = time.perf_counter() - start
+        self.posterior_ = Posterior(
+            result.draws,
+            self.config if "config" not in result.info else result.info["config"],
+            ratings.user_vocab,
+            ratings.item_vocab,
+            ratings.scale,
+            method=self.method,
+            stats=result.stats,
+            timing=timing,
+            train=ratings,
+            titles=titles,
+            info={k: v for k, v in result.info.items() if k != "config"},
+            tracked=result.tracked,
+        )
+        return self.posterior_
+
+    def _fit_sampler(self, rng_key, ratings, track):
+        data = model_data_from_ratings(ratings)
+        track_pairs = None
+        if track is not None:
+            u = ratings.user_vocab.index(np.asarray(track[0]), missing="flag")
+            i = ratings.item_vocab.index(np.asarray(track[1]), missing="flag")
+            keep = (u >= 0) & (i >= 0)
+            track_pairs = (u[keep], i[keep])
+        common = dict(
+            num_samples=self.num_samples,
+            num_warmup=self.num_warmup,
+            num_chains=self.num_chains,
+            progress_bar=self.progress_bar,
+            **self.engine_options,
+        )
+        if self.method == "gibbs":
+            from bayesmf.engines import gibbs
+
+            return gibbs.sample(rng_key, data, self.config, thin=self.thin, track_pairs=track_pairs, **common)
+        if self.method == "nuts":
+            from bayesmf.engines import nuts
+
+            return nuts.sample(rng_key, data, self.config, thin=self.thin, **common)
+        from bayesmf.engines import svi
+
+        common.pop("num_chains")
+        common.pop("num_warmup")
+        return svi.fit(rng_key, data, self.config, **common)
+
+    def _fit_map(self, rng_key, ratings):
+        from bayesmf.engines import map as map_engine
+
+        solver = {"map": "lbfgs", "map-adam": "adam", "als": "als"}[self.method]
+        return map_engine.fit_ratings(
+            rng_key,
+            ratings,
+            self.config,
+            solver=solver,
+            tune=self.tune,
+            validation_fraction=self.validation_fraction,
+            progress_bar=self.progress_bar,
+            **self.engine_options,
+        )

@@ -1,0 +1,384 @@
+"""The Bayesian matrix factorization model, written once.
+
+.. math::
+
+    r_{uv} &\\sim \\mathcal N(\\langle L_u, R_v\\rangle + m_v,\\ \\alpha^{-1}) \\\\
+    L_u &\\sim \\mathcal N(\\mu_L, \\Lambda_L^{-1}), \\qquad
+    R_v \\sim \\mathcal N(\\mu_R, \\Lambda_R^{-1}) \\\\
+    m_v &\\sim \\mathcal N(\\mu_0, \\tau_m^{-1})
+
+Priors come in two modes:
+
+``"hyper"`` (BPMF, Salakhutdinov & Mnih 2008)
+    Normal-Wishart hyperpriors
+    :math:`\\Lambda \\sim \\mathcal W(\\nu_0, W_0)`,
+    :math:`\\mu \\mid \\Lambda \\sim \\mathcal N(0, (\\beta_0\\Lambda)^{-1})` on
+    each side, :math:`\\alpha \\sim \\mathrm{Gamma}(a_0, b_0)`,
+    :math:`\\mu_0 \\sim \\mathcal N(\\bar r, s_0^2)` and
+    :math:`\\tau_m \\sim \\mathrm{Gamma}(a_m, b_m)`.
+``"fixed"`` (PMF)
+    :math:`\\mu_L = \\mu_R = 0`, :math:`\\Lambda_L = \\lambda_L I`,
+    :math:`\\Lambda_R = \\lambda_R I`, :math:`\\mu_0 = \\bar r`,
+    :math:`\\tau_m = \\lambda_m` and :math:`\\alpha` fixed.
+
+Movie offsets come in two modes: ``"estimated"`` (the Bayesian offset above,
+shrunk toward :math:`\\mu_0` for movies with few ratings) and ``"empirical"``
+(mean normalization exactly: :math:`m_v` fixed to movie v's mean training
+rating, the global mean for a movie with none).
+
+:func:`numpyro_model` is the single source of the log joint: MAP optimizes it,
+NUTS samples it, and the closed-form conditionals of the Gibbs engine are
+tested against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+Array = jax.Array
+
+OFFSET_MODES = ("estimated", "empirical")
+PRIOR_MODES = ("hyper", "fixed")
+
+
+class FixedPriors(NamedTuple):
+    """Fixed precisions of the PMF model (the ``"fixed"`` prior mode).
+
+    With a MAP fit only the ratios ``user_precision / noise_precision`` etc.
+    matter: they are the usual L2 regularization strengths.
+    """
+
+    user_precision: float = 20.0
+    item_precision: float = 20.0
+    offset_precision: float = 4.0
+    noise_precision: float = 1.0
+
+
+class HyperPriors(NamedTuple):
+    """Constants of the BPMF hyperpriors (the ``"hyper"`` prior mode).
+
+    The defaults follow Salakhutdinov & Mnih (2008): ``beta0 = 2``,
+    ``nu0 = rank`` and ``W0 = I``. The noise precision and the offset
+    hyperparameters get weak Gamma / Normal priors; the offset mean is centred
+    on the global mean rating of the training data.
+    """
+
+    beta0: float = 2.0
+    nu0_extra: float = 0.0
+    w0_scale: float = 1.0
+    noise_shape: float = 1.0
+    noise_rate: float = 1.0
+    offset_mean_sd: float = 1.0
+    offset_shape: float = 1.0
+    offset_rate: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static description of the model.
+
+    Parameters
+    ----------
+    rank : int
+        Number of latent factors ``D`` (> 0).
+    offsets : {"estimated", "empirical"}
+        How the movie offsets ``m_v`` are treated (see the module docstring).
+    priors : {"hyper", "fixed"}
+        BPMF hyperpriors or PMF fixed precisions.
+    fixed : FixedPriors
+        Precisions used when ``priors == "fixed"``.
+    hyper : HyperPriors
+        Hyperprior constants used when ``priors == "hyper"``.
+    """
+
+    rank: int = 10
+    offsets: str = "estimated"
+    priors: str = "hyper"
+    fixed: FixedPriors = FixedPriors()
+    hyper: HyperPriors = HyperPriors()
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)):
+            raise TypeError(f"rank must be an integer, got {self.rank!r}")
+        if self.rank <= 0:
+            raise ValueError(f"rank must be > 0, got {self.rank}")
+        if self.offsets not in OFFSET_MODES:
+            raise ValueError(f"unknown offsets mode {self.offsets!r}; expected one of {OFFSET_MODES}")
+        if self.priors not in PRIOR_MODES:
+            raise ValueError(f"unknown priors mode {self.priors!r}; expected one of {PRIOR_MODES}")
+        for name, value in self.fixed._asdict().items():
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"fixed prior {name} must be a positive finite number, got {value}")
+        if self.priors == "hyper" and self.rank + self.hyper.nu0_extra <= self.rank - 1:
+            raise ValueError("Wishart degrees of freedom nu0 = rank + nu0_extra must exceed rank - 1")
+
+    @property
+    def nu0(self) -> float:
+        return float(self.rank) + float(self.hyper.nu0_extra)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class ModelData(NamedTuple):
+    """Training ratings as the model sees them (device arrays).
+
+    Attributes
+    ----------
+    user_index : int32 array, shape (nnz,)
+    item_index : int32 array, shape (nnz,)
+    rating : float array, shape (nnz,)
+    user_degree : int32 array, shape (num_users,)
+        Number of training ratings per user; its shape fixes ``num_users``.
+    item_degree : int32 array, shape (num_items,)
+    global_mean : float array, shape ()
+    empirical_offsets : float array, shape (num_items,)
+        Each movie's mean training rating (global mean for a movie with none).
+    empirical_offset_precision : float array, shape ()
+        ``1 / var(movie means)``: the spread used for an unseen movie when the
+        offsets are empirical.
+    """
+
+    user_index: Array
+    item_index: Array
+    rating: Array
+    user_degree: Array
+    item_degree: Array
+    global_mean: Array
+    empirical_offsets: Array
+    empirical_offset_precision: Array
+
+    @property
+    def num_users(self) -> int:
+        return self.user_degree.shape[0]
+
+    @property
+    def num_items(self) -> int:
+        return self.item_degree.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        return self.rating.shape[0]
+
+
+def make_model_data(user_index, item_index, rating, num_users: int, num_items: int, dtype=jnp.float32) -> ModelData:
+    """Build :class:`ModelData` from index arrays.
+
+    Parameters
+    ----------
+    user_index, item_index : int array, shape (nnz,)
+    rating : float array, shape (nnz,)
+    num_users, num_items : int
+    """
+    user_index = np.asarray(user_index, dtype=np.int32)
+    item_index = np.asarray(item_index, dtype=np.int32)
+    rating = np.asarray(rating, dtype=np.float64)
+    if not (user_index.shape == item_index.shape == rating.shape) or rating.ndim != 1:
+        raise ValueError(
+            f"user_index, item_index and rating must be 1-D of one length, got shapes "
+            f"{user_index.shape}, {item_index.shape}, {rating.shape}"
+        )
+    if rating.size == 0:
+        raise ValueError("cannot build a model from empty ratings")
+    if not np.all(np.isfinite(rating)):
+        raise ValueError(f"ratings contain {np.sum(~np.isfinite(rating))} NaN or inf values")
+    user_degree = np.bincount(user_index, minlength=num_users)
+    item_degree = np.bincount(item_index, minlength=num_items)
+    if user_degree.size != num_users or item_degree.size != num_items:
+        raise ValueError("an index is out of range for num_users / num_items")
+    global_mean = rating.mean()
+    sums = np.bincount(item_index, weights=rating, minlength=num_items)
+    means = np.where(item_degree > 0, sums / np.maximum(item_degree, 1), global_mean)
+    seen_means = means[item_degree > 0]
+    spread = seen_means.var() if seen_means.size > 1 else 1.0
+    return ModelData(
+        user_index=jnp.asarray(user_index),
+        item_index=jnp.asarray(item_index),
+        rating=jnp.asarray(rating, dtype=dtype),
+        user_degree=jnp.asarray(user_degree, dtype=jnp.int32),
+        item_degree=jnp.asarray(item_degree, dtype=jnp.int32),
+        global_mean=jnp.asarray(global_mean, dtype=dtype),
+        empirical_offsets=jnp.asarray(means, dtype=dtype),
+        empirical_offset_precision=jnp.asarray(1.0 / max(spread, 1e-6), dtype=dtype),
+    )
+
+
+def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:
+    """:class:`ModelData` from a :class:`bayesmf.data.Ratings`."""
+    return make_model_data(
+        ratings.user_index, ratings.item_index, ratings.rating, ratings.num_users, ratings.num_items, dtype=dtype
+    )
+
+
+class Params(NamedTuple):
+    """One value of every model quantity (a MAP estimate or one posterior draw).
+
+    Engines carry this as their state and posteriors stack it with leading
+    ``(chain, draw)`` axes. In the ``"fixed"`` prior mode the hyperparameter
+    fields hold the fixed constants; with ``"empirical"`` offsets
+    ``item_offsets`` holds the movie means.
+
+    Attributes
+    ----------
+    user_factors : array, shape (num_users, rank)
+    item_factors : array, shape (num_items, rank)
+    item_offsets : array, shape (num_items,)
+    noise_precision : array, shape ()
+    user_mean : array, shape (rank,)
+    user_precision : array, shape (rank, rank)
+    item_mean : array, shape (rank,)
+    item_precision : array, shape (rank, rank)
+    offset_mean : array, shape ()
+    offset_precision : array, shape ()
+    """
+
+    user_factors: Array
+    item_factors: Array
+    item_offsets: Array
+    noise_precision: Array
+    user_mean: Array
+    user_precision: Array
+    item_mean: Array
+    item_precision: Array
+    offset_mean: Array
+    offset_precision: Array
+
+
+# Sites of the NumPyro model that are latent in each mode.
+def latent_sites(config: ModelConfig) -> tuple[str, ...]:
+    sites = ["user_factors", "item_factors"]
+    if config.offsets == "estimated":
+        sites.append("item_offsets")
+    if config.priors == "hyper":
+        sites += ["user_mean", "user_precision", "item_mean", "item_precision", "noise_precision"]
+        if config.offsets == "estimated":
+            sites += ["offset_mean", "offset_precision"]
+    return tuple(sites)
+
+
+def fixed_values(data: ModelData, config: ModelConfig) -> dict:
+    """Values of the non-latent fields of :class:`Params` in this mode."""
+    d = config.rank
+    dtype = data.rating.dtype
+    out = {}
+    if config.priors == "fixed":
+        f = config.fixed
+        out.update(
+            user_mean=jnp.zeros(d, dtype),
+            user_precision=f.user_precision * jnp.eye(d, dtype=dtype),
+            item_mean=jnp.zeros(d, dtype),
+            item_precision=f.item_precision * jnp.eye(d, dtype=dtype),
+            noise_precision=jnp.asarray(f.noise_precision, dtype),
+        )
+        if config.offsets == "estimated":
+            out.update(offset_mean=data.global_mean, offset_precision=jnp.asarray(f.offset_precision, dtype))
+    if config.offsets == "empirical":
+        out.update(
+            item_offsets=data.empirical_offsets,
+            offset_mean=data.global_mean,
+            offset_precision=data.empirical_offset_precision,
+        )
+    return out
+
+
+def params_from_sites(sites: dict, data: ModelData, config: ModelConfig) -> Params:
+    """Complete a dict of latent site values into :class:`Params`.
+
+    Works with leading batch axes on the site values (e.g. ``(chain, draw)``)
+    only for the latent fields; fixed fields are broadcast to match.
+    """
+    fixed = fixed_values(data, config)
+    batch = jnp.shape(sites["user_factors"])[:-2]
+    full = {}
+    for name in Params._fields:
+        if name in sites:
+            full[name] = jnp.asarray(sites[name])
+        else:
+            value = jnp.asarray(fixed[name])
+            full[name] = jnp.broadcast_to(value, batch + value.shape)
+    return Params(**full)
+
+
+def predict_mean(params: Params, user_index: Array, item_index: Array) -> Array:
+    """Mean rating ``<L_u, R_v> + m_v`` for index pairs, shape (n,)."""
+    return (
+        jnp.sum(params.user_factors[user_index] * params.item_factors[item_index], axis=-1)
+        + params.item_offsets[item_index]
+    )
+
+
+def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
+    """The NumPyro model function: the one definition of the log joint.
+
+    Parameters
+    ----------
+    data : ModelData
+        Training ratings. With ``observed=False`` the ratings are drawn (prior
+        predictive), which simulation-based calibration uses.
+    config : ModelConfig
+    observed : bool
+        Condition on ``data.rating``.
+
+    Sites: ``user_factors`` (num_users, rank), ``item_factors``
+    (num_items, rank), ``item_offsets`` (num_items,) when estimated,
+    hyperparameters when ``priors == "hyper"``, and ``obs`` (nnz,).
+    """
+    d = config.rank
+    dtype = data.rating.dtype
+    num_users, num_items = data.num_users, data.num_items
+    fixed = fixed_values(data, config)
+    if config.priors == "hyper":
+        h = config.hyper
+        scale = h.w0_scale * jnp.eye(d, dtype=dtype)
+        user_precision = numpyro.sample("user_precision", dist.Wishart(config.nu0, scale_matrix=scale))
+        user_mean = numpyro.sample(
+            "user_mean", dist.MultivariateNormal(jnp.zeros(d, dtype), precision_matrix=h.beta0 * user_precision)
+        )
+        item_precision = numpyro.sample("item_precision", dist.Wishart(config.nu0, scale_matrix=scale))
+        item_mean = numpyro.sample(
+            "item_mean", dist.MultivariateNormal(jnp.zeros(d, dtype), precision_matrix=h.beta0 * item_precision)
+        )
+        noise_precision = numpyro.sample("noise_precision", dist.Gamma(h.noise_shape, h.noise_rate))
+        if config.offsets == "estimated":
+            offset_mean = numpyro.sample("offset_mean", dist.Normal(data.global_mean, h.offset_mean_sd))
+            offset_precision = numpyro.sample("offset_precision", dist.Gamma(h.offset_shape, h.offset_rate))
+    else:
+        user_mean, user_precision = fixed["user_mean"], fixed["user_precision"]
+        item_mean, item_precision = fixed["item_mean"], fixed["item_precision"]
+        noise_precision = fixed["noise_precision"]
+        if config.offsets == "estimated":
+            offset_mean, offset_precision = fixed["offset_mean"], fixed["offset_precision"]
+
+    with numpyro.plate("users", num_users, dim=-1):
+        user_factors = numpyro.sample("user_factors", dist.MultivariateNormal(user_mean, precision_matrix=user_precision))
+    with numpyro.plate("items", num_items, dim=-1):
+        item_factors = numpyro.sample("item_factors", dist.MultivariateNormal(item_mean, precision_matrix=item_precision))
+        if config.offsets == "estimated":
+            item_offsets = numpyro.sample(
+                "item_offsets", dist.Normal(offset_mean, jax.lax.rsqrt(offset_precision))
+            )
+        else:
+            item_offsets = fixed["item_offsets"]
+    mean = jnp.sum(user_factors[data.user_index] * item_factors[data.item_index], axis=-1) + item_offsets[data.item_index]
+    with numpyro.plate("ratings", data.nnz, dim=-1):
+        numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
+
+
+def log_joint(params: Params, data: ModelData, config: ModelConfig) -> Array:
+    """Log joint density of the latent sites of ``params`` (constrained space).
+
+    The value comes from :func:`numpyro_model` itself, so every engine scores
+    states against the same model.
+    """
+    from numpyro.infer.util import log_density
+
+    values = {name: getattr(params, name) for name in latent_sites(config)}
+    value, _ = log_density(numpyro_model, (data, config), {}, values)
+    return value
