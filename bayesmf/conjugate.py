@@ -15,7 +15,7 @@ responses. ALS takes its mean (:func:`row_mean`), Gibbs draws from it
 
 Float32 Cholesky of ``P`` can fail when ``P`` is badly scaled. ``P`` is
 symmetrized and a jitter proportional to its mean diagonal is added
-(``JITTER`` times it, far below the prior's own contribution), which keeps
+(``JITTER_EPS`` machine epsilons of it, far below the prior's own contribution), which keeps
 every factorization finite without changing the conditional measurably.
 """
 
@@ -28,10 +28,11 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Relative diagonal jitter: P already contains the prior precision, so this
-# only guards round-off in float32 (eps ~ 6e-8); 1e-6 of the mean diagonal is
-# ~20x eps and three orders of magnitude below a unit-scale prior term.
-JITTER = 1e-6
+# Relative diagonal jitter, in units of the dtype's machine epsilon: P already
+# contains the prior precision, so this only guards round-off. In float32
+# (eps 1.2e-7) it is 1.9e-6 of the mean diagonal, far below a unit-scale prior
+# term; in float64 it is ~4e-15 and the update is exact to round-off.
+JITTER_EPS = 16.0
 
 
 class RowPosterior(NamedTuple):
@@ -78,7 +79,8 @@ def row_posterior(
     precision = lam + noise_precision * gram
     precision = 0.5 * (precision + jnp.swapaxes(precision, -1, -2))
     scale = jnp.mean(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
-    precision = precision + (JITTER * scale)[:, None, None] * jnp.eye(d, dtype=precision.dtype)
+    jitter = JITTER_EPS * jnp.finfo(precision.dtype).eps
+    precision = precision + (jitter * scale)[:, None, None] * jnp.eye(d, dtype=precision.dtype)
     shift = jnp.einsum("nij,nj->ni", lam, jnp.broadcast_to(prior_mean, (n, d))) + noise_precision * rhs
     chol = jnp.linalg.cholesky(precision)
     mean = jax.scipy.linalg.cho_solve((chol, True), shift[..., None])[..., 0]
