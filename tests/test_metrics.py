@@ -1,0 +1,478 @@
+"""Correctness of the predictive metrics.
+
+Closed forms are checked against scipy (densities, quantiles, quadrature of
+the CRPS integral) and against Monte Carlo with a tolerance of ``Z`` standard
+errors computed in the test from the same draws. Seeds are fixed, so each
+test is deterministic.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, stats
+
+from bayesmf import metrics
+
+# 4 standard errors: a two-sided false alarm rate of 6e-5 per compared number.
+Z = 4.0
+
+# Agreement of two exact computations of the same number (float64 round-off,
+# or scipy.integrate.quad's default tolerance of 1.5e-8).
+EXACT = 1e-10
+QUAD = 1e-7
+
+
+def random_mixture(seed, num_draws=6, n=5, weighted=False):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(3.0, 1.0, (num_draws, n))
+    sd = rng.uniform(0.3, 1.2, (num_draws, n))
+    w = rng.uniform(0.1, 1.0, num_draws) if weighted else None
+    return mu, sd, w
+
+
+def draw_mixture(rng, mu, sd, w, size):
+    """``size`` draws per row from the mixture, shape (size, n)."""
+    num_draws, n = mu.shape
+    p = np.full(num_draws, 1.0 / num_draws) if w is None else w / w.sum()
+    comp = rng.choice(num_draws, size=(size, n), p=p)
+    cols = np.arange(n)
+    return rng.normal(mu[comp, cols], sd[comp, cols])
+
+
+def crps_samples_se(y, samples):
+    """Standard error of the fair energy CRPS estimate, per row.
+
+    The estimate is a U-statistic with kernel
+    ``(|x - y| + |x' - y| - |x - x'|) / 2``; its variance is ``Var(g(X)) / S``
+    to first order with ``g(x) = |x - y| - E|x - X'|``, estimated here from the
+    draws (``E|x_i - X'|`` by the mean over the other draws, via sorting).
+    """
+    num_draws = samples.shape[0]
+    xs = np.sort(samples, axis=0)
+    i = np.arange(num_draws)[:, None]
+    below = np.cumsum(xs, axis=0) - xs  # sum of draws below x_(i)
+    total = xs.sum(0)
+    mean_abs = (xs * i - below + (total - below - xs) - xs * (num_draws - 1 - i)) / (num_draws - 1)
+    g = np.abs(xs - y) - mean_abs
+    return g.std(axis=0, ddof=1) / np.sqrt(num_draws)
+
+
+def crps_by_quadrature(y, cdf):
+    """``int (F(x) - 1{x >= y})^2 dx`` for a scalar y."""
+    left = integrate.quad(lambda x: cdf(x) ** 2, -np.inf, y)[0]
+    right = integrate.quad(lambda x: (1.0 - cdf(x)) ** 2, y, np.inf)[0]
+    return left + right
+
+
+# --------------------------------------------------------------------------
+# point and Gaussian
+
+
+def test_rmse_mae_known_values():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    m = np.array([2.0, 2.0, 1.0, 4.0])
+    assert metrics.rmse(y, m) == pytest.approx(np.sqrt(5 / 4))
+    assert metrics.mae(y, m) == pytest.approx(3 / 4)
+
+
+def test_gaussian_nll_matches_scipy():
+    rng = np.random.default_rng(0)
+    y, m, s = rng.normal(size=50), rng.normal(size=50), rng.uniform(0.2, 2.0, 50)
+    expected = -np.mean(stats.norm.logpdf(y, m, s))
+    assert metrics.gaussian_nll(y, m, s) == pytest.approx(expected, abs=EXACT)
+    # A scalar sd broadcasts.
+    assert metrics.gaussian_nll(y, m, 0.7) == pytest.approx(-np.mean(stats.norm.logpdf(y, m, 0.7)), abs=EXACT)
+
+
+def test_gaussian_interval_matches_scipy():
+    m, s = np.array([0.0, 3.0, -2.0]), np.array([1.0, 0.5, 2.0])
+    for prob in (0.5, 0.9, 0.99):
+        lo, hi = metrics.gaussian_interval(m, s, prob)
+        elo, ehi = stats.norm.interval(prob, m, s)
+        np.testing.assert_allclose(lo, elo, atol=EXACT)
+        np.testing.assert_allclose(hi, ehi, atol=EXACT)
+
+
+def test_coverage_counts_both_ends():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    assert metrics.coverage(y, np.full(4, 1.0), np.full(4, 2.0)) == 0.5
+    assert metrics.coverage(y, y, y) == 1.0
+
+
+def test_crps_gaussian_matches_quadrature():
+    for y, m, s in [(0.0, 0.0, 1.0), (2.5, 1.0, 0.3), (-4.0, 1.0, 2.0)]:
+        expected = crps_by_quadrature(y, lambda x: stats.norm.cdf(x, m, s))
+        assert metrics.crps_gaussian([y], [m], [s]) == pytest.approx(expected, abs=QUAD)
+
+
+def test_crps_gaussian_matches_sample_energy_form():
+    rng = np.random.default_rng(1)
+    y = np.array([0.0, 1.5, 4.0, -1.0, 3.2])
+    m = np.array([0.0, 1.0, 3.5, 1.0, 3.0])
+    s = np.array([1.0, 0.5, 0.8, 0.4, 1.5])
+    samples = rng.normal(m, s, size=(200_000, 5))
+    estimate = metrics.crps_samples_per_row(y, samples, fair=True)
+    se = crps_samples_se(y, samples)
+    exact = metrics.crps_gaussian_per_row(y, m, s)
+    assert np.all(np.abs(estimate - exact) <= Z * se), (estimate - exact) / se
+
+
+def test_crps_samples_matches_brute_force():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(7, 4)), rng.normal(size=4)
+    first = np.mean(np.abs(x - y), axis=0)
+    pair_sum = np.abs(x[:, None, :] - x[None, :, :]).sum((0, 1))
+    np.testing.assert_allclose(metrics.crps_samples_per_row(y, x), first - pair_sum / (2 * 49), atol=EXACT)
+    np.testing.assert_allclose(metrics.crps_samples_per_row(y, x, fair=True), first - pair_sum / (2 * 42), atol=EXACT)
+    assert metrics.crps_samples(y, x) == pytest.approx(np.mean(first - pair_sum / 98), abs=EXACT)
+
+
+def test_gaussian_interval_coverage_is_nominal_on_a_correct_model():
+    rng = np.random.default_rng(3)
+    n = 20_000
+    m, s = rng.normal(3.5, 1.0, n), rng.uniform(0.3, 1.5, n)
+    y = rng.normal(m, s)
+    for prob in (0.5, 0.8, 0.9, 0.95):
+        cov = metrics.coverage(y, *metrics.gaussian_interval(m, s, prob))
+        assert abs(cov - prob) <= Z * np.sqrt(prob * (1 - prob) / n)  # binomial sd
+
+
+# --------------------------------------------------------------------------
+# mixtures
+
+
+def test_one_component_mixture_equals_gaussian():
+    rng = np.random.default_rng(4)
+    y, m, s = rng.normal(size=30), rng.normal(size=30), rng.uniform(0.2, 2.0, 30)
+    mu, sd = m[None], s[None]
+    mean, mix_sd = metrics.mixture_moments(mu, sd)
+    np.testing.assert_allclose(mean, m, atol=EXACT)
+    np.testing.assert_allclose(mix_sd, s, atol=EXACT)
+    assert metrics.mixture_nll(y, mu, sd) == pytest.approx(metrics.gaussian_nll(y, m, s), abs=EXACT)
+    np.testing.assert_allclose(
+        metrics.crps_mixture_per_row(y, mu, sd), metrics.crps_gaussian_per_row(y, m, s), atol=EXACT
+    )
+    np.testing.assert_allclose(metrics.mixture_cdf(y, mu, sd), stats.norm.cdf(y, m, s), atol=EXACT)
+    lo, hi = metrics.mixture_interval(mu, sd, 0.9, tol=1e-9)
+    elo, ehi = metrics.gaussian_interval(m, s, 0.9)
+    np.testing.assert_allclose(lo, elo, atol=1e-9)
+    np.testing.assert_allclose(hi, ehi, atol=1e-9)
+    # Identical components are also one Gaussian, whatever the weights.
+    mu3, sd3 = np.repeat(mu, 3, 0), np.repeat(sd, 3, 0)
+    assert metrics.crps_mixture(y, mu3, sd3, [0.2, 0.3, 0.5]) == pytest.approx(
+        metrics.crps_gaussian(y, m, s), abs=EXACT
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mixture_cdf_and_nll_match_scipy(weighted):
+    mu, sd, w = random_mixture(5, weighted=weighted)
+    p = np.full(mu.shape[0], 1 / mu.shape[0]) if w is None else w / w.sum()
+    x = np.array([1.0, 2.5, 3.0, 4.0, 6.0])
+    np.testing.assert_allclose(metrics.mixture_cdf(x, mu, sd, w), p @ stats.norm.cdf(x, mu, sd), atol=EXACT)
+    expected = -np.log(p @ stats.norm.pdf(x, mu, sd))
+    np.testing.assert_allclose(metrics.mixture_nll_per_row(x, mu, sd, w), expected, atol=EXACT)
+
+
+def test_mixture_nll_is_stable_far_in_the_tail():
+    # Every component density underflows to 0 at y = 1000, but the log is finite.
+    mu, sd = np.array([[0.0], [0.0]]), np.array([[1.0], [1.0]])
+    nll = metrics.mixture_nll([1000.0], mu, sd)
+    assert nll == pytest.approx(0.5 * np.log(2 * np.pi) + 0.5 * 1000.0**2, rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mixture_moments_match_sampling(weighted):
+    mu, sd, w = random_mixture(6, weighted=weighted)
+    mean, mix_sd = metrics.mixture_moments(mu, sd, w)
+    size = 200_000
+    x = draw_mixture(np.random.default_rng(7), mu, sd, w, size)
+    sample_var = x.var(axis=0, ddof=1)
+    mean_se = np.sqrt(sample_var / size)
+    centred = x - x.mean(0)
+    var_se = np.sqrt((np.mean(centred**4, 0) - sample_var**2) / size)  # delta method for the sample variance
+    assert np.all(np.abs(x.mean(0) - mean) <= Z * mean_se)
+    assert np.all(np.abs(sample_var - mix_sd**2) <= Z * var_se)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mixture_quantile_inverts_cdf(weighted):
+    mu, sd, w = random_mixture(8, num_draws=4, n=6, weighted=weighted)
+    tol = 1e-8
+    for prob in (0.01, 0.2, 0.5, 0.9, 0.999):
+        q = metrics.mixture_quantile(prob, mu, sd, w, tol=tol)
+        p = np.full(mu.shape[0], 1 / mu.shape[0]) if w is None else w / w.sum()
+        density = p @ stats.norm.pdf(q, mu, sd)
+        # |F(q) - prob| <= max density * |q - q*| <= density * tol / 2 (to first order)
+        assert np.all(np.abs(metrics.mixture_cdf(q, mu, sd, w) - prob) <= density * tol)
+    x = np.array([1.0, 2.0, 3.0, 3.5, 4.0, 5.0])
+    back = metrics.mixture_quantile(metrics.mixture_cdf(x, mu, sd, w), mu, sd, w, tol=tol)
+    np.testing.assert_allclose(back, x, atol=tol)
+
+
+def test_mixture_interval_coverage_is_nominal_on_a_correct_model():
+    rng = np.random.default_rng(9)
+    n, num_draws = 20_000, 3
+    mu = rng.normal(3.5, 1.0, (num_draws, n))
+    sd = rng.uniform(0.2, 1.0, (num_draws, n))
+    y = draw_mixture(rng, mu, sd, None, 1)[0]
+    for prob in (0.5, 0.9):
+        cov = metrics.coverage(y, *metrics.mixture_interval(mu, sd, prob))
+        assert abs(cov - prob) <= Z * np.sqrt(prob * (1 - prob) / n)  # binomial sd
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_crps_mixture_matches_quadrature(weighted):
+    mu, sd, w = random_mixture(10, num_draws=5, n=3, weighted=weighted)
+    p = np.full(mu.shape[0], 1 / mu.shape[0]) if w is None else w / w.sum()
+    y = np.array([2.0, 3.3, 7.0])
+    got = metrics.crps_mixture_per_row(y, mu, sd, w)
+    for i in range(3):
+        expected = crps_by_quadrature(y[i], lambda x: p @ stats.norm.cdf(x, mu[:, i], sd[:, i]))
+        assert got[i] == pytest.approx(expected, abs=QUAD)
+
+
+def test_crps_mixture_matches_sample_energy_form():
+    mu, sd, w = random_mixture(11, num_draws=4, n=4, weighted=True)
+    y = np.array([2.0, 3.0, 4.0, 5.5])
+    samples = draw_mixture(np.random.default_rng(12), mu, sd, w, 200_000)
+    estimate = metrics.crps_samples_per_row(y, samples, fair=True)
+    se = crps_samples_se(y, samples)
+    exact = metrics.crps_mixture_per_row(y, mu, sd, w)
+    assert np.all(np.abs(estimate - exact) <= Z * se), (estimate - exact) / se
+
+
+def test_crps_mixture_blocking_does_not_change_the_result(monkeypatch):
+    mu, sd, w = random_mixture(13, num_draws=30, n=50, weighted=True)
+    y = np.random.default_rng(14).normal(3.0, 1.0, 50)
+    whole = metrics.crps_mixture_per_row(y, mu, sd, w)
+    nll, q = metrics.mixture_nll_per_row(y, mu, sd, w), metrics.mixture_quantile(0.3, mu, sd, w)
+    # Blocks of 1 row x 10 draws (30^2 > 300 cells): both loops of the exact pairwise term.
+    monkeypatch.setattr(metrics, "CHUNK_CELLS", 300)
+    np.testing.assert_allclose(metrics.crps_mixture_per_row(y, mu, sd, w), whole, atol=EXACT)
+    np.testing.assert_allclose(metrics.mixture_nll_per_row(y, mu, sd, w), nll, atol=EXACT)
+    np.testing.assert_allclose(metrics.mixture_quantile(0.3, mu, sd, w), q, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_crps_mixture_pair_subsample_is_unbiased_within_its_se(weighted):
+    num_draws, n, num_shifts, num_seeds = 40, 2_000, 2, 30
+    mu, sd, w = random_mixture(15, num_draws=num_draws, n=n, weighted=weighted)
+    y = np.random.default_rng(16).normal(3.0, 1.5, n)
+    exact = metrics.crps_mixture(y, mu, sd, w)
+    budget = num_shifts * num_draws * n  # 2 shifts of 40 pairs per row, 1/20 of all pairs
+    estimates = np.array([metrics.crps_mixture(y, mu, sd, w, max_pairs=budget, seed=k) for k in range(num_seeds)])
+    spread = estimates.std(ddof=1)
+    assert spread > 0  # the subsample was used
+    assert abs(estimates.mean() - exact) <= Z * spread / np.sqrt(num_seeds)
+    # Not much noisier than the same number of independent pairs from w (x) w: the
+    # pairwise term averages 80 pairs per row with variance Var_pairs(A) / 80,
+    # computed exactly here from all S^2 pairs; rows are independent.
+    p = np.full(num_draws, 1 / num_draws) if w is None else w / w.sum()
+    diff = mu[:, None, :] - mu[None, :, :]
+    scale = np.sqrt(sd[:, None, :] ** 2 + sd[None, :, :] ** 2)
+    a = diff * (2 * stats.norm.cdf(diff / scale) - 1) + 2 * scale * stats.norm.pdf(diff / scale)
+    pw = p[:, None, None] * p[None, :, None]
+    var_a = np.sum(pw * a**2, (0, 1)) - np.sum(pw * a, (0, 1)) ** 2
+    iid_se = 0.5 * np.sqrt(np.sum(var_a / (num_shifts * num_draws))) / n
+    assert spread <= 2 * iid_se  # measured 1.1-1.15x; the sd of 30 estimates is within ~13%
+    # Fixed by the seed.
+    assert metrics.crps_mixture(y, mu, sd, w, max_pairs=budget, seed=3) == estimates[3]
+
+
+# --------------------------------------------------------------------------
+# breakdowns
+
+
+def test_activity_bucket_labels_and_edges():
+    counts = np.array([0, 20, 21, 50, 51, 100, 101, 200, 201, 5000])
+    labels = metrics.activity_bucket(counts)
+    assert labels.tolist() == [
+        "<=20", "<=20", "21-50", "21-50", "51-100", "51-100", "101-200", "101-200", ">200", ">200"
+    ]
+    assert metrics.activity_bucket([0, 1, 2, 3, 9], edges=(1, 2, 5)).tolist() == ["<=1", "<=1", "2", "3-5", ">5"]
+    assert metrics.activity_labels((10,)) == ["<=10", ">10"]
+
+
+def test_summarize_gaussian_and_mixture_paths():
+    rng = np.random.default_rng(17)
+    n = 200
+    m, s = rng.normal(3.5, 1.0, n), rng.uniform(0.5, 1.0, n)
+    y = rng.normal(m, s)
+    g = metrics.summarize(y, m, s)
+    assert list(g) == [
+        "rmse", "mae", "nll", "crps",
+        "coverage_50", "width_50", "coverage_80", "width_80",
+        "coverage_90", "width_90", "coverage_95", "width_95",
+    ]  # fmt: skip
+    assert g["nll"] == pytest.approx(metrics.gaussian_nll(y, m, s))
+    assert g["crps"] == pytest.approx(metrics.crps_gaussian(y, m, s))
+    z90 = stats.norm.ppf(0.95)
+    assert g["width_90"] == pytest.approx(2 * z90 * s.mean())
+    # A mixture of copies of the Gaussian gives the same numbers.
+    mix = metrics.summarize(y, m, s, mu=np.stack([m, m]), sds=np.stack([s, s]))
+    for key in g:
+        assert mix[key] == pytest.approx(g[key], abs=1e-5), key  # quantiles by bisection, tol 1e-6
+    # A real mixture uses the mixture scores; mean and sd default to its moments.
+    mu, sd, _ = random_mixture(18, num_draws=5, n=n)
+    out = metrics.summarize(y, None, None, mu=mu, sds=sd, levels=(0.9,))
+    mean, _ = metrics.mixture_moments(mu, sd)
+    assert out["rmse"] == pytest.approx(metrics.rmse(y, mean))
+    assert out["nll"] == pytest.approx(metrics.mixture_nll(y, mu, sd))
+    assert out["crps"] == pytest.approx(metrics.crps_mixture(y, mu, sd))
+    lo, hi = metrics.mixture_interval(mu, sd, 0.9)
+    assert out["coverage_90"] == metrics.coverage(y, lo, hi)
+
+
+def test_summarize_by_groups_match_summarize_on_subsets():
+    rng = np.random.default_rng(19)
+    n = 300
+    counts = rng.integers(0, 400, n)
+    m, s = rng.normal(3.5, 1.0, n), rng.uniform(0.5, 1.0, n)
+    y = rng.normal(m, s)
+    mu, sd, _ = random_mixture(20, num_draws=3, n=n)
+    groups = metrics.activity_bucket(counts)
+    table = metrics.summarize_by(groups, y, m, s, mu=mu, sds=sd, levels=(0.8,))
+    assert list(table.index) == [lbl for lbl in metrics.activity_labels() if lbl in set(groups)]
+    assert list(table.columns) == ["count", "rmse", "mae", "nll", "crps", "coverage_80", "width_80"]
+    assert table["count"].sum() == n
+    for label, row in table.iterrows():
+        idx = groups == label
+        expected = metrics.summarize(y[idx], m[idx], s[idx], mu=mu[:, idx], sds=sd[:, idx], levels=(0.8,))
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value), (label, key)
+    # An explicit order; an empty group gets count 0 and NaN scores.
+    table = metrics.summarize_by(np.where(counts > 200, "b", "a"), y, m, s, order=["b", "a", "c"])
+    assert list(table.index) == ["b", "a", "c"]
+    assert table.loc["c", "count"] == 0 and np.isnan(table.loc["c", "rmse"])
+    with pytest.raises(ValueError, match="not in order"):
+        metrics.summarize_by(np.where(counts > 200, "b", "a"), y, m, s, order=["a"])
+
+
+# --------------------------------------------------------------------------
+# ranking
+
+
+def test_perfect_ranking_has_ndcg_one():
+    relevant = [{3, 1, 7}, {"x"}, {10, 11}]
+    recommended = [[1, 7, 3, 4, 5], ["x", "y"], [11, 10, 12]]
+    assert metrics.ndcg_at_k(recommended, relevant, 3) == pytest.approx(1.0)
+    assert metrics.ndcg_at_k(recommended, relevant, 5) == pytest.approx(1.0)
+    assert metrics.recall_at_k(recommended, relevant, 3) == pytest.approx(1.0)
+
+
+def test_ranking_metrics_by_hand():
+    recommended = np.array([[5, 1, 9, 2], [7, 8, 6, 3], [1, 2, 3, 4]])
+    relevant = [{1, 2, 4}, {6}, set()]  # the third user has nothing relevant: left out
+    k = 3
+    prec = metrics.precision_at_k(recommended, relevant, k, per_user=True)
+    rec = metrics.recall_at_k(recommended, relevant, k, per_user=True)
+    ndcg = metrics.ndcg_at_k(recommended, relevant, k, per_user=True)
+    np.testing.assert_allclose(prec[:2], [1 / 3, 1 / 3])
+    np.testing.assert_allclose(rec[:2], [1 / 3, 1.0])
+    ideal0 = 1 + 1 / np.log2(3) + 1 / np.log2(4)
+    np.testing.assert_allclose(ndcg[:2], [(1 / np.log2(3)) / ideal0, (1 / np.log2(4)) / 1.0])
+    assert np.isnan(prec[2]) and np.isnan(rec[2]) and np.isnan(ndcg[2])
+    assert metrics.precision_at_k(recommended, relevant, k) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(recommended, relevant, k) == pytest.approx(2 / 3)
+    assert metrics.ndcg_at_k(recommended, relevant, k) == pytest.approx(np.mean(ndcg[:2]))
+    assert np.isnan(metrics.ndcg_at_k([[1]], [set()], 1))
+
+
+def test_short_lists_count_missing_ranks_as_misses():
+    assert metrics.precision_at_k([[1]], [{1}], 4) == pytest.approx(0.25)
+    assert metrics.recall_at_k([[1]], [{1, 2}], 4) == pytest.approx(0.5)
+    assert metrics.ndcg_at_k([[], [1]], [{1}, {1}], 2, per_user=True).tolist() == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------
+# properties
+
+
+mixtures = st.integers(0, 2**32 - 1).map(lambda seed: random_mixture(seed, num_draws=4, n=3, weighted=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(mixtures, st.floats(0.001, 0.999), st.floats(0.001, 0.999))
+def test_mixture_quantile_is_monotone_in_prob(mix, p1, p2):
+    mu, sd, w = mix
+    lo, hi = sorted((p1, p2))
+    q_lo = metrics.mixture_quantile(lo, mu, sd, w)
+    q_hi = metrics.mixture_quantile(hi, mu, sd, w)
+    assert np.all(q_lo <= q_hi + 1e-6)  # each within tol / 2 of the exact quantile
+
+
+@settings(max_examples=40, deadline=None)
+@given(mixtures, st.lists(st.floats(-20, 20), min_size=3, max_size=3))
+def test_crps_is_nonnegative(mix, y):
+    mu, sd, w = mix
+    y = np.array(y)
+    assert np.all(metrics.crps_mixture_per_row(y, mu, sd, w) >= -1e-12)
+    assert np.all(metrics.crps_gaussian_per_row(y, mu[0], sd[0]) >= -1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 15), max_size=8, unique=True), min_size=1, max_size=6),
+    st.lists(st.sets(st.integers(0, 15), max_size=5), min_size=6, max_size=6),
+    st.integers(1, 10),
+)
+def test_ranking_metrics_lie_in_unit_interval(recommended, relevant, k):
+    relevant = relevant[: len(recommended)]
+    for fn in (metrics.precision_at_k, metrics.recall_at_k, metrics.ndcg_at_k):
+        values = fn(recommended, relevant, k, per_user=True)
+        scored = np.array([len(r) > 0 for r in relevant])
+        assert np.all(np.isnan(values) == ~scored)
+        assert np.all((values[scored] >= 0) & (values[scored] <= 1 + 1e-12))
+
+
+# --------------------------------------------------------------------------
+# bad input
+
+
+GOOD_MU = np.zeros((2, 3))
+GOOD_SD = np.ones((2, 3))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: metrics.rmse([1.0, 2.0], [1.0]), "mismatched shapes"),
+        (lambda: metrics.mae([], []), "empty"),
+        (lambda: metrics.rmse([1.0, np.nan], [1.0, 2.0]), "non-finite"),
+        (lambda: metrics.gaussian_nll([1.0], [1.0], [0.0]), "sd must be > 0"),
+        (lambda: metrics.gaussian_nll([1.0], [1.0], [np.inf]), "non-finite"),
+        (lambda: metrics.crps_gaussian([1.0, 2.0], [1.0, 2.0], [1.0, 1.0, 1.0]), "mismatched shapes"),
+        (lambda: metrics.gaussian_interval([1.0], [1.0], 1.0), r"prob must be in the open interval \(0, 1\)"),
+        (lambda: metrics.gaussian_interval([1.0], [1.0], 0.0), r"prob must be in the open interval"),
+        (lambda: metrics.coverage([1.0], [2.0], [1.0]), "lower > upper"),
+        (lambda: metrics.mixture_nll([1.0, 2.0, 3.0], np.zeros(3), np.ones(3)), "mu must be 2-D"),
+        (lambda: metrics.mixture_nll([1.0, 2.0], GOOD_MU, GOOD_SD), "mismatched shapes"),
+        (lambda: metrics.mixture_cdf(0.0, GOOD_MU, -GOOD_SD), "sd must be > 0"),
+        (lambda: metrics.mixture_moments(GOOD_MU, GOOD_SD, [1.0, 2.0, 3.0]), "mismatched shapes: weights"),
+        (lambda: metrics.mixture_moments(GOOD_MU, GOOD_SD, [1.0, -1.0]), "weights must be finite and >= 0"),
+        (lambda: metrics.mixture_moments(GOOD_MU, GOOD_SD, [0.0, 0.0]), "weights sum to zero"),
+        (lambda: metrics.mixture_moments(np.zeros((0, 3)), GOOD_SD[:0]), "mu is empty"),
+        (lambda: metrics.mixture_quantile(1.5, GOOD_MU, GOOD_SD), "prob must be in the open interval"),
+        (lambda: metrics.mixture_quantile(0.5, GOOD_MU, GOOD_SD, tol=0.0), "tol must be > 0"),
+        (lambda: metrics.mixture_interval(GOOD_MU, GOOD_SD, -0.1), "prob must be in the open interval"),
+        (lambda: metrics.crps_mixture(np.zeros(3), GOOD_MU, GOOD_SD, max_pairs=0), "max_pairs must be >= 1"),
+        (lambda: metrics.crps_samples(np.zeros(3), np.zeros((1, 3)), fair=True), "at least 2 draws"),
+        (lambda: metrics.summarize([1.0], [1.0], [1.0], levels=(0.9, 1.0)), "levels must be in"),
+        (lambda: metrics.summarize([1.0], [1.0], [1.0], mu=[[1.0]]), "both mu and sds"),
+        (lambda: metrics.summarize([1.0], None, None), "mean and sd are required"),
+        (lambda: metrics.summarize_by(["a"], [1.0, 2.0], [1.0, 2.0], 1.0), "mismatched shapes: groups"),
+        (lambda: metrics.activity_bucket([1, 2], edges=(5, 5)), "strictly increasing"),
+        (lambda: metrics.activity_bucket([1.5]), "counts must be integers"),
+        (lambda: metrics.activity_bucket([]), "counts is empty"),
+        (lambda: metrics.precision_at_k([[1]], [{1}], 0), "k must be > 0"),
+        (lambda: metrics.recall_at_k([[1]], [{1}], 2.0), "k must be a positive integer"),
+        (lambda: metrics.ndcg_at_k([[1], [2]], [{1}], 1), "mismatched lengths"),
+        (lambda: metrics.ndcg_at_k([], [], 1), "no users"),
+        (lambda: metrics.ndcg_at_k([[1, 1]], [{1}], 2), "duplicate"),
+    ],
+)
+def test_bad_input_raises(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
