@@ -74,14 +74,7 @@ def row_posterior(
     -------
     RowPosterior
     """
-    n, d = rhs.shape
-    lam = _batched_prior(prior_precision, n)
-    precision = lam + noise_precision * gram
-    precision = 0.5 * (precision + jnp.swapaxes(precision, -1, -2))
-    scale = jnp.mean(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
-    jitter = JITTER_EPS * jnp.finfo(precision.dtype).eps
-    precision = precision + (jitter * scale)[:, None, None] * jnp.eye(d, dtype=precision.dtype)
-    shift = jnp.einsum("nij,nj->ni", lam, jnp.broadcast_to(prior_mean, (n, d))) + noise_precision * rhs
+    precision, shift = _precision_and_shift(prior_precision, prior_mean, gram, rhs, noise_precision)
     chol = jnp.linalg.cholesky(precision)
     mean = jax.scipy.linalg.cho_solve((chol, True), shift[..., None])[..., 0]
     return RowPosterior(mean=mean, chol=chol)
@@ -102,9 +95,29 @@ def draw_from(rng_key: Array, posterior: RowPosterior) -> Array:
     return posterior.mean + noise
 
 
+def _precision_and_shift(prior_precision, prior_mean, gram, rhs, noise_precision):
+    n, d = rhs.shape
+    lam = _batched_prior(prior_precision, n)
+    precision = lam + noise_precision * gram
+    precision = 0.5 * (precision + jnp.swapaxes(precision, -1, -2))
+    scale = jnp.mean(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
+    jitter = JITTER_EPS * jnp.finfo(precision.dtype).eps
+    precision = precision + (jitter * scale)[:, None, None] * jnp.eye(d, dtype=precision.dtype)
+    shift = jnp.einsum("nij,nj->ni", lam, jnp.broadcast_to(prior_mean, (n, d))) + noise_precision * rhs
+    return precision, shift
+
+
 def row_draw(rng_key, prior_precision, prior_mean, gram, rhs, noise_precision) -> Array:
-    """One draw of every row from its conditional: the Gibbs update. Shape (n, d)."""
-    return draw_from(rng_key, row_posterior(prior_precision, prior_mean, gram, rhs, noise_precision))
+    """One draw of every row from its conditional: the Gibbs update. Shape (n, d).
+
+    ``x = C^{-T} (C^{-1} b + z)`` with ``P = C C^T``: two triangular solves
+    (mean and noise share the second one), where :func:`draw_from` needs three.
+    """
+    precision, shift = _precision_and_shift(prior_precision, prior_mean, gram, rhs, noise_precision)
+    chol = jnp.linalg.cholesky(precision)
+    z = jax.random.normal(rng_key, shift.shape, shift.dtype)
+    half = jax.scipy.linalg.solve_triangular(chol, shift[..., None], lower=True)[..., 0]
+    return jax.scipy.linalg.solve_triangular(chol, (half + z)[..., None], lower=True, trans="T")[..., 0]
 
 
 def row_covariance(posterior: RowPosterior) -> Array:

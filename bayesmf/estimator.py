@@ -161,7 +161,8 @@ class BayesMF:
             u = ratings.user_vocab.index(np.asarray(track[0]), missing="flag")
             i = ratings.item_vocab.index(np.asarray(track[1]), missing="flag")
             keep = (u >= 0) & (i >= 0)
-            track_pairs = (u[keep], i[keep])
+            # All-cold pairs have nothing to stream (their predictive is the prior).
+            track_pairs = (u[keep], i[keep]) if keep.any() else None
         common = dict(
             num_samples=self.num_samples,
             num_warmup=self.num_warmup,

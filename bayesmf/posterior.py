@@ -384,6 +384,116 @@ class Posterior:
         var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
         return np.where(known, var, 0.0)
 
+    def evaluate(self, test, *, levels=(0.5, 0.8, 0.9, 0.95), by: str | None = None):
+        """Score the predictive on held-out ratings.
+
+        Parameters
+        ----------
+        test : bayesmf.data.Ratings
+            Held-out ratings (external ids; unknown users or movies get the
+            cold-start prior and are counted, never dropped).
+        levels : tuple of float
+            Central-interval probabilities whose coverage is reported.
+        by : {None, "user_activity", "item_popularity", "cold"}
+            Also break the metrics down by the number of training ratings of
+            the user (buckets <=20, 21-50, 51-100, 101-200, >200) or movie, or
+            by known / cold-start status.
+
+        Returns
+        -------
+        dict or (dict, pandas.DataFrame)
+            Metrics (rmse, mae, nll, crps, coverage_*, width_*) plus counts;
+            with ``by``, also the per-group table.
+        """
+        from bayesmf import metrics
+
+        if len(test) == 0:
+            raise ValueError("the test set is empty")
+        pred = self.predict(test.user_ids, test.item_ids, keep_components=True)
+        y = np.asarray(test.rating, np.float64)
+        comps = pred.components
+        multi = comps.mean.shape[0] > 1
+        kw = dict(mu=comps.mean, sds=comps.sd) if multi else {}
+        result = metrics.summarize(y, pred.mean, pred.sd, levels=levels, **kw)
+        result.update(
+            num_test=int(len(test)),
+            num_cold_rows=int(np.sum(~(pred.known_user & pred.known_item))),
+            num_cold_users=int(len(np.unique(test.user_ids[~pred.known_user]))),
+            num_cold_items=int(len(np.unique(test.item_ids[~pred.known_item]))),
+        )
+        if by is None:
+            return result
+        groups = self._groups(pred, by)
+        table = metrics.summarize_by(groups, y, pred.mean, pred.sd, levels=levels, **kw)
+        return result, table
+
+    def _groups(self, pred: Prediction, by: str) -> np.ndarray:
+        from bayesmf import metrics
+
+        if by == "cold":
+            return np.where(
+                pred.known_user & pred.known_item, "known",
+                np.where(~pred.known_user & pred.known_item, "new user",
+                         np.where(pred.known_user, "new item", "new user+item")),
+            )
+        if self.train is None:
+            raise ValueError(f"by={by!r} needs the training ratings (posterior.train)")
+        if by == "user_activity":
+            degree = self.train.user_degrees()
+            idx, known = self.user_vocab.index(pred.users, missing="flag"), pred.known_user
+        elif by == "item_popularity":
+            degree = self.train.item_degrees()
+            idx, known = self.item_vocab.index(pred.items, missing="flag"), pred.known_item
+        else:
+            raise ValueError(f"unknown breakdown {by!r}; expected 'user_activity', 'item_popularity' or 'cold'")
+        counts = np.where(known, degree[np.where(known, idx, 0)], 0)
+        return metrics.activity_bucket(counts)
+
+    # -- delegation to the modules that own each concept ------------------------------
+    def to_arviz(self, pairs=None, observed=None, *, keep_factors: bool = True):
+        """ArviZ 1.x DataTree (see :func:`bayesmf.storage.to_datatree`)."""
+        from bayesmf import storage
+
+        return storage.to_datatree(self, pairs, observed, keep_factors=keep_factors)
+
+    def save(self, path):
+        """Write the whole fitted model to one netCDF file, atomically (:func:`bayesmf.storage.save`)."""
+        from bayesmf import storage
+
+        return storage.save(self, path)
+
+    @staticmethod
+    def load(path) -> "Posterior":
+        """Read a model written by :meth:`save` (:func:`bayesmf.storage.load`)."""
+        from bayesmf import storage
+
+        return storage.load(path)
+
+    def fold_in(self, ratings_per_user, **kwargs):
+        """Posterior predictive of new users from a few ratings, without refitting
+        (:func:`bayesmf.coldstart.fold_in_users`)."""
+        from bayesmf import coldstart
+
+        return coldstart.fold_in_users(self, ratings_per_user, **kwargs)
+
+    def recommend(self, user, k: int = 10, **kwargs):
+        """Top-k movies for a user (:func:`bayesmf.recommend.recommend`)."""
+        from bayesmf import recommend
+
+        return recommend.recommend(self, user, k, **kwargs)
+
+    def similar_items(self, item, k: int = 10, **kwargs):
+        """Movies closest to ``item`` (:func:`bayesmf.recommend.similar_items`)."""
+        from bayesmf import recommend
+
+        return recommend.similar_items(self, item, k, **kwargs)
+
+    def diagnostics(self, **kwargs):
+        """R-hat and ESS of identifiable quantities (:func:`bayesmf.diagnostics.summary`)."""
+        from bayesmf import diagnostics
+
+        return diagnostics.summary(self, **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"Posterior(method={self.method!r}, rank={self.rank}, chains={self.num_chains}, draws={self.num_draws}, "
