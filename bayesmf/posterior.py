@@ -450,11 +450,11 @@ class Posterior:
         return metrics.activity_bucket(counts)
 
     # -- delegation to the modules that own each concept ------------------------------
-    def to_arviz(self, pairs=None, observed=None, *, keep_factors: bool = True):
+    def to_arviz(self, pairs=None, observed=None, *, keep_factors: bool = True, probe_pairs=None):
         """ArviZ 1.x DataTree (see :func:`bayesmf.storage.to_datatree`)."""
         from bayesmf import storage
 
-        return storage.to_datatree(self, pairs, observed, keep_factors=keep_factors)
+        return storage.to_datatree(self, pairs, observed, keep_factors=keep_factors, probe_pairs=probe_pairs)
 
     def save(self, path):
         """Write the whole fitted model to one netCDF file, atomically (:func:`bayesmf.storage.save`)."""

@@ -1,0 +1,389 @@
+"""Saving, loading and the ArviZ view of a posterior.
+
+Posteriors are built from synthetic float32 draws shaped like a sampler's
+(30 users x 20 items, rank 2, 2 chains x 50 draws); seeds are fixed, so each
+test is deterministic.
+"""
+
+import json
+import os
+
+import arviz as az
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+from bayesmf import diagnostics, storage
+from bayesmf.data import RatingScale, Ratings
+from bayesmf.model import FixedPriors, ModelConfig, Params
+from bayesmf.posterior import Posterior
+
+NUM_USERS, NUM_ITEMS, RANK, NUM_DRAWS, NUM_CHAINS = 30, 20, 2, 50, 2
+
+
+def make_ratings(seed=0, nnz=300, str_ids=False):
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(NUM_USERS * NUM_ITEMS, size=nnz, replace=False)
+    users, items = np.divmod(cells, NUM_ITEMS)
+    lu = rng.normal(0, 0.7, (NUM_USERS, RANK))
+    rv = rng.normal(0, 0.7, (NUM_ITEMS, RANK))
+    m = rng.normal(3.0, 0.5, NUM_ITEMS)
+    r = np.clip(np.round(np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, 0.5, nnz)), 1, 5)
+    return Ratings.from_arrays(*external_ids(users, items, str_ids), r, scale=RatingScale(1.0, 5.0, 1.0))
+
+
+def external_ids(users, items, str_ids):
+    if str_ids:  # zero-padded: sorted like the indices; non-ASCII survives
+        return (np.array([f"user-{u:03d}" for u in users], dtype=object),
+                np.array([f"película {i:03d}" for i in items], dtype=object))
+    return users * 7 + 101, items + 1
+
+
+def with_ratings(posterior, ratings, **kw):
+    titles = {i: f"Title of {i}" for i in ratings.item_vocab.ids[::3].tolist()}
+    return Posterior(
+        posterior.draws, posterior.config, ratings.user_vocab, ratings.item_vocab, ratings.scale,
+        method=posterior.method, stats=posterior.stats, timing=posterior.timing, train=ratings, titles=titles,
+        info=posterior.info, tracked=posterior.tracked, **kw,
+    )
+
+
+def synthetic_draws(seed=0, num_chains=NUM_CHAINS, num_draws=NUM_DRAWS, dtype=np.float32) -> Params:
+    """Draws shaped like a sampler's (float32 by default), with SPD precisions."""
+    rng = np.random.default_rng(seed)
+    c, s = num_chains, num_draws
+    a = rng.normal(size=(2, c, s, RANK, RANK))
+    precisions = np.einsum("...ij,...kj->...ik", a, a) + RANK * np.eye(RANK)
+    draws = Params(
+        user_factors=rng.normal(0, 0.7, (c, s, NUM_USERS, RANK)),
+        item_factors=rng.normal(0, 0.7, (c, s, NUM_ITEMS, RANK)),
+        item_offsets=rng.normal(3.0, 0.5, (c, s, NUM_ITEMS)),
+        noise_precision=rng.gamma(50.0, 4.0 / 50, (c, s)),
+        user_mean=rng.normal(0, 0.2, (c, s, RANK)),
+        user_precision=precisions[0],
+        item_mean=rng.normal(0, 0.2, (c, s, RANK)),
+        item_precision=precisions[1],
+        offset_mean=rng.normal(3.0, 0.05, (c, s)),
+        offset_precision=rng.gamma(50.0, 4.0 / 50, (c, s)),
+    )
+    return Params(*(x.astype(dtype) for x in draws))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A posterior as an engine returns it, from synthetic draws (no compile: fast)."""
+    ratings = make_ratings()
+    draws = synthetic_draws()
+    rng = np.random.default_rng(1)
+    stats = dict(
+        train_rmse=rng.uniform(0.8, 1.0, (NUM_CHAINS, NUM_DRAWS)).astype(np.float32),
+        diverging=rng.uniform(size=(NUM_CHAINS, NUM_DRAWS)) < 0.1,
+        step_size=np.array([0.1, 0.2]),  # per chain: not (chain, draw)
+    )
+    timing = dict(compile_seconds=1.25, sampling_seconds=0.5, seconds_per_sample=0.005, fit_seconds=1.75)
+    info = dict(engine="gibbs", layout="BucketLayout", thin=1, tuning=np.array([0.5, 0.25]), callback=print)
+    posterior = Posterior(
+        draws, ModelConfig(rank=RANK), ratings.user_vocab, ratings.item_vocab, ratings.scale, method="gibbs",
+        stats=stats, timing=timing, train=ratings, info=info, tracked=object(),
+    )
+    return with_ratings(posterior, ratings)
+
+
+@pytest.fixture(scope="module", params=["int_ids", "str_ids"])
+def posterior(request, fitted):
+    """The fitted draws with integer ids, or relabelled with string ids."""
+    if request.param == "int_ids":
+        return fitted
+    train = fitted.train
+    strs = make_ratings(str_ids=True)
+    assert np.array_equal(strs.user_index, train.user_index) and np.array_equal(strs.item_index, train.item_index)
+    return with_ratings(fitted, strs)
+
+
+@pytest.fixture(scope="module")
+def saved(posterior, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.nc"
+    storage.save(posterior, path)
+    return path
+
+
+def query_pairs(posterior):
+    """Known pairs, a new user, a new item and a new user + item."""
+    users = list(posterior.user_vocab.ids[:5]) + [posterior.user_vocab.ids[0]]
+    items = list(posterior.item_vocab.ids[:5]) + [posterior.item_vocab.ids[1]]
+    if posterior.user_vocab.ids.dtype == object:
+        users += ["nobody", "nobody"]
+        items += [posterior.item_vocab.ids[2], "no such film"]
+    else:
+        users += [10**6, 10**6]
+        items += [posterior.item_vocab.ids[2], 10**6]
+    return np.array(users, dtype=posterior.user_vocab.ids.dtype), np.array(items, dtype=posterior.item_vocab.ids.dtype)
+
+
+# --- round trip ----------------------------------------------------------------------
+
+
+def test_round_trip_predicts_bit_identically(posterior, saved):
+    loaded = storage.load(saved)
+    users, items = query_pairs(posterior)
+    before = posterior.predict(users, items, keep_components=True)
+    after = loaded.predict(users, items, keep_components=True)
+    for field in ("mean", "sd", "epistemic_sd", "noise_sd", "lower", "upper", "known_user", "known_item"):
+        assert np.array_equal(getattr(before, field), getattr(after, field)), field
+    assert np.array_equal(before.components.mean, after.components.mean)
+    assert not before.known_user.all() and not before.known_item.all()
+
+
+def test_round_trip_keeps_everything(posterior, saved):
+    loaded = storage.load(saved)
+    for name in Params._fields:
+        a, b = getattr(posterior.draws, name), getattr(loaded.draws, name)
+        assert a.dtype == b.dtype and a.dtype == np.float32, name
+        assert np.array_equal(a, b), name
+    assert loaded.user_vocab.ids.dtype == posterior.user_vocab.ids.dtype
+    assert np.array_equal(loaded.user_vocab.ids, posterior.user_vocab.ids)
+    assert np.array_equal(loaded.item_vocab.ids, posterior.item_vocab.ids)
+    assert [type(x) for x in loaded.item_vocab.ids[:3]] == [type(x) for x in posterior.item_vocab.ids[:3]]
+    assert loaded.scale == posterior.scale
+    assert loaded.config == posterior.config
+    assert loaded.method == "gibbs"
+    assert loaded.timing == posterior.timing
+    assert set(loaded.stats) == set(posterior.stats)
+    for name, value in posterior.stats.items():
+        assert np.array_equal(loaded.stats[name], value) and loaded.stats[name].dtype == value.dtype
+    assert loaded.titles == posterior.titles
+    # JSON-able info survives (arrays as lists); the callback is dropped.
+    assert loaded.info["engine"] == "gibbs" and loaded.info["tuning"] == [0.5, 0.25]
+    assert "callback" not in loaded.info
+    assert loaded.tracked is None
+    for name in ("user_index", "item_index", "rating"):
+        a, b = np.asarray(getattr(posterior.train, name)), np.asarray(getattr(loaded.train, name))
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert np.array_equal(loaded.train.user_ids, posterior.train.user_ids)
+
+
+def test_loaded_model_recommends_unseen_items_as_before(posterior, saved):
+    from bayesmf.recommend import recommend
+
+    loaded = storage.load(saved)
+    user = posterior.train.user_ids[0]
+    before = recommend(posterior, user, k=5)
+    after = recommend(loaded, user, k=5)
+    assert before.equals(after)
+    seen = set(posterior.train.item_ids[posterior.train.user_ids == user].tolist())
+    assert seen and not seen & set(after.iloc[:, 0].tolist())
+
+
+def test_diagnostics_are_the_same_after_load(posterior, saved):
+    loaded = storage.load(saved)
+    a, b = diagnostics.summary(posterior), diagnostics.summary(loaded)
+    assert a.index.equals(b.index)
+    np.testing.assert_array_equal(a.to_numpy(float), b.to_numpy(float))
+
+
+def test_round_trip_fixed_priors_map_like(tmp_path):
+    """One chain, one draw, fixed precisions, no train / titles / stats."""
+    ratings = make_ratings(seed=2)
+    config = ModelConfig(rank=RANK, priors="fixed", fixed=FixedPriors(user_precision=np.float32(3.5)))
+    rng = np.random.default_rng(0)
+    draws = Params(
+        rng.normal(size=(1, 1, NUM_USERS, RANK)), rng.normal(size=(1, 1, NUM_ITEMS, RANK)),
+        rng.normal(3, 1, (1, 1, NUM_ITEMS)), np.full((1, 1), 2.0), np.zeros((1, 1, RANK)),
+        np.broadcast_to(3.5 * np.eye(RANK), (1, 1, RANK, RANK)), np.zeros((1, 1, RANK)),
+        np.broadcast_to(20.0 * np.eye(RANK), (1, 1, RANK, RANK)), np.full((1, 1), 3.0), np.full((1, 1), 4.0),
+    )
+    p = Posterior(draws, config, ratings.user_vocab, ratings.item_vocab, ratings.scale, method="map")
+    storage.save(p, tmp_path / "map.nc")
+    q = storage.load(tmp_path / "map.nc")
+    assert q.train is None and q.titles == {} and q.stats == {}
+    assert q.config == config and q.draws.user_factors.dtype == np.float64
+    users, items = ratings.user_ids[:10], ratings.item_ids[:10]
+    assert np.array_equal(p.predict(users, items).mean, q.predict(users, items).mean)
+
+
+# --- atomic writes ---------------------------------------------------------------------
+
+
+def crashing_writer(tree, path, encoding):
+    with open(path, "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n half a file")
+    raise RuntimeError("simulated crash mid-save")
+
+
+def test_crash_mid_save_leaves_existing_file_intact(posterior, tmp_path, monkeypatch):
+    path = tmp_path / "model.nc"
+    storage.save(posterior, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(storage, "_write_tree", crashing_writer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        storage.save(posterior, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.nc"]  # no temporary file left behind
+    monkeypatch.undo()
+    users, items = query_pairs(posterior)
+    assert np.array_equal(storage.load(path).predict(users, items).mean, posterior.predict(users, items).mean)
+
+
+def test_crash_mid_save_creates_nothing(posterior, tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_write_tree", crashing_writer)
+    with pytest.raises(RuntimeError):
+        storage.save(posterior, tmp_path / "model.nc")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_replaces_an_existing_file(posterior, tmp_path):
+    path = tmp_path / "model.nc"
+    path.write_bytes(b"old")
+    assert storage.save(posterior, str(path)) == path
+    assert storage.load(path).num_draws == NUM_DRAWS
+
+
+# --- load errors -------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.nc"
+    with pytest.raises(FileNotFoundError, match="nowhere.nc"):
+        storage.load(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.0])
+def test_truncated_file(saved, tmp_path, keep):
+    data = saved.read_bytes()
+    path = tmp_path / "truncated.nc"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+        storage.load(path)
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "garbage.nc"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+        storage.load(path)
+
+
+def test_flipped_bit_in_the_draws_is_detected(posterior, saved, tmp_path):
+    """Fletcher-32 checksums: a corrupted draw is an error, never a different model."""
+    data = bytearray(saved.read_bytes())
+    needle = posterior.draws.user_factors[0, 0, :3].tobytes()  # inside the first HDF5 chunk
+    at = data.find(needle)
+    assert at >= 0 and data.find(needle, at + 1) < 0
+    data[at + len(needle) // 2] ^= 0x01
+    path = tmp_path / "flipped.nc"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+        storage.load(path)
+
+
+@pytest.mark.parametrize("engine", ["h5netcdf", "scipy"])
+def test_foreign_netcdf_is_not_a_bayesmf_file(tmp_path, engine):
+    path = tmp_path / "other.nc"
+    xr.Dataset({"temperature": ("time", np.arange(5.0))}).to_netcdf(path, engine=engine)
+    with pytest.raises(ValueError, match="is not a bayesmf model file"):
+        storage.load(path)
+
+
+def test_newer_format_version_is_refused(posterior, tmp_path):
+    path = tmp_path / "future.nc"
+    storage.save(posterior, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = np.int64(storage.FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match=r"format version 2 .* reads format version 1"):
+        storage.load(path)
+
+
+def test_broken_content_is_a_value_error(posterior, tmp_path):
+    path = tmp_path / "broken.nc"
+    storage.save(posterior, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = "{not json"
+    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+        storage.load(path)
+
+
+# --- ArviZ ------------------------------------------------------------------------------
+
+
+def test_to_datatree_groups_and_dims(posterior):
+    dt = storage.to_datatree(posterior)
+    assert set(dt.children) == {"posterior", "sample_stats"}
+    post = dt["posterior"]
+    assert post["user_factors"].dims == ("chain", "draw", "user", "factor")
+    assert post["item_factors"].dims == ("chain", "draw", "item", "factor")
+    assert post["user_precision"].dims == ("chain", "draw", "factor", "factor_col")
+    assert np.array_equal(post["user"].values, posterior.user_vocab.ids)
+    assert np.array_equal(post["item"].values, posterior.item_vocab.ids)
+    for name in ("noise_sd", "offset_mean", "offset_sd", "user_prior_trace_cov", "item_prior_trace_cov",
+                 "user_mean_norm", "item_mean_norm", "user_factors_norm", "item_factors_norm", "pred_fro_norm"):
+        assert post[name].dims == ("chain", "draw"), name
+    assert post["item_offsets"].dims == ("chain", "draw", "item")
+    assert post["user_prior_eigvals"].dims == ("chain", "draw", "factor")
+    assert post["probe_pred"].dims == ("chain", "draw", "probe")
+    assert post.sizes["chain"] == NUM_CHAINS and post.sizes["draw"] == NUM_DRAWS
+    assert set(post["probe_user"].values.tolist()) <= set(posterior.user_vocab.ids.tolist())
+    assert dt["sample_stats"]["train_rmse"].dims == ("chain", "draw")
+    assert dt["sample_stats"]["diverging"].dtype == bool
+    assert "step_size" not in dt["sample_stats"]  # not per draw
+    slim = storage.to_datatree(posterior, keep_factors=False)
+    assert "user_factors" not in slim["posterior"] and "noise_sd" in slim["posterior"]
+
+
+def test_to_datatree_fixed_mode_puts_constants_aside(fitted):
+    d = fitted.draws
+    eye = np.broadcast_to(np.eye(RANK, dtype=np.float32), d.user_precision.shape)
+    draws = d._replace(user_precision=20 * eye, item_precision=20 * eye, user_mean=0 * d.user_mean,
+                       item_mean=0 * d.item_mean, noise_precision=np.ones_like(d.noise_precision))
+    p = Posterior(draws, ModelConfig(rank=RANK, priors="fixed"), fitted.user_vocab, fitted.item_vocab,
+                  fitted.scale, method="gibbs")
+    dt = storage.to_datatree(p)
+    assert "user_prior_trace_cov" in dt["constant_data"] and "user_prior_trace_cov" not in dt["posterior"]
+    assert float(dt["constant_data"]["user_prior_trace_cov"]) == pytest.approx(RANK / 20)
+    assert dt["constant_data"]["user_precision"].dims == ("factor", "factor_col")
+    assert "item_offsets" in dt["posterior"]  # still estimated
+    assert "noise_sd" in dt["constant_data"] and "sample_stats" not in dt.children
+
+
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")
+def test_to_datatree_with_pairs_and_loo(posterior):
+    test = make_ratings(seed=9, nnz=80, str_ids=posterior.user_vocab.ids.dtype == object)
+    dt = storage.to_datatree(posterior, (test.user_ids, test.item_ids, test.rating), keep_factors=False)
+    assert {"posterior_predictive", "log_likelihood", "observed_data"} <= set(dt.children)
+    ll = dt["log_likelihood"]["rating"]
+    assert ll.dims == ("chain", "draw", "pair") and ll.shape == (NUM_CHAINS, NUM_DRAWS, len(test))
+    assert np.array_equal(dt["observed_data"]["rating"].values, np.asarray(test.rating, np.float64))
+    assert np.array_equal(dt["log_likelihood"]["pair_user"].values, test.user_ids)
+    comps = posterior.components(*posterior.index_pairs(test.user_ids, test.item_ids))
+    np.testing.assert_allclose(
+        dt["posterior_predictive"]["rating_mean"].values.reshape(-1, len(test)), comps.mean, rtol=0
+    )
+    result = az.loo(dt)
+    assert np.isfinite(result.elpd) and result.n_data_points == len(test)
+    # pairs + observed given apart give the same tree.
+    again = storage.to_datatree(posterior, (test.user_ids, test.item_ids), test.rating, keep_factors=False)
+    assert np.array_equal(again["log_likelihood"]["rating"].values, ll.values)
+    with pytest.raises(ValueError, match="twice"):
+        storage.to_datatree(posterior, (test.user_ids, test.item_ids, test.rating), test.rating)
+
+
+def test_to_datatree_is_writable(posterior, tmp_path):
+    test = make_ratings(seed=9, nnz=20, str_ids=posterior.user_vocab.ids.dtype == object)
+    dt = storage.to_datatree(posterior, (test.user_ids, test.item_ids, test.rating))
+    dt.to_netcdf(tmp_path / "arviz.nc", engine="h5netcdf")
+    back = xr.open_datatree(tmp_path / "arviz.nc", engine="h5netcdf")
+    try:
+        assert np.array_equal(back["posterior"]["noise_sd"].values, dt["posterior"]["noise_sd"].values)
+    finally:
+        back.close()
+
+
+def test_file_attributes_are_documented(saved):
+    with h5py.File(saved, "r") as f:
+        attrs = dict(f.attrs)
+        assert attrs["format"] in (storage.FORMAT, storage.FORMAT.encode())
+        assert int(np.asarray(attrs["format_version"]).item()) == 1
+        config = json.loads(attrs["config"])
+        assert config["rank"] == RANK and "fixed" in config and "hyper" in config
+        assert {"draws", "vocab", "train", "titles", "sample_stats"} <= set(f.keys())
+        assert f["draws/user_factors"].fletcher32
