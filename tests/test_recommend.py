@@ -1,0 +1,299 @@
+"""Top-k recommendation with uncertainty, similar movies, ranking evaluation.
+
+One Gibbs posterior on tiny synthetic data (40 users x 30 movies, rank 2,
+100 draws) serves the module; a point estimate is its last draw.
+"""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from bayesmf import coldstart, metrics
+from bayesmf.data import RatingScale, Ratings
+from bayesmf.engines import gibbs
+from bayesmf.model import ModelConfig, Params, model_data_from_ratings
+from bayesmf.posterior import Posterior
+from bayesmf.recommend import STRATEGIES, evaluate_ranking, recommend, similar_items
+
+NUM_USERS, NUM_ITEMS, RANK, NUM_DRAWS = 40, 30, 2, 100
+# Rotation-invariant distances before/after a change of factor basis agree to
+# float64 round-off of O(1) numbers (the draws are float32 but the transform
+# and the distance are evaluated in float64).
+INVARIANCE_RTOL = 1e-6
+
+
+def make_ratings(seed=1, nnz=500):
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(NUM_USERS * NUM_ITEMS, size=nnz, replace=False)
+    users, items = np.divmod(cells, NUM_ITEMS)
+    lu = rng.normal(0, 0.7, (NUM_USERS, RANK))
+    rv = rng.normal(0, 0.7, (NUM_ITEMS, RANK))
+    m = rng.normal(3.0, 0.5, NUM_ITEMS)
+    r = np.clip(np.round(np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, 0.5, nnz)), 1, 5)
+    return Ratings.from_arrays(users + 101, items + 1, r, scale=RatingScale(1.0, 5.0, 1.0))
+
+
+def with_draws(posterior, draws, **kw):
+    return Posterior(
+        draws, posterior.config, posterior.user_vocab, posterior.item_vocab, posterior.scale,
+        method=kw.pop("method", posterior.method), train=posterior.train, titles=posterior.titles, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def posterior():
+    ratings = make_ratings()
+    config = ModelConfig(rank=RANK)
+    result = gibbs.sample(
+        jax.random.PRNGKey(3), model_data_from_ratings(ratings), config, num_samples=NUM_DRAWS, num_warmup=50,
+        progress_bar=False,
+    )
+    titles = {int(i): f"Movie {i}" for i in ratings.item_vocab.ids}
+    return Posterior(
+        result.draws, config, ratings.user_vocab, ratings.item_vocab, ratings.scale, method="gibbs", train=ratings,
+        titles=titles,
+    )
+
+
+@pytest.fixture(scope="module")
+def map_posterior(posterior):
+    return with_draws(posterior, Params(*(x[:, -1:] for x in posterior.draws)), method="map")
+
+
+def seen_items(posterior, user_id):
+    train = posterior.train
+    u = int(train.user_vocab.index([user_id], missing="flag")[0])
+    return set(np.asarray(train.item_vocab.ids)[np.asarray(train.item_index)[np.asarray(train.user_index) == u]].tolist())
+
+
+USER = 105
+
+
+# --- top-k --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_top_k_is_sorted_and_excludes_seen(posterior, strategy):
+    top = recommend(posterior, USER, 7, strategy=strategy, rng_key=jax.random.PRNGKey(0))
+    assert list(top.columns[:5]) == ["item", "score", "mean", "sd", "epistemic_sd"] and "title" in top.columns
+    assert len(top) == 7
+    assert np.all(np.diff(top["score"].to_numpy()) <= 0)
+    assert not set(top["item"].tolist()) & seen_items(posterior, USER)
+    assert top["title"].tolist() == [f"Movie {i}" for i in top["item"]]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    user=st.sampled_from([101, 110, 125, 140, -1]),
+    k=st.integers(1, 40),
+    strategy=st.sampled_from(STRATEGIES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_top_k_property(posterior, user, k, strategy, seed):
+    top = recommend(posterior, user, k, strategy=strategy, rng_key=jax.random.PRNGKey(seed))
+    seen = seen_items(posterior, user) if user > 0 else set()
+    assert len(top) == min(k, NUM_ITEMS - len(seen))
+    assert np.all(np.diff(top["score"].to_numpy()) <= 0)
+    assert not set(top["item"].tolist()) & seen
+    assert top["item"].is_unique
+
+
+def test_exclude_seen_off_keeps_everything(posterior):
+    top = recommend(posterior, USER, 100, exclude_seen=False)
+    assert sorted(top["item"].tolist()) == sorted(posterior.item_vocab.ids.tolist())
+
+
+def test_ties_are_broken_by_item_index(posterior):
+    """Movies with identical draws score identically; they come out in index
+    order whatever order the candidates are given in."""
+    draws = posterior.draws
+    tied = [4, 11, 19, 25]  # item indices
+    item_factors, item_offsets = draws.item_factors.copy(), draws.item_offsets.copy()
+    item_factors[:, :, tied] = item_factors[:, :, [4]]
+    item_offsets[:, :, tied] = item_offsets[:, :, [4]] + 10.0  # far above the rest: the top 4
+    post = with_draws(posterior, draws._replace(item_factors=item_factors, item_offsets=item_offsets))
+    ids = post.item_vocab.ids
+    for strategy in ("mean", "lcb", "ucb", "prob_above"):
+        top = recommend(post, -1, 4, strategy=strategy, items=ids[::-1], threshold=1.0)
+        assert top["item"].tolist() == ids[tied].tolist(), strategy
+        assert top["score"].nunique() == 1
+
+
+def test_thompson_is_reproducible_per_key(posterior):
+    def run(seed, user=USER, target=posterior):
+        return recommend(target, user, 10, strategy="thompson", rng_key=jax.random.PRNGKey(seed))
+
+    pd.testing.assert_frame_equal(run(0), run(0))
+    assert not run(0)["score"].equals(run(1)["score"])
+    pd.testing.assert_frame_equal(run(5, user=-1), run(5, user=-1))
+    fold = coldstart.fold_in_users(posterior, [([1, 2, 3], [5.0, 1.0, 4.0])])
+    pd.testing.assert_frame_equal(run(2, user=0, target=fold), run(2, user=0, target=fold))
+    assert not run(2, user=0, target=fold)["score"].equals(run(3, user=0, target=fold)["score"])
+
+
+def test_thompson_scores_are_one_posterior_draw(posterior):
+    """A known user's Thompson scores are exactly the mean ratings of one draw."""
+    top = recommend(posterior, USER, 30, strategy="thompson", rng_key=jax.random.PRNGKey(9), exclude_seen=False)
+    flat = posterior.flat_draws()
+    u = int(posterior.user_vocab.index([USER], missing="flag")[0])
+    j = posterior.item_vocab.index(top["item"].to_numpy(), missing="flag")
+    per_draw = flat.item_offsets[:, j] + np.einsum("sjd,sd->sj", flat.item_factors[:, j], flat.user_factors[:, u])
+    err = np.max(np.abs(per_draw - top["score"].to_numpy()[None]), axis=1)
+    assert err.min() < 1e-5
+
+
+def test_bounds_bracket_the_mean(posterior):
+    frames = {
+        s: recommend(posterior, USER, 100, strategy=s, beta=1.5, exclude_seen=False).set_index("item").sort_index()
+        for s in ("mean", "lcb", "ucb")
+    }
+    mean, lcb, ucb = (frames[s]["score"].to_numpy() for s in ("mean", "lcb", "ucb"))
+    assert np.all(lcb <= mean) and np.all(mean <= ucb) and np.any(lcb < mean)
+    sd = frames["mean"]["epistemic_sd"].to_numpy()
+    np.testing.assert_allclose(ucb - mean, 1.5 * sd, rtol=1e-12)
+    pred = recommend(posterior, USER, 100, strategy="lcb", uncertainty="predictive", exclude_seen=False)
+    np.testing.assert_allclose(pred["score"], pred["mean"] - pred["sd"], rtol=1e-12)
+
+
+def test_prob_above_is_the_mixture_tail(posterior):
+    top = recommend(posterior, USER, 100, strategy="prob_above", threshold=3.5, exclude_seen=False)
+    assert np.all((top["score"] >= 0) & (top["score"] <= 1))
+    pred = posterior.predict(np.full(len(top), USER), top["item"].to_numpy(), keep_components=True)
+    want = stats.norm.sf((3.5 - pred.components.mean) / pred.components.sd).mean(axis=0)
+    np.testing.assert_allclose(top["score"], want, rtol=1e-10)
+
+
+def test_unknown_user_gets_the_cold_start_ranking(posterior):
+    top = recommend(posterior, "stranger", 100)
+    ids = posterior.item_vocab.ids
+    want = posterior.predict(np.full(ids.shape, -1), ids)
+    order = np.argsort(-want.mean, kind="stable")
+    assert top["item"].tolist() == ids[order].tolist()
+
+
+def test_folded_in_user(posterior):
+    fold = coldstart.fold_in_users(posterior, [([1, 2, 3], [5.0, 1.0, 4.0]), ([], [])], user_ids=["a", "b"])
+    top = recommend(fold, "a", 100)
+    assert not {1, 2, 3} & set(top["item"].tolist()) and len(top) == NUM_ITEMS - 3
+    np.testing.assert_allclose(top["mean"], fold.predict(top["item"], users="a").mean, rtol=1e-12)
+    empty = recommend(fold, "b", 100)
+    cold = recommend(posterior, "stranger", 100)
+    pd.testing.assert_frame_equal(empty, cold)  # no ratings: exactly the cold-start ranking
+    for strategy in ("lcb", "prob_above"):
+        assert len(recommend(fold, "a", 5, strategy=strategy)) == 5
+
+
+def test_point_estimate_uses_the_laplace_spread(map_posterior):
+    lcb = recommend(map_posterior, USER, 100, strategy="lcb")
+    assert np.all(lcb["epistemic_sd"] > 0) and lcb["epistemic_sd"].nunique() > 1
+    plug_in = recommend(map_posterior, USER, 100, strategy="lcb", epistemic="posterior")
+    np.testing.assert_array_equal(plug_in["epistemic_sd"], 0.0)  # collapses to the mean without Laplace
+    np.testing.assert_array_equal(plug_in["score"], plug_in["mean"])
+    a = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(0))
+    b = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(1))
+    assert not a["score"].equals(b["score"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0), "k must be > 0"),
+        (dict(k=-3), "k must be > 0"),
+        (dict(k=2.5), "positive integer"),
+        (dict(strategy="best"), "unknown strategy 'best'"),
+        (dict(beta=-1.0), "beta must be"),
+        (dict(strategy="thompson"), "rng_key"),
+        (dict(items=[1, 2, 999]), r"unknown to the model: \[999\]"),
+        (dict(items=[1, 1]), "duplicate"),
+        (dict(uncertainty="total"), "uncertainty"),
+    ],
+)
+def test_bad_input_raises(posterior, kwargs, match):
+    kwargs = dict(kwargs)
+    k = kwargs.pop("k", 5)
+    with pytest.raises(ValueError, match=match):
+        recommend(posterior, USER, k, **kwargs)
+
+
+def test_bad_targets_raise(posterior):
+    with pytest.raises(TypeError, match="ItemFoldIn"):
+        recommend(coldstart.fold_in_items(posterior, [([101], [4.0])]), 0)
+    with pytest.raises(KeyError):
+        recommend(coldstart.fold_in_users(posterior, [([1], [4.0])]), 7)
+
+
+# --- similar movies ---------------------------------------------------------------------------
+
+
+def test_invariant_distance_survives_any_change_of_basis(posterior):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(RANK, RANK)) + 2.0 * np.eye(RANK)  # invertible, not orthogonal
+    assert abs(np.linalg.det(a)) > 0.1 and not np.allclose(a @ a.T, np.eye(RANK))
+    d = posterior.draws
+    d64 = d._replace(**{f: np.asarray(getattr(d, f), np.float64) for f in ("user_factors", "item_factors", "item_offsets")})
+    moved = d64._replace(user_factors=d64.user_factors @ a, item_factors=d64.item_factors @ np.linalg.inv(a).T)
+    before, after = with_draws(posterior, d64), with_draws(posterior, moved)
+    for metric in ("invariant", "profile"):
+        x, y = similar_items(before, 7, 29, metric=metric), similar_items(after, 7, 29, metric=metric)
+        assert x["item"].tolist() == y["item"].tolist(), metric
+        np.testing.assert_allclose(x["distance"], y["distance"], rtol=INVARIANCE_RTOL)
+        np.testing.assert_array_equal(x["prob_top_k"], y["prob_top_k"])
+    e1 = similar_items(before, 7, 29, metric="euclidean").sort_values("item")["distance"].to_numpy()
+    e2 = similar_items(after, 7, 29, metric="euclidean").sort_values("item")["distance"].to_numpy()
+    assert np.max(np.abs(e1 / e2 - 1)) > 0.1
+
+
+def test_similar_items_output(posterior):
+    top = similar_items(posterior, 7, 5)
+    assert list(top.columns) == ["item", "distance", "prob_top_k", "title"]
+    assert len(top) == 5 and 7 not in top["item"].tolist()
+    assert np.all(np.diff(top["distance"].to_numpy()) >= 0)
+    assert np.all((top["prob_top_k"] >= 0) & (top["prob_top_k"] <= 1))
+    full = similar_items(posterior, 7, 29)
+    assert full["prob_top_k"].sum() == pytest.approx(29)
+    k5 = similar_items(posterior, 7, 5, num_draws=10)
+    assert np.all(np.isin(k5["prob_top_k"] * 10, np.arange(11)))
+    # invariant distance is the RMS difference of predicted (offset-free) ratings over training users
+    flat = posterior.flat_draws()
+    i, j = posterior.item_vocab.index([7, top["item"].iloc[0]], missing="flag")
+    diff = np.einsum("snd,sd->sn", flat.user_factors.astype(np.float64), (flat.item_factors[:, i] - flat.item_factors[:, j]).astype(np.float64))
+    assert top["distance"].iloc[0] == pytest.approx(np.sqrt(np.mean(diff**2)), rel=1e-9)
+    with pytest.raises(ValueError, match="unknown"):
+        similar_items(posterior, 999)
+    with pytest.raises(ValueError, match="metric"):
+        similar_items(posterior, 7, metric="cosine")
+    with pytest.raises(ValueError, match="k must"):
+        similar_items(posterior, 7, 0)
+
+
+# --- offline evaluation ------------------------------------------------------------------------
+
+
+def test_evaluate_ranking_matches_the_metrics(posterior):
+    rng = np.random.default_rng(5)
+    users = rng.choice([101, 102, 103, 104, 105, -7], size=60)
+    items = rng.integers(1, NUM_ITEMS + 1, size=60)
+    ratings = rng.integers(1, 6, size=60).astype(float)
+    out = evaluate_ranking(posterior, users, items, ratings, k=5, strategy="mean")
+    recommended, relevant = [], []
+    for u in np.unique(users):
+        good = items[(users == u) & (ratings >= 4.0)]
+        if good.size:
+            recommended.append(recommend(posterior, u, 5)["item"].to_numpy())
+            relevant.append(good)
+    assert out["precision_at_k"] == pytest.approx(metrics.precision_at_k(recommended, relevant, 5))
+    assert out["recall_at_k"] == pytest.approx(metrics.recall_at_k(recommended, relevant, 5))
+    assert out["ndcg_at_k"] == pytest.approx(metrics.ndcg_at_k(recommended, relevant, 5))
+    assert out["num_users"] == len(recommended) and out["num_cold_users"] == int(-7 in users and len(relevant) > 0 and any(
+        (users == -7) & (ratings >= 4.0)))
+    t1 = evaluate_ranking(posterior, users, items, ratings, k=5, strategy="thompson", rng_key=jax.random.PRNGKey(0))
+    t2 = evaluate_ranking(posterior, users, items, ratings, k=5, strategy="thompson", rng_key=jax.random.PRNGKey(0))
+    assert t1 == t2
+    with pytest.raises(ValueError, match="rng_key"):
+        evaluate_ranking(posterior, users, items, ratings, strategy="thompson")
+    with pytest.raises(ValueError, match="one length"):
+        evaluate_ranking(posterior, users, items[:3], ratings)
