@@ -1,0 +1,304 @@
+"""The MAP engine: its objective is the model's, its solvers agree, tuning and
+the plug-in noise do what they say, and bad input fails clearly.
+
+Tiny data drawn from the model (60 users x 40 movies, rank 3, continuous
+ratings) keep every test fast; tolerances are named constants with their
+source next to them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bayesmf.engines import map as map_engine
+from bayesmf.model import FixedPriors, ModelConfig, Params, make_model_data, model_data_from_ratings, predict_mean
+from bayesmf.split import validation_split
+from bayesmf.synthetic import movielens_like
+
+RANK = 3
+# Precisions with ratios lambda / alpha = 0.5 (factors) and 0.25 (offsets):
+# mild shrinkage, every rank direction stays in use on the tiny data.
+PRIORS = FixedPriors(user_precision=2.0, item_precision=2.0, offset_precision=1.0, noise_precision=4.0)
+CONFIG = ModelConfig(rank=RANK, priors="fixed", fixed=PRIORS)
+
+# Float64 central differences with step 1e-5 have truncation error
+# O(h^2 f''') ~ 1e-10 and round-off O(eps f / h) ~ 1e-11 relative: 1e-6 is
+# loose for both and still catches any real gradient error.
+FD_RTOL = 1e-6
+# Two converged float32 solvers: the objective (per rating, ~0.86 here) is
+# summed with round-off ~1e-7 relative and both stop at FTOL = 1e-7 per
+# iteration, so they agree to a few 1e-6 (measured 5e-7); 1e-5 relative.
+SOLVER_OBJECTIVE_RTOL = 1e-5
+# Predictions at the two stopping points: measured RMS difference 3e-4 and max
+# 3e-3 on ratings of sd ~1; 0.02 max is well above that and far below the
+# noise sd (0.5).
+SOLVER_PREDICTION_ATOL = 0.02
+# Adam with a fixed step stops short of the exact mode (measured 4e-6
+# relative above L-BFGS); it must be within 1e-4 relative.
+ADAM_OBJECTIVE_RTOL = 1e-4
+# 180 of the 900 ratings: enough to rank precisions on; the same fraction
+# everywhere, so that one compiled loop serves the tuning and fit_ratings tests.
+VALIDATION_FRACTION = 0.2
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return movielens_like(
+        0, num_users=60, num_items=40, num_ratings=900, rank=RANK, min_per_user=5, noise_sd=0.5, discretize=False
+    )
+
+
+@pytest.fixture(scope="module")
+def data(sim):
+    return model_data_from_ratings(sim.ratings)
+
+
+@pytest.fixture(scope="module")
+def fits(data):
+    return {
+        solver: map_engine.fit(jax.random.PRNGKey(0), data, CONFIG, solver=solver) for solver in ("lbfgs", "als", "adam")
+    }
+
+
+def all_pairs_mean(result) -> np.ndarray:
+    """Predicted mean of every (user, movie) cell: rotation-invariant."""
+    params = Params(*(jnp.asarray(x[0, 0]) for x in result.draws))
+    users, items = np.meshgrid(
+        np.arange(params.user_factors.shape[0]), np.arange(params.item_factors.shape[0]), indexing="ij"
+    )
+    return np.asarray(predict_mean(params, jnp.asarray(users.ravel()), jnp.asarray(items.ravel())))
+
+
+# --- the objective is the model's ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offsets", ["estimated", "empirical"])
+def test_gradient_matches_central_differences(offsets):
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(1)
+        users = rng.integers(0, 8, 40)
+        items = rng.integers(0, 6, 40)
+        keep = np.unique(users * 6 + items, return_index=True)[1]
+        data = make_model_data(users[keep], items[keep], rng.normal(3.5, 1.0, keep.size), 8, 6, dtype=jnp.float64)
+        config = CONFIG.replace(offsets=offsets)
+        latent = map_engine.init_latent(jax.random.PRNGKey(2), data, config, scale=0.7)
+        latent = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), latent)
+        objective = jax.jit(map_engine.neg_log_joint, static_argnums=2)
+        value, grad = jax.jit(jax.value_and_grad(map_engine.neg_log_joint), static_argnums=2)(latent, data, config)
+        assert np.isfinite(float(value))
+        h = 1e-5
+        for k in range(5):
+            direction = jax.tree_util.tree_map(
+                lambda x: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3), k), x.shape, jnp.float64), latent
+            )
+            plus = jax.tree_util.tree_map(lambda x, d: x + h * d, latent, direction)
+            minus = jax.tree_util.tree_map(lambda x, d: x - h * d, latent, direction)
+            fd = (objective(plus, data, config) - objective(minus, data, config)) / (2 * h)
+            analytic = sum(
+                jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
+            )
+            np.testing.assert_allclose(float(fd), float(analytic), rtol=FD_RTOL)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("offsets", ["estimated", "empirical"])
+def test_compiled_objective_has_the_model_gradient(data, offsets):
+    """The loop evaluates the model at unit precisions with per-site scales;
+    its gradient must equal that of the model's log joint at the precisions."""
+    config = CONFIG.replace(offsets=offsets, fixed=FixedPriors(3.0, 0.5, 7.0, 2.5))
+    latent = map_engine.init_latent(jax.random.PRNGKey(4), data, config, scale=0.5)
+    precisions = map_engine._precision_vector(config.fixed, jnp.float32)
+    grad_loop = jax.jit(lambda x, p: jax.grad(map_engine._objective_fn(data, config, p))(x))(latent, precisions)
+    grad_model = jax.jit(jax.grad(map_engine.neg_log_joint), static_argnums=2)(latent, data, config)
+    for name in grad_model:
+        # float32 gradients of one sum computed two ways: round-off ~1e-7 of
+        # the largest entry; 1e-5 relative / 1e-7 absolute is loose for it.
+        np.testing.assert_allclose(grad_loop[name], grad_model[name], rtol=1e-5, atol=1e-7)
+
+
+# --- the solvers ---------------------------------------------------------------------------
+
+
+def test_result_contract(fits, data):
+    result = fits["lbfgs"]
+    assert result.draws.user_factors.shape == (1, 1, data.num_users, RANK)
+    assert result.draws.item_factors.shape == (1, 1, data.num_items, RANK)
+    assert result.draws.item_offsets.shape == (1, 1, data.num_items)
+    assert result.draws.noise_precision.shape == (1, 1)
+    assert all(isinstance(x, np.ndarray) and np.all(np.isfinite(x)) for x in result.draws)
+    assert result.stats["objective"].shape == (1, 1)
+    assert result.info["solver"] == "lbfgs"
+    assert result.info["converged"]
+    trace = result.info["objective_trace"]
+    assert trace.shape == (result.info["iterations"],) and np.all(np.isfinite(trace))
+    assert result.timing["fit_seconds"] > 0
+    np.testing.assert_allclose(result.draws.noise_precision[0, 0], PRIORS.noise_precision)
+
+
+def test_als_and_lbfgs_reach_the_same_mode(fits):
+    lbfgs, als = fits["lbfgs"], fits["als"]
+    np.testing.assert_allclose(als.stats["objective"], lbfgs.stats["objective"], rtol=SOLVER_OBJECTIVE_RTOL)
+    np.testing.assert_allclose(all_pairs_mean(als), all_pairs_mean(lbfgs), atol=SOLVER_PREDICTION_ATOL)
+
+
+def test_als_never_increases_the_objective(fits):
+    trace = fits["als"].info["objective_trace"]
+    # Each half-sweep is an exact block minimization; float32 round-off of the
+    # summed objective (~1e-7 relative) is the only allowed increase.
+    assert np.all(np.diff(trace) <= 1e-6 * np.abs(trace[1:]))
+
+
+def test_adam_gets_close_to_lbfgs(fits):
+    adam, lbfgs = fits["adam"], fits["lbfgs"]
+    assert adam.stats["objective"][0, 0] >= lbfgs.stats["objective"][0, 0] * (1 - SOLVER_OBJECTIVE_RTOL)
+    np.testing.assert_allclose(adam.stats["objective"], lbfgs.stats["objective"], rtol=ADAM_OBJECTIVE_RTOL)
+
+
+def test_optimizer_is_passed_in(data, fits):
+    result = map_engine.fit(
+        jax.random.PRNGKey(0), data, CONFIG, solver="adam", optimizer=optax.sgd(0.5, momentum=0.9), max_iters=3000
+    )
+    np.testing.assert_allclose(result.stats["objective"], fits["lbfgs"].stats["objective"], rtol=ADAM_OBJECTIVE_RTOL)
+
+
+def test_warm_start_from_a_fit_stays_there(data, fits):
+    result = map_engine.fit(jax.random.PRNGKey(9), data, CONFIG, solver="als", init_params=fits["als"].draws)
+    assert result.info["iterations"] <= map_engine.FTOL_WINDOW + 1
+    np.testing.assert_allclose(all_pairs_mean(result), all_pairs_mean(fits["als"]), atol=SOLVER_PREDICTION_ATOL)
+
+
+def test_mode_recovers_the_truth(sim, fits):
+    """At mild shrinkage the MAP means track the true means: RMSE well below
+    the noise sd (0.5) on the cells of the truth."""
+    true = sim.true_mean(*np.meshgrid(np.arange(60), np.arange(40), indexing="ij"))
+    assert np.sqrt(np.mean((all_pairs_mean(fits["lbfgs"]) - true.ravel()) ** 2)) < 0.5
+
+
+# --- tuning and the plug-in noise ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def validation(sim):
+    split = validation_split(sim.ratings, VALIDATION_FRACTION, 0)
+    sub = split.train
+    pairs = (sub.user_vocab.index(split.test.user_ids), sub.item_vocab.index(split.test.item_ids))
+    return model_data_from_ratings(sub), pairs, split.test.rating
+
+
+def test_tune_picks_a_finite_best_and_the_noise_from_validation(validation):
+    sub_data, pairs, valid_rating = validation
+    out = map_engine.tune(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, solver="als")
+    table = out["table"]
+    assert len(table) >= 7 and np.all(np.isfinite(table["valid_rmse"]))
+    assert table["valid_rmse"].is_monotonic_increasing
+    best = table.iloc[0]
+    assert out["validation_rmse"] == pytest.approx(best["valid_rmse"])
+    assert out["ratios"]["user"] == pytest.approx(best["user_ratio"])
+    priors = out["priors"]
+    assert all(np.isfinite(x) and x > 0 for x in priors)
+    # The noise precision is 1 / mean(validation residual^2) of the best fit,
+    # recomputed here from its draws.
+    params = Params(*(jnp.asarray(x[0, 0]) for x in out["result"].draws))
+    residual = np.asarray(valid_rating) - np.asarray(predict_mean(params, jnp.asarray(pairs[0]), jnp.asarray(pairs[1])))
+    np.testing.assert_allclose(priors.noise_precision, 1.0 / np.mean(residual**2), rtol=1e-5)
+    # The ratios (hence the mode) are the tuned ones.
+    assert priors.user_precision / priors.noise_precision == pytest.approx(best["user_ratio"])
+    assert priors.offset_precision / priors.noise_precision == pytest.approx(best["offset_ratio"])
+    # Validation residuals are held out: larger than the training residuals.
+    assert out["validation_rmse"] > out["result"].stats["train_rmse"][0, 0]
+
+
+def test_tune_with_an_explicit_grid(validation):
+    sub_data, pairs, valid_rating = validation
+    grid = {"factor": [0.3, 3.0], "offset": [0.1, 1.0]}
+    out = map_engine.tune(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, solver="als", grid=grid)
+    assert sorted(zip(out["table"]["user_ratio"], out["table"]["offset_ratio"])) == [
+        (0.3, 0.1), (0.3, 1.0), (3.0, 0.1), (3.0, 1.0)
+    ]
+    assert out["ratios"]["user"] == out["ratios"]["item"]
+
+
+def test_fit_ratings_refits_on_all_ratings_with_validation_noise(sim):
+    ratings = sim.ratings
+    result = map_engine.fit_ratings(
+        jax.random.PRNGKey(0), ratings, CONFIG, solver="als", validation_fraction=VALIDATION_FRACTION
+    )
+    info = result.info
+    assert result.draws.user_factors.shape == (1, 1, ratings.num_users, RANK)
+    assert info["noise_source"] == "validation residuals"
+    noise_sd = 1.0 / np.sqrt(result.draws.noise_precision[0, 0])
+    assert noise_sd == pytest.approx(info["validation_rmse"], rel=1e-5)
+    assert noise_sd > result.stats["train_rmse"][0, 0]
+    # The returned config carries the tuned precisions, consistent with the draws.
+    fixed = info["config"].fixed
+    assert fixed.noise_precision == pytest.approx(result.draws.noise_precision[0, 0], rel=1e-6)
+    np.testing.assert_allclose(result.draws.user_precision[0, 0], fixed.user_precision * np.eye(RANK), rtol=1e-6)
+    assert fixed.user_precision / fixed.noise_precision == pytest.approx(info["tuning"][0]["user_ratio"])
+    assert info["num_validation"] == round(VALIDATION_FRACTION * len(ratings))
+    assert result.timing["fit_seconds"] >= result.timing["tune_seconds"]
+
+
+def test_fit_ratings_without_tuning_keeps_the_ratios(sim):
+    result = map_engine.fit_ratings(
+        jax.random.PRNGKey(0), sim.ratings, CONFIG, solver="als", tune=False, validation_fraction=VALIDATION_FRACTION
+    )
+    ratios = result.info["ratios"]
+    assert ratios["user"] == pytest.approx(PRIORS.user_precision / PRIORS.noise_precision)
+    assert ratios["offset"] == pytest.approx(PRIORS.offset_precision / PRIORS.noise_precision)
+    assert result.info["tuning"] == []
+    assert 1.0 / np.sqrt(result.draws.noise_precision[0, 0]) == pytest.approx(result.info["validation_rmse"], rel=1e-5)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input(data, sim):
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="unknown solver"):
+        map_engine.fit(key, data, CONFIG, solver="newton")
+    with pytest.raises(ValueError, match="unknown solver"):
+        map_engine.fit_ratings(key, sim.ratings, CONFIG, solver="sgd")
+    with pytest.raises(ValueError, match="degenerate"):
+        map_engine.fit(key, data, CONFIG.replace(priors="hyper"))
+    with pytest.raises(ValueError, match="degenerate"):
+        map_engine.fit_ratings(key, sim.ratings, CONFIG.replace(priors="hyper"), solver="lbfgs")
+    with pytest.raises(ValueError, match="degenerate"):
+        map_engine.neg_log_joint({}, data, CONFIG.replace(priors="hyper"))
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_iters"):
+            map_engine.fit(key, data, CONFIG, max_iters=bad)
+    with pytest.raises(ValueError, match="takes no optimizer"):
+        map_engine.fit(key, data, CONFIG, solver="als", optimizer=optax.adam(0.1))
+    with pytest.raises(ValueError, match="init_params"):
+        map_engine.fit(key, data, CONFIG, init_params={"user_factors": np.zeros((2, RANK))})
+    with pytest.raises(ValueError, match="unknown grid keys"):
+        map_engine.tune(key, data, ([0], [0]), [3.0], CONFIG, grid={"users": [1.0]})
+    with pytest.raises(ValueError, match="no cold rows"):
+        map_engine.tune(key, data, ([data.num_users], [0]), [3.0], CONFIG)
+
+
+# --- MovieLens-100K ----------------------------------------------------------------------------------
+
+# Test RMSE of MAP at rank 10 on u1 (unclipped predictions), measured over
+# seeds: ~0.950-0.953. The model has no per-user bias, which is what keeps it
+# above the 0.935 that biased factorizations reach on u1 (see
+# benchmarks/map_ml100k.py); the band guards against regressions.
+ML100K_RMSE_MAX = 0.96
+
+
+@pytest.mark.slow
+def test_ml100k_u1_rmse_band(ml100k_dir):
+    import bayesmf
+    from bayesmf.split import make_split
+
+    split = make_split(ml100k_dir, "u1")
+    model = bayesmf.BayesMF(rank=10, method="map", progress_bar=False)
+    posterior = model.fit(0, split.train)
+    prediction = posterior.predict(split.test.user_ids, split.test.item_ids)
+    rmse = float(np.sqrt(np.mean((prediction.mean - split.test.rating) ** 2)))
+    assert rmse <= ML100K_RMSE_MAX
+    assert prediction.noise_sd[0] > posterior.stats["train_rmse"][0, 0]
