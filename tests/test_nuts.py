@@ -1,0 +1,208 @@
+"""The NUTS engine: contract, determinism, exact reparameterization, and
+agreement with the blocked Gibbs sampler on tiny data within Monte Carlo error.
+
+One NUTS program (rank 2, hyper priors, estimated offsets, 150 warmup steps,
+chunks of 10) is compiled once per session and shared by every run here: a
+NUTS compile costs seconds to tens of seconds on a CPU, sampling the tiny
+problem a few seconds.
+"""
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bayesmf.engines import gibbs, nuts
+from bayesmf.model import ModelConfig, Params, latent_sites, make_model_data, numpyro_model, predict_mean
+
+# 4 Monte Carlo standard errors: a two-sided false-alarm rate of 6e-5 per
+# compared number (11 numbers in the agreement test: < 1e-3 in all).
+Z = 4.0
+NUM_WARMUP = 150
+NUM_SAMPLES = 150
+NUM_CHAINS = 2
+NUM_TEST_PAIRS = 5
+CONFIG = ModelConfig(rank=2)
+
+
+def tiny_problem(seed=0, num_users=30, num_items=20, nnz=300, rank=2, noise_sd=0.5):
+    """~300 ratings drawn from the model (factor sd 0.7, offsets N(3.5, 0.5^2),
+    noise sd 0.5) and a few held-out (user, item) pairs."""
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(num_users * num_items)
+    users, items = np.divmod(cells[:nnz], num_items)
+    lu = rng.normal(0, 0.7, (num_users, rank))
+    rv = rng.normal(0, 0.7, (num_items, rank))
+    m = rng.normal(3.5, 0.5, num_items)
+    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, noise_sd, nnz)
+    data = make_model_data(users, items, r, num_users, num_items)
+    test_users, test_items = np.divmod(cells[nnz : nnz + NUM_TEST_PAIRS], num_items)
+    return data, (test_users.astype(np.int32), test_items.astype(np.int32))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return tiny_problem()
+
+
+@pytest.fixture(scope="module")
+def nuts_run(problem):
+    data, _ = problem
+    return nuts.sample(
+        jax.random.PRNGKey(2), data, CONFIG, num_samples=NUM_SAMPLES, num_warmup=NUM_WARMUP,
+        num_chains=NUM_CHAINS, progress_bar=False,
+    )
+
+
+def test_result_contract(problem, nuts_run):
+    data, _ = problem
+    draws = nuts_run.draws
+    lead = (NUM_CHAINS, NUM_SAMPLES)
+    d = CONFIG.rank
+    expected = dict(
+        user_factors=(data.num_users, d), item_factors=(data.num_items, d), item_offsets=(data.num_items,),
+        noise_precision=(), user_mean=(d,), user_precision=(d, d), item_mean=(d,), item_precision=(d, d),
+        offset_mean=(), offset_precision=(),
+    )
+    for name, shape in expected.items():
+        value = getattr(draws, name)
+        assert isinstance(value, np.ndarray), name
+        assert value.shape == lead + shape, name
+        assert np.all(np.isfinite(value)), name
+    assert set(nuts_run.stats) == {"diverging", "num_steps", "accept_prob", "step_size"}
+    for value in nuts_run.stats.values():
+        assert value.shape == lead
+    assert nuts_run.stats["diverging"].dtype == bool
+    assert np.all(nuts_run.stats["num_steps"] >= 1)
+    for key in ("compile_seconds", "sampling_seconds", "seconds_per_sample", "fit_seconds"):
+        assert np.isfinite(nuts_run.timing[key]) and nuts_run.timing[key] >= 0
+    assert nuts_run.info["engine"] == "nuts"
+    assert nuts_run.info["num_divergences"] == int(nuts_run.stats["diverging"].sum())
+    assert nuts_run.info["settings"]["parameterization"] == nuts.DEFAULT_PARAMETERIZATION
+    # Precisions stay symmetric positive definite.
+    assert np.all(np.linalg.eigvalsh(draws.user_precision) > 0)
+
+
+def test_same_seed_same_draws_and_chain0_independent_of_num_chains(problem, nuts_run):
+    """Chain c runs from fold_in(key, c): one chain with the same key repeats
+    chain 0 of the two-chain run bit for bit (same compiled program: same
+    warmup, same chunk length), and so does a second call."""
+    data, _ = problem
+    kwargs = dict(num_samples=10, num_warmup=NUM_WARMUP, num_chains=1, progress_bar=False)
+    first = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
+    again = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
+    for a, b, c in zip(first.draws, again.draws, nuts_run.draws):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[0], c[0, :10])
+    # ... and chain 1 is another stream.
+    assert not np.array_equal(nuts_run.draws.user_factors[1, :10], first.draws.user_factors[0])
+
+
+def _moments(draws: Params, pairs) -> dict:
+    """Posterior predictive summaries of the held-out pairs and their MCSEs.
+
+    mean: E[mu] with mu = L_u . R_v + m_v per draw; MCSE from ArviZ (ESS-based).
+    sd: the predictive sd sqrt(E[1/alpha] + Var[mu]). Its MCSE by the delta
+    method, d sd = (d E[1/alpha] + 2 sd(mu) d sd(mu)) / (2 sd), adding the two
+    MCSEs (not in quadrature: the two estimates may be correlated, and
+    |a + b| <= |a| + |b| bounds any correlation).
+    noise: E[1/sqrt(alpha)].
+    """
+    fn = jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None))
+    mu = np.asarray(fn(draws, pairs[0], pairs[1]), np.float64)  # (chain, draw, pair)
+    var = 1.0 / np.asarray(draws.noise_precision, np.float64)  # (chain, draw)
+    spread = mu.std(axis=(0, 1))
+    spread_se = np.asarray(az.mcse(mu, method="sd"))
+    noise_var, noise_var_se = var.mean(), float(az.mcse(var))
+    sd = np.sqrt(noise_var + spread**2)
+    return dict(
+        mean=(mu.mean(axis=(0, 1)), np.asarray(az.mcse(mu))),
+        sd=(sd, (noise_var_se + 2 * spread * spread_se) / (2 * sd)),
+        noise=(np.sqrt(var).mean(), float(az.mcse(np.sqrt(var)))),
+    )
+
+
+def test_agrees_with_gibbs_within_monte_carlo_error(problem, nuts_run):
+    """Both engines sample the same posterior, so their estimates of a
+    posterior expectation differ only by Monte Carlo error. Each estimate's
+    MCSE comes from its own effective sample size (ArviZ, arrays shaped
+    (chain, draw)); the chains of the two engines are independent, so the
+    difference has standard error sqrt(mcse_a^2 + mcse_b^2), and |diff| <= Z
+    times that fails by chance with probability ~6e-5 per number. Seeds are
+    fixed, so the test is deterministic."""
+    data, pairs = problem
+    ref = gibbs.sample(
+        jax.random.PRNGKey(1), data, CONFIG, num_samples=600, num_warmup=100, num_chains=2, progress_bar=False
+    )
+    a, b = _moments(ref.draws, pairs), _moments(nuts_run.draws, pairs)
+    for name in ("mean", "sd", "noise"):
+        (est_a, se_a), (est_b, se_b) = a[name], b[name]
+        bound = Z * np.sqrt(np.square(se_a) + np.square(se_b))
+        assert np.all(np.abs(est_a - est_b) <= bound), (name, est_a, est_b, bound)
+    # The check has power: the MCSEs are small next to the quantities compared.
+    assert np.all(b["mean"][1] < 0.05) and np.all(b["sd"][1] < 0.05)
+
+
+def test_sampled_model_is_the_same_density(problem):
+    """NUTS samples ``reparameterized_model``: the model with its constant
+    normalizers precomputed (``host_normalized``) and, non-centred, in the
+    coordinates (z, w, eps). Centred, its log density equals the model's;
+    non-centred, the map to (L, R, m) has a Jacobian that does not depend on
+    (z, w, eps): log p_nc = log p + n_users log|S_L| + n_items (log|S_R| +
+    log tau^-1/2) with S S^T = Lambda^-1."""
+    from numpyro.infer.util import log_density
+
+    data, _ = problem
+    params = gibbs.init(jax.random.PRNGKey(5), data, CONFIG, scale=0.5)
+    lam = jnp.array([[2.0, 0.3], [0.3, 1.5]])
+    params = params._replace(user_precision=lam, item_precision=2 * lam, user_mean=jnp.array([0.1, -0.2]),
+                             offset_precision=jnp.asarray(3.0), noise_precision=jnp.asarray(2.5))
+    centred_model = nuts.reparameterized_model(CONFIG, "centered")
+    nc_model = nuts.reparameterized_model(CONFIG, "noncentered")
+
+    @jax.jit
+    def densities(params):
+        latent = {k: getattr(params, k) for k in latent_sites(CONFIG)}
+        reference, _ = log_density(numpyro_model, (data, CONFIG), {}, latent)
+        centred, _ = log_density(centred_model, (data,), {}, latent)
+        nc, trace = log_density(nc_model, (data,), {}, nuts.sample_site_values(params, CONFIG, "noncentered"))
+        return reference, centred, nc, trace["user_factors"]["value"], trace["item_offsets"]["value"]
+
+    reference, centred, nc, user_factors, offsets = densities(params)
+    np.testing.assert_allclose(float(centred), float(reference), rtol=1e-6)
+    np.testing.assert_allclose(user_factors, params.user_factors, atol=1e-5)
+    np.testing.assert_allclose(offsets, params.item_offsets, atol=1e-5)
+
+    def log_sqrt_cov(precision):  # log|S| = -1/2 log|Lambda|
+        return -0.5 * np.linalg.slogdet(np.asarray(precision, np.float64))[1]
+
+    jacobian = (
+        data.num_users * log_sqrt_cov(params.user_precision)
+        + data.num_items * log_sqrt_cov(params.item_precision)
+        - 0.5 * data.num_items * np.log(float(params.offset_precision))
+    )
+    np.testing.assert_allclose(float(nc), float(reference) + jacobian, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_samples=0),
+        dict(num_samples=-3),
+        dict(num_chains=0),
+        dict(num_warmup=-1),
+        dict(thin=0),
+        dict(chain_method="threads"),
+        dict(parameterization="partial"),
+        dict(target_accept_prob=1.0),
+        dict(max_tree_depth=0),
+        dict(init="prior"),
+        dict(dense_mass=3),
+        dict(track_pairs=([0, 1], [0])),
+    ],
+)
+def test_bad_input(problem, kwargs):
+    data, _ = problem
+    with pytest.raises(ValueError):
+        nuts.sample(jax.random.PRNGKey(0), data, CONFIG, progress_bar=False, **kwargs)
