@@ -123,9 +123,10 @@ DEFAULT_TOL = 1e-5
 # ... or when the objective fell by less than FTOL per iteration on average
 # over the last FTOL_WINDOW iterations (a window, because a single short
 # line-search step or a float32 tie would stop a per-iteration test early).
-# The objective is per rating, O(1), and summed in float32: its round-off is
-# ~1e-7, so a smaller FTOL mostly spins on noise (the loop then ends at a
-# float32 stall, where the objective stops changing at all).
+# The objective is per rating and summed in float32; with the Gaussian
+# normalizers it is ~1-6, so its round-off is ~1e-7 to 5e-7 and FTOL = 1e-7
+# amounts to "until float32 stops resolving progress" (on MovieLens-100K the
+# validation RMSE is then within ~1e-4 of a fit run to a complete stall).
 DEFAULT_FTOL = 1e-7
 FTOL_WINDOW = 10
 # Adam's default step for factors of size O(0.1-1) under the scaled objective.
@@ -956,8 +957,9 @@ def fit_ratings(
     3. Estimate the noise precision as ``1 / mean(residual^2)`` over the
        validation ratings of the sub-train fit at those ratios. Training
        residuals would be optimistic: the fit has adapted to them (on
-       MovieLens-100K the training RMSE is ~0.78 against ~0.94 held out), and
-       a predictive sd from them would be far too narrow.
+       MovieLens-100K u1 the training RMSE is 0.79 against 0.935 held out), and
+       a predictive sd from them would be far too narrow (with the
+       validation estimate, 90% intervals cover 89.8% of the u1 test set).
     4. Refit on all of ``ratings`` at the same ratios, warm-started from the
        sub-train fit.
 
