@@ -41,7 +41,10 @@ Run::
 
 Writes ``results/benchmarks/nuts_vs_gibbs.json`` (``--out``) after every
 run, so a run stopped by the watchdog (``--timeout``, ``signal.alarm``;
-it fires between compiled chunks) keeps what it finished. Timings on a
+it fires between compiled chunks) keeps what it finished; a NUTS run that
+is killed resumes from its checkpoint (``--checkpoint-dir``) when the same
+command is run again, and runs of other invocations can be merged in
+(``--merge``), so the long runs can go to separate processes. Timings on a
 shared machine are noisy: the JSON records the load average next to them,
 and CPU seconds of this process next to wall-clock seconds.
 """
@@ -54,6 +57,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -236,13 +240,14 @@ def run_gibbs(problem: Problem, seed: int, num_samples: int, num_warmup: int, ke
     return problem.score(res, "gibbs", num_warmup, num_samples)
 
 
-def run_nuts(problem: Problem, seed: int, num_samples: int, num_warmup: int, progress_bar: bool, **options) -> dict:
+def run_nuts(problem: Problem, seed: int, num_samples: int, num_warmup: int, progress_bar: bool,
+             checkpoint: Path | None = None, **options) -> dict:
     import jax
 
     from bayesmf.engines import nuts
 
     res = nuts.sample(jax.random.PRNGKey(seed), problem.data, problem.config, num_samples=num_samples,
-                      num_warmup=num_warmup, progress_bar=progress_bar, **options)
+                      num_warmup=num_warmup, progress_bar=progress_bar, checkpoint=checkpoint, **options)
     out = problem.score(res, "nuts", num_warmup, num_samples, draw_seconds=res.timing["draw_seconds"])
     out.update(
         num_divergences=res.info["num_divergences"],
@@ -275,6 +280,9 @@ def main(argv=None):
     parser.add_argument("--long-warmup", type=int, default=200)
     parser.add_argument("--leapfrog-steps", type=int, default=20)
     parser.add_argument("--progress", action="store_true", help="NUTS progress bars")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path(tempfile.gettempdir()) / "bayesmf_nuts_vs_gibbs",
+                        help="NUTS runs save their progress here and resume from it when restarted "
+                             "(a killed run loses at most a minute); files are deleted when a run finishes")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="JSON files of earlier invocations (e.g. runs split over processes) whose runs to keep")
     parser.add_argument("--timeout", type=int, default=6 * 3600, help="watchdog: abort after this many seconds")
@@ -321,6 +329,12 @@ def main(argv=None):
     problem = Problem(args.data)
     keep: dict = {}
     quick_tree = dict(max_tree_depth=6) if args.quick else {}
+    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    tag = "quick" if args.quick else "full"
+
+    def ckpt(name):
+        return args.checkpoint_dir / f"{name}_{tag}_seed{args.seed}.ckpt"
+
     try:
         for name in runs:
             start, cpu = time.perf_counter(), time.process_time()
@@ -332,9 +346,10 @@ def main(argv=None):
             elif name == "gibbs_long":
                 out = run_gibbs(problem, args.seed + 1, args.long_samples, args.long_warmup, {})
             elif name == "nuts":
-                out = run_nuts(problem, args.seed, args.nuts_samples, args.nuts_warmup, args.progress, **quick_tree)
+                out = run_nuts(problem, args.seed, args.nuts_samples, args.nuts_warmup, args.progress, ckpt(name),
+                               **quick_tree)
             elif name == "nuts_centered":
-                out = run_nuts(problem, args.seed, args.nuts_samples, args.nuts_warmup, args.progress,
+                out = run_nuts(problem, args.seed, args.nuts_samples, args.nuts_warmup, args.progress, ckpt(name),
                                parameterization="centered", **quick_tree)
             else:  # nuts_from_gibbs
                 if "gibbs_last" not in keep:
@@ -342,7 +357,7 @@ def main(argv=None):
                 from bayesmf.model import Params
 
                 out = run_nuts(problem, args.seed, args.nuts_samples, args.gibbs_init_warmup, args.progress,
-                               init=Params(*keep["gibbs_last"]), **quick_tree)
+                               ckpt(name), init=Params(*keep["gibbs_last"]), **quick_tree)
             out["wall_seconds"] = time.perf_counter() - start
             out["cpu_seconds"] = time.process_time() - cpu
             result[name] = out

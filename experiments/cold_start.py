@@ -78,6 +78,7 @@ def build_parser():
     p.add_argument("--num-samples", type=int, default=None, help="Gibbs draws kept (default 200; tiny 20)")
     p.add_argument("--num-warmup", type=int, default=None, help="Gibbs burn-in sweeps (default 50; tiny 10)")
     p.add_argument("--sides", type=common.str_list, default=list(SIDES), help="users,movies")
+    p.add_argument("--resume", action="store_true", help="keep metrics.csv and skip the sides already in it")
     return p
 
 
@@ -325,12 +326,16 @@ def main(argv=None) -> int:
         write_summary(out, args, None)
         return 0
     common.enable_compile_cache()
-    (out / "metrics.csv").unlink(missing_ok=True)
+    done = set()
+    if args.resume and (out / "metrics.csv").exists():
+        done = set(pd.read_csv(out / "metrics.csv")["side"])
+    else:
+        (out / "metrics.csv").unlink(missing_ok=True)
     status = "ok"
     try:
         with common.watchdog(args.timeout):
             ratings = load_ratings(args)
-            for side in args.sides:
+            for side in [s for s in args.sides if s not in done]:
                 common.append_rows(out / "metrics.csv", run_side(ratings, side, args))
     except common.WatchdogTimeout as exc:
         status = f"timeout: {exc}"

@@ -328,8 +328,9 @@ def plot_by_bucket(df, prefix, xlabel, path):
             for j, m in enumerate(methods):
                 g = part[part["method"] == m].groupby("bucket")[column]
                 mean = g.mean().reindex(labels).to_numpy()
-                sd = g.std(ddof=1).reindex(labels).fillna(0).to_numpy()
-                ax.bar(x + (j - (len(methods) - 1) / 2) * width, mean, width, yerr=sd, capsize=2,
+                sd = g.std(ddof=1).reindex(labels).to_numpy()
+                yerr = None if not np.any(np.isfinite(sd)) else np.nan_to_num(sd)
+                ax.bar(x + (j - (len(methods) - 1) / 2) * width, mean, width, yerr=yerr, capsize=2,
                        color=common.color(m), label=m, edgecolor="white", lw=0.5)
             ax.set_xticks(x)
             ax.set_xticklabels([f"{lab.split(' ', 1)[1]}\n(n={counts.get(lab, 0):.0f})" for lab in labels], fontsize=8)
@@ -337,7 +338,8 @@ def plot_by_bucket(df, prefix, xlabel, path):
             ax.set_ylabel(ylabel)
             if column == "coverage_90":
                 ax.axhline(0.9, color="black", ls="--", lw=1)
-                ax.set_ylim(0.5, 1.0)
+                finite = part[column][np.isfinite(part[column])]
+                ax.set_ylim(min(0.75, float(finite.min()) - 0.03) if len(finite) else 0.5, 1.0)
             else:
                 finite = part[column][np.isfinite(part[column])]
                 if len(finite):
@@ -345,7 +347,9 @@ def plot_by_bucket(df, prefix, xlabel, path):
             ax.set_title(f"{ylabel} by {xlabel.split(' (')[0]}, D = {rank}")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=len(names))
-    fig.suptitle("error bars: sd over folds")
+    nfolds = sub.groupby(["method", "rank"])["fold"].nunique()
+    fig.suptitle(f"folds per method: {nfolds.min()}-{nfolds.max()}; error bars (where >1 fold): sd over folds"
+                 if nfolds.max() > 1 else "one fold (no error bars)")
     common.savefig(fig, path)
 
 
@@ -543,6 +547,7 @@ def write_summary(out: Path, args, wall: float | None) -> Path:
     conv = out / "convergence.json"
     if conv.exists():
         meta = pd.read_json(conv, typ="series").to_dict()
+        meta = {k: (int(v) if isinstance(v, float) and float(v).is_integer() else v) for k, v in meta.items()}
         rhat = pd.read_csv(out / "rhat.csv") if (out / "rhat.csv").exists() else None
         conv_df = pd.read_csv(out / "convergence.csv", dtype={"chain": str})
         pooled = conv_df[conv_df["chain"] == "all"]

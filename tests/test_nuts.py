@@ -99,6 +99,41 @@ def test_same_seed_same_draws_and_chain0_independent_of_num_chains(problem, nuts
     assert not np.array_equal(nuts_run.draws.user_factors[1, :10], first.draws.user_factors[0])
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_checkpoint_resume_gives_the_same_draws(problem, tmp_path, monkeypatch):
+    """A run killed after a few chunks and started again with the same
+    checkpoint file continues where it stopped: the draws equal those of an
+    uninterrupted run, and the finished run deletes the file."""
+    data, _ = problem
+    kwargs = dict(num_samples=20, num_warmup=NUM_WARMUP, num_chains=1, progress_bar=False)
+    uninterrupted = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
+    path = tmp_path / "run.ckpt"
+    write = nuts._write_checkpoint
+    saves = []
+
+    def write_then_die(*args):
+        write(*args)
+        saves.append(1)
+        if len(saves) == 16:  # after 16 of the 17 chunks: warmup done, one draw chunk
+            raise _Killed
+
+    monkeypatch.setattr(nuts, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(nuts, "_write_checkpoint", write_then_die)
+    with pytest.raises(_Killed):
+        nuts.sample(jax.random.PRNGKey(2), data, CONFIG, checkpoint=path, **kwargs)
+    assert path.exists()
+    monkeypatch.setattr(nuts, "_write_checkpoint", write)
+    with pytest.raises(ValueError, match="another run"):
+        nuts.sample(jax.random.PRNGKey(9), data, CONFIG, checkpoint=path, **kwargs)
+    resumed = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, checkpoint=path, **kwargs)
+    for a, b in zip(resumed.draws, uninterrupted.draws):
+        np.testing.assert_array_equal(a, b)
+    assert not path.exists()
+
+
 def _moments(draws: Params, pairs) -> dict:
     """Posterior predictive summaries of the held-out pairs and their MCSEs.
 

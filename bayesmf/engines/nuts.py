@@ -38,7 +38,10 @@ distribution of chain 0 (not its bits) is the same.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import pickle
 import time
 import warnings
 from typing import NamedTuple
@@ -419,6 +422,7 @@ def sample(
     init="median",
     parameterization: str = DEFAULT_PARAMETERIZATION,
     track_pairs: tuple | None = None,
+    checkpoint=None,
     progress_bar: bool = True,
 ) -> EngineResult:
     """Run NUTS on ``num_chains`` chains of the model.
@@ -459,6 +463,13 @@ def sample(
     track_pairs : (user_index, item_index) int arrays, shape (n,), optional
         Pairs whose per-draw predicted means are returned in ``tracked``
         (computed from the kept draws; the Gibbs engine streams them).
+    checkpoint : str or path-like, optional
+        File where the run saves its progress (sampler state, draws so far,
+        seconds) at most every :data:`CHECKPOINT_SECONDS`; a later call with
+        the same key, data and settings resumes from it, and a finished run
+        deletes it. For long runs on machines where processes get killed.
+        Resumed runs give the same draws as uninterrupted ones; their
+        ``compile_seconds`` and ``init_seconds`` are those of the last call.
     progress_bar : bool
 
     Returns
@@ -514,14 +525,30 @@ def sample(
         chain_method = "sequential"
 
     t0 = time.perf_counter()
-    size = chunk_size(num_warmup, num_samples)
-    programs = _programs(
-        config, parameterization, float(target_accept_prob), int(max_tree_depth), _hashable_dense_mass(dense_mass), num_warmup
-    )
     init_params = None
     if isinstance(init, Params):
         dtype = data.rating.dtype
         init_params = Params(*(jnp.asarray(x, dtype) for x in init))
+    settings = dict(
+        num_samples=num_samples,
+        num_warmup=num_warmup,
+        num_chains=num_chains,
+        thin=thin,
+        chain_method=chain_method,
+        target_accept_prob=float(target_accept_prob),
+        max_tree_depth=int(max_tree_depth),
+        dense_mass=_hashable_dense_mass(dense_mass),
+        init="median" if isinstance(init, str) else "params",
+        parameterization=parameterization,
+    )
+    run = _fresh_progress()
+    if checkpoint is not None:
+        signature = _signature(rng_key, data, dict(settings, config=config), init_params)
+        run = _read_checkpoint(checkpoint, signature) or run
+    size = chunk_size(num_warmup, num_samples)
+    programs = _programs(
+        config, parameterization, float(target_accept_prob), int(max_tree_depth), _hashable_dense_mass(dense_mass), num_warmup
+    )
 
     # Initial states one chain at a time through one program, so chain c's
     # start is the same under every chain_method and every num_chains.
@@ -540,36 +567,43 @@ def sample(
         warm_program, seconds = programs.chunk("warm", size, 1, chain_method, groups[0], data)
         compile_seconds += seconds
 
+    num_warm_chunks, num_chunks = num_warmup // size, (num_warmup + num_samples) // size
     bar = progress(num_chains * (num_warmup + num_samples), "nuts", progress_bar)
-    draws_by_group, infos_by_group, warm_steps = [], [], []
-    warmup_seconds = draw_seconds = 0.0
+    width = 1 if chain_method == "sequential" else num_chains
+    bar.update(size * width * (run["group"] * num_chunks + run["chunk"]))
+    last_save = time.perf_counter()
     try:
-        for state in groups:
+        for g in range(run["group"], len(groups)):
+            state = groups[g] if run["state"] is None else jax.tree_util.tree_map(jnp.asarray, run["state"])
             width = jax.tree_util.tree_leaves(state)[0].shape[0]
-            start = time.perf_counter()
-            steps = []
-            for _ in range(0, num_warmup, size):
-                state, _, infos = warm_program(state, data)
-                steps.append(np.asarray(infos.num_steps))
+            for k in range(run["chunk"], num_chunks):
+                start = time.perf_counter()
+                if k < num_warm_chunks:
+                    state, _, infos = warm_program(state, data)
+                    run["steps"].append(np.asarray(infos.num_steps))
+                    run["warmup_seconds"] += time.perf_counter() - start
+                else:
+                    state, chunk_draws, infos = draw_program(state, data)
+                    run["draws"].append(to_numpy(chunk_draws))
+                    run["infos"].append(to_numpy(infos))
+                    run["draw_seconds"] += time.perf_counter() - start
+                    bar.set_postfix(step_size=f"{float(np.mean(infos.step_size[:, -1])):.3g}",
+                                    steps=int(np.max(infos.num_steps[:, -1])))
                 bar.update(size * width)
-            jax.block_until_ready(state)
-            warmup_seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            draws, infos_all = [], []
-            for _ in range(0, num_samples, size):
-                state, chunk_draws, infos = draw_program(state, data)
-                draws.append(to_numpy(chunk_draws))
-                infos_all.append(to_numpy(infos))
-                bar.update(size * width)
-                bar.set_postfix(step_size=f"{float(np.mean(infos.step_size[:, -1])):.3g}",
-                                steps=int(np.max(infos.num_steps[:, -1])))
-            jax.block_until_ready(state)
-            draw_seconds += time.perf_counter() - start
-            draws_by_group.append(concat_draws(draws))
-            infos_by_group.append(concat_draws(infos_all))
-            warm_steps.append(np.concatenate(steps, axis=1) if steps else np.zeros((width, 0), np.int64))
+                run["chunk"] = k + 1
+                if checkpoint is not None and time.perf_counter() - last_save > CHECKPOINT_SECONDS:
+                    run["group"], run["state"] = g, to_numpy(state)
+                    _write_checkpoint(checkpoint, signature, run)
+                    last_save = time.perf_counter()
+            steps = np.concatenate(run["steps"], axis=1) if run["steps"] else np.zeros((width, 0), np.int64)
+            run["done"].append((concat_draws(run["draws"]), concat_draws(run["infos"]), steps))
+            run.update(group=g + 1, chunk=0, state=None, draws=[], infos=[], steps=[])
     finally:
         bar.close()
+    draws_by_group = [done[0] for done in run["done"]]
+    infos_by_group = [done[1] for done in run["done"]]
+    warm_steps = [done[2] for done in run["done"]]
+    warmup_seconds, draw_seconds = run["warmup_seconds"], run["draw_seconds"]
     sampling_seconds = warmup_seconds + draw_seconds
 
     site_draws = concat_draws(draws_by_group, axis=0)
@@ -594,19 +628,9 @@ def sample(
         accept_prob=np.asarray(infos.accept_prob),
         step_size=np.asarray(infos.step_size),
     )
-    settings = dict(
-        num_samples=num_samples,
-        num_warmup=num_warmup,
-        num_chains=num_chains,
-        thin=thin,
-        chain_method=chain_method,
-        target_accept_prob=float(target_accept_prob),
-        max_tree_depth=int(max_tree_depth),
-        dense_mass=_hashable_dense_mass(dense_mass),
-        init="median" if isinstance(init, str) else "params",
-        parameterization=parameterization,
-    )
     tracked = _predictive_moments(out_draws, pairs) if track_pairs is not None else None
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.remove(checkpoint)
     return EngineResult(
         draws=out_draws,
         stats=stats,
@@ -639,3 +663,42 @@ def _predictive_moments(draws: Params, pairs) -> TrackedMoments:
         noise_sd=np.sqrt(noise_var),
     )
 
+
+# A run with a checkpoint file saves its progress at most this often (seconds).
+CHECKPOINT_SECONDS = 60.0
+
+
+def _fresh_progress() -> dict:
+    return dict(group=0, chunk=0, state=None, draws=[], infos=[], steps=[], done=[],
+                warmup_seconds=0.0, draw_seconds=0.0)
+
+
+def _signature(rng_key, data: ModelData, settings: dict, init_params) -> str:
+    """A digest of everything that determines a run's draws."""
+    digest = hashlib.sha256()
+    key = jax.random.key_data(rng_key) if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key
+    digest.update(np.asarray(key).tobytes())
+    digest.update(repr(sorted((k, repr(v)) for k, v in settings.items())).encode())
+    for x in jax.tree_util.tree_leaves((data, init_params)):
+        digest.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+    return digest.hexdigest()
+
+
+def _read_checkpoint(path, signature: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        saved = pickle.load(f)
+    if saved.get("signature") != signature:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} belongs to another run (other key, data or settings); "
+            "delete it or pass another path"
+        )
+    return saved["progress"]
+
+
+def _write_checkpoint(path, signature: str, progress_state: dict) -> None:
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(dict(signature=signature, progress=progress_state), f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
