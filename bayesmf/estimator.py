@@ -21,6 +21,10 @@ from bayesmf.posterior import Posterior
 
 METHODS = ("map", "map-adam", "als", "gibbs", "nuts", "svi")
 SAMPLERS = ("gibbs", "nuts")
+MAP_METHODS = ("map", "map-adam", "als")
+# MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
+# every user a shrunk bias L_u . mu_R; see FixedPriors.
+MAP_FIXED_PRIORS = FixedPriors(mean_precision=2.0)
 
 
 def as_key(rng_key) -> jax.Array:
@@ -49,6 +53,8 @@ class BayesMF:
         ``"hyper"`` (BPMF) for the samplers and SVI.
     fixed : FixedPriors, optional
         Precisions for ``priors="fixed"`` (MAP tunes them unless ``tune=False``).
+        Default: :data:`MAP_FIXED_PRIORS` (learned factor means) for the MAP
+        methods, ``FixedPriors()`` (plain PMF, zero means) for the samplers.
     hyper : HyperPriors, optional
     num_samples, num_warmup, num_chains, thin : int
         Sampler settings (ignored by MAP).
@@ -83,9 +89,11 @@ class BayesMF:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         if priors is None:
-            priors = "fixed" if method in ("map", "map-adam", "als") else "hyper"
+            priors = "fixed" if method in MAP_METHODS else "hyper"
+        if fixed is None:
+            fixed = MAP_FIXED_PRIORS if method in MAP_METHODS else FixedPriors()
         self.config = ModelConfig(
-            rank=rank, offsets=offsets, priors=priors, fixed=fixed or FixedPriors(), hyper=hyper or HyperPriors()
+            rank=rank, offsets=offsets, priors=priors, fixed=fixed, hyper=hyper or HyperPriors()
         )
         for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
             if int(value) <= 0:

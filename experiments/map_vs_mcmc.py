@@ -16,8 +16,10 @@ Data
     (``bayesmf.synthetic.movielens_like``) with two random 80/20 splits.
 
 Methods (all through ``bayesmf.BayesMF``)
-    ``map``          MAP with precisions tuned on a validation split (default).
-    ``map-fixed``    MAP with the default fixed precisions (``tune=False``).
+    ``map``          MAP with precisions tuned on a validation split and
+                     learned factor means (the ``BayesMF`` default).
+    ``map-fixed``    MAP with the default fixed precisions and zero factor
+                     means (``tune=False``: the paper's PMF).
     ``gibbs``        blocked Gibbs with BPMF hyperpriors.
     ``gibbs-fixed``  blocked Gibbs with the fixed precisions (``priors="fixed"``).
     ``nuts``         NUTS on the BPMF model, only where practical (rank <= 10,
@@ -141,7 +143,10 @@ def make_model(method: str, rank: int, args):
         grid = dict(grid={"factor": [3.0, 30.0], "offset": [10.0]}) if args.tiny else {}
         return BayesMF(rank=rank, method="map", **grid, **quiet)
     if method == "map-fixed":
-        return BayesMF(rank=rank, method="map", tune=False, **quiet)
+        from bayesmf import FixedPriors
+
+        # The paper's PMF: default precisions, zero prior means, no tuning.
+        return BayesMF(rank=rank, method="map", tune=False, fixed=FixedPriors(), **quiet)
     if method == "gibbs":
         return BayesMF(rank=rank, method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup, **quiet)
     if method == "gibbs-fixed":

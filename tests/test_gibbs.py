@@ -137,6 +137,43 @@ def test_row_draws_match_closed_form_gaussian():
     assert np.all(np.abs(sample_cov - cov) <= Z * cov_mcse)
 
 
+def test_learned_factor_means_conditional():
+    """Fixed precisions with learned means (FixedPriors.mean_precision > 0):
+    the draws of mu_L | L in a sweep match the Gaussian that the NumPyro
+    model's log density implies (its log-density differences in mu_L are
+    those of the closed form, checked in float64), within MCSE."""
+    from bayesmf.model import FixedPriors
+
+    data = tiny_data(seed=9)
+    config = ModelConfig(rank=2, priors="fixed", fixed=FixedPriors(3.0, 2.0, 1.0, 4.0, mean_precision=2.0))
+    state = random_state(jax.random.PRNGKey(10), data, config)
+    ctx = gibbs.build_context(data, "dense")
+    n = 20_000
+    keys = jax.random.split(jax.random.PRNGKey(11), n)
+    f = config.fixed
+    draws = jax.vmap(lambda k: gibbs.step(k, state, ctx, config)[0])(keys)
+    # A sweep redraws the user rows before mu_L, so centre each mu_L draw on
+    # sum(L) / (N + beta) of its own rows: the residual is N(0, ((N + beta) lambda)^-1 I).
+    nb = data.num_users + f.mean_precision
+    centred = np.asarray(draws.user_mean, np.float64) - np.asarray(draws.user_factors, np.float64).sum(1) / nb
+    sd = (nb * f.user_precision) ** -0.5
+    assert np.all(np.abs(centred.mean(0)) <= Z * sd / np.sqrt(n))
+    # Variance: MCSE of a Gaussian sample variance is sd^2 sqrt(2 / n).
+    assert np.all(np.abs(centred.var(0) - sd**2) <= Z * sd**2 * np.sqrt(2 / n))
+    # The closed form against the model, in float64.
+    jax.config.update("jax_enable_x64", True)
+    try:
+        data64 = data._replace(rating=data.rating.astype(jnp.float64))
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), state)
+        mean = np.asarray(state.user_factors, np.float64).sum(0) / nb
+        values = np.random.default_rng(13).normal(size=(5, 2))
+        cond = stats.multivariate_normal(mean, sd**2 * np.eye(2)).logpdf(values)
+        joint = np.array([float(log_joint(params._replace(user_mean=jnp.asarray(v)), data64, config)) for v in values])
+        np.testing.assert_allclose(cond - cond[0], joint - joint[0], rtol=1e-8, atol=1e-8)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 # --- the whole sampler ---------------------------------------------------------------
 
 
@@ -227,11 +264,15 @@ def test_no_cholesky_failures_over_100_seeds(rank):
     assert np.all(np.isfinite(res.stats["train_rmse"]))
 
 
-@pytest.mark.parametrize("priors,offsets", [("fixed", "estimated"), ("hyper", "empirical"), ("fixed", "empirical")])
-def test_other_modes_sample_and_fit(priors, offsets):
-    """PMF (fixed precisions) and empirical offsets are sampled too."""
+@pytest.mark.parametrize("priors,offsets,mean_precision",
+                         [("fixed", "estimated", 0.0), ("hyper", "empirical", 0.0), ("fixed", "empirical", 0.0),
+                          ("fixed", "estimated", 2.0)])
+def test_other_modes_sample_and_fit(priors, offsets, mean_precision):
+    """PMF (fixed precisions, zero or learned factor means) and empirical offsets are sampled too."""
+    from bayesmf.model import FixedPriors
+
     data = tiny_data(seed=40, num_users=30, num_items=20, nnz=300)
-    config = ModelConfig(rank=2, priors=priors, offsets=offsets)
+    config = ModelConfig(rank=2, priors=priors, offsets=offsets, fixed=FixedPriors(mean_precision=mean_precision))
     res = gibbs.sample(jax.random.PRNGKey(41), data, config, num_samples=20, num_warmup=20, progress_bar=False)
     assert np.all(np.isfinite(res.draws.user_factors))
     if offsets == "empirical":

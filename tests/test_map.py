@@ -73,8 +73,13 @@ def all_pairs_mean(result) -> np.ndarray:
 # --- the objective is the model's ------------------------------------------------------------
 
 
+LEARNED = FixedPriors(user_precision=2.0, item_precision=2.0, offset_precision=1.0, noise_precision=4.0,
+                      mean_precision=2.0)
+
+
 @pytest.mark.parametrize("offsets", ["estimated", "empirical"])
-def test_gradient_matches_central_differences(offsets):
+@pytest.mark.parametrize("mean_precision", [0.0, 2.0])
+def test_gradient_matches_central_differences(offsets, mean_precision):
     jax.config.update("jax_enable_x64", True)
     try:
         rng = np.random.default_rng(1)
@@ -82,9 +87,12 @@ def test_gradient_matches_central_differences(offsets):
         items = rng.integers(0, 6, 40)
         keep = np.unique(users * 6 + items, return_index=True)[1]
         data = make_model_data(users[keep], items[keep], rng.normal(3.5, 1.0, keep.size), 8, 6, dtype=jnp.float64)
-        config = CONFIG.replace(offsets=offsets)
+        config = CONFIG.replace(offsets=offsets, fixed=PRIORS._replace(mean_precision=mean_precision))
         latent = map_engine.init_latent(jax.random.PRNGKey(2), data, config, scale=0.7)
         latent = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), latent)
+        if mean_precision:
+            assert set(latent) >= {"user_mean", "item_mean"}
+            latent["user_mean"] = latent["user_mean"] + 0.3  # off zero, so its prior term is exercised
         objective = jax.jit(map_engine.neg_log_joint, static_argnums=2)
         value, grad = jax.jit(jax.value_and_grad(map_engine.neg_log_joint), static_argnums=2)(latent, data, config)
         assert np.isfinite(float(value))
@@ -105,11 +113,15 @@ def test_gradient_matches_central_differences(offsets):
 
 
 @pytest.mark.parametrize("offsets", ["estimated", "empirical"])
-def test_compiled_objective_has_the_model_gradient(data, offsets):
+@pytest.mark.parametrize("mean_precision", [0.0, 2.0])
+def test_compiled_objective_has_the_model_gradient(data, offsets, mean_precision):
     """The loop evaluates the model at unit precisions with per-site scales;
     its gradient must equal that of the model's log joint at the precisions."""
-    config = CONFIG.replace(offsets=offsets, fixed=FixedPriors(3.0, 0.5, 7.0, 2.5))
+    config = CONFIG.replace(offsets=offsets, fixed=FixedPriors(3.0, 0.5, 7.0, 2.5, mean_precision))
     latent = map_engine.init_latent(jax.random.PRNGKey(4), data, config, scale=0.5)
+    if mean_precision:
+        latent["user_mean"] = latent["user_mean"] + 0.3
+        latent["item_mean"] = latent["item_mean"] - 0.2
     precisions = map_engine._precision_vector(config.fixed, jnp.float32)
     grad_loop = jax.jit(lambda x, p: jax.grad(map_engine._objective_fn(data, config, p))(x))(latent, precisions)
     grad_model = jax.jit(jax.grad(map_engine.neg_log_joint), static_argnums=2)(latent, data, config)
@@ -142,6 +154,30 @@ def test_als_and_lbfgs_reach_the_same_mode(fits):
     lbfgs, als = fits["lbfgs"], fits["als"]
     np.testing.assert_allclose(als.stats["objective"], lbfgs.stats["objective"], rtol=SOLVER_OBJECTIVE_RTOL)
     np.testing.assert_allclose(all_pairs_mean(als), all_pairs_mean(lbfgs), atol=SOLVER_PREDICTION_ATOL)
+
+
+def test_learned_means_als_and_lbfgs_reach_the_same_mode(data):
+    """With latent factor means ALS adds the exact mode of mu | factors to
+    each sweep; it must reach the L-BFGS mode, and the means must be in use."""
+    config = CONFIG.replace(fixed=LEARNED)
+    key = jax.random.PRNGKey(0)
+    lbfgs, als = (map_engine.fit(key, data, config, solver=solver) for solver in ("lbfgs", "als"))
+    np.testing.assert_allclose(als.stats["objective"], lbfgs.stats["objective"], rtol=SOLVER_OBJECTIVE_RTOL)
+    np.testing.assert_allclose(all_pairs_mean(als), all_pairs_mean(lbfgs), atol=SOLVER_PREDICTION_ATOL)
+    assert np.all(np.diff(als.info["objective_trace"]) <= 1e-6 * np.abs(als.info["objective_trace"][1:]))
+    # At the mode mu_R is the shrunk mean of the item rows: sum_v R_v / (M + beta).
+    d = lbfgs.draws
+    np.testing.assert_allclose(
+        d.item_mean[0, 0], d.item_factors[0, 0].sum(0) / (data.num_items + LEARNED.mean_precision), atol=1e-3
+    )
+    assert float(np.linalg.norm(d.item_mean[0, 0])) > 0.01
+    # The zero-mean model is this one restricted to mu = 0 (where the means'
+    # prior term vanishes), so its mode scores no better under this objective.
+    zero = map_engine.fit(key, data, config.replace(fixed=LEARNED._replace(mean_precision=0.0)), solver="lbfgs")
+    at_zero = {k: jnp.asarray(getattr(zero.draws, k)[0, 0]) for k in ("user_factors", "item_factors", "item_offsets")}
+    at_zero.update(user_mean=jnp.zeros(RANK), item_mean=jnp.zeros(RANK))
+    zero_value = float(map_engine.neg_log_joint(at_zero, data, config))
+    assert zero_value >= lbfgs.stats["objective"][0, 0] * (1 - SOLVER_OBJECTIVE_RTOL)
 
 
 def test_als_never_increases_the_objective(fits):
@@ -198,7 +234,8 @@ def test_tune_picks_a_finite_best_and_the_noise_from_validation(validation):
     assert out["validation_rmse"] == pytest.approx(best["valid_rmse"])
     assert out["ratios"]["user"] == pytest.approx(best["user_ratio"])
     priors = out["priors"]
-    assert all(np.isfinite(x) and x > 0 for x in priors)
+    assert all(np.isfinite(x) and x > 0 for x in priors[:4])
+    assert priors.mean_precision == CONFIG.fixed.mean_precision
     # The noise precision is 1 / mean(validation residual^2) of the best fit,
     # recomputed here from its draws.
     params = Params(*(jnp.asarray(x[0, 0]) for x in out["result"].draws))
@@ -282,12 +319,12 @@ def test_bad_input(data, sim):
 
 # --- MovieLens-100K ----------------------------------------------------------------------------------
 
-# Test RMSE of tuned MAP at rank 10 on u1 (unclipped predictions): 0.9513
-# (seed 0) to 0.9531 over initialization and validation seeds, level with
-# Surprise SVD (0.9513). The model has no per-user bias, which keeps it above
-# the 0.935 target (see benchmarks/map_ml100k.py, which reports it); this band
-# only guards against regressions.
-ML100K_RMSE_MAX = 0.96
+# Test RMSE of tuned MAP at rank 10 on u1 (unclipped predictions) with the
+# default learned factor means: 0.9216 (L-BFGS, seed 0) and 0.9215 (ALS);
+# with zero means 0.9513, level with Surprise SVD. The bound is the issue's
+# target, 0.935: ~0.013 above the measurement, several times the spread over
+# initialization and validation seeds seen with zero means (0.002).
+ML100K_RMSE_MAX = 0.935
 
 
 @pytest.mark.slow

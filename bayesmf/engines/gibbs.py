@@ -18,7 +18,8 @@ ALS takes the mode of: :mod:`bayesmf.conjugate`), then movies jointly with
 their offsets (estimated offsets: one (rank + 1)-dimensional block, which
 removes the offset/factor correlation from the chain), then the
 hyperparameters and the noise precision. With ``priors="fixed"`` only the
-factor and offset blocks are drawn; with ``offsets="empirical"`` the offsets
+factor and offset blocks are drawn (and the factor means ``mu_L``, ``mu_R``
+when ``config.fixed.mean_precision > 0``: Gaussian given the factors); with ``offsets="empirical"`` the offsets
 stay at the movie means.
 
 Engines follow the house contract: :func:`init` and :func:`step` are pure
@@ -307,6 +308,21 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         noise_precision = gammas[2 * d + 1] / (h.noise_rate + 0.5 * sse)
         new = new._replace(noise_precision=noise_precision)
         bad = jnp.where(bad > 0, bad, _code(4, noise_precision))
+
+    elif config.fixed.learns_means:
+        # mu | factors with Lambda = lambda I fixed and mu ~ N(0, (beta lambda)^-1 I):
+        # N(sum_rows / (n + beta), ((n + beta) lambda)^-1 I).
+        f = config.fixed
+        draws = []
+        for key, factors, precision in (
+            (key_user_hyper, user_factors, f.user_precision),
+            (key_item_hyper, item_factors, f.item_precision),
+        ):
+            n = factors.shape[0] + f.mean_precision
+            noise = jax.random.normal(key, (d,), dtype) * (n * precision) ** -0.5
+            draws.append(jnp.sum(factors, axis=0) / n + noise)
+        new = new._replace(user_mean=draws[0], item_mean=draws[1])
+        bad = jnp.where(bad > 0, bad, _code(3, jnp.concatenate(draws)))
 
     info = GibbsInfo(train_rmse=jnp.sqrt(sse / data.nnz), nonfinite=bad.astype(jnp.int32))
     return new, info

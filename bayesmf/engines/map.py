@@ -283,7 +283,8 @@ class _scaled_unit_model(Messenger):
 
 
 def _unit_config(config: ModelConfig) -> ModelConfig:
-    return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0))
+    # mean_precision is relative to the factor precisions, so it stays.
+    return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0, config.fixed.mean_precision))
 
 
 def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array):
@@ -299,6 +300,8 @@ def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array):
     weights = {
         "user_factors": precisions[0],
         "item_factors": precisions[1],
+        "user_mean": precisions[0],  # N(0, 1/beta) at unit precision: beta * lambda_L after scaling
+        "item_mean": precisions[1],
         "item_offsets": precisions[2],
         "obs": precisions[3],
     }
@@ -338,6 +341,9 @@ def init_latent(rng_key: Array, data: ModelData, config: ModelConfig, scale: flo
     )
     if config.offsets == "estimated":
         latent["item_offsets"] = data.empirical_offsets
+    if config.fixed.learns_means:
+        latent["user_mean"] = jnp.zeros(config.rank, dtype)
+        latent["item_mean"] = jnp.zeros(config.rank, dtype)
     return latent
 
 
@@ -351,7 +357,7 @@ def _latent_from(init_params, data: ModelData, config: ModelConfig) -> dict:
             raise ValueError(f"init_params lacks the latent site {name!r}")
         value = jnp.asarray(init_params[name], data.rating.dtype)
         expected = {"user_factors": (data.num_users, config.rank), "item_factors": (data.num_items, config.rank),
-                    "item_offsets": (data.num_items,)}[name]
+                    "item_offsets": (data.num_items,), "user_mean": (config.rank,), "item_mean": (config.rank,)}[name]
         value = value.reshape(value.shape[-len(expected):]) if value.size == math.prod(expected) else value
         if value.shape != expected:
             raise ValueError(f"init_params[{name!r}] has shape {tuple(value.shape)}, expected {expected}")
@@ -413,15 +419,24 @@ def _als_step_fn(ctx: MapContext, config: ModelConfig, precisions: Array, object
     d, dtype = config.rank, data.rating.dtype
     lam_user, lam_item, tau, alpha = precisions[0], precisions[1], precisions[2], precisions[3]
     eye = jnp.eye(d, dtype=dtype)
-    means = fixed_values(data, config)  # the model's prior means (0 for factors, rbar for offsets)
+    fixed_means = fixed_values(data, config)  # the model's prior means (0 for factors, rbar for offsets)
+    learned = config.fixed.learns_means
+    beta = config.fixed.mean_precision
 
     def step(state: MapState) -> MapState:
         latent = dict(state.latent)
+        means = dict(fixed_means)
+        if learned:
+            means["user_mean"], means["item_mean"] = latent["user_mean"], latent["item_mean"]
         offsets = latent["item_offsets"] if config.offsets == "estimated" else data.empirical_offsets
         # Users | items, offsets.
         gram, rhs = gram_and_rhs(ctx.user_layout, latent["item_factors"], data.rating - offsets[data.item_index])
         users = row_mean(lam_user * eye, means["user_mean"], gram, rhs, alpha)
         latent["user_factors"] = users
+        if learned:
+            # mu_L | L: the mode of prod_u N(L_u; mu, 1/lambda) N(mu; 0, 1/(beta lambda)).
+            latent["user_mean"] = jnp.sum(users, axis=0) / (data.num_users + beta)
+            means["user_mean"] = latent["user_mean"]
         # Items (and offsets, as one block) | users.
         if config.offsets == "estimated":
             design = jnp.concatenate([users, jnp.ones((data.num_users, 1), dtype)], axis=1)
@@ -433,6 +448,8 @@ def _als_step_fn(ctx: MapContext, config: ModelConfig, precisions: Array, object
         else:
             gram, rhs = gram_and_rhs(ctx.item_layout, users, data.rating - offsets[data.item_index])
             latent["item_factors"] = row_mean(lam_item * eye, means["item_mean"], gram, rhs, alpha)
+        if learned:
+            latent["item_mean"] = jnp.sum(latent["item_factors"], axis=0) / (data.num_items + beta)
         value = objective(latent)
         return _record(state, latent, None, value, jnp.asarray(jnp.inf, dtype))
 
@@ -637,9 +654,10 @@ class _Point(NamedTuple):
     item: float
     offset: float
 
-    def priors(self, noise_precision: float = 1.0) -> FixedPriors:
+    def priors(self, noise_precision: float = 1.0, mean_precision: float = 0.0) -> FixedPriors:
         return FixedPriors(
-            self.user * noise_precision, self.item * noise_precision, self.offset * noise_precision, noise_precision
+            self.user * noise_precision, self.item * noise_precision, self.offset * noise_precision, noise_precision,
+            mean_precision,
         )
 
     def key(self) -> tuple:
@@ -896,7 +914,7 @@ def tune(
         tuner.bar.close()
     best = tuner.best()
     noise_precision = 1.0 / best["rmse"] ** 2
-    priors = best["point"].priors(noise_precision)
+    priors = best["point"].priors(noise_precision, config.fixed.mean_precision)
     table = pd.DataFrame(tuner.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
     result = _result(
         best["latent"], data, config.replace(fixed=priors), solver, dict(best["info"]), time.perf_counter() - start_time
@@ -926,6 +944,9 @@ def _transfer(latent: dict, source_vocabs, target_vocabs, base: dict) -> dict:
     out["item_factors"] = base["item_factors"].at[item_rows].set(latent["item_factors"])
     if "item_offsets" in base:
         out["item_offsets"] = base["item_offsets"].at[item_rows].set(latent["item_offsets"])
+    for name in ("user_mean", "item_mean"):
+        if name in base:
+            out[name] = latent[name]
     return out
 
 
@@ -1027,7 +1048,7 @@ def fit_ratings(
         validation_rmse = _validation_rmse(
             latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid.rating)
         )
-        priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2)
+        priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision)
         table = pd.DataFrame()
     tune_seconds = time.perf_counter() - start_time
 
