@@ -64,6 +64,7 @@ ALL_METHODS = ("map", "map-fixed", "gibbs", "gibbs-fixed", "nuts", "svi")
 SAMPLERS = ("gibbs", "gibbs-fixed", "nuts", "svi")
 USER_BUCKETS = ("<=20", "21-50", "51-100", "101-200", ">200")
 HEADLINE_RANKS = (10, 50)
+FOLD_ORDER = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 # Columns whose values must be finite in every row of metrics.csv.
 METRIC_COLUMNS = ("count", "rmse", "mae", "nll", "crps", "coverage_50", "coverage_80", "coverage_90", "coverage_95", "fit_seconds")
 # The gap between two RMSEs below which we call them "flat" / "equal" in the
@@ -621,7 +622,10 @@ def main(argv=None) -> int:
             for f_idx, fold, rank, method in bar:
                 bar.set_postfix_str(f"{fold} D={rank} {method}")
                 train, test = folds[fold]
-                rows = run_one(fold, train, test, method, rank, args, key=args.seed + 1000 * f_idx + rank)
+                # The key depends on the fold's name, not its place in --folds, so a
+                # run split over invocations (--resume) draws what one run would.
+                fold_number = FOLD_ORDER.index(fold) if fold in FOLD_ORDER else f_idx
+                rows = run_one(fold, train, test, method, rank, args, key=args.seed + 1000 * fold_number + rank)
                 common.append_rows(metrics_path, rows)  # incremental: a timeout keeps what finished
             conv_done = args.resume and (out / "convergence.csv").exists()
             if not args.skip_convergence and not conv_done:

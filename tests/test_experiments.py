@@ -28,17 +28,20 @@ FIGURES = {
                     "by_movie_popularity.png", "convergence.png", "cost_vs_rmse.png"),
     "cold_start": ("cold_start.png", "cold_start_nll.png"),
     "cold_start_session": ("cumulative_regret.png",),
+    "recommend_offline": ("ranking.png",),
 }
 KEY_COLUMNS = {
     "map_vs_mcmc": ("fold", "method", "rank", "bucket"),
     "cold_start": ("side", "k", "method", "bucket"),
     "cold_start_session": ("strategy", "step", "bucket"),
+    "recommend_offline": ("method", "strategy", "repeat", "bucket"),
 }
 # Extra arguments that keep each tiny run to a few seconds once compiled.
 TINY_ARGS = {
     "map_vs_mcmc": [],
     "cold_start": [],
     "cold_start_session": [],
+    "recommend_offline": [],
 }
 
 
@@ -92,6 +95,16 @@ def test_expected_rows(tiny_run):
             k0 = a[(a["side"] == side) & (a["k"] == 0)].set_index("method")
             assert k0.loc["foldin-gibbs", "rmse"] == pytest.approx(k0.loc["prior-gibbs", "rmse"], rel=1e-9)
             assert k0.loc["foldin-map", "rmse"] == pytest.approx(k0.loc["prior-map", "rmse"], rel=1e-9)
+    elif name == "recommend_offline":
+        module = _module(name)
+        assert set(frame["method"]) == set(module.METHODS)
+        assert set(frame["strategy"]) == set(module.STRATEGIES)
+        for column in ("precision_at_k", "recall_at_k", "ndcg_at_k"):
+            assert frame[column].between(0, 1).all()
+        # Thompson is repeated over keys; the deterministic strategies once.
+        counts = frame.groupby(["method", "strategy"]).size()
+        assert (counts.xs("thompson", level="strategy") == 2).all()
+        assert (counts.drop("thompson", level="strategy") == 1).all()
     else:
         module = _module(name)
         assert set(frame["strategy"]) == set(module.STRATEGIES)
