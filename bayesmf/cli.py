@@ -196,7 +196,8 @@ def cmd_demo(args):
     new_user = "new-user" if posterior.user_vocab.ids.dtype == object else int(posterior.user_vocab.ids.max()) + 1
     items = posterior.item_vocab.ids[:3]
     cold = posterior.predict([new_user] * len(items), items)
-    print(f"cold start: user {new_user} has no ratings; the prior predictive is each movie's offset with the prior's spread:")
+    print(f"cold start: user {new_user} has no ratings; the prior predictive is each movie's offset m_v + mu_L . R_v "
+          "with the prior's spread:")
     for i, m, lo, hi in zip(cold.items, cold.mean, cold.lower, cold.upper):
         print(f"  movie {i}: {m:.2f} [{lo:.2f}, {hi:.2f}]  known_user={bool(cold.known_user[0])}")
     _emit(dict(metrics, method=args.method, rank=args.rank), args.json)
