@@ -13,17 +13,19 @@ in the ``"fixed"`` prior mode, divided by the number of training ratings:
           + \\frac{\\tau_m}{2}\\lVert m - \\bar r\\rVert^2\\Big] + \\text{const}
 
 (with ``"empirical"`` offsets ``m`` is fixed at the movie means and the last
-term drops). With ``config.fixed.mean_precision = beta > 0`` the factor
-penalties are centred on learned means, ``lambda_L ||L - 1 mu_L^T||^2 +
-beta lambda_L ||mu_L||^2`` (and the same for ``R``), and ``mu_L``, ``mu_R``
-are optimized with the factors; :class:`bayesmf.BayesMF` does this by
-default for MAP (``beta = 2``): on MovieLens-100K u1 at rank 10 it takes the
-tuned test RMSE from 0.951 to 0.922 (``benchmarks/map_ml100k.py``). The ``1/n`` changes nothing about the mode; it keeps the
+term drops). The ``1/n`` changes nothing about the mode; it keeps the
 objective and its gradient O(1) whatever the data size, so that a learning
 rate, a gradient-norm tolerance and L-BFGS's initial step mean the same thing
 on 1,000 or 1,000,000 ratings. The mode depends on the precisions only through
 the ratios ``lambda_L / alpha``, ``lambda_R / alpha`` and ``tau_m / alpha``
 (L2 strengths in units of squared error).
+
+With ``config.fixed.mean_precision = beta > 0`` the factor
+penalties are centred on learned means, ``lambda_L ||L - 1 mu_L^T||^2 +
+beta lambda_L ||mu_L||^2`` (and the same for ``R``), and ``mu_L``, ``mu_R``
+are optimized with the factors; :class:`bayesmf.BayesMF` does this by
+default for MAP (``beta = 2``): on MovieLens-100K u1 at rank 10 it takes the
+tuned test RMSE from 0.951 to 0.922 (``benchmarks/map_ml100k.py``).
 
 Solvers:
 
