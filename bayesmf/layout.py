@@ -17,8 +17,10 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     problems, but its memory grows with ``n x m`` (3 GB at MovieLens-10M size).
 
 :func:`build_layout` with ``kind="auto"`` takes ``"dense"`` while
-``n * m <= DENSE_MAX_CELLS`` (see ``benchmarks/layout_crossover.py`` for the
-measured crossover).
+``n * m <= DENSE_MAX_CELLS`` and, when the design width ``w`` is given,
+``n * m * w^2 <= DENSE_MAX_WORK`` (the dense GEMM's flops grow with ``n m w^2``,
+the bucketed layout's with ``nnz w^2``); see ``benchmarks/layout_crossover.py``
+for the measured crossover.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ Array = jax.Array
 # reported in the README; 4e6 cells (16 MB per float32 matrix) keeps the dense
 # matrices small while covering MovieLens-100K (943 x 1682 = 1.6e6).
 DENSE_MAX_CELLS = 4_000_000
+# Largest n * m * w^2 for which the automatic choice is dense. On the
+# MovieLens-100K shape (1.6e6 cells) the two layouts were level at rank 10
+# (dense / bucket seconds per sweep 1.13, measured on a loaded 2-core
+# machine) and the bucketed one 1.8x faster at rank 50
+# (benchmarks/layout_crossover.py): 2e8 keeps rank 10 (1.6e6 x 11^2 = 1.9e8)
+# dense and takes buckets from rank ~12 up.
+DENSE_MAX_WORK = 2e8
 
 LAYOUTS = ("auto", "bucket", "dense")
 
@@ -104,7 +113,7 @@ def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: i
     return DenseLayout(mask=jnp.asarray(mask), entry=jnp.asarray(entry))
 
 
-def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto"):
+def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None):
     """Layout of the entries ``(rows[j], cols[j])`` grouped by row.
 
     Parameters
@@ -112,6 +121,10 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto"):
     rows, cols : int array, shape (nnz,)
     num_rows, num_cols : int
     kind : {"auto", "bucket", "dense"}
+    width : int, optional
+        Width ``w`` of the design rows the layout will be used with (the
+        rank, or rank + 1 with an offset column); lets ``"auto"`` weigh the
+        dense GEMM's cost (:data:`DENSE_MAX_WORK`).
 
     Returns
     -------
@@ -122,7 +135,9 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto"):
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     if kind == "auto":
-        kind = "dense" if num_rows * num_cols <= DENSE_MAX_CELLS else "bucket"
+        cells = num_rows * num_cols
+        small = cells <= DENSE_MAX_CELLS and (width is None or cells * width**2 <= DENSE_MAX_WORK)
+        kind = "dense" if small else "bucket"
     if kind == "dense":
         return _dense_layout(rows, cols, num_rows, num_cols)
     return _bucket_layout(rows, cols, num_rows, num_cols)

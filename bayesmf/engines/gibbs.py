@@ -86,14 +86,18 @@ class GibbsContext(NamedTuple):
     item_layout: object
 
 
-def build_context(data: ModelData, layout: str = "auto") -> GibbsContext:
-    """Precompute the per-user and per-item layouts of the training ratings."""
+def build_context(data: ModelData, layout: str = "auto", rank: int | None = None) -> GibbsContext:
+    """Precompute the per-user and per-item layouts of the training ratings.
+
+    ``rank`` lets ``layout="auto"`` weigh the dense layout's cost
+    (:func:`bayesmf.layout.build_layout`); without it only the size counts.
+    """
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
     return GibbsContext(
         data=data,
-        user_layout=build_layout(u, v, data.num_users, data.num_items, layout),
-        item_layout=build_layout(v, u, data.num_items, data.num_users, layout),
+        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank),
+        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=None if rank is None else rank + 1),
     )
 
 
@@ -453,7 +457,7 @@ def sample(
     else:
         pairs = (jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
     t0 = time.perf_counter()
-    ctx = build_context(data, layout)
+    ctx = build_context(data, layout, config.rank)
     keys = chain_keys(rng_key, num_chains)
     init_keys, run_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
     if init_params is None:

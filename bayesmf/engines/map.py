@@ -515,15 +515,15 @@ def _default_optimizer(solver: str, optimizer):
     return _default_optimizer_for(solver) if optimizer is None else optimizer
 
 
-def _build_context(data: ModelData, solver: str, layout: str = "auto") -> MapContext:
+def _build_context(data: ModelData, solver: str, layout: str = "auto", rank: int | None = None) -> MapContext:
     if solver != "als":
         return MapContext(data=data, user_layout=None, item_layout=None)
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
     return MapContext(
         data=data,
-        user_layout=build_layout(u, v, data.num_users, data.num_items, layout),
-        item_layout=build_layout(v, u, data.num_items, data.num_users, layout),
+        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank),
+        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=None if rank is None else rank + 1),
     )
 
 
@@ -553,7 +553,7 @@ def _make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout="
         run = _cached_run_fn(*args)
     except TypeError:  # an unhashable optimizer: compile for this fit only
         run = _run_fn(*args)
-    return _Solver(run=run, ctx=_build_context(data, solver, layout), config=config, solver=solver)
+    return _Solver(run=run, ctx=_build_context(data, solver, layout, config.rank), config=config, solver=solver)
 
 
 def _solve(solver: _Solver, latent: dict, priors: FixedPriors):

@@ -1,0 +1,61 @@
+"""The two Gram layouts compute the same per-row Gram matrices and right-hand
+sides (against a NumPy loop), and ``"auto"`` chooses by size and design width."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayesmf.layout import DENSE_MAX_CELLS, DENSE_MAX_WORK, BucketLayout, DenseLayout, build_layout, gram_and_rhs
+
+
+def reference(rows, cols, num_rows, design, response):
+    d = design.shape[1]
+    gram = np.zeros((num_rows, d, d))
+    rhs = np.zeros((num_rows, d))
+    for r, c, y in zip(rows, cols, response):
+        gram[r] += np.outer(design[c], design[c])
+        rhs[r] += y * design[c]
+    return gram, rhs
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_rows=st.integers(1, 12),
+    num_cols=st.integers(1, 9),
+    fill=st.floats(0.0, 1.0),
+    d=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_layouts_match_a_numpy_loop(num_rows, num_cols, fill, d, seed):
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(num_rows * num_cols)[: max(1, int(fill * num_rows * num_cols))]
+    rows, cols = np.divmod(cells, num_cols)  # unsorted, rows of every degree (0 included)
+    design = rng.normal(size=(num_cols, d))
+    response = rng.normal(size=rows.size)
+    want_gram, want_rhs = reference(rows, cols, num_rows, design, response)
+    for kind in ("dense", "bucket"):
+        layout = build_layout(rows, cols, num_rows, num_cols, kind)
+        gram, rhs = gram_and_rhs(layout, jnp.asarray(design, jnp.float32), jnp.asarray(response, jnp.float32))
+        # float32 sums of at most 9 products of O(1) normals: round-off ~1e-6.
+        np.testing.assert_allclose(gram, want_gram, atol=1e-4, err_msg=kind)
+        np.testing.assert_allclose(rhs, want_rhs, atol=1e-4, err_msg=kind)
+
+
+def test_auto_weighs_size_and_width():
+    rows, cols = np.array([0, 1]), np.array([1, 0])
+    assert isinstance(build_layout(rows, cols, 2, 2, "auto"), DenseLayout)
+    # MovieLens-100K's shape: dense at rank 10 (width 11), bucketed from rank ~12.
+    n, m = 943, 1682
+    assert n * m * 11**2 <= DENSE_MAX_WORK < n * m * 13**2
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=11), DenseLayout)
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51), BucketLayout)
+    # Too many cells is bucketed whatever the width.
+    big = DENSE_MAX_CELLS // 1000 + 1
+    assert isinstance(build_layout(rows, cols, 1000, big, "auto", width=1), BucketLayout)
+
+
+def test_unknown_layout_is_rejected():
+    with pytest.raises(ValueError, match="unknown layout"):
+        build_layout([0], [0], 1, 1, "sparse")
