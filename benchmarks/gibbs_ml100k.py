@@ -130,14 +130,15 @@ def run_seeds(data_dir: Path, ranks=(10, 50), num_seeds: int = 100, sweeps: int 
     return out
 
 
+# Each sampler runs in a fresh process that loads the same ratings from an .npz
+# written by the parent: generating the 1M pairs peaks at ~1.5 GB, which
+# would otherwise mask both samplers' own peaks (ru_maxrss never falls).
 SCALE_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-which, seed, sweeps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-from bayesmf import synthetic
-u, i = synthetic.sample_pairs(seed, 6040, 3706, 1_000_000, min_per_user=20)
-rng = np.random.default_rng(seed)
-r = np.clip(np.round(3.6 + rng.normal(0, 1.0, u.size)), 1, 5)
+which, seed, sweeps, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
+arrays = np.load(path)
+u, i, r = arrays["u"], arrays["i"], arrays["r"]
 if which == "bayesmf":
     import jax
     from bayesmf.engines import gibbs
@@ -149,28 +150,45 @@ if which == "bayesmf":
 else:
     sys.path.insert(0, sys.argv[4])
     import peers
-    sps = peers.run_myfm_synthetic(u, i, r, 6040, 3706, rank=32, n_iter=sweeps, seed=seed)["seconds_per_sweep"]
+    res = peers.run_myfm_synthetic(u, i, r, 6040, 3706, rank=32, n_iter=sweeps, seed=seed)
+    # myFM fits in its own spawned process (which also holds the arrays): its peak is the one to compare.
+    print(json.dumps(dict(seconds_per_sweep=res["seconds_per_sweep"], peak_rss_mb=res["peak_rss_mb"])))
+    sys.exit(0)
 print(json.dumps(dict(seconds_per_sweep=sps, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
 
 
 def run_scale(seed: int, sweeps: int) -> dict:
-    out = {}
-    for which in ("bayesmf", "myfm"):
-        proc = subprocess.run(
-            [sys.executable, "-c", SCALE_CHILD, which, str(seed), str(sweeps), str(HERE)],
-            capture_output=True, text=True, timeout=1800,
-        )
-        if proc.returncode != 0:
-            out[which] = f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-        else:
-            out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    import tempfile
+
+    from bayesmf import synthetic
+
+    u, i = synthetic.sample_pairs(seed, 6040, 3706, 1_000_000, min_per_user=20)
+    rng = np.random.default_rng(seed)
+    r = np.clip(np.round(3.6 + rng.normal(0, 1.0, u.size)), 1, 5)
+    out = {"load_average_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ratings.npz")
+        np.savez(path, u=u, i=i, r=r)
+        for which in ("bayesmf", "myfm"):
+            proc = subprocess.run(
+                [sys.executable, "-c", SCALE_CHILD, which, str(seed), str(sweeps), str(HERE), path],
+                capture_output=True, text=True, timeout=1800,
+            )
+            out[which] = _child_result(proc)
+    out["load_average_end"] = os.getloadavg()
     if isinstance(out.get("bayesmf"), dict) and isinstance(out.get("myfm"), dict):
         out["ratios"] = dict(
             seconds_per_sweep=out["bayesmf"]["seconds_per_sweep"] / out["myfm"]["seconds_per_sweep"],
             peak_rss=out["bayesmf"]["peak_rss_mb"] / out["myfm"]["peak_rss_mb"],
         )
     return out
+
+
+def _child_result(proc):
+    if proc.returncode != 0:
+        return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -181,6 +199,7 @@ def main(argv=None):
     parser.add_argument("--num-warmup", type=int, default=50)
     parser.add_argument("--skip-seeds", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--only-scale", action="store_true", help="run the ML-1M-sized synthetic figure alone")
     parser.add_argument("--scale-sweeps", type=int, default=20)
     parser.add_argument("--timeout", type=int, default=3600, help="watchdog: abort after this many seconds")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "benchmarks" / "gibbs_ml100k.json")
@@ -190,9 +209,10 @@ def main(argv=None):
 
     result = dict(config=vars(args) | dict(data=str(args.data), out=str(args.out)), versions=_versions(),
                   machine=dict(cpus=os.cpu_count(), platform=platform.platform()))
-    result["u1"] = run_u1(args.data, args.seed, args.num_samples, args.num_warmup)
-    print(json.dumps(result["u1"], indent=1, default=str), flush=True)
-    if not args.skip_seeds:
+    if not args.only_scale:
+        result["u1"] = run_u1(args.data, args.seed, args.num_samples, args.num_warmup)
+        print(json.dumps(result["u1"], indent=1, default=str), flush=True)
+    if not (args.skip_seeds or args.only_scale):
         result["seeds"] = run_seeds(args.data)
         print(json.dumps(result["seeds"], indent=1), flush=True)
     if not args.skip_scale:
