@@ -182,7 +182,7 @@ def draw(out: Path) -> Path:
     n = int(m["num_users"].max())
     ax1.set_xlabel("step (ratings given by the new user)")
     ax1.set_ylabel("cumulative regret (stars of true mean rating)")
-    ax1.set_title(f"cumulative regret, mean ± 1 s.e. over {n} simulated users")
+    ax1.set_title(f"cumulative regret ({n} users, mean ± 1 s.e.)")
     ax1.legend(loc="upper left")
     ax2.set_xlabel("step")
     ax2.set_ylabel("per-step regret (best unseen − chosen true mean)")
