@@ -27,7 +27,9 @@ absolute value,
     A(m, s) = E|N(m, s^2)| = m\\,(2\\Phi(m/s) - 1) + 2 s\\, \\varphi(m/s).
 
 Summary tables (:func:`summarize`, :func:`summarize_by`) use the keys
-``rmse, mae, nll, crps, coverage_50, width_50, ...``.
+``rmse, mae, nll, crps, coverage_50, width_50, ...``; both average the
+per-row scores of :func:`score_rows`, so one scoring pass serves any number
+of breakdowns (:func:`group_rows`).
 """
 
 from __future__ import annotations
@@ -885,6 +887,109 @@ def activity_bucket(counts: ArrayLike, edges: Sequence[int] = DEFAULT_EDGES) -> 
     return labels[np.searchsorted(_edges(edges), c, side="left")]
 
 
+def score_rows(
+    y: ArrayLike,
+    mean: ArrayLike | None,
+    sd: ArrayLike | None,
+    *,
+    mu: ArrayLike | None = None,
+    sds: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    max_pairs: int = MAX_PAIRS,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, np.ndarray]:
+    """Per-row scores whose means over rows are the metrics of :func:`summarize`.
+
+    Scoring once per row and averaging within groups (:func:`aggregate_rows`,
+    :func:`group_rows`) costs one pass over the predictive however many
+    breakdowns are reported; the mixture quantiles and the pairwise CRPS
+    term dominate that pass.
+
+    Parameters
+    ----------
+    y, mean, sd, mu, sds, weights, levels, max_pairs, seed
+        As in :func:`summarize`.
+
+    Returns
+    -------
+    dict of str to array, shape (n,)
+        ``squared_error`` and ``absolute_error`` (of ``mean``), ``nll``,
+        ``crps``, and per level ``p`` ``covered_<100p>`` (1.0 inside the
+        central interval, else 0.0) and ``width_<100p>``.
+
+    Examples
+    --------
+    >>> rows = score_rows([0.0, 2.0], [0.0, 0.0], 1.0, levels=(0.9,))
+    >>> rows["covered_90"].tolist()
+    [1.0, 0.0]
+    """
+    if (mu is None) != (sds is None):
+        raise ValueError("give both mu and sds (the mixture components) or neither")
+    if weights is not None and mu is None:
+        raise ValueError("weights need the mixture components mu and sds")
+    levels = [float(p) for p in np.atleast_1d(_prob(levels, "levels"))]
+    y = _vector("y", y)
+    if mu is not None:
+        mu, sds, weights = _components(mu, sds, weights)
+        if mu.shape[1] != y.shape[0]:
+            raise ValueError(f"mismatched shapes: y {y.shape}, mu {mu.shape}")
+        if mean is None or sd is None:
+            mix_mean, mix_sd = mixture_moments(mu, sds, weights)
+            mean = mix_mean if mean is None else mean
+            sd = mix_sd if sd is None else sd
+    elif mean is None or sd is None:
+        raise ValueError("mean and sd are required without the mixture components mu and sds")
+    y, mean, sd = _gaussian(y, mean, sd)
+
+    error = y - mean
+    rows = dict(squared_error=error * error, absolute_error=np.abs(error))
+    if mu is None:
+        z = error / sd
+        rows.update(nll=0.5 * z * z + np.log(sd) + 0.5 * _LOG_2PI, crps=crps_gaussian_per_row(y, mean, sd))
+    else:
+        rows.update(
+            nll=mixture_nll_per_row(y, mu, sds, weights),
+            crps=crps_mixture_per_row(y, mu, sds, weights, max_pairs=max_pairs, seed=seed),
+        )
+    for p in levels:
+        lower, upper = gaussian_interval(mean, sd, p) if mu is None else mixture_interval(mu, sds, p, weights)
+        tag = f"{100 * p:g}"
+        rows[f"covered_{tag}"] = ((lower <= y) & (y <= upper)).astype(np.float64)
+        rows[f"width_{tag}"] = upper - lower
+    return rows
+
+
+def aggregate_rows(rows: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, float]:
+    """The metrics of :func:`summarize` from :func:`score_rows` output.
+
+    Parameters
+    ----------
+    rows : dict of str to array, shape (n,)
+    index : int array, optional
+        The rows to aggregate (default all); must be non-empty.
+
+    Returns
+    -------
+    dict of str to float
+        ``rmse`` (root of the mean squared error), ``mae``, ``nll``, ``crps``,
+        ``coverage_<100p>`` and ``width_<100p>`` (means over the rows).
+    """
+    def mean(name):
+        values = rows[name] if index is None else rows[name][index]
+        if values.size == 0:
+            raise ValueError("no rows to aggregate")
+        return float(np.mean(values))
+
+    out = dict(rmse=math.sqrt(mean("squared_error")), mae=mean("absolute_error"), nll=mean("nll"), crps=mean("crps"))
+    for name in rows:
+        if name.startswith("covered_"):
+            tag = name[len("covered_"):]
+            out[f"coverage_{tag}"] = mean(name)
+            out[f"width_{tag}"] = mean(f"width_{tag}")
+    return out
+
+
 def summarize(
     y: ArrayLike,
     mean: ArrayLike | None,
@@ -933,38 +1038,9 @@ def summarize(
     >>> sorted(out)
     ['coverage_90', 'crps', 'mae', 'nll', 'rmse', 'width_90']
     """
-    if (mu is None) != (sds is None):
-        raise ValueError("give both mu and sds (the mixture components) or neither")
-    if weights is not None and mu is None:
-        raise ValueError("weights need the mixture components mu and sds")
-    levels = [float(p) for p in np.atleast_1d(_prob(levels, "levels"))]
-    y = _vector("y", y)
-    if mu is not None:
-        mu, sds, weights = _components(mu, sds, weights)
-        if mu.shape[1] != y.shape[0]:
-            raise ValueError(f"mismatched shapes: y {y.shape}, mu {mu.shape}")
-        if mean is None or sd is None:
-            mix_mean, mix_sd = mixture_moments(mu, sds, weights)
-            mean = mix_mean if mean is None else mean
-            sd = mix_sd if sd is None else sd
-    elif mean is None or sd is None:
-        raise ValueError("mean and sd are required without the mixture components mu and sds")
-    y, mean, sd = _gaussian(y, mean, sd)
-
-    out = dict(rmse=rmse(y, mean), mae=mae(y, mean))
-    if mu is None:
-        out.update(nll=gaussian_nll(y, mean, sd), crps=crps_gaussian(y, mean, sd))
-    else:
-        out.update(
-            nll=mixture_nll(y, mu, sds, weights),
-            crps=crps_mixture(y, mu, sds, weights, max_pairs=max_pairs, seed=seed),
-        )
-    for p in levels:
-        lower, upper = gaussian_interval(mean, sd, p) if mu is None else mixture_interval(mu, sds, p, weights)
-        tag = f"{100 * p:g}"
-        out[f"coverage_{tag}"] = coverage(y, lower, upper)
-        out[f"width_{tag}"] = float(np.mean(upper - lower))
-    return out
+    return aggregate_rows(
+        score_rows(y, mean, sd, mu=mu, sds=sds, weights=weights, levels=levels, max_pairs=max_pairs, seed=seed)
+    )
 
 
 _BUCKET_LABEL = re.compile(r"^(?:<=(\d+)|(\d+)(?:-\d+)?|>(\d+))$")
@@ -996,6 +1072,13 @@ def summarize_by(
 ) -> pd.DataFrame:
     """:func:`summarize` within each group of rows.
 
+    The rows are scored once (:func:`score_rows`) and the scores averaged per
+    group. Every score but the sampled pairwise CRPS term is a per-row
+    quantity, so a group's entry equals :func:`summarize` on its rows alone;
+    when the CRPS pair term is estimated (``S^2 n > max_pairs``) its pair
+    budget is that of all ``n`` rows, which leaves each row's estimate
+    unbiased.
+
     Parameters
     ----------
     groups : array, shape (n,)
@@ -1012,7 +1095,7 @@ def summarize_by(
     mu : array, shape (S, n), optional
     sds : array, shape (S, n) or broadcastable to it, optional
     **kw
-        Passed to :func:`summarize` (``weights``, ``levels``, ``max_pairs``,
+        Passed to :func:`score_rows` (``weights``, ``levels``, ``max_pairs``,
         ``seed``).
 
     Returns
@@ -1028,10 +1111,34 @@ def summarize_by(
     [2, 1]
     """
     y = _vector("y", y)
-    n = y.shape[0]
+    _check_groups(groups, y.shape[0])
+    return group_rows(groups, score_rows(y, mean, sd, mu=mu, sds=sds, **kw), order=order)
+
+
+def _check_groups(groups: ArrayLike, n: int) -> None:
+    if np.ndim(groups) != 1 or len(groups) != n:
+        raise ValueError(f"mismatched shapes: groups {np.shape(groups)}, y ({n},)")
+
+
+def group_rows(groups: ArrayLike, rows: dict[str, np.ndarray], *, order: Sequence | None = None) -> pd.DataFrame:
+    """:func:`aggregate_rows` within each group: the table of :func:`summarize_by`.
+
+    Parameters
+    ----------
+    groups : array, shape (n,)
+        A label per row.
+    rows : dict of str to array, shape (n,)
+        From :func:`score_rows`.
+    order : sequence, optional
+        As in :func:`summarize_by`.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    n = len(next(iter(rows.values())))
+    _check_groups(groups, n)
     g = groups if isinstance(groups, (pd.Series, pd.Categorical)) else np.asarray(groups)
-    if np.ndim(g) != 1 or len(g) != n:
-        raise ValueError(f"mismatched shapes: groups {np.shape(g)}, y {y.shape}")
     if order is None:
         if isinstance(g, pd.Categorical) or isinstance(getattr(g, "dtype", None), pd.CategoricalDtype):
             order = list(pd.Categorical(g).categories)
@@ -1042,15 +1149,6 @@ def summarize_by(
     if np.any(codes < 0):
         missing = sorted({str(v) for v in np.asarray(g)[codes < 0]})
         raise ValueError(f"groups has labels not in order: {missing}")
-    if mean is not None:
-        mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (n,))
-    if sd is not None:
-        sd = np.broadcast_to(np.asarray(sd, dtype=np.float64), (n,))
-    if mu is not None and sds is not None:
-        mu = np.asarray(mu, dtype=np.float64)
-        if mu.ndim != 2:
-            raise ValueError(f"mu must be 2-D (shape (num_draws, n)), got shape {mu.shape}")
-        sds = np.broadcast_to(np.asarray(sds, dtype=np.float64), mu.shape)
     result_rows = []
     columns = None
     for j, label in enumerate(order):
@@ -1058,14 +1156,7 @@ def summarize_by(
         if idx.size == 0:
             result_rows.append((label, {"count": 0}))
             continue
-        row = summarize(
-            y[idx],
-            None if mean is None else mean[idx],
-            None if sd is None else sd[idx],
-            mu=None if mu is None else mu[:, idx],
-            sds=None if sds is None else sds[:, idx],
-            **kw,
-        )
+        row = aggregate_rows(rows, idx)
         columns = columns or ["count", *row]
         result_rows.append((label, {"count": int(idx.size), **row}))
     table = pd.DataFrame([r for _, r in result_rows], index=pd.Index([lbl for lbl, _ in result_rows], name="group"))

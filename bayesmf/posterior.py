@@ -384,7 +384,7 @@ class Posterior:
         var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
         return np.where(known, var, 0.0)
 
-    def evaluate(self, test, *, levels=(0.5, 0.8, 0.9, 0.95), by: str | None = None):
+    def evaluate(self, test, *, levels=(0.5, 0.8, 0.9, 0.95), by=None):
         """Score the predictive on held-out ratings.
 
         Parameters
@@ -394,27 +394,32 @@ class Posterior:
             cold-start prior and are counted, never dropped).
         levels : tuple of float
             Central-interval probabilities whose coverage is reported.
-        by : {None, "user_activity", "item_popularity", "cold"}
+        by : {None, "user_activity", "item_popularity", "cold"} or a sequence of them
             Also break the metrics down by the number of training ratings of
             the user (buckets <=20, 21-50, 51-100, 101-200, >200) or movie, or
-            by known / cold-start status.
+            by known / cold-start status. The test pairs are predicted and
+            scored once, whatever the number of breakdowns.
 
         Returns
         -------
-        dict or (dict, pandas.DataFrame)
+        dict, (dict, pandas.DataFrame) or (dict, dict of str to pandas.DataFrame)
             Metrics (rmse, mae, nll, crps, coverage_*, width_*) plus counts;
-            with ``by``, also the per-group table.
+            with one ``by``, also its per-group table; with a sequence, a
+            table per breakdown, keyed by its name.
         """
         from bayesmf import metrics
 
         if len(test) == 0:
             raise ValueError("the test set is empty")
+        breakdowns = [] if by is None else [by] if isinstance(by, str) else list(by)
         pred = self.predict(test.user_ids, test.item_ids, keep_components=True)
+        groups = {name: self._groups(pred, name) for name in breakdowns}  # bad names fail before scoring
         y = np.asarray(test.rating, np.float64)
         comps = pred.components
         multi = comps.mean.shape[0] > 1
         kw = dict(mu=comps.mean, sds=comps.sd) if multi else {}
-        result = metrics.summarize(y, pred.mean, pred.sd, levels=levels, **kw)
+        rows = metrics.score_rows(y, pred.mean, pred.sd, levels=levels, **kw)
+        result = metrics.aggregate_rows(rows)
         result.update(
             num_test=int(len(test)),
             num_cold_rows=int(np.sum(~(pred.known_user & pred.known_item))),
@@ -423,9 +428,8 @@ class Posterior:
         )
         if by is None:
             return result
-        groups = self._groups(pred, by)
-        table = metrics.summarize_by(groups, y, pred.mean, pred.sd, levels=levels, **kw)
-        return result, table
+        tables = {name: metrics.group_rows(labels, rows) for name, labels in groups.items()}
+        return (result, tables[by]) if isinstance(by, str) else (result, tables)
 
     def _groups(self, pred: Prediction, by: str) -> np.ndarray:
         from bayesmf import metrics

@@ -164,8 +164,8 @@ def make_model(method: str, rank: int, args):
 def evaluate(posterior, test) -> list[dict]:
     """Rows for bucket ``all``, the user-activity buckets and the movie-popularity buckets."""
     levels = common.LEVELS
-    overall, by_user = posterior.evaluate(test, levels=levels, by="user_activity")
-    _, by_item = posterior.evaluate(test, levels=levels, by="item_popularity")
+    overall, tables = posterior.evaluate(test, levels=levels, by=("user_activity", "item_popularity"))
+    by_user, by_item = tables["user_activity"], tables["item_popularity"]
     rows = [dict(bucket="all", count=int(overall["num_test"]), **{k: v for k, v in overall.items() if not k.startswith("num_")},
                  num_cold_rows=overall.get("num_cold_rows"))]
     for prefix, table in (("user", by_user), ("movie", by_item)):

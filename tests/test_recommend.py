@@ -302,3 +302,34 @@ def test_evaluate_ranking_matches_the_metrics(posterior):
         evaluate_ranking(posterior, users, items, ratings, strategy="thompson")
     with pytest.raises(ValueError, match="one length"):
         evaluate_ranking(posterior, users, items[:3], ratings)
+
+
+# --------------------------------------------------------------------------
+# Posterior.evaluate with breakdowns (the fixture has the training ratings the buckets need)
+
+
+def test_evaluate_breakdowns_score_once_and_match_summarize(posterior):
+    test = make_ratings(seed=7, nnz=300)
+    overall = posterior.evaluate(test)
+    first, tables = posterior.evaluate(test, by=("user_activity", "item_popularity"))
+    _, user_table = posterior.evaluate(test, by="user_activity")
+    assert first == overall
+    pd.testing.assert_frame_equal(tables["user_activity"], user_table)
+    pred = posterior.predict(test.user_ids, test.item_ids, keep_components=True)
+    y = np.asarray(test.rating, np.float64)
+    comps = pred.components
+    degree = posterior.train.item_degrees()
+    idx = posterior.item_vocab.index(test.item_ids, missing="flag")
+    labels = metrics.activity_bucket(np.where(pred.known_item, degree[np.where(pred.known_item, idx, 0)], 0))
+    table = tables["item_popularity"]
+    assert table["count"].sum() == len(test)
+    # 100 draws x 300 rows is under the exact-CRPS budget, so every group equals summarize on its rows alone.
+    for label, row in table[table["count"] > 0].iterrows():
+        rows = np.asarray(labels) == label
+        expected = metrics.summarize(y[rows], pred.mean[rows], pred.sd[rows], mu=comps.mean[:, rows],
+                                     sds=comps.sd[:, rows])
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value), (label, key)
+    assert overall["rmse"] == pytest.approx(np.sqrt(np.sum(table["count"] * table["rmse"] ** 2) / len(test)))
+    with pytest.raises(ValueError, match="unknown breakdown"):
+        posterior.evaluate(test, by=("user_activity", "genre"))
