@@ -108,6 +108,8 @@ def test_predictive_mean_close_to_gibbs(problem, fitted):
         dict(num_steps=-5),
         dict(learning_rate=0.0),
         dict(learning_rate=float("nan")),
+        dict(decay=0.0),
+        dict(decay=1.5),
         dict(init_scale=-1.0),
     ],
 )

@@ -12,7 +12,15 @@ through ``log``):
         = \\mathbb E_q[\\log p(r, \\theta) - \\log q(\\theta)]
 
 maximized with Adam on a one-sample reparameterized ELBO estimate
-(``Trace_ELBO``). Draws are sampled from the fitted guide and returned as
+(``Trace_ELBO``), its step size decaying exponentially from
+``learning_rate`` to ``learning_rate * decay`` over the run. On
+MovieLens-100K u1 that schedule (0.05 to 0.005 over 2,000 steps) reached a
+lower loss than a constant 0.01 over 5,000 steps at rank 10 (109,593 against
+109,803) and at rank 100 (132,582 against 135,343, where the constant rate
+had not converged), in 40% of the steps, and test RMSE 0.9146 / 0.928
+against 0.9167 / 0.954.
+
+Draws are sampled from the fitted guide and returned as
 :class:`~bayesmf.model.Params` with leading axes ``(1, num_samples)``, so a
 VI fit is used like one chain of draws. Mean-field VI underestimates
 posterior spread (it ignores the correlations between ``L`` and ``R``); its
@@ -54,8 +62,9 @@ def fit(
     config: ModelConfig,
     *,
     num_samples: int = 200,
-    num_steps: int = 5000,
-    learning_rate: float = 0.01,
+    num_steps: int = 2000,
+    learning_rate: float = 0.05,
+    decay: float = 0.1,
     optimizer=None,
     init_scale: float = INIT_SCALE,
     progress_bar: bool = True,
@@ -72,9 +81,13 @@ def fit(
     num_steps : int
         Optimizer steps.
     learning_rate : float
-        Adam's step size (ignored when ``optimizer`` is given).
+        Adam's initial step size (ignored when ``optimizer`` is given).
+    decay : float
+        Ratio of the final to the initial step size, in (0, 1]; the step
+        size decays exponentially in between (1 keeps it constant).
     optimizer : optax.GradientTransformation, optional
-        Default ``optax.adam(learning_rate)``.
+        Default ``optax.adam(optax.exponential_decay(learning_rate,
+        num_steps, decay))``.
     init_scale : float
         Initial sd of the guide in unconstrained space.
     progress_bar : bool
@@ -105,9 +118,12 @@ def fit(
             raise ValueError(f"{name} must be > 0, got {value}")
     if optimizer is None and not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate}")
+    if optimizer is None and not (np.isfinite(decay) and 0 < decay <= 1):
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
     if not (np.isfinite(init_scale) and init_scale > 0):
         raise ValueError(f"init_scale must be a positive finite number, got {init_scale}")
     num_samples, num_steps = int(num_samples), int(num_steps)
+    custom_optimizer = optimizer
     t0 = time.perf_counter()
     key_init, key_draws = jax.random.split(rng_key)
 
@@ -115,7 +131,10 @@ def fit(
     model = host_normalized(functools.partial(numpyro_model, config=config), config)
 
     guide = AutoNormal(model, init_loc_fn=init_to_prior_centre(), init_scale=init_scale)
-    optim = optax_to_numpyro(optimizer if optimizer is not None else optax.adam(learning_rate))
+    if optimizer is None:
+        schedule = optax.exponential_decay(learning_rate, num_steps, decay) if decay < 1 else learning_rate
+        optimizer = optax.adam(schedule)
+    optim = optax_to_numpyro(optimizer)
     svi = SVI(model, guide, optim, Trace_ELBO())
     state = jax.jit(svi.init)(key_init, data)
     jax.block_until_ready(state)
@@ -181,7 +200,8 @@ def fit(
             engine="svi",
             guide="AutoNormal",
             num_steps=num_steps,
-            learning_rate=float(learning_rate) if optimizer is None else None,
+            learning_rate=float(learning_rate) if custom_optimizer is None else None,
+            decay=float(decay) if custom_optimizer is None else None,
             losses=losses[::every],
             loss_every=every,
             final_loss=final,
