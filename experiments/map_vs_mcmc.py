@@ -522,6 +522,14 @@ def comparison_text(df) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_text(a) -> str:
+    """Fit seconds summed over the runs in the table (one row per run), per method: what the whole grid
+    costs even when it was run over several ``--resume`` invocations (evaluation time is not included)."""
+    total = a.groupby("method")["fit_seconds"].sum()
+    parts = ", ".join(f"`{m}` {total[m] / 60:.1f}" for m in _methods(a))
+    return f"Fit time summed over these runs: {total.sum() / 60:.1f} min ({parts} min)."
+
+
 def write_summary(out: Path, args, wall: float | None) -> Path:
     df = pd.read_csv(out / "metrics.csv")
     a = _all(df)
@@ -535,6 +543,8 @@ def write_summary(out: Path, args, wall: float | None) -> Path:
         "",
         "Counts of runs (fold x rank) per method: "
         + ", ".join(f"`{m}` {len(a[a['method'] == m])}" for m in _methods(a)) + ".",
+        "",
+        cost_text(a),
         "",
         "## Headline: test RMSE, NLL, 90% interval coverage (mean ± sd over folds)",
         "",
