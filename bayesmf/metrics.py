@@ -227,6 +227,25 @@ def mae(y: ArrayLike, mean: ArrayLike) -> float:
     return float(np.mean(np.abs(y - mean)))
 
 
+def gaussian_nll_per_row(y: ArrayLike, mean: ArrayLike, sd: ArrayLike) -> np.ndarray:
+    """Negative log density of ``y`` under ``N(mean, sd^2)``, one value per row.
+
+    Parameters
+    ----------
+    y : array, shape (n,)
+    mean : array, shape (n,)
+    sd : array, shape (n,) or scalar
+        Predictive standard deviations, > 0.
+
+    Returns
+    -------
+    array, shape (n,)
+    """
+    y, mean, sd = _gaussian(y, mean, sd)
+    z = (y - mean) / sd
+    return 0.5 * _LOG_2PI + np.log(sd) + 0.5 * z * z
+
+
 def gaussian_nll(y: ArrayLike, mean: ArrayLike, sd: ArrayLike) -> float:
     """Mean negative log density of ``y`` under ``N(mean, sd^2)``, per rating.
 
@@ -246,9 +265,7 @@ def gaussian_nll(y: ArrayLike, mean: ArrayLike, sd: ArrayLike) -> float:
     >>> round(gaussian_nll([0.0], [0.0], [1.0]), 6)  # log(2 pi) / 2
     0.918939
     """
-    y, mean, sd = _gaussian(y, mean, sd)
-    z = (y - mean) / sd
-    return float(np.mean(0.5 * _LOG_2PI + np.log(sd) + 0.5 * z * z))
+    return float(np.mean(gaussian_nll_per_row(y, mean, sd)))
 
 
 def gaussian_interval(mean: ArrayLike, sd: ArrayLike, prob: float) -> tuple[np.ndarray, np.ndarray]:
@@ -945,8 +962,7 @@ def score_rows(
     error = y - mean
     rows = dict(squared_error=error * error, absolute_error=np.abs(error))
     if mu is None:
-        z = error / sd
-        rows.update(nll=0.5 * z * z + np.log(sd) + 0.5 * _LOG_2PI, crps=crps_gaussian_per_row(y, mean, sd))
+        rows.update(nll=gaussian_nll_per_row(y, mean, sd), crps=crps_gaussian_per_row(y, mean, sd))
     else:
         rows.update(
             nll=mixture_nll_per_row(y, mu, sds, weights),
@@ -1110,14 +1126,7 @@ def summarize_by(
     >>> table["count"].tolist()
     [2, 1]
     """
-    y = _vector("y", y)
-    _check_groups(groups, y.shape[0])
     return group_rows(groups, score_rows(y, mean, sd, mu=mu, sds=sds, **kw), order=order)
-
-
-def _check_groups(groups: ArrayLike, n: int) -> None:
-    if np.ndim(groups) != 1 or len(groups) != n:
-        raise ValueError(f"mismatched shapes: groups {np.shape(groups)}, y ({n},)")
 
 
 def group_rows(groups: ArrayLike, rows: dict[str, np.ndarray], *, order: Sequence | None = None) -> pd.DataFrame:
@@ -1137,7 +1146,8 @@ def group_rows(groups: ArrayLike, rows: dict[str, np.ndarray], *, order: Sequenc
     pandas.DataFrame
     """
     n = len(next(iter(rows.values())))
-    _check_groups(groups, n)
+    if np.ndim(groups) != 1 or len(groups) != n:
+        raise ValueError(f"mismatched shapes: groups {np.shape(groups)}, y ({n},)")
     g = groups if isinstance(groups, (pd.Series, pd.Categorical)) else np.asarray(groups)
     if order is None:
         if isinstance(g, pd.Categorical) or isinstance(getattr(g, "dtype", None), pd.CategoricalDtype):

@@ -123,7 +123,6 @@ def fit(
     if not (np.isfinite(init_scale) and init_scale > 0):
         raise ValueError(f"init_scale must be a positive finite number, got {init_scale}")
     num_samples, num_steps = int(num_samples), int(num_steps)
-    custom_optimizer = optimizer
     t0 = time.perf_counter()
     key_init, key_draws = jax.random.split(rng_key)
 
@@ -133,8 +132,7 @@ def fit(
     guide = AutoNormal(model, init_loc_fn=init_to_prior_centre(), init_scale=init_scale)
     if optimizer is None:
         schedule = optax.exponential_decay(learning_rate, num_steps, decay) if decay < 1 else learning_rate
-        optimizer = optax.adam(schedule)
-    optim = optax_to_numpyro(optimizer)
+    optim = optax_to_numpyro(optimizer if optimizer is not None else optax.adam(schedule))
     svi = SVI(model, guide, optim, Trace_ELBO())
     state = jax.jit(svi.init)(key_init, data)
     jax.block_until_ready(state)
@@ -200,8 +198,8 @@ def fit(
             engine="svi",
             guide="AutoNormal",
             num_steps=num_steps,
-            learning_rate=float(learning_rate) if custom_optimizer is None else None,
-            decay=float(decay) if custom_optimizer is None else None,
+            learning_rate=float(learning_rate) if optimizer is None else None,
+            decay=float(decay) if optimizer is None else None,
             losses=losses[::every],
             loss_every=every,
             final_loss=final,
