@@ -11,10 +11,12 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     points at an extra all-zero design row, so it contributes nothing and no
     mask multiply is needed. Padding costs at most 2x the nonzeros. One
     batched matmul per bucket builds the Grams.
-``"dense"`` (memory O(n m + m d^2))
-    A 0/1 mask ``W`` (n, m) and a response matrix ``Y`` (n, m): all Grams at
-    once as ``W @ (z ⊗ z)`` and ``h = Y @ z``. Two GEMMs: the fastest on small
-    problems, but its memory grows with ``n x m`` (3 GB at MovieLens-10M size).
+``"dense"`` (memory O(n m + nnz + m d^2))
+    A 0/1 mask ``W`` (n, m): all Grams at once as one GEMM ``W @ (z ⊗ z)``
+    over the ``d (d + 1) / 2`` distinct entries of each symmetric outer
+    product, and ``h`` by a segment sum over the ratings. The fastest on
+    small problems, but its memory grows with ``n x m`` (1.6 GB at
+    MovieLens-10M size).
 
 :func:`build_layout` with ``kind="auto"`` takes ``"dense"`` while
 ``n * m <= DENSE_MAX_CELLS`` and, when the design width ``w`` is given,
@@ -43,7 +45,11 @@ DENSE_MAX_CELLS = 4_000_000
 # (dense / bucket seconds per sweep 1.13, measured on a loaded 2-core
 # machine) and the bucketed one 1.8x faster at rank 50
 # (benchmarks/layout_crossover.py): 2e8 keeps rank 10 (1.6e6 x 11^2 = 1.9e8)
-# dense and takes buckets from rank ~12 up.
+# dense and takes buckets from rank ~12 up. Since the dense GEMM builds only
+# the symmetric half of each Gram, the two were level at rank 20 (dense /
+# bucket 1.02) and the bucketed one still 1.7x faster at rank 50
+# (``--factors 1 --rank 20`` and ``--rank 50``, quiet machine), so the
+# threshold stands.
 DENSE_MAX_WORK = 2e8
 
 LAYOUTS = ("auto", "bucket", "dense")
@@ -74,7 +80,8 @@ class BucketLayout(NamedTuple):
 
 class DenseLayout(NamedTuple):
     mask: Array  # (num_rows, num_cols) 0/1
-    entry: Array  # (num_rows, num_cols) int32 position of the rating, nnz where absent
+    rows: Array  # (nnz,) int32 row of each rating
+    cols: Array  # (nnz,) int32 column of each rating
 
 
 def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> BucketLayout:
@@ -108,9 +115,7 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
 def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> DenseLayout:
     mask = np.zeros((num_rows, num_cols), np.float32)
     mask[rows, cols] = 1.0
-    entry = np.full((num_rows, num_cols), rows.size, np.int32)
-    entry[rows, cols] = np.arange(rows.size, dtype=np.int32)
-    return DenseLayout(mask=jnp.asarray(mask), entry=jnp.asarray(entry))
+    return DenseLayout(mask=jnp.asarray(mask), rows=jnp.asarray(rows, jnp.int32), cols=jnp.asarray(cols, jnp.int32))
 
 
 def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None):
@@ -163,10 +168,17 @@ def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
     d = design.shape[-1]
     if isinstance(layout, DenseLayout):
         n = layout.mask.shape[0]
-        outer = (design[:, :, None] * design[:, None, :]).reshape(design.shape[0], d * d)
-        gram = (layout.mask @ outer).reshape(n, d, d)
-        padded = jnp.concatenate([response, jnp.zeros((1,), response.dtype)])
-        rhs = padded[layout.entry] @ design
+        # The Gram is symmetric: the GEMM builds its d (d + 1) / 2 distinct
+        # entries and a gather mirrors them. The rhs is a segment sum over
+        # the ratings; a dense response matrix needed an n x m gather per
+        # call. On MovieLens-100K, d = 10, 2 cores: users 6.3 -> 3.4 ms,
+        # items (d = 11) 7.1 -> 5.0 ms (benchmarks/gibbs_sweep_parts.py).
+        upper_i, upper_j = np.triu_indices(d)
+        mirror = np.zeros((d, d), np.int32)
+        mirror[upper_i, upper_j] = mirror[upper_j, upper_i] = np.arange(upper_i.size)
+        outer = design[:, upper_i] * design[:, upper_j]
+        gram = (layout.mask @ outer)[:, mirror.ravel()].reshape(n, d, d)
+        rhs = jax.ops.segment_sum(response[:, None] * design[layout.cols], layout.rows, num_segments=n)
         return gram, rhs
     design_pad = jnp.concatenate([design, jnp.zeros((1, d), design.dtype)])
     response_pad = jnp.concatenate([response, jnp.zeros((1,), response.dtype)])

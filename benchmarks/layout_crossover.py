@@ -13,8 +13,8 @@ ml-100k to ml-1m), rank ``--rank``. For each size and layout, one chain of
 Gibbs (``bayesmf.engines.gibbs.sample``): compile seconds, and seconds per
 sweep over ``--sweeps`` sweeps after compilation. Both layouts run in the same
 process, one after the other at each size, so their ratio is what to read
-(the machine is shared and noisy). The dense layout's two ``n x m`` arrays
-(float32 mask and int32 entry index) are reported as its memory.
+(the machine is shared and noisy). The dense layout's ``n x m`` float32 mask
+(one per side) is reported as its memory.
 
 Run::
 
@@ -53,7 +53,7 @@ def run_size(factor: float, rank: int, sweeps: int, seed: int) -> dict:
     data = model_data_from_ratings(sim.ratings)
     cells = data.num_users * data.num_items
     row = dict(factor=factor, num_users=data.num_users, num_items=data.num_items, nnz=data.nnz, cells=cells,
-               dense_bytes=8 * cells, auto="dense" if cells <= DENSE_MAX_CELLS else "bucket")
+               dense_bytes=4 * cells, auto="dense" if cells <= DENSE_MAX_CELLS else "bucket")
     for layout in ("dense", "bucket"):
         res = gibbs.sample(jax.random.PRNGKey(seed), data, ModelConfig(rank=rank), num_samples=sweeps, num_warmup=0,
                            layout=layout, keep_draws=False, progress_bar=False)
