@@ -130,9 +130,18 @@ def row_draw(rng_key, prior_precision, prior_mean, gram, rhs, noise_precision) -
     ``x = C^{-T} (C^{-1} b + z)`` with ``P = C C^T``: two triangular solves
     (mean and noise share the second one), where :func:`draw_from` needs three.
     """
+    z = standard_normal(rng_key, rhs.shape, rhs.dtype)
+    return row_draw_from(z, prior_precision, prior_mean, gram, rhs, noise_precision)
+
+
+def row_draw_from(z, prior_precision, prior_mean, gram, rhs, noise_precision) -> Array:
+    """:func:`row_draw` given its standard normal variates ``z``, shape (n, d).
+
+    For samplers that draw every variate of a sweep in one call (each random
+    call site adds compile time: :func:`bayesmf.engines.gibbs.step`).
+    """
     precision, shift = _precision_and_shift(prior_precision, prior_mean, gram, rhs, noise_precision)
     chol = jnp.linalg.cholesky(precision)
-    z = standard_normal(rng_key, shift.shape, shift.dtype)
     half = jax.scipy.linalg.solve_triangular(chol, shift[..., None], lower=True)[..., 0]
     return jax.scipy.linalg.solve_triangular(chol, (half + z)[..., None], lower=True, trans="T")[..., 0]
 

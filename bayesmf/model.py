@@ -328,12 +328,19 @@ def params_from_sites(sites: dict, data: ModelData, config: ModelConfig) -> Para
 
 def predict_mean(params: Params, user_index: Array, item_index: Array) -> Array:
     """Mean rating ``<L_u, R_v> + m_v`` for index pairs, shape (n,)."""
-    products = params.user_factors[user_index] * params.item_factors[item_index]
-    # A matvec with ones, not jnp.sum(axis=-1): XLA:CPU reduces a short last
-    # axis element by element; the matvec took 0.8 ms against 1.7 ms for the
-    # 80k training pairs of MovieLens-100K at rank 10 (a Gibbs sweep needs it
-    # for the noise precision).
-    return products @ jnp.ones(products.shape[-1], products.dtype) + params.item_offsets[item_index]
+    return pair_mean(params.user_factors, params.item_factors, params.item_offsets, user_index, item_index)
+
+
+def pair_mean(user_factors: Array, item_factors: Array, item_offsets: Array, user_index: Array, item_index: Array) -> Array:
+    """``<L_u, R_v> + m_v`` from the arrays themselves, shape (n,).
+
+    The row dot products are a matvec with ones, not ``jnp.sum(axis=-1)``:
+    XLA:CPU reduces a short last axis element by element; the matvec took
+    0.5 ms against 1.2 ms for the 80k training pairs of MovieLens-100K at
+    rank 10 (``benchmarks/gibbs_sweep_parts.py``).
+    """
+    products = user_factors[user_index] * item_factors[item_index]
+    return products @ jnp.ones(products.shape[-1], products.dtype) + item_offsets[item_index]
 
 
 def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
@@ -400,7 +407,7 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
             )
         else:
             item_offsets = fixed["item_offsets"]
-    mean = jnp.sum(user_factors[data.user_index] * item_factors[data.item_index], axis=-1) + item_offsets[data.item_index]
+    mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index)
     with numpyro.plate("ratings", data.nnz, dim=-1):
         numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmf.conjugate import row_draw
+from bayesmf.conjugate import row_draw_from, standard_normal
 from bayesmf.engines.common import (
     EngineResult,
     TrackedMoments,
@@ -134,7 +134,7 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
 
 
 def normal_wishart_draw(
-    rng_key: Array, x: Array, chi2: Array, beta0: float, nu0: float, w0_scale: float
+    normals: Array, x: Array, chi2: Array, beta0: float, nu0: float, w0_scale: float
 ) -> tuple[Array, Array]:
     """Draw ``(mu, Lambda)`` from the Normal-Wishart conditional given rows ``x``.
 
@@ -145,14 +145,14 @@ def normal_wishart_draw(
 
     The Wishart draw uses Bartlett's decomposition, ``Lambda = C A A^T C^T``
     with ``W_n = C C^T``, ``A`` lower triangular, ``A_ii^2 ~ chi2(nu_n - i)``
-    and standard normals below the diagonal. The chi-square variates come in
-    as ``chi2`` so that one vectorised Gamma call per sweep serves every
-    block: each separate ``jax.random.gamma`` site costs about a second of
-    compile time on the CPU (see :func:`gamma_draw`).
+    and standard normals below the diagonal. The variates come in (standard
+    normals and chi-squares) so that one call per sweep draws them all: each
+    random call site adds compile time on the CPU (see :func:`step`).
 
     Parameters
     ----------
-    rng_key : jax.Array
+    normals : array, shape (d * d + d,)
+        Standard normal variates.
     x : array, shape (n, d)
     chi2 : array, shape (d,)
         ``chi2[i] ~ chi2(nu0 + n - i)`` (see :func:`wishart_chi2_shapes`).
@@ -162,7 +162,6 @@ def normal_wishart_draw(
     mu : array, shape (d,)
     precision : array, shape (d, d)
     """
-    key_a, key_mu = jax.random.split(rng_key)
     n, d = x.shape
     dtype = x.dtype
     xbar = jnp.mean(x, axis=0)
@@ -174,12 +173,12 @@ def normal_wishart_draw(
     eye = jnp.eye(d, dtype=dtype)
     w_n = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(w_inv), True), eye)
     chol_w = jnp.linalg.cholesky(0.5 * (w_n + w_n.T))
-    below = jnp.tril(jax.random.normal(key_a, (d, d), dtype), k=-1)
+    below = jnp.tril(normals[: d * d].reshape(d, d), k=-1)
     bartlett = below + jnp.diag(jnp.sqrt(chi2))
     factor = chol_w @ bartlett
     precision = factor @ factor.T
     chol_prec = jnp.sqrt(beta_n) * factor  # beta_n * Lambda = (sqrt(beta_n) C A)(...)^T, lower triangular
-    z = jax.random.normal(key_mu, (d,), dtype)
+    z = normals[d * d :]
     mu = mu_n + jax.scipy.linalg.solve_triangular(chol_prec, z, lower=True, trans="T")
     return mu, precision
 
@@ -211,18 +210,33 @@ def gamma_draw(rng_key: Array, shape: Array) -> Array:
     -------
     array, shape (n,)
     """
-    key_x, key_u, key_boost = jax.random.split(rng_key, 3)
+    key_x, key_u = jax.random.split(rng_key)
+    x = jax.random.normal(key_x, (GAMMA_PROPOSALS,) + shape.shape, shape.dtype)
+    u = jax.random.uniform(key_u, (GAMMA_PROPOSALS + 1,) + shape.shape, shape.dtype, minval=jnp.finfo(shape.dtype).tiny)
+    return gamma_from(x, u, shape)
+
+
+def gamma_from(x: Array, u: Array, shape: Array) -> Array:
+    """:func:`gamma_draw` given its variates.
+
+    Parameters
+    ----------
+    x : array, shape (GAMMA_PROPOSALS, n)
+        Standard normals (the proposals).
+    u : array, shape (GAMMA_PROPOSALS + 1, n)
+        Uniforms on (0, 1]: acceptance tests, then the boost for shapes < 1.
+    shape : array, shape (n,)
+    """
     a = jnp.where(shape < 1.0, shape + 1.0, shape)
     d = a - 1.0 / 3.0
     c = jax.lax.rsqrt(9.0 * d)
-    x = jax.random.normal(key_x, (GAMMA_PROPOSALS,) + shape.shape, shape.dtype)
-    u = jax.random.uniform(key_u, (GAMMA_PROPOSALS,) + shape.shape, shape.dtype, minval=jnp.finfo(shape.dtype).tiny)
+    u, boost_u = u[:GAMMA_PROPOSALS], u[GAMMA_PROPOSALS]
     v = (1.0 + c * x) ** 3
     safe_v = jnp.where(v > 0, v, 1.0)
     accept = (v > 0) & (jnp.log(u) < 0.5 * x**2 + d - d * safe_v + d * jnp.log(safe_v))
     first = jnp.where(jnp.any(accept, axis=0), jnp.argmax(accept, axis=0), GAMMA_PROPOSALS - 1)
     value = d * jnp.take_along_axis(safe_v, first[None], axis=0)[0]
-    boost = jax.random.uniform(key_boost, shape.shape, shape.dtype, minval=jnp.finfo(shape.dtype).tiny) ** (1.0 / shape)
+    boost = boost_u ** (1.0 / shape)
     return jnp.where(shape < 1.0, value * boost, value)
 
 
@@ -233,6 +247,55 @@ def wishart_chi2_shapes(nu: float, d: int) -> np.ndarray:
 
 def _code(block: int, value: Array) -> Array:
     return jnp.where(jnp.all(jnp.isfinite(value)), 0, block)
+
+
+def _variate_shapes(data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
+    """Shapes of the standard normals and uniforms one sweep consumes (static)."""
+    d = config.rank
+    width = d + 1 if config.offsets == "estimated" else d
+    normals = {"users": (data.num_users, d), "items": (data.num_items, width)}
+    uniforms = {}
+    if config.priors == "hyper":
+        num_gammas = 2 * d + 2
+        normals.update(user_hyper=(d * d + d,), item_hyper=(d * d + d,), offset_mean=(), gamma=(GAMMA_PROPOSALS, num_gammas))
+        uniforms["gamma"] = (GAMMA_PROPOSALS + 1, num_gammas)
+    elif config.fixed.learns_means:
+        normals.update(user_hyper=(d,), item_hyper=(d,))
+    return normals, uniforms
+
+
+def _carve(flat: Array, shapes: dict) -> dict:
+    out, start = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        out[name] = flat[start : start + size].reshape(shape)
+        start += size
+    return out
+
+
+def sweep_variates(rng_key: Array, data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
+    """Every random variate of one sweep, from one normal and one uniform call.
+
+    Each random call site adds its own copy of the generator to the compiled
+    program (about 0.07 s of XLA:CPU compile time each; a sweep had 13 of
+    them), so the sweep draws two flat arrays and carves them into blocks.
+
+    Returns
+    -------
+    normals, uniforms : dict of name -> array
+        Shapes from :func:`_variate_shapes`.
+    """
+    normal_shapes, uniform_shapes = _variate_shapes(data, config)
+    dtype = data.rating.dtype
+    key_normal, key_uniform = jax.random.split(rng_key)
+    total = sum(int(np.prod(shape)) for shape in normal_shapes.values())
+    normals = _carve(standard_normal(key_normal, (total,), dtype), normal_shapes)
+    uniforms = {}
+    if uniform_shapes:
+        total = sum(int(np.prod(shape)) for shape in uniform_shapes.values())
+        flat = jax.random.uniform(key_uniform, (total,), dtype, minval=jnp.finfo(dtype).tiny)
+        uniforms = _carve(flat, uniform_shapes)
+    return normals, uniforms
 
 
 def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConfig) -> tuple[GibbsState, GibbsInfo]:
@@ -246,8 +309,8 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     config : ModelConfig
         Static (closed over by the driver).
     """
-    key_users, key_items, key_user_hyper, key_item_hyper, key_offset, key_noise = jax.random.split(rng_key, 6)
     data = ctx.data
+    normals, uniforms = sweep_variates(rng_key, data, config)
     d, dtype = config.rank, data.rating.dtype
     estimated = config.offsets == "estimated"
     hyper = config.priors == "hyper"
@@ -255,7 +318,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     # Users | items, offsets.
     response = data.rating - state.item_offsets[data.item_index]
     gram, rhs = gram_and_rhs(ctx.user_layout, state.item_factors, response)
-    user_factors = row_draw(key_users, state.user_precision, state.user_mean, gram, rhs, state.noise_precision)
+    user_factors = row_draw_from(normals["users"], state.user_precision, state.user_mean, gram, rhs, state.noise_precision)
     bad = _code(1, user_factors)
 
     # Items (and offsets, as one block) | users.
@@ -265,12 +328,12 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
         gram, rhs = gram_and_rhs(ctx.item_layout, design, data.rating)
-        block = row_draw(key_items, prior_precision, prior_mean, gram, rhs, state.noise_precision)
+        block = row_draw_from(normals["items"], prior_precision, prior_mean, gram, rhs, state.noise_precision)
         item_factors, item_offsets = block[:, :d], block[:, d]
     else:
         item_offsets = state.item_offsets
         gram, rhs = gram_and_rhs(ctx.item_layout, user_factors, data.rating - item_offsets[data.item_index])
-        item_factors = row_draw(key_items, state.item_precision, state.item_mean, gram, rhs, state.noise_precision)
+        item_factors = row_draw_from(normals["items"], state.item_precision, state.item_mean, gram, rhs, state.noise_precision)
     bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
 
     new = state._replace(user_factors=user_factors, item_factors=item_factors, item_offsets=item_offsets)
@@ -279,7 +342,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
 
     if hyper:
         h = config.hyper
-        # Every Gamma variate of the sweep in one call (see normal_wishart_draw).
+        # Every Gamma variate of the sweep at once (see normal_wishart_draw).
         shapes = np.concatenate(
             [
                 wishart_chi2_shapes(config.nu0 + data.num_users, d),
@@ -287,12 +350,12 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
                 [h.offset_shape + 0.5 * data.num_items, h.noise_shape + 0.5 * data.nnz],
             ]
         )
-        gammas = gamma_draw(key_noise, jnp.asarray(shapes, dtype))
+        gammas = gamma_from(normals["gamma"], uniforms["gamma"], jnp.asarray(shapes, dtype))
         user_mean, user_precision = normal_wishart_draw(
-            key_user_hyper, user_factors, 2.0 * gammas[:d], h.beta0, config.nu0, h.w0_scale
+            normals["user_hyper"], user_factors, 2.0 * gammas[:d], h.beta0, config.nu0, h.w0_scale
         )
         item_mean, item_precision = normal_wishart_draw(
-            key_item_hyper, item_factors, 2.0 * gammas[d : 2 * d], h.beta0, config.nu0, h.w0_scale
+            normals["item_hyper"], item_factors, 2.0 * gammas[d : 2 * d], h.beta0, config.nu0, h.w0_scale
         )
         new = new._replace(
             user_mean=user_mean, user_precision=user_precision, item_mean=item_mean, item_precision=item_precision
@@ -303,7 +366,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
             prior_prec = 1.0 / h.offset_mean_sd**2
             post_prec = prior_prec + state.offset_precision * num_items
             post_mean = (prior_prec * data.global_mean + state.offset_precision * jnp.sum(m)) / post_prec
-            offset_mean = post_mean + jax.random.normal(key_offset, (), dtype) * jax.lax.rsqrt(post_prec)
+            offset_mean = post_mean + normals["offset_mean"] * jax.lax.rsqrt(post_prec)
             rate = h.offset_rate + 0.5 * jnp.sum((m - offset_mean) ** 2)
             new = new._replace(offset_mean=offset_mean, offset_precision=gammas[2 * d] / rate)
         hyper_values = jnp.concatenate(
@@ -319,12 +382,12 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         # N(sum_rows / (n + beta), ((n + beta) lambda)^-1 I).
         f = config.fixed
         draws = []
-        for key, factors, precision in (
-            (key_user_hyper, user_factors, f.user_precision),
-            (key_item_hyper, item_factors, f.item_precision),
+        for z, factors, precision in (
+            (normals["user_hyper"], user_factors, f.user_precision),
+            (normals["item_hyper"], item_factors, f.item_precision),
         ):
             n = factors.shape[0] + f.mean_precision
-            noise = jax.random.normal(key, (d,), dtype) * (n * precision) ** -0.5
+            noise = z * (n * precision) ** -0.5
             draws.append(jnp.sum(factors, axis=0) / n + noise)
         new = new._replace(user_mean=draws[0], item_mean=draws[1])
         bad = jnp.where(bad > 0, bad, _code(3, jnp.concatenate(draws)))
