@@ -117,10 +117,7 @@ def _precision_and_shift(prior_precision, prior_mean, gram, rhs, noise_precision
     scale = jnp.mean(jnp.diagonal(precision, axis1=-2, axis2=-1), axis=-1)
     jitter = JITTER_EPS * jnp.finfo(precision.dtype).eps
     precision = precision + (jitter * scale)[:, None, None] * jnp.eye(d, dtype=precision.dtype)
-    if prior_precision.ndim == 2 and prior_mean.ndim == 1:  # one prior for every row: one matvec
-        shift = (prior_precision @ prior_mean)[None, :] + noise_precision * rhs
-    else:
-        shift = jnp.einsum("nij,nj->ni", lam, jnp.broadcast_to(prior_mean, (n, d))) + noise_precision * rhs
+    shift = jnp.einsum("nij,nj->ni", lam, jnp.broadcast_to(prior_mean, (n, d))) + noise_precision * rhs
     return precision, shift
 
 
