@@ -264,10 +264,12 @@ def _variate_shapes(data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
     return normals, uniforms
 
 
-def _carve(flat: Array, shapes: dict) -> dict:
+def _carved(draw_flat, shapes: dict) -> dict:
+    """``draw_flat(total)`` once, cut into arrays of ``shapes`` (name -> shape)."""
+    sizes = [int(np.prod(shape)) for shape in shapes.values()]
+    flat = draw_flat(sum(sizes))
     out, start = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
+    for (name, shape), size in zip(shapes.items(), sizes):
         out[name] = flat[start : start + size].reshape(shape)
         start += size
     return out
@@ -288,13 +290,11 @@ def sweep_variates(rng_key: Array, data: ModelData, config: ModelConfig) -> tupl
     normal_shapes, uniform_shapes = _variate_shapes(data, config)
     dtype = data.rating.dtype
     key_normal, key_uniform = jax.random.split(rng_key)
-    total = sum(int(np.prod(shape)) for shape in normal_shapes.values())
-    normals = _carve(standard_normal(key_normal, (total,), dtype), normal_shapes)
+    normals = _carved(lambda total: standard_normal(key_normal, (total,), dtype), normal_shapes)
     uniforms = {}
     if uniform_shapes:
-        total = sum(int(np.prod(shape)) for shape in uniform_shapes.values())
-        flat = jax.random.uniform(key_uniform, (total,), dtype, minval=jnp.finfo(dtype).tiny)
-        uniforms = _carve(flat, uniform_shapes)
+        tiny = jnp.finfo(dtype).tiny
+        uniforms = _carved(lambda total: jax.random.uniform(key_uniform, (total,), dtype, minval=tiny), uniform_shapes)
     return normals, uniforms
 
 
