@@ -331,16 +331,77 @@ def predict_mean(params: Params, user_index: Array, item_index: Array) -> Array:
     return pair_mean(params.user_factors, params.item_factors, params.item_offsets, user_index, item_index)
 
 
+# The gradient of ``pair_mean`` goes through a dense n x m matrix when the rank
+# is at least DENSE_GRAD_MIN_RANK, the matrix has at most DENSE_GRAD_MAX_CELLS
+# cells and the pairs fill at least 1 / DENSE_GRAD_MAX_FILL of it. Measured on
+# the MovieLens-100K u1 training pairs (943 x 1650, 80k pairs, 2 CPU cores,
+# ``python benchmarks/pair_mean_grad.py``): the transpose of the row gathers
+# is a scatter-add of nnz x D values, which XLA:CPU runs element by element
+# (36 ms at rank 100, 11 ms at 50, 5.5 ms at 30); the dense form scatters nnz
+# scalars and does two GEMMs (7.3, 4.8 and 3.2 ms). At ranks 10 and 20 the
+# gathers were faster (dense / gathers 1.15 and 1.39).
+DENSE_GRAD_MIN_RANK = 30
+DENSE_GRAD_MAX_CELLS = 4_000_000
+DENSE_GRAD_MAX_FILL = 64
+
+
 def pair_mean(user_factors: Array, item_factors: Array, item_offsets: Array, user_index: Array, item_index: Array) -> Array:
     """``<L_u, R_v> + m_v`` from the arrays themselves, shape (n,).
 
     The row dot products are a matvec with ones, not ``jnp.sum(axis=-1)``:
     XLA:CPU reduces a short last axis element by element; the matvec took
     0.5 ms against 1.2 ms for the 80k training pairs of MovieLens-100K at
-    rank 10 (``benchmarks/gibbs_sweep_parts.py``).
+    rank 10 (``benchmarks/gibbs_sweep_parts.py``). At high rank on a small
+    user x movie grid the gradient is taken through a dense matrix (see
+    :data:`DENSE_GRAD_MIN_RANK`); the value is the same either way.
+
+    Parameters
+    ----------
+    user_factors : array, shape (num_users, D)
+    item_factors : array, shape (num_items, D)
+    item_offsets : array, shape (num_items,)
+    user_index, item_index : int array, shape (n,)
+        In range (not checked).
     """
+    (num_users, rank), num_items = user_factors.shape, item_factors.shape[0]
+    cells = num_users * num_items
+    if (
+        rank >= DENSE_GRAD_MIN_RANK
+        and cells <= DENSE_GRAD_MAX_CELLS
+        and cells <= DENSE_GRAD_MAX_FILL * user_index.shape[0]
+    ):
+        return _pair_mean_dense_grad(user_factors, item_factors, item_offsets, user_index, item_index)
+    return _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index)
+
+
+def _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index):
     products = user_factors[user_index] * item_factors[item_index]
     return products @ jnp.ones(products.shape[-1], products.dtype) + item_offsets[item_index]
+
+
+@jax.custom_vjp
+def _pair_mean_dense_grad(user_factors, item_factors, item_offsets, user_index, item_index):
+    return _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index)
+
+
+def _pair_mean_fwd(user_factors, item_factors, item_offsets, user_index, item_index):
+    value = _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index)
+    return value, (user_factors, item_factors, item_offsets, user_index, item_index)
+
+
+def _pair_mean_bwd(residuals, g):
+    user_factors, item_factors, item_offsets, user_index, item_index = residuals
+    grid = jnp.zeros((user_factors.shape[0], item_factors.shape[0]), g.dtype).at[user_index, item_index].add(g)
+    zero_index = (np.zeros(user_index.shape, jax.dtypes.float0), np.zeros(item_index.shape, jax.dtypes.float0))
+    return (
+        (grid @ item_factors).astype(user_factors.dtype),
+        (grid.T @ user_factors).astype(item_factors.dtype),
+        jax.ops.segment_sum(g, item_index, item_offsets.shape[0]).astype(item_offsets.dtype),
+        *zero_index,
+    )
+
+
+_pair_mean_dense_grad.defvjp(_pair_mean_fwd, _pair_mean_bwd)
 
 
 def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
