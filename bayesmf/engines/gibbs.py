@@ -113,13 +113,14 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
     scale : float
         Standard deviation of the initial factors.
     """
-    key_users, key_items = jax.random.split(rng_key)
     d, dtype = config.rank, data.rating.dtype
     fixed = fixed_values(data, config)
     residual = data.rating - data.empirical_offsets[data.item_index]
+    # One draw for both sides: each random call site compiles its own generator.
+    factors = scale * standard_normal(rng_key, (data.num_users + data.num_items, d), dtype)
     state = dict(
-        user_factors=scale * jax.random.normal(key_users, (data.num_users, d), dtype),
-        item_factors=scale * jax.random.normal(key_items, (data.num_items, d), dtype),
+        user_factors=factors[: data.num_users],
+        item_factors=factors[data.num_users :],
         item_offsets=data.empirical_offsets,
         noise_precision=1.0 / jnp.maximum(jnp.var(residual), 1e-3),
         user_mean=jnp.zeros(d, dtype),
@@ -131,6 +132,14 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
     )
     state.update(fixed)
     return Params(**{k: jnp.asarray(state[k], dtype) for k in Params._fields})
+
+
+_init_jit = jax.jit(init, static_argnums=(2,))
+
+
+def _stack_chains(states: list) -> GibbsState:
+    """Stack per-chain states (no leading axis) into one with a leading chain axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
 def normal_wishart_draw(
@@ -524,8 +533,10 @@ def sample(
     keys = chain_keys(rng_key, num_chains)
     init_keys, run_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
     if init_params is None:
-        # Jitted: run op by op, init costs seconds of dispatch on the first call.
-        states = jax.jit(jax.vmap(lambda k, d: init(k, d, config), in_axes=(0, None)))(init_keys, data)
+        # One chain at a time through one jitted program (cached by config and
+        # shapes): vmapped over the keys, the same program took 3.0 s to compile
+        # on XLA:CPU against 0.4 s (ml-100k, rank 10).
+        states = _stack_chains([_init_jit(k, data, config) for k in init_keys])
     else:
         states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num_chains,) + jnp.shape(x)), init_params)
     accs = jax.vmap(lambda _: welford_init(pairs[0].shape[0], data.rating.dtype))(jnp.arange(num_chains))
