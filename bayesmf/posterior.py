@@ -335,6 +335,14 @@ class Posterior:
         >>> pred = posterior.predict([1, 2], [50, 172])  # doctest: +SKIP
         >>> pred.mean, pred.lower, pred.upper  # doctest: +SKIP
         """
+        if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating, np.integer)) or not 0.0 < prob < 1.0:
+            raise ValueError(f"interval probability must be a number in (0, 1), got {prob!r}")
+        return self._predict(users, items, float(prob), clip, keep_components, epistemic)
+
+    def _predict(self, users, items, prob, clip, keep_components, epistemic) -> Prediction:
+        """:meth:`predict`; with ``prob=None`` the interval is not computed
+        (``lower`` / ``upper`` are None): :meth:`evaluate` scores its own
+        levels, and mixture quantiles are most of its cost."""
         if epistemic not in ("posterior", "laplace"):
             raise ValueError(f"unknown epistemic mode {epistemic!r}; expected 'posterior' or 'laplace'")
         users = np.atleast_1d(np.asarray(users))
@@ -349,9 +357,12 @@ class Posterior:
         sd = np.sqrt(var)
         noise_var = np.mean(comps.noise_sd**2)
         epistemic_sd = np.sqrt(np.maximum(var - noise_var, 0.0))
-        lower, upper = _interval(comps, mean, sd, prob)
+        lower = upper = None
+        if prob is not None:
+            lower, upper = _interval(comps, mean, sd, prob)
         if clip:
-            mean, lower, upper = (self.scale.clip(x) for x in (mean, lower, upper))
+            mean = self.scale.clip(mean)
+            lower, upper = (None if x is None else self.scale.clip(x) for x in (lower, upper))
         return Prediction(
             mean=mean,
             sd=sd,
@@ -412,7 +423,7 @@ class Posterior:
         if len(test) == 0:
             raise ValueError("the test set is empty")
         breakdowns = [] if by is None else [by] if isinstance(by, str) else list(by)
-        pred = self.predict(test.user_ids, test.item_ids, keep_components=True)
+        pred = self._predict(test.user_ids, test.item_ids, None, False, True, "posterior")
         groups = {name: self._groups(pred, name) for name in breakdowns}  # bad names fail before scoring
         y = np.asarray(test.rating, np.float64)
         comps = pred.components

@@ -219,6 +219,23 @@ def test_bad_input_raises(posterior, kwargs, match):
         recommend(posterior, USER, k, **kwargs)
 
 
+@pytest.mark.parametrize("prob", [None, 0.0, 1.0, 1.5, "0.9", True])
+def test_predict_rejects_a_bad_interval_probability(posterior, prob):
+    with pytest.raises(ValueError, match="interval probability"):
+        posterior.predict([USER], [1], prob=prob)
+
+
+def test_evaluate_scores_the_same_intervals_as_predict(posterior):
+    """evaluate skips predict's own interval; its coverage must still be that
+    of predict's interval at the same level."""
+    test = make_ratings(seed=7, nnz=80)
+    known = np.isin(test.user_ids, posterior.user_vocab.ids) & np.isin(test.item_ids, posterior.item_vocab.ids)
+    pred = posterior.predict(test.user_ids, test.item_ids, prob=0.8)
+    inside = (pred.lower <= test.rating) & (test.rating <= pred.upper)
+    assert known.any()
+    assert posterior.evaluate(test, levels=(0.8,))["coverage_80"] == pytest.approx(inside.mean(), abs=1e-12)
+
+
 def test_bad_targets_raise(posterior):
     with pytest.raises(TypeError, match="ItemFoldIn"):
         recommend(coldstart.fold_in_items(posterior, [([101], [4.0])]), 0)
