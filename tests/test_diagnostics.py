@@ -227,6 +227,17 @@ def test_one_chain_still_gets_split_rhat():
     assert np.isfinite(diagnostics.max_rhat(posterior))
 
 
+@pytest.mark.parametrize("num_chains", [1, 3])
+def test_max_rhat_is_the_largest_r_hat_of_the_summary(num_chains):
+    """max_rhat computes R-hat alone; it must equal the maximum of the
+    summary table's r_hat (one chain: over its halves)."""
+    draws = iid_draws(num_chains=num_chains, num_draws=120)
+    draws.item_offsets[0, 60:] += 0.5  # a drift, so the maximum is not a tie near 1
+    posterior = make_posterior(draws)
+    table = diagnostics.summary(posterior)
+    assert diagnostics.max_rhat(posterior) == pytest.approx(float(np.nanmax(table["r_hat"])), rel=1e-12)
+
+
 # --- rotation invariance ------------------------------------------------------------
 
 
