@@ -125,6 +125,11 @@ def to_numpy(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def stack_chains(states: list):
+    """Stack per-chain pytrees (no chain axis) into one with a leading chain axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
 def concat_draws(chunks: list, axis: int = 1):
     """Concatenate a list of pytrees along ``axis`` (the draw axis)."""
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=axis), *chunks)

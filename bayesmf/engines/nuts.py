@@ -66,6 +66,7 @@ from bayesmf.engines.common import (
     chunk_size,
     concat_draws,
     progress,
+    stack_chains,
     timed_compile,
     to_numpy,
 )
@@ -559,7 +560,7 @@ def sample(
     if chain_method == "sequential":
         groups = [jax.tree_util.tree_map(lambda x: x[None], s) for s in states]
     else:
-        groups = [jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)]
+        groups = [stack_chains(states)]
 
     draw_program, compile_seconds = programs.chunk("draw", size, thin, chain_method, groups[0], data)
     warm_program = draw_program  # one program serves warmup too when thin == 1 (its draws are dropped)
