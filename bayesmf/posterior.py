@@ -125,9 +125,15 @@ class Prediction:
         )
 
 
+def _interval_prob(prob) -> float:
+    """``prob`` as a float in (0, 1), or a ValueError naming it."""
+    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating, np.integer)) or not 0.0 < prob < 1.0:
+        raise ValueError(f"interval probability must be a number in (0, 1), got {prob!r}")
+    return float(prob)
+
+
 def _interval(components, mean, sd, prob):
-    if not 0.0 < prob < 1.0:
-        raise ValueError(f"interval probability must be in (0, 1), got {prob}")
+    prob = _interval_prob(prob)
     from bayesmf import metrics
 
     if components is None or components.mean.shape[0] == 1:
@@ -335,9 +341,7 @@ class Posterior:
         >>> pred = posterior.predict([1, 2], [50, 172])  # doctest: +SKIP
         >>> pred.mean, pred.lower, pred.upper  # doctest: +SKIP
         """
-        if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating, np.integer)) or not 0.0 < prob < 1.0:
-            raise ValueError(f"interval probability must be a number in (0, 1), got {prob!r}")
-        return self._predict(users, items, float(prob), clip, keep_components, epistemic)
+        return self._predict(users, items, _interval_prob(prob), clip, keep_components, epistemic)
 
     def _predict(self, users, items, prob, clip, keep_components, epistemic) -> Prediction:
         """:meth:`predict`; with ``prob=None`` the interval is not computed
