@@ -36,12 +36,12 @@ CHECKPOINTS = (200, 400, 800, 1600, 3000)
 
 def running_rmse(draw_means: np.ndarray, y: np.ndarray, checkpoints=CHECKPOINTS, clip=None) -> dict:
     """RMSE of the running mean of per-draw predictions (S, n) after each checkpoint."""
+    from bayesmf import metrics
+
     out = {}
     for k in checkpoints:
         mean = draw_means[:k].mean(axis=0)
-        if clip is not None:
-            mean = np.clip(mean, *clip)
-        out[str(k)] = float(np.sqrt(np.mean((mean - y) ** 2)))
+        out[str(k)] = metrics.rmse(y, mean if clip is None else np.clip(mean, *clip))
     return out
 
 
