@@ -185,7 +185,32 @@ def component_moments(params: Params, user_index: Array, item_index: Array) -> t
     return mean, noise + extra
 
 
+def known_moments(params: Params, user_index: Array, item_index: Array) -> tuple[Array, Array]:
+    """:func:`component_moments` for pairs whose user and item are both known.
+
+    The same mean ``<L_u, R_v> + m_v`` and variance ``1 / alpha`` without the
+    cold-start branches, whose ``rank x rank`` quadratic forms per pair made
+    scoring a test set cost more than the pairs' inner products (11 s for
+    200 draws of 20,000 pairs at rank 100).
+
+    Parameters
+    ----------
+    params : Params
+        One draw (no leading axes).
+    user_index, item_index : int array, shape (n,)
+        All ``>= 0``.
+
+    Returns
+    -------
+    mean, var : array, shape (n,)
+    """
+    mean = jnp.sum(params.user_factors[user_index] * params.item_factors[item_index], -1)
+    mean = mean + params.item_offsets[item_index]
+    return mean, jnp.broadcast_to(1.0 / params.noise_precision, mean.shape)
+
+
 _batched_moments = jax.jit(jax.vmap(component_moments, in_axes=(0, None, None)))
+_batched_known = jax.jit(jax.vmap(known_moments, in_axes=(0, None, None)))
 
 
 class Posterior:
@@ -285,23 +310,25 @@ class Posterior:
             ``mean`` and ``sd`` of shape (C * S, n).
         """
         flat = self.flat_draws()
-        u = jnp.asarray(user_index, jnp.int32)
-        i = jnp.asarray(item_index, jnp.int32)
+        user_index = np.asarray(user_index, np.int32)
+        item_index = np.asarray(item_index, np.int32)
         total = flat.user_factors.shape[0]
-        n = max(int(u.shape[0]), 1)
-        block = max(1, DRAW_BLOCK_CELLS // n)
-        means, vars_ = [], []
+        n = user_index.shape[0]
+        known = (user_index >= 0) & (item_index >= 0)
+        # Known pairs (nearly all of a test set) skip the cold-start branches.
+        parts = [(np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)]
+        mean = np.empty((total, n), np.float64)
+        var = np.empty((total, n), np.float64)
+        block = max(1, DRAW_BLOCK_CELLS // max(n, 1))
         for start in range(0, total, block):
-            part = Params(*(jnp.asarray(x[start : start + block]) for x in flat))
-            m, v = _batched_moments(part, u, i)
-            means.append(np.asarray(m))
-            vars_.append(np.asarray(v))
+            draws = Params(*(jnp.asarray(x[start : start + block]) for x in flat))
+            for rows, fn in parts:
+                if rows.size:
+                    m, v = fn(draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
+                    mean[start : start + block, rows] = np.asarray(m)
+                    var[start : start + block, rows] = np.asarray(v)
         noise_sd = 1.0 / np.sqrt(flat.noise_precision.astype(np.float64))
-        return Components(
-            mean=np.concatenate(means).astype(np.float64),
-            sd=np.sqrt(np.concatenate(vars_).astype(np.float64)),
-            noise_sd=noise_sd,
-        )
+        return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
 
     def predict(
         self,
