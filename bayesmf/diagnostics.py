@@ -145,6 +145,16 @@ def _prior_summaries(mean: np.ndarray, precision: np.ndarray) -> tuple[np.ndarra
     return cov_eig.sum(-1), cov_eig, np.sqrt(np.sum(mean.astype(np.float64) ** 2, axis=-1))
 
 
+def _gram(factors: np.ndarray) -> np.ndarray:
+    """``F^T F`` per draw in float64: (C, S, N, D) -> (C, S, D, D).
+
+    A batched BLAS matmul; ``np.einsum`` without BLAS took ~1 s for 200
+    draws at rank 50 on ml-100k.
+    """
+    f = factors.astype(np.float64)
+    return np.swapaxes(f, -1, -2) @ f
+
+
 def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset, xr.Dataset]:
     """Rotation-invariant quantities of every draw (see the module docstring).
 
@@ -184,8 +194,8 @@ def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset,
         values[f"{side}_prior_trace_cov"] = (sample, trace, f"{side}_precision")
         values[f"{side}_prior_eigvals"] = (sample + ("factor",), eig, f"{side}_precision")
         values[f"{side}_mean_norm"] = (sample, norm, f"{side}_mean")
-    gram_l = np.einsum("csnd,csne->csde", d.user_factors, d.user_factors, dtype=np.float64)
-    gram_r = np.einsum("csnd,csne->csde", d.item_factors, d.item_factors, dtype=np.float64)
+    gram_l = _gram(d.user_factors)
+    gram_r = _gram(d.item_factors)
     values["user_factors_norm"] = (sample, np.sqrt(np.trace(gram_l, axis1=-2, axis2=-1)), "user_factors")
     values["item_factors_norm"] = (sample, np.sqrt(np.trace(gram_r, axis1=-2, axis2=-1)), "item_factors")
     pred_sq = np.einsum("csde,csed->cs", gram_l, gram_r)
