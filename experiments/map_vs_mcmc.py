@@ -62,7 +62,9 @@ else:
 
 NAME = "map_vs_mcmc"
 ALL_METHODS = ("map", "map-fixed", "gibbs", "gibbs-fixed", "nuts", "svi")
-SAMPLERS = ("gibbs", "gibbs-fixed", "nuts", "svi")
+# Methods whose draws come from a Markov chain: R-hat means something only for
+# these (SVI's draws are independent draws from the fitted guide).
+MCMC = ("gibbs", "gibbs-fixed", "nuts")
 USER_BUCKETS = ("<=20", "21-50", "51-100", "101-200", ">200")
 HEADLINE_RANKS = (10, 50)
 FOLD_ORDER = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -198,7 +200,7 @@ def run_one(fold: str, train, test, method: str, rank: int, args, key: int) -> l
         num_chains=posterior.num_chains, num_draws=posterior.num_draws,
         num_train=len(train), num_test=len(test),
     )
-    if method in SAMPLERS and posterior.num_draws >= 4:
+    if method in MCMC and posterior.num_draws >= 4:
         meta["max_rhat"] = float(diagnostics.max_rhat(posterior))
     if method.startswith("map"):
         # The precisions the MAP used (tuned, or the defaults), as the posterior's model config holds them.
