@@ -416,8 +416,8 @@ def plot_cost(df, path):
     fig, ax = plt.subplots(figsize=(6.6, 4.4))
     # Rank labels that would print over one already placed are left off (the line still orders the
     # ranks); each method's smallest and largest rank are labelled first so the ends always show.
-    logx = np.log10(sub["fit_seconds"].clip(lower=1e-3))
-    near_x = 0.07 * max(float(logx.max() - logx.min()), 1e-9)
+    sub["logx"] = np.log10(sub["fit_seconds"].clip(lower=1e-3))
+    near_x = 0.07 * max(float(sub["logx"].max() - sub["logx"].min()), 1e-9)
     near_y = 0.025 * max(float(sub["rmse"].max() - sub["rmse"].min()), 1e-9)
     placed = []
     for m in _methods(sub):
@@ -426,7 +426,7 @@ def plot_cost(df, path):
         order = [0, len(part) - 1] + list(range(1, len(part) - 1)) if len(part) > 1 else [0]
         for i in order:
             r = part.iloc[i]
-            x, y = np.log10(max(r["fit_seconds"], 1e-3)), r["rmse"]
+            x, y = r["logx"], r["rmse"]
             if any(abs(x - px) < near_x and abs(y - py) < near_y for px, py in placed):
                 continue
             placed.append((x, y))
