@@ -1,0 +1,64 @@
+"""Ratings data: the data model, file readers and the MovieLens data sets.
+
+* :mod:`bayesmf.data.ratings`: :class:`Ratings`, :class:`Vocabulary`,
+  :class:`RatingScale` (the data model);
+* :mod:`bayesmf.data.readers`: :func:`read_ratings` and
+  :func:`read_item_ratings` (delimited files, the MovieLens layouts);
+* :mod:`bayesmf.data.movielens`: :func:`load_movielens`,
+  :func:`find_dataset` (cache and download), :func:`verify_checksums`,
+  :func:`load_titles`.
+
+Every name is re-exported here, so ``from bayesmf.data import Ratings`` and
+``bayesmf.data.load_movielens`` work as before.
+
+>>> from bayesmf.data import Ratings
+>>> Ratings.from_arrays([10, 10, 20], ["a", "b", "a"], [4.0, 3.0, 5.0]).nnz
+3
+"""
+
+from bayesmf.data.movielens import (
+    ARCHIVE_CHECKSUMS,
+    CHECKSUMS,
+    DATASETS,
+    DOWNLOAD_URL,
+    data_home,
+    find_dataset,
+    load_movielens,
+    load_titles,
+    read_dataset_dir,
+    verify_checksums,
+)
+from bayesmf.data.ratings import DUPLICATE_POLICIES, RatingScale, Ratings, Vocabulary
+from bayesmf.data.readers import (
+    FORMATS,
+    ITEM_COLUMNS,
+    RATING_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    USER_COLUMNS,
+    read_item_ratings,
+    read_ratings,
+)
+
+__all__ = [
+    "ARCHIVE_CHECKSUMS",
+    "CHECKSUMS",
+    "DATASETS",
+    "DOWNLOAD_URL",
+    "DUPLICATE_POLICIES",
+    "FORMATS",
+    "ITEM_COLUMNS",
+    "RATING_COLUMNS",
+    "TIMESTAMP_COLUMNS",
+    "USER_COLUMNS",
+    "RatingScale",
+    "Ratings",
+    "Vocabulary",
+    "data_home",
+    "find_dataset",
+    "load_movielens",
+    "load_titles",
+    "read_dataset_dir",
+    "read_item_ratings",
+    "read_ratings",
+    "verify_checksums",
+]
