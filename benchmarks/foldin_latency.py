@@ -186,8 +186,8 @@ def equal_vs_importance(posterior, test, args, rng) -> list[dict]:
             m_w.append(pw.mean)
             m_e.append(pe.mean)
             c = pw.components
-            nll_w.append(metrics.mixture_nll_per_row(y, c.mean, c.sd, fold_w.weights[p]))
-            nll_e.append(metrics.mixture_nll_per_row(y, c.mean, c.sd))
+            nll_w.append(metrics.nll_per_row(y, c.mean, c.sd, fold_w.weights[p]))
+            nll_e.append(metrics.nll_per_row(y, c.mean, c.sd))
         y, mw, me = (np.concatenate(x) for x in (y_all, m_w, m_e))
         d_mean, d_sd = np.concatenate(d_mean), np.concatenate(d_sd)
         ess = fold_w.effective_sample_size

@@ -266,13 +266,13 @@ def score(y, pred, levels: Sequence[float] = LEVELS, groups=None) -> pd.DataFram
 
     ``pred`` is a :class:`bayesmf.posterior.Prediction` made with
     ``keep_components=True`` (a fold-in prediction may carry per-row mixture
-    weights, ``component_weights`` of shape (S, n); :func:`bayesmf.metrics.summarize`
+    weights, ``component_weights`` of shape (S, n); :func:`bayesmf.metrics.score_rows`
     takes one weight vector, so rows are scored per group of equal weights and
     the per-row scores pooled), or any object with ``mean`` and ``sd`` (a
     Gaussian predictive, e.g. an inline baseline).
 
     Returns a dict (``groups`` None) or a DataFrame indexed by group with
-    ``count`` and the keys of :func:`bayesmf.metrics.summarize`.
+    ``count`` and the columns of :func:`bayesmf.metrics.summarize`.
     """
     from bayesmf import metrics
 
@@ -290,9 +290,9 @@ def score(y, pred, levels: Sequence[float] = LEVELS, groups=None) -> pd.DataFram
     inside = {p: np.empty(n, bool) for p in levels}
     width = {p: np.empty(n) for p in levels}
     if comps is None or comps.mean.shape[0] == 1:
-        lo_hi = {p: metrics.gaussian_interval(mean, sd, p) for p in levels}
+        lo_hi = {p: metrics.interval(mean, sd, p) for p in levels}
         nll[:] = 0.5 * np.log(2 * np.pi * sd**2) + 0.5 * ((y - mean) / sd) ** 2
-        crps[:] = metrics.crps_gaussian_per_row(y, mean, sd)
+        crps[:] = metrics.crps_per_row(y, mean, sd)
         for p in levels:
             lo, hi = lo_hi[p]
             inside[p][:] = (y >= lo) & (y <= hi)
@@ -305,10 +305,10 @@ def score(y, pred, levels: Sequence[float] = LEVELS, groups=None) -> pd.DataFram
             blocks = [(np.flatnonzero(inverse.ravel() == g), np.asarray(weights)[:, c]) for g, c in enumerate(first)]
         for cols, w in blocks:
             mu, s = comps.mean[:, cols], comps.sd[:, cols]
-            nll[cols] = metrics.mixture_nll_per_row(y[cols], mu, s, w)
-            crps[cols] = metrics.crps_mixture_per_row(y[cols], mu, s, w)
+            nll[cols] = metrics.nll_per_row(y[cols], mu, s, w)
+            crps[cols] = metrics.crps_per_row(y[cols], mu, s, w)
             for p in levels:
-                lo, hi = metrics.mixture_interval(mu, s, p, w)
+                lo, hi = metrics.interval(mu, s, p, w)
                 inside[p][cols] = (y[cols] >= lo) & (y[cols] <= hi)
                 width[p][cols] = hi - lo
 
