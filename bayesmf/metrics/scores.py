@@ -157,8 +157,9 @@ def _row_target(name: str, x: ArrayLike, n: int) -> np.ndarray:
 
 
 def _row_probs(prob: ArrayLike, n: int) -> np.ndarray:
-    p = np.broadcast_to(_prob(prob), (n,)) if np.ndim(prob) == 0 else _prob(prob)
-    if p.shape != (n,):
+    """Probabilities in (0, 1), shape () or (n,) (a scalar stays a scalar)."""
+    p = _prob(prob)
+    if p.ndim != 0 and p.shape != (n,):
         raise ValueError(f"mismatched shapes: prob {p.shape}, expected () or ({n},)")
     return p
 
@@ -391,6 +392,7 @@ def _quantile(p: np.ndarray, mu: np.ndarray, sd: np.ndarray, w: np.ndarray, tol:
     num_components, n = mu.shape
     if num_components == 1:
         return mu[0] + sd[0] * special.ndtri(p)
+    p = np.broadcast_to(p, (n,))
     out = np.empty(n)
     for rows in _row_blocks(n, CHUNK_CELLS // num_components):
         out[rows] = _quantile_block(p[rows], mu[:, rows], sd[:, rows], w, tol)
@@ -474,7 +476,7 @@ def interval(
 def _interval(
     p: np.ndarray, mu: np.ndarray, sd: np.ndarray, w: np.ndarray, tol: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Central intervals for validated ``p`` of shape (n,); see :func:`interval`."""
+    """Central intervals for validated ``p`` of shape () or (n,); see :func:`interval`."""
     if mu.shape[0] == 1:
         z = special.ndtri(0.5 + 0.5 * p)
         return mu[0] - z * sd[0], mu[0] + z * sd[0]

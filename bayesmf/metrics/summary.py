@@ -80,6 +80,7 @@ def score_rows(
     if p.ndim != 1 or p.size == 0 or not np.all((p > 0.0) & (p < 1.0)):  # also rejects NaN
         raise ValueError(f"levels must be in the open interval (0, 1), got {levels}")
     levels = [float(v) for v in p]
+    mu, sd = np.asarray(mu, dtype=np.float64), np.asarray(sd, dtype=np.float64)  # convert once, not per score
     mean, _ = moments(mu, sd, weights)
     y = np.asarray(y, dtype=np.float64)
     if y.shape != mean.shape:  # finiteness is checked by nll_per_row
