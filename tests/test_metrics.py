@@ -103,6 +103,19 @@ def test_gaussian_interval_matches_scipy():
         np.testing.assert_allclose(hi, ehi, atol=EXACT)
 
 
+def test_gaussian_cdf_and_quantile_match_scipy():
+    m, s = np.array([0.0, 3.0, -2.0]), np.array([1.0, 0.5, 2.0])
+    x = np.array([0.3, 2.0, 1.0])
+    np.testing.assert_allclose(metrics.cdf(x, m, s), stats.norm.cdf(x, m, s), atol=EXACT)
+    for prob in (0.01, 0.5, 0.975):
+        np.testing.assert_allclose(metrics.quantile(prob, m, s), stats.norm.ppf(prob, m, s), atol=EXACT)
+    # One probability per row.
+    p = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(metrics.quantile(p, m, s), stats.norm.ppf(p, m, s), atol=EXACT)
+    lo, hi = metrics.interval(m, s, p)
+    np.testing.assert_allclose(hi - lo, 2 * stats.norm.ppf(0.5 + 0.5 * p) * s, atol=EXACT)
+
+
 def test_coverage_counts_both_ends():
     y = np.array([0.0, 1.0, 2.0, 3.0])
     assert metrics.coverage(y, np.full(4, 1.0), np.full(4, 2.0)) == 0.5
@@ -695,6 +708,8 @@ GOOD_ROWS = metrics.score_rows([1.0, 2.0], [1.0, 2.0], 1.0)
         (lambda: metrics.moments(np.zeros((0, 3)), GOOD_SD[:0]), "mu is empty"),
         (lambda: metrics.quantile(1.5, GOOD_MU, GOOD_SD), "prob must be in the open interval"),
         (lambda: metrics.quantile(0.5, GOOD_MU, GOOD_SD, tol=0.0), "tol must be > 0"),
+        (lambda: metrics.quantile(np.full(2, 0.5), GOOD_MU, GOOD_SD), "mismatched shapes: prob"),
+        (lambda: metrics.interval([1.0, 2.0], 1.0, [0.5, 0.5, 0.5]), "mismatched shapes: prob"),
         (lambda: metrics.interval(GOOD_MU, GOOD_SD, -0.1), "prob must be in the open interval"),
         (lambda: metrics.crps(np.zeros(3), GOOD_MU, GOOD_SD, max_pairs=0), "max_pairs must be >= 1"),
         (lambda: metrics.crps_samples(np.zeros(3), np.zeros((1, 3)), fair=True), "at least 2 draws"),
