@@ -53,18 +53,19 @@ from __future__ import annotations
 import math
 import warnings
 
-import arviz_stats as azs
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayesmf.model import latent_sites
+from bayesmf.model import Params, latent_sites, predict_mean
 
 # Default probe set: how many pairs, and the seed of the generator that picks them.
 NUM_PROBE_PAIRS = 50
 PROBE_SEED = 0
-# Largest (draws x pairs x rank) block of factors gathered at once by the
-# per-draw predictions (bounds their memory to ~16 * BLOCK_CELLS bytes).
+# Largest (draws x rows x rank) block of factors the per-draw predictions
+# convert to float64 at once (bounds their memory to ~8 * BLOCK_CELLS bytes).
 BLOCK_CELLS = 4_000_000
 # Split R-hat needs at least two draws per half chain.
 MIN_DRAWS_FOR_RHAT = 4
@@ -106,32 +107,45 @@ def _probes(posterior, probe_pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         u, i = default_probe_pairs(posterior)
         return u, i, np.asarray(posterior.user_vocab.ids)[u], np.asarray(posterior.item_vocab.ids)[i]
     users, items = (np.atleast_1d(np.asarray(x)) for x in probe_pairs)
-    u, i = posterior.index_pairs(users, items)
-    return np.asarray(u, np.int64), np.asarray(i, np.int64), users, items
+    pairs = posterior.pairs(users, items)
+    return np.asarray(pairs.user_index, np.int64), np.asarray(pairs.item_index, np.int64), users, items
+
+
+# One draw's means for pairs, vmapped over a block of draws (the model's own <L_u, R_v> + m_v).
+_block_means = jax.jit(jax.vmap(predict_mean, in_axes=(0, None, None)))
 
 
 def _draw_means(posterior, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
     """Each draw's predictive mean for index pairs (``-1``: unseen), float64, shape (C, S, n).
 
-    Known pairs are computed here in float64 (``L_u . R_v + m_v``); pairs
-    with an unseen side go through :meth:`Posterior.components` (the
-    cold-start prior mean).
+    Known pairs go through :func:`bayesmf.model.predict_mean` in float64
+    (64-bit JAX for this call only: R-hat and ESS of near-constant
+    predictions need more than float32's 7 digits), on the rows the pairs
+    touch, gathered first so that a block of draws holds only those; pairs
+    with an unseen side go through ``posterior.components`` (the cold-start
+    prior mean).
     """
     d = posterior.draws
     c, s = posterior.num_chains, posterior.num_draws
     out = np.empty((c * s, user_index.shape[0]), np.float64)
     known = (user_index >= 0) & (item_index >= 0)
     if known.any():
-        u, i = user_index[known], item_index[known]
+        rows_u, u = np.unique(user_index[known], return_inverse=True)
+        rows_i, i = np.unique(item_index[known], return_inverse=True)
         factors_l = d.user_factors.reshape((c * s,) + d.user_factors.shape[2:])
         factors_r = d.item_factors.reshape((c * s,) + d.item_factors.shape[2:])
         offsets = d.item_offsets.reshape(c * s, -1)
-        block = max(1, BLOCK_CELLS // max(u.shape[0] * posterior.rank, 1))
-        for start in range(0, c * s, block):
-            part = slice(start, start + block)
-            lu = factors_l[part][:, u, :].astype(np.float64)
-            rv = factors_r[part][:, i, :].astype(np.float64)
-            out[part, known] = np.einsum("bnd,bnd->bn", lu, rv) + offsets[part][:, i]
+        block = max(1, BLOCK_CELLS // max((rows_u.size + rows_i.size) * posterior.rank, 1))
+        with jax.enable_x64(True):
+            for start in range(0, c * s, block):
+                part = slice(start, start + block)
+                params = Params(
+                    jnp.asarray(factors_l[part][:, rows_u], jnp.float64),
+                    jnp.asarray(factors_r[part][:, rows_i], jnp.float64),
+                    jnp.asarray(offsets[part][:, rows_i], jnp.float64),
+                    *([None] * (len(Params._fields) - 3)),  # the mean needs no hyperparameters
+                )
+                out[part, known] = np.asarray(_block_means(params, jnp.asarray(u), jnp.asarray(i)))
     if (~known).any():
         out[:, ~known] = posterior.components(user_index[~known], item_index[~known]).mean
     return out.reshape(c, s, -1)
@@ -228,7 +242,22 @@ def _dataset(variables: dict, coords: dict) -> xr.Dataset:
 # --- summaries --------------------------------------------------------------------------
 
 
-def _label_probes(ds: xr.Dataset) -> xr.Dataset:
+def label_probes(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the ``probe`` dim labelled ``"<user id>:<item id>"`` and the
+    ``probe_user`` / ``probe_item`` coords dropped.
+
+    ArviZ's summary names its rows after index coordinates (``probe_pred[u:i]``)
+    and refuses coordinates that only some variables have.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        As :func:`identifiable_quantities` returns it.
+
+    Returns
+    -------
+    xarray.Dataset
+    """
     if "probe" not in ds.dims:
         return ds
     labels = [f"{u}:{i}" for u, i in zip(ds["probe_user"].values, ds["probe_item"].values)]
@@ -281,13 +310,15 @@ def _halves(ds: xr.Dataset) -> xr.Dataset:
 def _sampled(posterior, probe_pairs) -> xr.Dataset:
     """The sampled identifiable quantities, dims (chain, draw, ...)."""
     sampled, _ = identifiable_quantities(posterior, probe_pairs=probe_pairs)
-    return _label_probes(sampled).assign_coords(
+    return label_probes(sampled).assign_coords(
         chain=np.arange(posterior.num_chains), draw=np.arange(posterior.num_draws)
     )
 
 
 def _table(posterior, probe_pairs, kind: str) -> pd.DataFrame:
     """ArviZ summary of the sampled identifiable quantities, one row per scalar."""
+    import arviz_stats as azs  # lazily: loading a model must not need ArviZ
+
     ds = _sampled(posterior, probe_pairs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -324,6 +355,8 @@ def max_rhat(posterior, *, probe_pairs=None) -> float:
     # R-hat alone (the same rank-normalized split R-hat as summary's r_hat):
     # the full diagnostics table also computes bulk and tail ESS of every
     # scalar, which made this 5-10 s per call on ml-100k.
+    import arviz_stats as azs
+
     ds = _sampled(posterior, probe_pairs)
     if posterior.num_chains == 1:
         ds = _halves(ds)
@@ -416,6 +449,8 @@ def ess_per_second(draws, seconds: float) -> float:
         raise ValueError(f"draws must have shape (num_chains, num_draws, n), got {draws.shape}")
     if not (np.isfinite(seconds) and seconds > 0):
         raise ValueError(f"seconds must be a positive finite number, got {seconds}")
+    import arviz_stats as azs
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ess = np.asarray(azs.ess(draws, method="bulk", chain_axis=0, draw_axis=1), np.float64)
@@ -441,10 +476,11 @@ def rmse_trace(posterior, users, items, ratings) -> np.ndarray:
     >>> trace = rmse_trace(posterior, test.user_ids, test.item_ids, test.rating)  # doctest: +SKIP
     """
     ratings = np.atleast_1d(np.asarray(ratings, np.float64))
-    u, i = posterior.index_pairs(users, items)
+    pairs = posterior.pairs(users, items)
+    u, i = np.asarray(pairs.user_index, np.int64), np.asarray(pairs.item_index, np.int64)
     if ratings.shape != u.shape:
         raise ValueError(f"ratings must have the shape of users and items {u.shape}, got {ratings.shape}")
     if ratings.size == 0:
         raise ValueError("no ratings to score")
-    means = _draw_means(posterior, np.asarray(u, np.int64), np.asarray(i, np.int64))
+    means = _draw_means(posterior, u, i)
     return np.sqrt(np.mean((means - ratings) ** 2, axis=-1))

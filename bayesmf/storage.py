@@ -2,57 +2,71 @@
 
 :func:`to_datatree` gives the ArviZ 1.x view of a posterior (an
 :class:`xarray.DataTree`): its ``posterior`` group holds the identifiable
-quantities of :mod:`bayesmf.diagnostics` (and, optionally, the raw draws), so
-``arviz_stats.summary`` / ``rhat`` / ``ess`` on it are meaningful, and with
-held-out ratings it has the ``log_likelihood`` that ``arviz.loo`` needs.
+quantities of :mod:`bayesmf.diagnostics` (the raw draws only on request), so
+``arviz.summary`` / ``rhat`` / ``ess`` on it are meaningful, and with
+observed ratings it has the ``log_likelihood`` that ``arviz.loo`` needs.
+:func:`load_datatree` is the same view of a saved model file.
 
 :func:`save` / :func:`load` keep a whole :class:`~bayesmf.posterior.Posterior`
-in one netCDF-4 (HDF5) file, bit for bit. Layout of format version 1:
+in one netCDF-4 (HDF5) file, bit for bit. Layout of format version 2:
 
 ======================  ================================================================
 node                    content
 ======================  ================================================================
-``/`` (attributes)      ``format = "bayesmf-posterior"``, ``format_version = 1``,
+``/`` (attributes)      ``format = "bayesmf-posterior"``, ``format_version = 2``,
                         ``bayesmf_version``, ``method``, and JSON strings ``config``
                         (ModelConfig with FixedPriors / HyperPriors), ``scale``,
                         ``timing``, ``info`` (its JSON-able entries; the names of the
                         others in ``info_dropped``)
-``/draws``              every :class:`~bayesmf.model.Params` field in its own dtype,
-                        dims ``(chain, draw, user | item, factor[, factor_col])``
-``/vocab``              ``user_id (user)``, ``item_id (item)``: the external ids
-``/sample_stats``       ``posterior.stats`` (arrays, own dtypes)
+``/posterior``          every :class:`~bayesmf.model.Params` field in its own dtype,
+                        dims ``(chain, draw, user | item, factor[, factor_col])`` with
+                        coords ``chain``, ``draw``, ``factor``, ``factor_col`` (0, 1, ...)
+                        and ``user``, ``item``: the external ids (attribute ``kind``
+                        says how to restore their Python type)
+``/sample_stats``       ``posterior.stats`` (arrays, own dtypes; per-draw ones with dims
+                        ``(chain, draw, ...)``)
 ``/train``              ``user_index``, ``item_index``, ``rating`` (and ``timestamp``)
                         of the training ratings, dim ``row``
 ``/titles``             ``item_id``, ``title`` (dim ``title``), when there are titles
 ======================  ================================================================
 
+So ``xarray.open_datatree(path, engine="h5netcdf")`` opens a model file as an
+ArviZ-shaped tree of the raw draws; those rotate freely (see
+:mod:`bayesmf.diagnostics`), so judge convergence on :func:`load_datatree`
+instead. Format version 1 (bayesmf 0.1.0) kept the draws in ``/draws``
+without coordinates and the ids in ``/vocab`` (``user_id (user)``,
+``item_id (item)``); :func:`load` reads both versions (:data:`READ_VERSIONS`)
+and refuses any other with an error naming the version found.
+
 Numeric arrays are written without fill values and with HDF5 Fletcher-32
 checksums, so a flipped bit in the data is an error on load, never a silently
 different model. ``posterior.tracked`` (moments streamed during sampling for
 pairs the file could not identify) is not stored: a loaded posterior has
-``tracked = None``.
+``tracked = None``. ArviZ is imported only by :func:`to_datatree`:
+:func:`save` and :func:`load` work without it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
 import uuid
 from pathlib import Path
 
-import arviz_base
 import numpy as np
 import xarray as xr
-from scipy import stats as sps
 
-from bayesmf.diagnostics import identifiable_quantities
+from bayesmf.data import RatingScale, Ratings, Vocabulary
+from bayesmf.diagnostics import identifiable_quantities, label_probes
+from bayesmf.encoding import to_jsonable
 from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
 from bayesmf.posterior import Posterior
 
 FORMAT = "bayesmf-posterior"
-FORMAT_VERSION = 1
+# The version save writes, and every version load reads (1: bayesmf 0.1.0).
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 ENGINE = "h5netcdf"
 
 # ArviZ dims of each Params field after (chain, draw).
@@ -71,6 +85,8 @@ PARAM_DIMS = dict(
 SAMPLE_DIMS = ("chain", "draw")
 # Identifiable quantities already carry these names (same values) in the posterior group.
 _SHARED_NAMES = ("item_offsets", "offset_mean")
+# Ids of the probe pairs, kept beside the (labelled) probe_pred in constant_data.
+_PROBE_IDS = ("probe_user", "probe_item")
 
 
 def _version() -> str:
@@ -106,8 +122,13 @@ def _parse_pairs(pairs, observed):
     return users, items, rating
 
 
-def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = True, probe_pairs=None) -> xr.DataTree:
+def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = False, probe_pairs=None) -> xr.DataTree:
     """The posterior as an ArviZ 1.x :class:`xarray.DataTree`.
+
+    ``arviz.summary``, ``arviz.rhat``, ``arviz.ess`` (and ``arviz_plots``)
+    work on the result as on any ArviZ tree, for a sampler's draws and for a
+    point estimate (one chain, one draw: its diagnostics are NaN);
+    ``arviz.loo`` works when observed ratings are given.
 
     Parameters
     ----------
@@ -121,9 +142,11 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
     keep_factors : bool
         Also put the raw draws (``user_factors`` ``(chain, draw, user,
         factor)``, ``item_factors``, ``user_mean``, ``user_precision``
-        ``(chain, draw, factor, factor_col)``, ...) in ``posterior``. They
-        rotate freely (see :mod:`bayesmf.diagnostics`): never judge
-        convergence on them.
+        ``(chain, draw, factor, factor_col)``, ...) in ``posterior``. Off by
+        default: they rotate freely (see :mod:`bayesmf.diagnostics`), so their
+        R-hat and ESS say nothing about convergence, and they would pull down
+        the relative efficiency ``arviz.loo`` estimates from every
+        ``posterior`` variable.
     probe_pairs : (users, items) external ids, optional
         Pairs of ``probe_pred``; default
         :func:`bayesmf.diagnostics.default_probe_pairs`.
@@ -134,20 +157,26 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
         Groups:
 
         ``posterior``
-            Identifiable quantities (:func:`~bayesmf.diagnostics.identifiable_quantities`:
-            ``noise_sd``, ``item_offsets``, ``offset_mean``, ``offset_sd``,
-            ``user_prior_trace_cov``, ``user_prior_eigvals``,
-            ``user_mean_norm``, the ``item_*`` ones, ``user_factors_norm``,
-            ``item_factors_norm``, ``pred_fro_norm``, ``probe_pred`` with
-            dim ``probe`` and coords ``probe_user`` / ``probe_item``) that
-            are random in the model's mode, plus the raw draws.
+            Identifiable quantities
+            (:func:`~bayesmf.diagnostics.identifiable_quantities`) that are
+            random in the model's mode, float64, dims ``(chain, draw, ...)``:
+            ``noise_sd``, ``offset_mean``, ``offset_sd``, ``item_offsets``
+            ``(item)``, the user and item prior summaries
+            ``user_prior_trace_cov``, ``user_prior_eigvals`` ``(factor)``,
+            ``user_mean_norm`` (and ``item_*``), ``user_factors_norm``,
+            ``item_factors_norm``, ``pred_fro_norm`` and ``probe_pred``
+            ``(probe)``, each draw's predicted mean rating of the probe pairs.
+            Coords: ``item`` (item ids), ``factor``, and ``probe``, labelled
+            ``"<user id>:<item id>"`` (so summary rows read
+            ``probe_pred[<user>:<item>]``). With ``keep_factors``, also the
+            raw draws (coords ``user``, ``factor_col``).
         ``constant_data``
-            The same quantities where the mode fixes them (e.g. the
-            precisions with ``priors="fixed"``), without chain / draw dims.
-            Keeping them out of ``posterior`` keeps ESS (and so the relative
-            efficiency ``arviz.loo`` estimates) free of constant variables.
+            ``probe_user`` and ``probe_item`` ``(probe)``: the probe pairs'
+            ids in their own type; and the identifiable quantities the mode
+            fixes (e.g. the precisions with ``priors="fixed"``), without
+            chain / draw dims.
         ``sample_stats``
-            ``posterior.stats`` (e.g. ``train_rmse``).
+            The per-draw ``posterior.stats`` (e.g. ``train_rmse``).
         ``posterior_predictive`` (with ``pairs``)
             ``rating_mean`` and ``rating_sd`` ``(chain, draw, pair)``: each
             draw's predictive mean and sd (deterministic: no predictive draws).
@@ -156,19 +185,19 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
             ``rating`` ``(pair,)``. Pairs have coords ``pair_user``,
             ``pair_item``.
 
-        ``arviz.loo`` estimates its relative efficiency from the ESS of
-        every ``posterior`` variable: with ``keep_factors=False`` that is
-        the ESS of identifiable quantities only (raw factors, which rotate,
-        would pull it down).
-
     Examples
     --------
     >>> import arviz as az  # doctest: +SKIP
-    >>> dt = to_datatree(posterior, (test.user_ids, test.item_ids, test.rating))  # doctest: +SKIP
-    >>> az.loo(dt)  # doctest: +SKIP
+    >>> az.summary(to_datatree(posterior))  # doctest: +SKIP
+    >>> az.loo(to_datatree(posterior, (test.user_ids, test.item_ids, test.rating)))  # doctest: +SKIP
     """
     users, items, rating = _parse_pairs(pairs, observed)
     sampled, fixed = identifiable_quantities(posterior, probe_pairs=probe_pairs)
+    # ArviZ refuses coords that only some variables have: probe_pred's are labels,
+    # the ids themselves constant data.
+    probe_ids = {name: ("probe", sampled[name].values) for name in _PROBE_IDS}
+    sampled, fixed = label_probes(sampled), label_probes(fixed)
+    fixed = fixed.assign(probe_ids).assign_coords(probe=sampled["probe"].values)
     d = posterior.draws
     if keep_factors:
         latent = set(latent_sites(posterior.config))
@@ -181,18 +210,14 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
                 raw_sampled[name] = (SAMPLE_DIMS + dims, value)
             else:
                 raw_fixed[name] = (dims, value[0, 0])
-        id_coords = dict(
-            user=np.asarray(posterior.user_vocab.ids),
-            item=np.asarray(posterior.item_vocab.ids),
-            factor=np.arange(posterior.rank),
-            factor_col=np.arange(posterior.rank),
-        )
+        id_coords = _param_coords(posterior)
         sampled = sampled.assign(raw_sampled).assign_coords(_used(id_coords, raw_sampled))
         fixed = fixed.assign(raw_fixed).assign_coords(_used(id_coords, raw_fixed))
-    sampled = sampled.assign_coords(chain=np.arange(posterior.num_chains), draw=np.arange(posterior.num_draws))
-    groups = {"posterior": _with_attrs(sampled, posterior)}
-    if fixed.data_vars:
-        groups["constant_data"] = _with_attrs(fixed, posterior)
+    sampled = sampled.assign_coords(_sample_coords(posterior))
+    groups = {
+        "posterior": _with_attrs(sampled, posterior),
+        "constant_data": _with_attrs(fixed, posterior, sample=False),
+    }
     stats = {
         name: (SAMPLE_DIMS + tuple(f"{name}_dim_{k}" for k in range(np.ndim(v) - 2)), np.asarray(v))
         for name, v in posterior.stats.items()
@@ -201,8 +226,10 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
     if stats:
         groups["sample_stats"] = _with_attrs(xr.Dataset(stats, coords=_sample_coords(posterior)), posterior)
     if users is not None:
-        u, i = posterior.index_pairs(users, items)
-        comps = posterior.components(u, i)
+        from scipy import stats as sps
+
+        resolved = posterior.pairs(users, items)
+        comps = posterior.components(resolved.user_index, resolved.item_index)
         shape = (posterior.num_chains, posterior.num_draws, users.shape[0])
         mean, sd = comps.mean.reshape(shape), comps.sd.reshape(shape)
         pair_coords = dict(pair=np.arange(users.shape[0]), pair_user=("pair", users), pair_item=("pair", items))
@@ -222,6 +249,42 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Tr
     return tree
 
 
+def load_datatree(path, pairs=None, observed=None, *, keep_factors: bool = False, probe_pairs=None) -> xr.DataTree:
+    """:func:`to_datatree` of the model saved at ``path``: the ArviZ view of a model file.
+
+    ``xarray.open_datatree(path, engine="h5netcdf")`` reads the file itself
+    (raw draws in its ``posterior`` group); this gives the identifiable
+    quantities that convergence is judged on.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save` (any version :func:`load` reads).
+    pairs, observed, keep_factors, probe_pairs
+        As for :func:`to_datatree`.
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Examples
+    --------
+    >>> import arviz as az  # doctest: +SKIP
+    >>> az.summary(load_datatree("model.nc"))  # doctest: +SKIP
+    """
+    return to_datatree(load(path), pairs, observed, keep_factors=keep_factors, probe_pairs=probe_pairs)
+
+
+def _param_coords(posterior) -> dict:
+    """Coords of the dims of :data:`PARAM_DIMS` (ids as the vocabularies hold them)."""
+    return dict(
+        user=np.asarray(posterior.user_vocab.ids),
+        item=np.asarray(posterior.item_vocab.ids),
+        factor=np.arange(posterior.rank),
+        factor_col=np.arange(posterior.rank),
+    )
+
+
 def _used(coords: dict, variables: dict) -> dict:
     dims = {dim for dims, _ in variables.values() for dim in dims}
     return {k: v for k, v in coords.items() if k in dims}
@@ -232,6 +295,8 @@ def _sample_coords(posterior) -> dict:
 
 
 def _with_attrs(ds: xr.Dataset, posterior, sample: bool = True) -> xr.Dataset:
+    import arviz_base  # lazily: save / load work without ArviZ
+
     attrs = arviz_base.make_attrs(
         attrs=dict(inference_library="bayesmf", inference_library_version=_version(), method=posterior.method),
         sample_dims=list(SAMPLE_DIMS) if sample else None,
@@ -242,32 +307,8 @@ def _with_attrs(ds: xr.Dataset, posterior, sample: bool = True) -> xr.Dataset:
 # --- save -------------------------------------------------------------------------------
 
 
-def _jsonable(value):
-    """A JSON-able copy of ``value`` (NumPy scalars and arrays become numbers and lists),
-    or raise TypeError."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return value.tolist()
-    if hasattr(value, "_asdict"):  # NamedTuple
-        return {k: _jsonable(v) for k, v in value._asdict().items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("dict keys must be strings")
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    raise TypeError(f"{type(value).__name__} is not JSON-able")
-
-
 def _config_json(config: ModelConfig) -> str:
-    return json.dumps(_jsonable(config))
+    return json.dumps(to_jsonable(config))
 
 
 def _config_from_json(text: str) -> ModelConfig:
@@ -323,22 +364,26 @@ def _numeric_encoding(ds: xr.Dataset) -> dict:
 
 def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
     """The tree :func:`save` writes, and its encoding."""
-    draws = xr.Dataset(
-        {name: (SAMPLE_DIMS + PARAM_DIMS[name], getattr(posterior.draws, name)) for name in Params._fields}
-    )
     user_ids, user_kind = _encode_ids(posterior.user_vocab.ids)
     item_ids, item_kind = _encode_ids(posterior.item_vocab.ids)
-    vocab = xr.Dataset(
-        dict(user_id=("user", user_ids, {"kind": user_kind}), item_id=("item", item_ids, {"kind": item_kind}))
+    coords = dict(
+        _param_coords(posterior),
+        **_sample_coords(posterior),
+        user=("user", user_ids, {"kind": user_kind}),
+        item=("item", item_ids, {"kind": item_kind}),
     )
-    nodes = {"/draws": draws, "/vocab": vocab}
+    draws = xr.Dataset(
+        {name: (SAMPLE_DIMS + PARAM_DIMS[name], getattr(posterior.draws, name)) for name in Params._fields},
+        coords=coords,
+    )
+    nodes = {"/posterior": draws}
     stats = {}
     for name, value in posterior.stats.items():
         value = np.asarray(value)
         lead = SAMPLE_DIMS if value.shape[:2] == (posterior.num_chains, posterior.num_draws) else ()
         stats[name] = (lead + tuple(f"{name}_dim_{k}" for k in range(value.ndim - len(lead))), value)
     if stats:
-        nodes["/sample_stats"] = xr.Dataset(stats)
+        nodes["/sample_stats"] = xr.Dataset(stats, coords=_used(_sample_coords(posterior), stats))
     train = posterior.train
     if train is not None:
         columns = dict(
@@ -357,7 +402,7 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
     info, dropped = {}, []
     for key, value in posterior.info.items():
         try:
-            info[str(key)] = _jsonable(value)
+            info[str(key)] = to_jsonable(value)
             json.dumps(info[str(key)])
         except (TypeError, ValueError):
             info.pop(str(key), None)
@@ -368,8 +413,8 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
         bayesmf_version=_version(),
         method=str(posterior.method),
         config=_config_json(posterior.config),
-        scale=json.dumps(_jsonable(posterior.scale)),
-        timing=json.dumps(_jsonable(posterior.timing)),
+        scale=json.dumps(to_jsonable(posterior.scale)),
+        timing=json.dumps(to_jsonable(posterior.timing)),
         info=json.dumps(info),
         info_dropped=json.dumps(dropped),
     )
@@ -448,7 +493,8 @@ def _read_tree(path: Path) -> xr.DataTree:
         return tree.load()
 
 
-def _check_format(tree: xr.DataTree, path: Path) -> None:
+def _check_format(tree: xr.DataTree, path: Path) -> int:
+    """The file's format version, or a ValueError naming it and :data:`READ_VERSIONS`."""
     marker = tree.attrs.get("format")
     if marker != FORMAT:
         raise ValueError(
@@ -464,29 +510,39 @@ def _check_format(tree: xr.DataTree, path: Path) -> None:
         version = int(version.reshape(()))
     except (TypeError, ValueError):
         raise ValueError(f"{path} has an unreadable bayesmf format version {version!r}") from None
-    if version != FORMAT_VERSION:
-        advice = "upgrade bayesmf" if version > FORMAT_VERSION else "refit or re-save it with a matching bayesmf"
+    if version not in READ_VERSIONS:
+        advice = "upgrade bayesmf" if version > max(READ_VERSIONS) else "refit or re-save it with a matching bayesmf"
+        readable = ", ".join(str(v) for v in READ_VERSIONS)
         raise ValueError(
             f"{path} has bayesmf model format version {version} (written by bayesmf {writer}), but this "
-            f"bayesmf ({_version()}) reads format version {FORMAT_VERSION}; {advice}"
+            f"bayesmf ({_version()}) reads format versions {readable}; {advice}"
         )
+    return version
 
 
 def _node(tree: xr.DataTree, name: str) -> xr.Dataset | None:
     return tree[name].to_dataset() if name in tree.children else None
 
 
-def _posterior_from_tree(tree: xr.DataTree) -> Posterior:
-    from bayesmf.data import RatingScale, Ratings, Vocabulary
+def _draws_and_ids(tree: xr.DataTree, version: int) -> tuple[xr.Dataset, xr.DataArray, xr.DataArray]:
+    """The draws and the (encoded) user and item ids, wherever the version keeps them."""
+    if version == 1:
+        draws, vocab = _node(tree, "draws"), _node(tree, "vocab")
+        if draws is None or vocab is None:
+            raise KeyError("the draws or vocab group is missing")
+        return draws, vocab["user_id"], vocab["item_id"]
+    draws = _node(tree, "posterior")
+    if draws is None:
+        raise KeyError("the posterior group is missing")
+    return draws, draws["user"], draws["item"]
 
+
+def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
     attrs = tree.attrs
-    draws_ds = _node(tree, "draws")
-    vocab_ds = _node(tree, "vocab")
-    if draws_ds is None or vocab_ds is None:
-        raise KeyError("the draws or vocab group is missing")
+    draws_ds, user_ids, item_ids = _draws_and_ids(tree, version)
     draws = Params(*(draws_ds[name].values for name in Params._fields))
-    user_vocab = Vocabulary(_decode_ids(vocab_ds["user_id"].values, vocab_ds["user_id"].attrs["kind"]))
-    item_vocab = Vocabulary(_decode_ids(vocab_ds["item_id"].values, vocab_ds["item_id"].attrs["kind"]))
+    user_vocab = Vocabulary(_decode_ids(user_ids.values, user_ids.attrs["kind"]))
+    item_vocab = Vocabulary(_decode_ids(item_ids.values, item_ids.attrs["kind"]))
     scale_fields = json.loads(attrs["scale"])
     scale = None if scale_fields is None else RatingScale(**scale_fields)
     stats_ds = _node(tree, "sample_stats")
@@ -548,7 +604,8 @@ def load(path) -> Posterior:
         The file is truncated or corrupt ("... is not a readable bayesmf
         model file: ..."), is not a bayesmf file (a netCDF file from another
         tool: "... is not a bayesmf model file ..."), or has a format version
-        this bayesmf does not read (both versions are named).
+        this bayesmf does not read (the version found and
+        :data:`READ_VERSIONS` are named).
 
     Examples
     --------
@@ -572,8 +629,8 @@ def load(path) -> Posterior:
         raise
     except Exception as err:
         raise ValueError(f"{path} is not a readable bayesmf model file: {type(err).__name__}: {err}") from err
-    _check_format(tree, path)
+    version = _check_format(tree, path)
     try:
-        return _posterior_from_tree(tree)
+        return _posterior_from_tree(tree, version)
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a readable bayesmf model file: {type(err).__name__}: {err}") from err

@@ -11,6 +11,7 @@ import os
 import arviz as az
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -164,7 +165,7 @@ def test_round_trip_keeps_everything(posterior, saved):
 
 
 def test_loaded_model_recommends_unseen_items_as_before(posterior, saved):
-    from bayesmf.recommend import recommend
+    from bayesmf.ranking import recommend
 
     loaded = storage.load(saved)
     user = posterior.train.user_ids[0]
@@ -172,7 +173,7 @@ def test_loaded_model_recommends_unseen_items_as_before(posterior, saved):
     after = recommend(loaded, user, k=5)
     assert before.equals(after)
     seen = set(posterior.train.item_ids[posterior.train.user_ids == user].tolist())
-    assert seen and not seen & set(after.iloc[:, 0].tolist())
+    assert seen and not seen & set(after["item"].tolist())
 
 
 def test_diagnostics_are_the_same_after_load(posterior, saved):
@@ -253,14 +254,14 @@ def test_truncated_file(saved, tmp_path, keep):
     data = saved.read_bytes()
     path = tmp_path / "truncated.nc"
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+    with pytest.raises(ValueError, match="truncated.nc is not a readable bayesmf model file"):
         storage.load(path)
 
 
 def test_garbage_file(tmp_path):
     path = tmp_path / "garbage.nc"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(ValueError, match="is not a readable bayesmf model file"):
+    with pytest.raises(ValueError, match="garbage.nc is not a readable bayesmf model file"):
         storage.load(path)
 
 
@@ -285,12 +286,14 @@ def test_foreign_netcdf_is_not_a_bayesmf_file(tmp_path, engine):
         storage.load(path)
 
 
-def test_newer_format_version_is_refused(posterior, tmp_path):
+@pytest.mark.parametrize("version", [storage.FORMAT_VERSION + 1, 0])
+def test_unknown_format_version_is_refused(posterior, tmp_path, version):
     path = tmp_path / "future.nc"
     storage.save(posterior, path)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = np.int64(storage.FORMAT_VERSION + 1)
-    with pytest.raises(ValueError, match=r"format version 2 .* reads format version 1"):
+        f.attrs["format_version"] = np.int64(version)
+    with pytest.raises(ValueError, match=rf"future.nc has bayesmf model format version {version} .* "
+                                         rf"reads format versions 1, 2; "):
         storage.load(path)
 
 
@@ -307,8 +310,8 @@ def test_broken_content_is_a_value_error(posterior, tmp_path):
 
 
 def test_to_datatree_groups_and_dims(posterior):
-    dt = storage.to_datatree(posterior)
-    assert set(dt.children) == {"posterior", "sample_stats"}
+    dt = storage.to_datatree(posterior, keep_factors=True)
+    assert set(dt.children) == {"posterior", "constant_data", "sample_stats"}
     post = dt["posterior"]
     assert post["user_factors"].dims == ("chain", "draw", "user", "factor")
     assert post["item_factors"].dims == ("chain", "draw", "item", "factor")
@@ -322,12 +325,18 @@ def test_to_datatree_groups_and_dims(posterior):
     assert post["user_prior_eigvals"].dims == ("chain", "draw", "factor")
     assert post["probe_pred"].dims == ("chain", "draw", "probe")
     assert post.sizes["chain"] == NUM_CHAINS and post.sizes["draw"] == NUM_DRAWS
-    assert set(post["probe_user"].values.tolist()) <= set(posterior.user_vocab.ids.tolist())
+    probes = dt["constant_data"]
+    assert set(probes["probe_user"].values.tolist()) <= set(posterior.user_vocab.ids.tolist())
+    assert probes["probe_user"].dtype == posterior.user_vocab.ids.dtype
+    assert post["probe"].values.tolist() == [
+        f"{u}:{i}" for u, i in zip(probes["probe_user"].values, probes["probe_item"].values)]
+    assert "probe_user" not in post.coords  # ArviZ refuses coords that some variables lack
     assert dt["sample_stats"]["train_rmse"].dims == ("chain", "draw")
     assert dt["sample_stats"]["diverging"].dtype == bool
     assert "step_size" not in dt["sample_stats"]  # not per draw
-    slim = storage.to_datatree(posterior, keep_factors=False)
+    slim = storage.to_datatree(posterior)  # raw factors only on request
     assert "user_factors" not in slim["posterior"] and "noise_sd" in slim["posterior"]
+    assert "user" not in slim["posterior"].coords
 
 
 def test_to_datatree_fixed_mode_puts_constants_aside(fitted):
@@ -337,7 +346,7 @@ def test_to_datatree_fixed_mode_puts_constants_aside(fitted):
                        item_mean=0 * d.item_mean, noise_precision=np.ones_like(d.noise_precision))
     p = Posterior(draws, ModelConfig(rank=RANK, priors="fixed"), fitted.user_vocab, fitted.item_vocab,
                   fitted.scale, method="gibbs")
-    dt = storage.to_datatree(p)
+    dt = storage.to_datatree(p, keep_factors=True)
     assert "user_prior_trace_cov" in dt["constant_data"] and "user_prior_trace_cov" not in dt["posterior"]
     assert float(dt["constant_data"]["user_prior_trace_cov"]) == pytest.approx(RANK / 20)
     assert dt["constant_data"]["user_precision"].dims == ("factor", "factor_col")
@@ -354,7 +363,8 @@ def test_to_datatree_with_pairs_and_loo(posterior):
     assert ll.dims == ("chain", "draw", "pair") and ll.shape == (NUM_CHAINS, NUM_DRAWS, len(test))
     assert np.array_equal(dt["observed_data"]["rating"].values, np.asarray(test.rating, np.float64))
     assert np.array_equal(dt["log_likelihood"]["pair_user"].values, test.user_ids)
-    comps = posterior.components(*posterior.index_pairs(test.user_ids, test.item_ids))
+    resolved = posterior.pairs(test.user_ids, test.item_ids)
+    comps = posterior.components(resolved.user_index, resolved.item_index)
     np.testing.assert_allclose(
         dt["posterior_predictive"]["rating_mean"].values.reshape(-1, len(test)), comps.mean, rtol=0
     )
@@ -382,8 +392,150 @@ def test_file_attributes_are_documented(saved):
     with h5py.File(saved, "r") as f:
         attrs = dict(f.attrs)
         assert attrs["format"] in (storage.FORMAT, storage.FORMAT.encode())
-        assert int(np.asarray(attrs["format_version"]).item()) == 1
+        assert int(np.asarray(attrs["format_version"]).item()) == storage.FORMAT_VERSION == 2
         config = json.loads(attrs["config"])
         assert config["rank"] == RANK and "fixed" in config and "hyper" in config
-        assert {"draws", "vocab", "train", "titles", "sample_stats"} <= set(f.keys())
-        assert f["draws/user_factors"].fletcher32
+        assert set(f.keys()) == {"posterior", "train", "titles", "sample_stats"}
+        assert f["posterior/user_factors"].fletcher32
+
+
+# --- format versions ----------------------------------------------------------------------
+
+V1_FILE = os.path.join(os.path.dirname(__file__), "data", "posterior_v1.nc")
+
+
+def v1_fixture_posterior():
+    """The synthetic posterior saved in ``tests/data/posterior_v1.nc`` by bayesmf 0.1.0
+    (format version 1, commit 89fb805's storage.py), regenerated here to compare with::
+
+        python -c "import sys; sys.path.insert(0, 'tests'); import test_storage as t; \\
+                   t.storage.save(t.v1_fixture_posterior(), 'tests/data/posterior_v1.nc')"
+
+    String user ids (non-ASCII), integer item ids, 2 chains x 3 draws, rank 2,
+    float32 draws, timestamps, titles, stats and info: every node of the layout.
+    """
+    rng = np.random.default_rng(20261126)
+    users = np.array(["ana", "bo", "chloé", "dev", "eli", "fay"], dtype=object)
+    items = np.array([10, 20, 30, 40])
+    pairs = [(u, i) for u in range(6) for i in range(4) if (u + i) % 3 != 0]
+    u, i = np.array(pairs).T
+    ratings = Ratings.from_arrays(users[u], items[i], rng.integers(1, 6, len(pairs)).astype(float),
+                                  timestamps=np.arange(len(pairs)) + 10**9, scale=RatingScale(1.0, 5.0, 1.0))
+    c, s, d = 2, 3, 2
+    a = rng.normal(size=(2, c, s, d, d))
+    precisions = np.einsum("...ij,...kj->...ik", a, a) + d * np.eye(d)
+    draws = Params(
+        rng.normal(0, 0.7, (c, s, 6, d)), rng.normal(0, 0.7, (c, s, 4, d)), rng.normal(3.0, 0.5, (c, s, 4)),
+        rng.gamma(50.0, 4.0 / 50, (c, s)), rng.normal(0, 0.2, (c, s, d)), precisions[0],
+        rng.normal(0, 0.2, (c, s, d)), precisions[1], rng.normal(3.0, 0.05, (c, s)), rng.gamma(50.0, 4.0 / 50, (c, s)),
+    )
+    return Posterior(
+        Params(*(x.astype(np.float32) for x in draws)), ModelConfig(rank=d), ratings.user_vocab, ratings.item_vocab,
+        ratings.scale, method="gibbs", stats=dict(train_rmse=rng.uniform(0.8, 1.0, (c, s)).astype(np.float32)),
+        timing=dict(fit_seconds=1.5), train=ratings, titles={10: "Ten", 30: "Thirty"},
+        info=dict(engine="gibbs", thin=1),
+    )
+
+
+def test_version_1_file_still_loads(tmp_path):
+    """A file bayesmf 0.1.0 wrote (format 1: /draws and /vocab) loads bit for bit, and re-saves as format 2."""
+    expected = v1_fixture_posterior()
+    with h5py.File(V1_FILE, "r") as f:
+        assert int(np.asarray(f.attrs["format_version"]).item()) == 1 and {"draws", "vocab"} <= set(f.keys())
+    loaded = storage.load(V1_FILE)
+    for name in Params._fields:
+        a, b = getattr(expected.draws, name), getattr(loaded.draws, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert loaded.user_vocab.ids.tolist() == ["ana", "bo", "chloé", "dev", "eli", "fay"]
+    assert loaded.user_vocab.ids.dtype == object and np.array_equal(loaded.item_vocab.ids, expected.item_vocab.ids)
+    assert (loaded.config, loaded.scale, loaded.method) == (expected.config, expected.scale, "gibbs")
+    assert loaded.titles == expected.titles and loaded.info == expected.info and loaded.timing == expected.timing
+    assert np.array_equal(loaded.stats["train_rmse"], expected.stats["train_rmse"])
+    for name in ("user_index", "item_index", "rating", "timestamp"):
+        assert np.array_equal(getattr(loaded.train, name), getattr(expected.train, name)), name
+    users, items = ["ana", "chloé", "nobody", "fay"], [10, 40, 20, 99]
+    want = expected.predict(users, items).mean
+    assert np.array_equal(loaded.predict(users, items).mean, want)
+    storage.save(loaded, tmp_path / "v2.nc")
+    with h5py.File(tmp_path / "v2.nc", "r") as f:
+        assert int(np.asarray(f.attrs["format_version"]).item()) == 2
+    assert np.array_equal(storage.load(tmp_path / "v2.nc").predict(users, items).mean, want)
+
+
+def test_model_file_opens_as_an_arviz_tree(posterior, saved):
+    """xarray reads the file itself: a posterior group with chain, draw and named dims and coords."""
+    with xr.open_datatree(saved, engine="h5netcdf") as tree:
+        post = tree["posterior"]
+        assert post["user_factors"].dims == ("chain", "draw", "user", "factor")
+        assert post["user_precision"].dims == ("chain", "draw", "factor", "factor_col")
+        assert post["item_offsets"].dims == ("chain", "draw", "item")
+        assert post["chain"].values.tolist() == list(range(NUM_CHAINS))
+        assert post["draw"].values.tolist() == list(range(NUM_DRAWS))
+        assert post["user"].values.tolist() == posterior.user_vocab.ids.tolist()
+        assert post["item"].values.tolist() == posterior.item_vocab.ids.tolist()
+        assert tree["sample_stats"]["train_rmse"].dims == ("chain", "draw")
+        assert az.rhat(tree)["noise_precision"].shape == ()
+    # The documented converter: the identifiable quantities of the saved model.
+    dt = storage.load_datatree(saved)
+    want = storage.to_datatree(posterior)
+    assert set(dt["posterior"].data_vars) == set(want["posterior"].data_vars)
+    for name in want["posterior"].data_vars:
+        assert np.array_equal(dt["posterior"][name].values, want["posterior"][name].values), name
+    assert az.summary(dt).index.equals(az.summary(want).index)
+
+
+def map_like(posterior):
+    """The first draw as a point estimate (one chain, one draw), as the MAP engine returns."""
+    draws = Params(*(x[:1, :1] for x in posterior.draws))
+    return Posterior(draws, posterior.config, posterior.user_vocab, posterior.item_vocab, posterior.scale,
+                     method="map", train=posterior.train)
+
+
+@pytest.mark.parametrize("keep_factors", [False, True])
+@pytest.mark.parametrize("method", ["gibbs", "map"])
+def test_arviz_summary_rhat_ess_on_the_tree(posterior, method, keep_factors):
+    """Issue 17, defect 4: az.summary failed with "coordinate 'probe_user' not present in all datasets"."""
+    p = posterior if method == "gibbs" else map_like(posterior)
+    dt = storage.to_datatree(p, keep_factors=keep_factors)
+    table = az.summary(dt, round_to="none")
+    labels = set(table.index)
+    assert {"noise_sd", "offset_mean", "offset_sd", "user_prior_trace_cov", "pred_fro_norm"} <= labels
+    assert f"item_offsets[{p.item_vocab.ids[0]}]" in labels
+    probes = dt["constant_data"]
+    assert f"probe_pred[{probes['probe_user'].values[0]}:{probes['probe_item'].values[0]}]" in labels
+    assert any(label.startswith("user_factors[") for label in labels) == keep_factors
+    rhat, ess = az.rhat(dt), az.ess(dt)  # the posterior group's values
+    assert set(rhat.data_vars) == set(ess.data_vars) == set(dt["posterior"].data_vars)
+    if method == "map":  # one draw: a point, no diagnostics
+        assert table["sd"].isna().all() and table["r_hat"].isna().all()
+        assert np.isnan(float(rhat["noise_sd"]))
+    else:
+        assert np.isfinite(table["r_hat"]).all() and np.isfinite(float(ess["noise_sd"]))
+        if not keep_factors:  # the same numbers as bayesmf's own summary
+            ours = diagnostics.summary(p)
+            pd.testing.assert_frame_equal(table.loc[ours.index, ours.columns].astype(float), ours.astype(float))
+
+
+SAVE_LOAD_WITHOUT_ARVIZ = """
+import sys
+for name in ("arviz", "arviz_base", "arviz_stats", "arviz_plots"):
+    sys.modules[name] = None  # any import of it raises ImportError
+from bayesmf import storage
+p = storage.load(sys.argv[1])
+storage.save(p, sys.argv[2])
+q = storage.load(sys.argv[2])
+assert (q.predict(["ana"], [10]).mean == p.predict(["ana"], [10]).mean).all()
+assert not [name for name, module in sys.modules.items() if name.startswith("arviz") and module is not None]
+print("ok")
+"""
+
+
+def test_save_and_load_work_without_arviz(tmp_path):
+    """The GPU image has no ArviZ: storage imports it only for to_datatree."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", SAVE_LOAD_WITHOUT_ARVIZ, V1_FILE, str(tmp_path / "m.nc")],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
