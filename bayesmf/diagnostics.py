@@ -46,6 +46,12 @@ The probe pairs are, by default, :data:`NUM_PROBE_PAIRS` training ratings
 drawn by a NumPy generator seeded with :data:`PROBE_SEED` (uniform (user,
 item) index pairs when the posterior has no training ratings), so the same
 posterior always gets the same probes, before and after a save / load.
+Each draw's prediction of a known pair is :func:`bayesmf.model.predict_mean`
+(the likelihood's own ``<L_u, R_v> + m_v``) computed in float64.
+
+``arviz_stats`` is imported by the functions that use it, not by this
+module: :mod:`bayesmf.storage` imports it, and saving or loading a model
+must work where ArviZ is not installed.
 """
 
 from __future__ import annotations

@@ -539,3 +539,26 @@ def test_save_and_load_work_without_arviz(tmp_path):
     done = subprocess.run([sys.executable, "-c", SAVE_LOAD_WITHOUT_ARVIZ, V1_FILE, str(tmp_path / "m.nc")],
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+# --- the JSON encoder ----------------------------------------------------------------------
+
+
+def test_to_jsonable():
+    from bayesmf.encoding import to_jsonable
+
+    config = ModelConfig(rank=RANK, priors="fixed", fixed=FixedPriors(user_precision=np.float32(3.5)))
+    out = to_jsonable(dict(config=config, scale=RatingScale(1.0, 5.0, 0.5), n=np.int64(3), flag=np.bool_(True),
+                           tuning=np.array([0.5, np.nan]), pair=(1, "a"), none=None))
+    json.dumps(out, allow_nan=True)  # plain JSON types only
+    assert out["config"]["fixed"]["user_precision"] == 3.5 and out["config"]["rank"] == RANK
+    assert out["scale"] == dict(low=1.0, high=5.0, step=0.5)
+    assert out["n"] == 3 and type(out["n"]) is int and out["flag"] is True and out["pair"] == [1, "a"]
+    assert np.isnan(out["tuning"][1])  # kept by default: model files round-trip NaN
+    strict = to_jsonable(dict(x=np.float32("inf"), y=[float("nan"), 1.0], z=np.array([np.nan])),
+                         nonfinite_as_null=True)
+    assert strict == dict(x=None, y=[None, 1.0], z=[None])
+    json.dumps(strict, allow_nan=False)
+    for bad in (print, {1: "a"}, np.array(["a"], dtype=object), object()):
+        with pytest.raises(TypeError, match="JSON-able"):
+            to_jsonable(bad)
