@@ -1,0 +1,510 @@
+"""Precisions of the MAP estimate chosen on validation ratings, and the MAP fit on ratings.
+
+The layer above the MAP engine (:mod:`bayesmf.engines.map`, which finds the
+mode at given precisions): it decides which precisions, on which ratings.
+
+:func:`tune` picks ``lambda_L / alpha = lambda_R / alpha`` (or the two
+separately) and ``tau_m / alpha`` by validation RMSE on a log scale: a coarse
+grid, then a finer coordinate search around the best point, each fit
+warm-started from a nearby earlier solution, all through one compiled loop
+(:func:`bayesmf.engines.map.make_solver`). Separate user and item ratios
+rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
+``lambda_L -> lambda_L / c^2, lambda_R -> lambda_R c^2``, so the MAP
+predictions depend on the product ``lambda_L lambda_R`` only.
+
+:func:`fit_ratings` (the MAP path of :class:`bayesmf.BayesMF`) tunes on a
+validation split carved from the training ratings
+(:func:`bayesmf.split.validation_split`), estimates the noise precision from
+the validation residuals, and refits on all the ratings, warm-started from
+the sub-train fit (its rows moved to the full vocabularies by external id).
+
+Examples
+--------
+>>> import jax, bayesmf
+>>> from bayesmf.model import ModelConfig
+>>> from bayesmf.synthetic import movielens_like
+>>> train = movielens_like(0, num_users=30, num_items=20, num_ratings=300, rank=2).ratings  # doctest: +SKIP
+>>> result = fit_ratings(jax.random.PRNGKey(0), train, ModelConfig(rank=2, priors="fixed"))  # doctest: +SKIP
+>>> result.info["ratios"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from bayesmf.engines import map as map_engine
+from bayesmf.engines.common import EngineResult
+from bayesmf.model import FixedPriors, ModelConfig, ModelData, latent_sites, model_data_from_ratings
+from bayesmf.split import validation_split
+
+Array = jax.Array
+
+# Precision ratios searched by tune (rho = lambda / alpha, in units of
+# squared error): a coarse log grid per coordinate, extended past an end while
+# the best point is on it (at most MAX_EXTENSIONS times), then a coordinate
+# search with steps of spacing^(1/2), ^(1/4) and ^(1/8) around the best. On
+# MovieLens-100K (rank 10) the validation RMSE varies by ~0.001 between factor
+# ratios 3^(1/4) apart near the optimum (~11-13), hence the last, finer step;
+# the offset ratio matters less (0.3 to 30 within 0.0025). Finer steps still
+# would chase differences below what float32 convergence resolves on the
+# validation RMSE (~1e-4).
+COARSE_GRIDS = {"factor": (3.0, 10.0, 30.0), "offset": (0.3, 3.0, 30.0)}
+REFINE_POWERS = (0.5, 0.25, 0.125)
+MAX_EXTENSIONS = 3
+# A rank direction counts as switched off by the regularization when its
+# singular value is below this fraction of the largest (switched-off
+# directions shrink to ~1e-3 of it and below in float32).
+ALIVE_RATIO = 1e-2
+
+
+# -- tuning on validation ratings -----------------------------------------------------------
+
+
+class _Point(NamedTuple):
+    """Precision ratios ``lambda / alpha`` of one tuning point."""
+
+    user: float
+    item: float
+    offset: float
+
+    def priors(self, noise_precision: float = 1.0, mean_precision: float = 0.0) -> FixedPriors:
+        return FixedPriors(
+            self.user * noise_precision, self.item * noise_precision, self.offset * noise_precision, noise_precision,
+            mean_precision,
+        )
+
+    def key(self) -> tuple:
+        return tuple(round(math.log(x), 6) for x in self)
+
+
+def _ratios(priors: FixedPriors) -> _Point:
+    a = priors.noise_precision
+    return _Point(priors.user_precision / a, priors.item_precision / a, priors.offset_precision / a)
+
+
+def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings) -> float:
+    offsets = latent.get("item_offsets", data.empirical_offsets)
+    mean = jnp.sum(latent["user_factors"][pairs[0]] * latent["item_factors"][pairs[1]], axis=-1) + offsets[pairs[1]]
+    return float(jnp.sqrt(jnp.mean((ratings - mean) ** 2)))
+
+
+def _all_components_alive(latent: dict) -> bool:
+    """Whether every one of the rank directions of both factor matrices is in
+    use (smallest singular value above :data:`ALIVE_RATIO` of the largest)."""
+    for name in ("user_factors", "item_factors"):
+        sv = np.linalg.svd(np.asarray(latent[name], np.float64), compute_uv=False)
+        if not sv[-1] > ALIVE_RATIO * sv[0]:
+            return False
+    return True
+
+
+class _Tuner:
+    """Fits at precision ratios on one data set, cached, each warm-started
+    from the nearest evaluated point (on a log scale) that cannot trap it.
+
+    Strong factor regularization switches rank directions off entirely (on
+    MovieLens-100K at rank 10, a ratio of 30 leaves 3 of 10 in use and 100
+    none): a switched-off direction sits at the saddle point ``L_k = R_k = 0``
+    where the gradient vanishes, so a fit started there never uses it again.
+    A start is therefore eligible when all its directions are in use, or
+    when its factor regularization is no stronger than the target's
+    (shrinkage only switches directions off as the ratio grows)."""
+
+    def __init__(self, rng_key, data, config, solver, pairs, ratings, progress_bar):
+        self.data, self.config, self.solver = data, config, solver
+        self.pairs = (jnp.asarray(pairs[0], jnp.int32), jnp.asarray(pairs[1], jnp.int32))
+        self.ratings = jnp.asarray(ratings, data.rating.dtype)
+        self.init = map_engine.init_latent(rng_key, data, config)
+        self.fits: dict = {}
+        self.rows: list = []
+        self.bar = tqdm(desc="map tune", unit="fit", leave=False, disable=None if progress_bar else True)
+
+    def _start(self, point: _Point) -> dict:
+        target = np.log(np.asarray(point))
+        best, best_distance = self.init, np.inf
+        for fit in self.fits.values():
+            weaker = fit["point"].user <= point.user * (1 + 1e-9) and fit["point"].item <= point.item * (1 + 1e-9)
+            if fit["alive"] or weaker:
+                distance = np.abs(np.log(np.asarray(fit["point"])) - target).sum()
+                if distance < best_distance:
+                    best, best_distance = fit["latent"], distance
+        return best
+
+    def __call__(self, point: _Point) -> float:
+        key = point.key()
+        if key not in self.fits:
+            start = time.perf_counter()
+            latent, info = map_engine.solve(self.solver, self._start(point), point.priors())
+            rmse = _validation_rmse(latent, self.data, self.config, self.pairs, self.ratings)
+            seconds = time.perf_counter() - start
+            self.fits[key] = dict(point=point, latent=latent, rmse=rmse, info=info, alive=_all_components_alive(latent))
+            self.rows.append(
+                dict(
+                    user_ratio=point.user,
+                    item_ratio=point.item,
+                    offset_ratio=point.offset,
+                    valid_rmse=rmse,
+                    iterations=info["iterations"],
+                    seconds=seconds,
+                )
+            )
+            self.bar.update(1)
+            self.bar.set_postfix(valid_rmse=f"{rmse:.4f}")
+        return self.fits[key]["rmse"]
+
+    def best(self) -> dict:
+        return min(self.fits.values(), key=lambda fit: fit["rmse"])
+
+
+def _with(point: _Point, coordinate: str, value: float) -> _Point:
+    if coordinate == "factor":
+        return point._replace(user=value, item=value)
+    return point._replace(**{coordinate: value})
+
+
+def _get(point: _Point, coordinate: str) -> float:
+    return point.user if coordinate == "factor" else getattr(point, coordinate)
+
+
+def _line_search(tuner: _Tuner, point: _Point, coordinate: str, grid) -> _Point:
+    """Best point along one coordinate over ``grid`` (ascending, evenly spaced
+    on a log scale), extending the grid past an end while the best value is
+    on it (at most :data:`MAX_EXTENSIONS` times)."""
+    values = sorted(float(v) for v in grid)
+    ratio = values[1] / values[0]
+    # Nearest to the current value first, so that warm starts chain outward.
+    here = math.log(_get(point, coordinate))
+    for value in sorted(values, key=lambda v: abs(math.log(v) - here)):
+        tuner(_with(point, coordinate, value))
+    for extension in range(MAX_EXTENSIONS + 1):
+        scores = [tuner(_with(point, coordinate, v)) for v in values]
+        best = int(np.argmin(scores))
+        if extension == MAX_EXTENSIONS or 0 < best < len(values) - 1:
+            break
+        if best == 0:
+            values.insert(0, values[0] / ratio)
+        else:
+            values.append(values[-1] * ratio)
+    return _with(point, coordinate, values[best])
+
+
+def _adaptive_search(tuner: _Tuner, start: _Point, coordinates: tuple) -> None:
+    # Coarse: the factor ratio (shared) over its grid, then the offset ratio.
+    point = _line_search(tuner, start, "factor", COARSE_GRIDS["factor"])
+    if "offset" in coordinates:
+        point = _line_search(tuner, point, "offset", COARSE_GRIDS["offset"])
+    # Refine: a coordinate search with shrinking multiplicative steps.
+    for power in REFINE_POWERS:
+        for coordinate in coordinates:
+            grid = COARSE_GRIDS["offset" if coordinate == "offset" else "factor"]
+            step = (grid[1] / grid[0]) ** power
+            value = _get(point, coordinate)
+            point = _line_search(tuner, point, coordinate, (value / step, value, value * step))
+
+
+def _grid_points(grid: dict, start: _Point, estimated: bool) -> list:
+    allowed = {"factor", "user", "item", "offset"}
+    unknown = set(grid) - allowed
+    if unknown:
+        raise ValueError(f"unknown grid keys {sorted(unknown)}; expected some of {sorted(allowed)}")
+    if "factor" in grid and ({"user", "item"} & set(grid)):
+        raise ValueError("give grid['factor'] (shared user/item ratio) or grid['user'] / grid['item'], not both")
+    for name, values in grid.items():
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError(f"grid[{name!r}] must be a non-empty list of positive finite ratios, got {grid[name]!r}")
+    offsets = [float(x) for x in grid.get("offset", [start.offset])] if estimated else [start.offset]
+    if "factor" in grid:
+        pairs = [(float(x), float(x)) for x in grid["factor"]]
+    else:
+        pairs = list(itertools.product(grid.get("user", [start.user]), grid.get("item", [start.item])))
+    points = [_Point(float(u), float(i), m) for (u, i), m in itertools.product(pairs, offsets)]
+    # Weakest factor regularization first, so that warm starts follow the shrinkage path.
+    return sorted(points, key=lambda p: (p.user * p.item, p.offset))
+
+
+def tune(
+    rng_key: Array,
+    data: ModelData,
+    valid_pairs,
+    valid_ratings,
+    config: ModelConfig,
+    *,
+    solver: str = "lbfgs",
+    grid: dict | None = None,
+    shared: bool = True,
+    optimizer=None,
+    max_iters: int | None = None,
+    tol: float = map_engine.DEFAULT_TOL,
+    ftol: float = map_engine.DEFAULT_FTOL,
+    layout: str = "auto",
+    progress_bar: bool = False,
+) -> dict:
+    """Select the precisions by validation RMSE.
+
+    The MAP depends on the precisions only through the ratios
+    ``rho = lambda / alpha``; the search runs over ``rho_L`` and ``rho_R``
+    (equal when ``shared``) and ``rho_m`` on a log scale. Without ``grid`` it
+    is a coarse grid (:data:`COARSE_GRIDS`: the factor ratio, then the offset
+    ratio at the best factor ratio), extended past an end while the best
+    point sits on it, then a coordinate search with steps of the grid spacing
+    to the powers :data:`REFINE_POWERS`; every fit is warm-started from the
+    nearest evaluated point with weaker factor regularization, and one
+    compiled loop serves all of them. Typically 15-20 fits.
+
+    ``shared=False`` also searches ``rho_L`` and ``rho_R`` separately, which
+    rarely pays: the objective is invariant under ``L -> cL, R -> R/c`` with
+    ``lambda_L -> lambda_L / c^2, lambda_R -> lambda_R c^2``, so the MAP
+    predictions depend on ``rho_L rho_R`` only; the split matters only for the
+    prior spread of cold-start users and movies.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+        Initial factors of the first fit.
+    data : ModelData
+        Training ratings (without the validation ratings).
+    valid_pairs : (user_index, item_index) int arrays, shape (n_valid,) each
+        Validation pairs, indexed like ``data``.
+    valid_ratings : float array, shape (n_valid,)
+    config : ModelConfig
+        ``priors="fixed"``; the ratios of ``config.fixed`` fill the
+        coordinates an explicit ``grid`` leaves out (and the offset ratio with
+        ``"empirical"`` offsets, where it does not change the fit).
+    solver : {"lbfgs", "adam", "als"}
+    grid : dict, optional
+        Explicit ratios to try (all combinations, no refinement):
+        ``{"factor": [...], "offset": [...]}`` or
+        ``{"user": [...], "item": [...], "offset": [...]}``.
+    shared : bool
+        Tie ``rho_L = rho_R`` in the adaptive search.
+    optimizer, max_iters, tol, ftol, layout
+        As in :func:`bayesmf.engines.map.fit`.
+    progress_bar : bool
+        A ``tqdm.auto`` bar with one tick per fit (no output when stderr is
+        not a terminal).
+
+    Returns
+    -------
+    dict
+        ``priors``: the best :class:`FixedPriors`, scaled so that
+        ``noise_precision`` is the validation estimate
+        ``1 / mean(validation residual^2)`` of the best fit (the ratios, hence
+        the mode, are the tuned ones); ``ratios``: the best ``rho`` (dict);
+        ``validation_rmse``; ``table``: a DataFrame with one row per fit
+        (``user_ratio``, ``item_ratio``, ``offset_ratio``, ``valid_rmse``,
+        ``iterations``, ``seconds``), sorted by ``valid_rmse``; ``result``: the
+        best fit as an :class:`EngineResult` (on ``data``, at ``priors``).
+
+    Examples
+    --------
+    >>> out = tune(jax.random.PRNGKey(0), train_data, (vu, vi), vr, config)  # doctest: +SKIP
+    >>> out["priors"], out["table"].head()  # doctest: +SKIP
+    """
+    start_time = time.perf_counter()
+    map_engine.check_config(config)
+    map_engine.check_solver(solver)
+    valid_u = np.asarray(valid_pairs[0])
+    valid_i = np.asarray(valid_pairs[1])
+    valid_r = np.asarray(valid_ratings, dtype=np.float64)
+    if not (valid_u.shape == valid_i.shape == valid_r.shape) or valid_r.ndim != 1 or valid_r.size == 0:
+        raise ValueError("valid_pairs and valid_ratings must be non-empty 1-D arrays of one length")
+    if valid_u.min() < 0 or valid_u.max() >= data.num_users or valid_i.min() < 0 or valid_i.max() >= data.num_items:
+        raise ValueError("validation pairs must index users and items of the training data (no cold rows)")
+    compiled = map_engine.make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout)
+    estimated = config.offsets == "estimated"
+    tuner = _Tuner(rng_key, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar)
+    middle = {name: grid[len(grid) // 2] for name, grid in COARSE_GRIDS.items()}
+    start = _Point(middle["factor"], middle["factor"], middle["offset"] if estimated else _ratios(config.fixed).offset)
+    try:
+        if grid is not None:
+            for point in _grid_points(grid, _ratios(config.fixed), estimated):
+                tuner(point)
+        else:
+            coordinates = ("factor",) if shared else ("user", "item")
+            coordinates += ("offset",) if estimated else ()
+            _adaptive_search(tuner, start, coordinates)
+    finally:
+        tuner.bar.close()
+    best = tuner.best()
+    noise_precision = 1.0 / best["rmse"] ** 2
+    priors = best["point"].priors(noise_precision, config.fixed.mean_precision)
+    table = pd.DataFrame(tuner.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
+    result = map_engine.make_result(
+        best["latent"], data, config.replace(fixed=priors), solver, dict(best["info"]), time.perf_counter() - start_time
+    )
+    return dict(
+        priors=priors,
+        ratios=best["point"]._asdict(),
+        validation_rmse=best["rmse"],
+        table=table,
+        result=result,
+    )
+
+
+# -- fit on ratings: validation split, plug-in noise, refit --------------------------------------
+
+
+def _transfer(latent: dict, source_vocabs, target_vocabs, base: dict) -> dict:
+    """Copy the rows of ``latent`` (indexed by ``source_vocabs``) into ``base``
+    (indexed by ``target_vocabs``) by external id."""
+    out = dict(base)
+    user_rows = target_vocabs[0].index(source_vocabs[0].ids)
+    item_rows = target_vocabs[1].index(source_vocabs[1].ids)
+    out["user_factors"] = base["user_factors"].at[user_rows].set(latent["user_factors"])
+    out["item_factors"] = base["item_factors"].at[item_rows].set(latent["item_factors"])
+    if "item_offsets" in base:
+        out["item_offsets"] = base["item_offsets"].at[item_rows].set(latent["item_offsets"])
+    for name in ("user_mean", "item_mean"):
+        if name in base:
+            out[name] = latent[name]
+    return out
+
+
+def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, solver, grid, shared, progress_bar,
+                   options) -> tuple:
+    """Steps 2 and 3 of :func:`fit_ratings` on the sub-train data: the
+    precisions (tuned ratios, or those of ``config``, times the validation
+    noise precision), the sub-train fit's draws, the tuning table and the
+    validation RMSE."""
+    if tuned:
+        out = tune(
+            rng_key, sub_data, pairs, valid_rating, config,
+            solver=solver, grid=grid, shared=shared, progress_bar=progress_bar, **options,
+        )
+        return out["priors"], out["result"].draws, out["table"], out["validation_rmse"]
+    sub_fit = map_engine.fit(rng_key, sub_data, config, solver=solver, progress_bar=progress_bar, **options)
+    latent = {k: jnp.asarray(getattr(sub_fit.draws, k)[0, 0]) for k in latent_sites(config)}
+    validation_rmse = _validation_rmse(
+        latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid_rating)
+    )
+    priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision)
+    return priors, sub_fit.draws, pd.DataFrame(), validation_rmse
+
+
+def fit_ratings(
+    rng_key: Array,
+    ratings,
+    config: ModelConfig,
+    *,
+    solver: str = "lbfgs",
+    tune: bool = True,
+    validation_fraction: float = 0.1,
+    progress_bar: bool = False,
+    seed: int = 0,
+    grid: dict | None = None,
+    shared: bool = True,
+    optimizer=None,
+    max_iters: int | None = None,
+    tol: float = map_engine.DEFAULT_TOL,
+    ftol: float = map_engine.DEFAULT_FTOL,
+    layout: str = "auto",
+) -> EngineResult:
+    """MAP fit of :class:`bayesmf.data.Ratings` with validation-tuned precisions.
+
+    1. Carve a validation set from ``ratings``
+       (:func:`bayesmf.split.validation_split`, every user and movie keeps a
+       training rating).
+    2. With ``tune``, select the precision ratios on it (:func:`tune`);
+       otherwise use the ratios of ``config.fixed``.
+    3. Estimate the noise precision as ``1 / mean(residual^2)`` over the
+       validation ratings of the sub-train fit at those ratios. Training
+       residuals would be optimistic: the fit has adapted to them (on
+       MovieLens-100K u1 the training RMSE is 0.79 against 0.935 held out), and
+       a predictive sd from them would be far too narrow (with the
+       validation estimate, 90% intervals cover 89.8% of the u1 test set).
+    4. Refit on all of ``ratings`` at the same ratios, warm-started from the
+       sub-train fit.
+
+    The returned precisions are the ratios times the estimated noise
+    precision, so that ``Params`` and ``info["config"]`` describe one
+    coherent model (the prior spread of cold-start users and movies is
+    ``1 / lambda``), and the mode is the one tuned.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    ratings : bayesmf.data.Ratings
+    config : ModelConfig
+        ``priors="fixed"``.
+    solver : {"lbfgs", "adam", "als"}
+    tune : bool
+    validation_fraction : float in (0, 1)
+    progress_bar : bool
+        Progress bars (``tqdm.auto``, no output when stderr is not a
+        terminal) over the tuning fits and for the refit.
+    seed : int
+        Seed of the validation split.
+    grid, shared
+        Passed to :func:`tune`.
+    optimizer, max_iters, tol, ftol, layout
+        Passed to :func:`bayesmf.engines.map.fit` and :func:`tune`.
+
+    Returns
+    -------
+    EngineResult
+        The refit on all ratings (indices of ``ratings``), with
+        ``noise_precision`` the validation estimate. ``info`` adds
+        ``config`` (with the tuned :class:`FixedPriors`), ``tuning`` (the
+        table as records, empty with ``tune=False``), ``ratios``,
+        ``noise_source = "validation residuals"``, ``validation_rmse``,
+        ``num_validation``; ``timing`` adds ``tune_seconds`` and
+        ``refit_seconds``.
+
+    Examples
+    --------
+    >>> result = fit_ratings(jax.random.PRNGKey(0), train, ModelConfig(rank=10, priors="fixed"))  # doctest: +SKIP
+    >>> result.info["config"].fixed, np.sqrt(1 / result.draws.noise_precision)  # doctest: +SKIP
+    """
+    start_time = time.perf_counter()
+    map_engine.check_config(config)
+    map_engine.check_solver(solver)
+    options = dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout)
+    key_tune, key_refit = jax.random.split(rng_key)
+    split = validation_split(ratings, validation_fraction, seed)
+    sub, valid = split.train, split.test
+    sub_data = model_data_from_ratings(sub)
+    pairs = (sub.user_vocab.index(valid.user_ids), sub.item_vocab.index(valid.item_ids))
+    priors, sub_latent, table, validation_rmse = _fit_sub_train(
+        key_tune, sub_data, pairs, valid.rating, config,
+        tuned=tune, solver=solver, grid=grid, shared=shared, progress_bar=progress_bar, options=options,
+    )
+    tune_seconds = time.perf_counter() - start_time
+
+    final_config = config.replace(fixed=priors)
+    data = model_data_from_ratings(ratings)
+    sub_latent = {k: jnp.asarray(getattr(sub_latent, k)[0, 0]) for k in latent_sites(config)}
+    init = _transfer(
+        sub_latent, (sub.user_vocab, sub.item_vocab), (ratings.user_vocab, ratings.item_vocab),
+        map_engine.init_latent(key_refit, data, final_config),
+    )
+    result = map_engine.fit(
+        key_refit, data, final_config, solver=solver, init_params=init, progress_bar=progress_bar, **options
+    )
+    info = dict(
+        result.info,
+        config=final_config,
+        tuning=table.to_dict("records"),
+        ratios=_ratios(priors)._asdict(),
+        noise_source="validation residuals",
+        validation_rmse=validation_rmse,
+        num_validation=int(len(valid)),
+        validation_fraction=validation_fraction,
+        validation_seed=seed,
+        tuned=bool(tune),
+    )
+    timing = dict(
+        fit_seconds=time.perf_counter() - start_time,
+        tune_seconds=tune_seconds,
+        refit_seconds=result.timing["fit_seconds"],
+    )
+    return result._replace(info=info, timing=timing)
