@@ -2,10 +2,11 @@
 
 ::
 
-    bayesmf demo [--data ml-100k] [--method map] [--rank 10]
+    bayesmf demo [--data ml-100k] [--method gibbs] [--rank 10]
     bayesmf evaluate --data DIR_OR_NAME --split u1 --method map --rank 10 --seed 0 --json
     bayesmf evaluate --data DIR --split random --test-fraction 0.2 --seed 0 --method gibbs --json
     bayesmf evaluate --data DIR --split cold-users --test-fraction 0.2 --given 5 --method map --json
+    bayesmf evaluate --data ratings.csv --method gibbs --json            (one file: a random split)
     bayesmf evaluate --train FILE --test FILE --method map --rank 10 --json
     bayesmf fit --data DIR [--split u1] --method gibbs --rank 10 --out model.nc
     bayesmf predict --model model.nc --user U --item I [--json]
@@ -15,80 +16,124 @@
 
 With ``--json`` the last line of stdout is one JSON object (or list).
 Errors print ``bayesmf: error: ...`` to stderr and exit with status 2.
+
+The parser imports nothing heavy (the choices come from
+:mod:`bayesmf.choices`); each command imports what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
+from bayesmf import __version__
+from bayesmf.choices import (
+    DEFAULT_METHOD,
+    METHODS,
+    PREDEFINED_SPLITS,
+    SAMPLERS,
+    SIMILARITY_METRICS,
+    SPLIT_NAMES,
+    STRATEGIES,
+)
 
-from bayesmf.estimator import METHODS, SAMPLERS
-
-SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "random", "kfold", "leave-k-out", "cold-users", "cold-items")
-STRATEGIES = ("mean", "lcb", "ucb", "thompson", "prob_above")
+# Splits whose test rows are cold-start predictions by design.
+COLD_SPLITS = ("cold-users", "cold-items")
+# R-hat above this draws a warning in the text output.
+RHAT_WARN = 1.01
 
 
 class CLIError(Exception):
     """A user error: printed without a traceback."""
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _emit(obj, as_json: bool, text: str | None = None):
+    from bayesmf.encoding import to_jsonable
+
     if text and not as_json:
         print(text)
     if as_json:
-        print(json.dumps(_jsonable(obj)))
+        print(json.dumps(to_jsonable(obj)))
 
 
 # --- data -----------------------------------------------------------------------------
 
 
-def _dataset_dir(spec: str) -> Path:
+def _read_options(args) -> dict:
+    """Keyword arguments of :func:`bayesmf.data.read_ratings` from the file flags."""
+    options = {}
+    if getattr(args, "sep", None):
+        options["sep"] = args.sep
+    if getattr(args, "columns", None):
+        options["columns"] = [c.strip() for c in args.columns.split(",")]
+    if getattr(args, "duplicates", None):
+        options["duplicates"] = args.duplicates
+    if getattr(args, "scale", None):
+        try:
+            low, high, step = (float(x) for x in args.scale.split(","))
+        except ValueError:
+            raise CLIError(f"--scale {args.scale!r}: give LOW,HIGH,STEP, e.g. 0.5,5,0.5") from None
+        options["scale"] = (low, high, step)
+    return options
+
+
+def _read_file(args, path) -> object:
     from bayesmf import data
 
-    path = Path(spec).expanduser()
+    return data.read_ratings(path, **_read_options(args))
+
+
+def _source(args):
+    """``(kind, value)`` of --data: ("dir", Path) or ("file", Path)."""
+    from bayesmf import data
+
+    path = Path(args.data).expanduser()
     if path.is_dir():
-        return path
-    if path.exists():
-        raise CLIError(f"--data {spec!r} is a file; give a directory in a MovieLens layout or a dataset name")
-    return Path(data.find_dataset(spec))
+        return "dir", path
+    if path.is_file():
+        return "file", path
+    return "dir", Path(data.find_dataset(args.data, download=getattr(args, "download", False)))
+
+
+def _read_all(args):
+    """Every rating of --data (a MovieLens directory, a dataset name or one file)."""
+    from bayesmf import data
+
+    kind, path = _source(args)
+    if kind == "file":
+        return _read_file(args, path)
+    return data.read_dataset_dir(path, verify=not args.no_verify)
+
+
+def _default_split(args, kind: str, path: Path) -> str:
+    """``u1`` for an ml-100k folder (it ships the split), else a random split."""
+    if args.split:
+        return args.split
+    return "u1" if kind == "dir" and (path / "u1.base").is_file() else "random"
 
 
 def _load_split(args):
-    """(train, test) Ratings from --train/--test or --data/--split."""
-    from bayesmf import data, split
+    """(train, test, split name) from --train/--test or --data/--split."""
+    from bayesmf import split
 
     if args.train or args.test:
         if not (args.train and args.test):
             raise CLIError("--train and --test must be given together")
-        return data.read_ratings(args.train), data.read_ratings(args.test)
+        return _read_file(args, args.train), _read_file(args, args.test), "files"
     if not args.data:
-        raise CLIError("give --data DIR_OR_NAME (with --split) or --train FILE --test FILE")
-    directory = _dataset_dir(args.data)
-    if args.split in ("u1", "u2", "u3", "u4", "u5", "ua", "ub"):
-        s = split.make_split(directory, args.split, seed=args.seed)
+        raise CLIError("give --data DIR_OR_NAME_OR_FILE (with --split) or --train FILE --test FILE")
+    kind, path = _source(args)
+    name = _default_split(args, kind, path)
+    if name in PREDEFINED_SPLITS:
+        if kind == "file":
+            raise CLIError(f"--split {name} is one of ml-100k's predefined splits: give the ml-100k folder as --data")
+        s = split.make_split(path, name, seed=args.seed)
     else:
-        ratings = data.read_dataset_dir(directory)
-        s = split.make_split(
-            ratings, args.split, test_fraction=args.test_fraction, seed=args.seed, given=args.given, fold=args.fold
-        )
-    return s.train, s.test
+        ratings = _read_file(args, path) if kind == "file" else _read_all(args)
+        s = split.make_split(ratings, name, test_fraction=args.test_fraction, seed=args.seed, given=args.given, fold=args.fold)
+    return s.train, s.test, name
 
 
 def _titles(args) -> dict:
@@ -96,7 +141,8 @@ def _titles(args) -> dict:
 
     if getattr(args, "data", None):
         try:
-            return data.load_titles(_dataset_dir(args.data))
+            kind, path = _source(args)
+            return data.load_titles(path) if kind == "dir" else {}
         except (FileNotFoundError, ValueError, CLIError):
             return {}
     return {}
@@ -108,43 +154,44 @@ def _titles(args) -> dict:
 def _model(args):
     from bayesmf import BayesMF
 
-    return BayesMF(
-        rank=args.rank,
-        method=args.method,
-        offsets=args.offsets,
-        num_samples=args.num_samples,
-        num_warmup=args.num_warmup,
-        num_chains=args.num_chains,
-        progress_bar=not args.no_progress,
-    )
+    options = dict(rank=args.rank, method=args.method, offsets=args.offsets, progress_bar=not args.no_progress)
+    if args.method in SAMPLERS:
+        options.update(num_samples=args.num_samples, num_warmup=args.num_warmup, num_chains=args.num_chains)
+    elif args.method == "svi":
+        options.update(num_samples=args.num_samples)
+    return BayesMF(**options)
 
 
-def _evaluate(args) -> dict:
+def _overall(table) -> dict:
+    """The overall row of :meth:`Posterior.evaluate` as a dict of floats."""
+    return {name: float(value) for name, value in table.loc[("all", "all")].items()}
+
+
+def _rhat_warnings(posterior) -> list[str]:
     from bayesmf import diagnostics
 
-    train, test = _load_split(args)
-    model = _model(args)
-    posterior = model.fit(args.seed, train, track=(test.user_ids, test.item_ids) if args.method in SAMPLERS else None)
-    metrics = posterior.evaluate(test)
+    return diagnostics.check(posterior, rhat_threshold=RHAT_WARN, min_ess=0)
+
+
+def _evaluate(args) -> tuple[dict, object]:
+    from bayesmf import diagnostics
+
+    train, test, name = _load_split(args)
+    posterior = _model(args).fit(args.seed, train)
+    table = posterior.evaluate(test, expect_cold=name in COLD_SPLITS)
+    scores = _overall(table)
     out = dict(
         method=args.method,
         rank=args.rank,
         seed=args.seed,
-        split=args.split if not args.train else "files",
-        rmse=metrics["rmse"],
-        mae=metrics["mae"],
-        nll=metrics["nll"],
-        crps=metrics["crps"],
-        coverage_50=metrics.get("coverage_50"),
-        coverage_80=metrics.get("coverage_80"),
-        coverage_90=metrics["coverage_90"],
-        coverage_95=metrics.get("coverage_95"),
+        split=name,
+        **{k: v for k, v in scores.items() if k != "count"},
         fit_seconds=posterior.timing["fit_seconds"],
         num_train=len(train),
         num_test=len(test),
-        num_cold_users=metrics["num_cold_users"],
-        num_cold_items=metrics["num_cold_items"],
-        num_cold_rows=metrics["num_cold_rows"],
+        num_cold_users=table.attrs["num_cold_users"],
+        num_cold_items=table.attrs["num_cold_items"],
+        num_cold_rows=table.attrs["num_cold_rows"],
     )
     if args.method in SAMPLERS:
         out.update(
@@ -155,18 +202,26 @@ def _evaluate(args) -> dict:
             compile_seconds=posterior.timing.get("compile_seconds"),
             max_rhat=diagnostics.max_rhat(posterior),
         )
-    return out
+    return out, posterior
+
+
+def _warn_rhat(out: dict, posterior, as_json: bool) -> None:
+    if as_json or out.get("max_rhat") is None or not out["max_rhat"] > RHAT_WARN:
+        return
+    for line in _rhat_warnings(posterior):
+        print(f"bayesmf: warning: {line}", file=sys.stderr)
 
 
 def cmd_evaluate(args):
-    out = _evaluate(args)
+    out, posterior = _evaluate(args)
     text = (
-        f"{out['method']} rank {out['rank']}: RMSE {out['rmse']:.4f}  MAE {out['mae']:.4f}  NLL {out['nll']:.4f}  "
-        f"CRPS {out['crps']:.4f}  90% coverage {out['coverage_90']:.3f}  fit {out['fit_seconds']:.1f}s  "
-        f"({out['num_train']} train / {out['num_test']} test, {out['num_cold_users']} cold users, "
-        f"{out['num_cold_items']} cold items)"
+        f"{out['method']} rank {out['rank']} ({out['split']}): RMSE {out['rmse']:.4f}  MAE {out['mae']:.4f}  "
+        f"NLL {out['nll']:.4f}  CRPS {out['crps']:.4f}  90% coverage {out['coverage_90']:.3f}  "
+        f"fit {out['fit_seconds']:.1f}s  ({out['num_train']} train / {out['num_test']} test, "
+        f"{out['num_cold_users']} cold users, {out['num_cold_items']} cold items)"
     )
     _emit(out, args.json, text)
+    _warn_rhat(out, posterior, args.json)
 
 
 def cmd_demo(args):
@@ -174,20 +229,20 @@ def cmd_demo(args):
     from bayesmf import split, synthetic
 
     if args.data:
-        train, test = _load_split(args)
-        source = args.data
+        train, test, name = _load_split(args)
+        source = f"{args.data} (split {name})"
     else:
         sim = synthetic.movielens_like(args.seed)
         s = split.random_holdout(sim.ratings, 0.2, args.seed)
-        train, test = s.train, s.test
+        train, test, name = s.train, s.test, "random"
         source = "synthetic MovieLens-shaped data drawn from the model (943 users x 1682 movies, 100k ratings)"
     print(f"data: {source}")
     print(f"fitting {args.method} (rank {args.rank}) on {len(train)} ratings ...")
     posterior = _model(args).fit(args.seed, train)
-    metrics = posterior.evaluate(test)
+    scores = _overall(posterior.evaluate(test, expect_cold=name in COLD_SPLITS))
     print(
-        f"test RMSE {metrics['rmse']:.4f} | NLL {metrics['nll']:.4f} | 90% interval coverage "
-        f"{metrics['coverage_90']:.3f} | fit {posterior.timing['fit_seconds']:.1f}s"
+        f"test RMSE {scores['rmse']:.4f} | NLL {scores['nll']:.4f} | 90% interval coverage "
+        f"{scores['coverage_90']:.3f} | fit {posterior.timing['fit_seconds']:.1f}s"
     )
     pred = posterior.predict(test.user_ids[:5], test.item_ids[:5])
     print("a few test predictions (90% intervals):")
@@ -200,31 +255,31 @@ def cmd_demo(args):
           "with the prior's spread:")
     for i, m, lo, hi in zip(cold.items, cold.mean, cold.lower, cold.upper):
         print(f"  movie {i}: {m:.2f} [{lo:.2f}, {hi:.2f}]  known_user={bool(cold.known_user[0])}")
-    _emit(dict(metrics, method=args.method, rank=args.rank), args.json)
+    _emit(dict(scores, method=args.method, rank=args.rank), args.json)
 
 
 def cmd_fit(args):
-    from bayesmf import data
+    from bayesmf import storage
 
     if args.train:
-        train = data.read_ratings(args.train)
+        train = _read_file(args, args.train)
+    elif not args.data:
+        raise CLIError("give --data DIR_OR_NAME_OR_FILE or --train FILE")
     elif args.split:
-        train, _ = _load_split(args)
+        train, _, _ = _load_split(args)
     else:
-        if not args.data:
-            raise CLIError("give --data DIR_OR_NAME or --train FILE")
-        train = data.read_dataset_dir(_dataset_dir(args.data))
+        train = _read_all(args)
     posterior = _model(args).fit(args.seed, train, titles=_titles(args))
-    posterior.save(args.out)
+    storage.save(posterior, args.out)
     out = dict(model=str(args.out), method=args.method, rank=args.rank, num_train=len(train),
                fit_seconds=posterior.timing["fit_seconds"])
     _emit(out, args.json, f"saved {args.method} rank-{args.rank} model fitted on {len(train)} ratings to {args.out}")
 
 
 def _load_model(path):
-    from bayesmf import Posterior
+    from bayesmf import storage
 
-    return Posterior.load(path)
+    return storage.load(path)
 
 
 def _parse_id(vocab, value: str):
@@ -264,31 +319,29 @@ def _table(frame, as_json: bool):
 def cmd_recommend(args):
     import jax
 
-    from bayesmf import coldstart, data, recommend
+    from bayesmf import coldstart, data, ranking
 
     posterior = _load_model(args.model)
     key = jax.random.PRNGKey(args.seed)
     if args.ratings:
         given = data.read_item_ratings(args.ratings, item_vocab=posterior.item_vocab, scale=posterior.scale)
-        target = coldstart.fold_in_users(posterior, [given])
-        user = 0
+        target, user = coldstart.fold_in_users(posterior, [given]), 0
     elif args.user is not None:
-        target = posterior
-        user = _parse_id(posterior.user_vocab, args.user)
+        target, user = posterior, _parse_id(posterior.user_vocab, args.user)
     else:
         raise CLIError("give --user U or --ratings new_user.csv")
-    frame = recommend.recommend(
+    frame = ranking.recommend(
         target, user, args.k, strategy=args.strategy, beta=args.beta, threshold=args.threshold, rng_key=key,
     )
-    _table(frame, args.json)
+    _table(frame.drop(columns=["user"]), args.json)
 
 
 def cmd_similar(args):
-    from bayesmf import recommend
+    from bayesmf import ranking
 
     posterior = _load_model(args.model)
     item = _parse_id(posterior.item_vocab, args.item)
-    frame = recommend.similar_items(posterior, item, args.k, metric=args.metric)
+    frame = ranking.similar_items(posterior, item, args.k, metric=args.metric)
     _table(frame, args.json)
 
 
@@ -309,68 +362,91 @@ def _fraction(text):
     return value
 
 
-def _add_fit_args(p):
-    p.add_argument("--data", help="a directory in any MovieLens layout, or a dataset name (ml-100k, ml-1m, ...)")
-    p.add_argument("--split", choices=SPLITS, default=None)
-    p.add_argument("--test-fraction", type=_fraction, default=0.2)
+def _add_file_args(p):
+    g = p.add_argument_group("ratings files")
+    g.add_argument("--sep", help="field separator of ratings files (default: sniffed from '::', tab, ',', ';', space)")
+    g.add_argument("--columns", help="comma-separated column names of ratings files in order (user,item,rating[,timestamp])")
+    g.add_argument("--duplicates", choices=("error", "mean", "first", "last"), default=None,
+                   help="what to do with a (user, item) pair rated twice (default: error)")
+    g.add_argument("--scale", help="rating scale LOW,HIGH,STEP (default: inferred from the ratings)")
+    g.add_argument("--no-verify", action="store_true", help="skip the md5 check of known MovieLens files")
+    g.add_argument("--download", action="store_true", help="download a named MovieLens dataset if it is not found")
+
+
+def _add_data_args(p, *, test: bool):
+    p.add_argument("--data", help="a ratings file, a directory in a MovieLens layout, or a dataset name (ml-100k, ml-1m, ...)")
+    p.add_argument("--split", choices=SPLIT_NAMES, default=None,
+                   help="how to split --data (default: u1 for an ml-100k folder, else random)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.2, help="random and cold-start splits: test share")
     p.add_argument("--given", type=int, default=0, help="cold-start splits: ratings revealed per held-out user/movie")
     p.add_argument("--fold", type=int, default=0, help="kfold split: which fold is the test set")
     p.add_argument("--train", help="training ratings file")
-    p.add_argument("--test", help="test ratings file")
-    p.add_argument("--method", choices=METHODS, default="map")
-    p.add_argument("--rank", type=_positive_int, default=10)
-    p.add_argument("--offsets", choices=("estimated", "empirical"), default="estimated")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=_positive_int, default=200)
-    p.add_argument("--num-warmup", type=int, default=50)
-    p.add_argument("--num-chains", type=_positive_int, default=1)
+    if test:
+        p.add_argument("--test", help="test ratings file (with --train)")
+    _add_file_args(p)
+
+
+def _add_model_args(p):
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="inference engine")
+    p.add_argument("--rank", type=_positive_int, default=10, help="number of latent factors")
+    p.add_argument("--offsets", choices=("estimated", "empirical"), default="estimated", help="movie offsets")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--num-samples", type=_positive_int, default=200, help="kept draws (samplers and SVI)")
+    p.add_argument("--num-warmup", type=int, default=50, help="warm-up sweeps (samplers)")
+    p.add_argument("--num-chains", type=_positive_int, default=1, help="chains (samplers)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayesmf", description="Bayesian matrix factorization of ratings")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="bayesmf", description="Bayesian matrix factorization of ratings", formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"bayesmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="fit on embedded synthetic data (or --data) and show predictions with intervals")
-    _add_fit_args(p)
+    p = sub.add_parser("demo", help="fit on embedded synthetic data (or --data) and show predictions with intervals",
+                       formatter_class=fmt)
+    _add_data_args(p, test=True)
+    _add_model_args(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="fit on a split and score the predictive")
-    _add_fit_args(p)
-    p.set_defaults(func=cmd_evaluate, split="u1")
+    p = sub.add_parser("evaluate", help="fit on a split and score the predictive", formatter_class=fmt)
+    _add_data_args(p, test=True)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("fit", help="fit and save a model file")
-    _add_fit_args(p)
+    p = sub.add_parser("fit", help="fit and save a model file", formatter_class=fmt)
+    _add_data_args(p, test=False)
+    _add_model_args(p)
     p.add_argument("--out", required=True, help="model file to write (netCDF)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("predict", help="predictive rating with an interval")
-    p.add_argument("--model", required=True)
-    p.add_argument("--user", required=True)
-    p.add_argument("--item", required=True)
-    p.add_argument("--prob", type=_fraction, default=0.9)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="model file written by fit")
+    p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start prior)")
+    p.add_argument("--item", required=True, help="movie id")
+    p.add_argument("--prob", type=_fraction, default=0.9, help="probability of the central interval")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("recommend", help="top-k movies for a user or for new ratings (fold-in)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--user")
-    p.add_argument("--ratings", help="CSV with columns item,rating for a new user")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--strategy", default="mean", help=f"one of {', '.join(STRATEGIES)}")
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--threshold", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("recommend", help="top-k movies for a user or for new ratings (fold-in)", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="model file written by fit")
+    p.add_argument("--user", help="user id")
+    p.add_argument("--ratings", help="CSV with columns item,rating for a new user (folded in)")
+    p.add_argument("--k", type=_positive_int, default=10, help="number of movies")
+    p.add_argument("--strategy", choices=STRATEGIES, default="mean", help="ranking score")
+    p.add_argument("--beta", type=float, default=1.0, help="lcb / ucb width in sds")
+    p.add_argument("--threshold", type=float, default=4.0, help="prob_above: rating threshold")
+    p.add_argument("--seed", type=int, default=0, help="random seed (thompson)")
+    p.add_argument("--json", action="store_true", help="print one JSON list as the last line")
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("similar", help="movies closest to a movie")
-    p.add_argument("--model", required=True)
-    p.add_argument("--item", required=True)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--metric", default="invariant")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("similar", help="movies closest to a movie", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="model file written by fit")
+    p.add_argument("--item", required=True, help="movie id")
+    p.add_argument("--k", type=_positive_int, default=10, help="number of movies")
+    p.add_argument("--metric", choices=SIMILARITY_METRICS, default="invariant", help="distance")
+    p.add_argument("--json", action="store_true", help="print one JSON list as the last line")
     p.set_defaults(func=cmd_similar)
     return parser
 

@@ -61,7 +61,7 @@ already uses for unseen movies (global mean, spread of the movie means).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import weakref
 from typing import NamedTuple, Sequence
 
@@ -70,8 +70,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
-from bayesmf.posterior import Components, Posterior, Prediction, _interval
 from bayesmf.model import Params
+from bayesmf.posterior import Posterior
+from bayesmf.predictive import (
+    Components,
+    Pairs,
+    Prediction,
+    check_prob,
+    item_side,
+    prediction,
+    product_moments,
+    row_side,
+    user_side,
+)
 
 Array = jax.Array
 
@@ -333,140 +344,101 @@ def _weights(log_evidence: np.ndarray, weighting: str) -> np.ndarray:
 
 # --- the result ---------------------------------------------------------------------------
 
+SIDES = ("user", "item")
 
-@dataclasses.dataclass(frozen=True)
-class FoldInPrediction(Prediction):
-    """A :class:`~bayesmf.posterior.Prediction` for folded-in users or movies.
 
-    ``known_user`` (or ``known_item``) is False for the folded-in side, and
-    ``folded_in`` says which rows used fold-in ratings.
+@functools.partial(jax.jit, static_argnames="side")
+def _row_moments(mean, cov, flat: Params, other_index, side: str):
+    """Component means and variances of one folded-in row against the other side, all draws.
+
+    Parameters
+    ----------
+    mean : array, shape (S, k)
+        The row's conditional mean under each draw (a user's ``L``, or a
+        movie's ``(R, m)``).
+    cov : array, shape (S, k, k)
+        Its conditional covariance.
+    flat : Params
+        The flat draws (leading axis S).
+    other_index : int array, shape (n,)
+        Indices on the other side, ``-1`` for one the model has not seen.
+    side : {"user", "item"}
+
+    Returns
+    -------
+    mean, var : array, shape (S, n)
+        Noise ``1/alpha`` included.
+    """
+    row = row_side(mean, cov, side)
+    if side == "user":
+        m, v = product_moments(row, item_side(flat, other_index))
+    else:
+        m, v = product_moments(user_side(flat, other_index), row)
+    return m, v + (1.0 / flat.noise_precision)[:, None]
+
+
+class FoldIn:
+    """New users (``side="user"``) or new movies (``side="item"``) folded into a posterior.
+
+    Made by :func:`fold_in_users` and :func:`fold_in_items`. It implements
+    :class:`bayesmf.predictive.Predictor`: ``predict(users, items)`` in the
+    same order as :meth:`Posterior.predict`, with fold-in labels on the
+    folded-in side.
 
     Attributes
     ----------
-    folded_in : bool array, shape (n,)
-        True where the prediction conditions on the fold-in ratings (False
-        for a folded-in row that was given no ratings: its prediction is
-        the cold-start prior).
-    component_weights : array, shape (S, n) or None
-        Mixture weight of each component of each pair (kept with
-        ``components``); None when uniform.
+    posterior : Posterior
+    side : {"user", "item"}
+    weights : array, shape (num_rows, S)
+        Mixture weight of each posterior draw for each folded-in row (rows
+        sum to 1; ``S`` = chains x draws).
+    effective_sample_size : array, shape (num_rows,)
+    log_evidence : array, shape (num_rows, S)
+        ``log p(y_row | draw s)``; 0 for a row with no ratings.
+    given_ids : list of arrays
+        Per row, the external ids (movies for users, users for movies) whose
+        ratings were used.
+    ignored_ids : list of arrays
+        Per row, unknown ids left out (``unknown="ignore"``).
+    labels : array, shape (num_rows,)
+        How predictions and ``recommend`` name the rows (0, 1, ... unless
+        given).
     """
 
-    folded_in: np.ndarray | None = None
-    component_weights: np.ndarray | None = None
-
-    def interval(self, prob: float) -> tuple[np.ndarray, np.ndarray]:
-        """Central predictive interval at another probability, shape (n,) each."""
-        return _mixture_interval(self.components, self.component_weights, self.mean, self.sd, prob)
-
-    def to_dataframe(self):
-        frame = super().to_dataframe()
-        frame["folded_in"] = self.folded_in
-        return frame
-
-
-def _mixture_interval(components, weights, mean, sd, prob):
-    """Interval of a mixture whose pairs may carry different weights (S, n)."""
-    if weights is None or components is None:
-        return _interval(components, mean, sd, prob)
-    from bayesmf import metrics
-
-    lower, upper = np.empty(mean.shape), np.empty(mean.shape)
-    for cols, w in _weight_groups(weights):
-        lower[cols], upper[cols] = metrics.mixture_interval(components.mean[:, cols], components.sd[:, cols], prob, weights=w)
-    return lower, upper
-
-
-def _weight_groups(weights: np.ndarray):
-    """Columns of a (S, n) weight matrix that share one weight vector: yields (cols, w (S,))."""
-    _, first, inverse = np.unique(weights.T, axis=0, return_index=True, return_inverse=True)
-    for g, col in enumerate(first):
-        yield np.flatnonzero(inverse.ravel() == g), weights[:, col]
-
-
-def _row_groups(positions: np.ndarray, row_weights: np.ndarray):
-    """Columns of each folded-in row and its weights: yields (cols, w (S,))."""
-    for p in np.unique(positions):
-        yield np.flatnonzero(positions == p), row_weights[p]
-
-
-def _mixture_prediction(comps: Components, row_weights: np.ndarray, positions: np.ndarray, *, users, items, known_user, known_item,
-                        folded_in, prob, clip, scale, keep_components) -> FoldInPrediction:
-    """Moments and interval of the mixture over draws.
-
-    Pair ``c`` mixes with the weights ``row_weights[positions[c]]`` (S,) of
-    its folded-in row. When every weight is the same (uniform), the numbers
-    are computed by exactly the formulas of :meth:`Posterior.predict` (so an
-    empty fold-in reproduces its cold-start prior bit for bit). Weighted
-    moments and intervals come from :func:`bayesmf.metrics.mixture_moments`
-    and :func:`bayesmf.metrics.mixture_interval`, one call per row.
-    """
-    from bayesmf import metrics
-
-    used = row_weights[np.unique(positions)]
-    uniform = used.size == 0 or bool(np.all(used == used.flat[0]))
-    if uniform:
-        mean = comps.mean.mean(axis=0)
-        var = (comps.sd**2).mean(axis=0) + comps.mean.var(axis=0)
-        noise_var = np.full(mean.shape, np.mean(comps.noise_sd**2))
-        sd = np.sqrt(var)
-    else:
-        mean, sd, noise_var = np.empty(comps.mean.shape[1]), np.empty(comps.mean.shape[1]), np.empty(comps.mean.shape[1])
-        for cols, w in _row_groups(positions, row_weights):
-            mean[cols], sd[cols] = metrics.mixture_moments(comps.mean[:, cols], comps.sd[:, cols], weights=w)
-            noise_var[cols] = w @ comps.noise_sd**2
-        var = sd**2
-    epistemic_sd = np.sqrt(np.maximum(var - noise_var, 0.0))
-    if uniform:
-        lower, upper = _interval(comps, mean, sd, prob)
-    else:
-        lower, upper = np.empty(mean.shape), np.empty(mean.shape)
-        for cols, w in _row_groups(positions, row_weights):
-            lower[cols], upper[cols] = metrics.mixture_interval(comps.mean[:, cols], comps.sd[:, cols], prob, weights=w)
-    if clip:
-        mean, lower, upper = (scale.clip(x) for x in (mean, lower, upper))
-    return FoldInPrediction(
-        mean=mean,
-        sd=sd,
-        epistemic_sd=epistemic_sd,
-        noise_sd=np.sqrt(noise_var),
-        lower=lower,
-        upper=upper,
-        prob=prob,
-        known_user=known_user,
-        known_item=known_item,
-        users=users,
-        items=items,
-        components=comps if keep_components else None,
-        folded_in=folded_in,
-        component_weights=None if uniform or not keep_components else row_weights[positions].T,
-    )
-
-
-class _FoldBase:
-    """What user and movie fold-ins share: weights, factor draws, labels."""
-
-    _side = "row"
-
-    def __init__(self, posterior: Posterior, given: _Given, mean, chol, log_evidence, weighting: str, labels):
+    def __init__(self, posterior: Posterior, side: str, given: _Given, mean, chol, log_evidence, weighting: str, labels):
+        if side not in SIDES:
+            raise ValueError(f"unknown side {side!r}; expected one of {SIDES}")
         self.posterior = posterior
+        self.side = side
         self.weighting = weighting
         self._given = given
-        self._mean = mean  # (S, U, d) device
-        self._chol = chol  # (S, U, d, d) device
+        self._mean = mean  # (S, rows, k) device
+        self._chol = chol  # (S, rows, k, k) device
         self.log_evidence = log_evidence
         # Rows without ratings get exactly uniform weights: their log evidence is exactly 0.
         self.weights = _weights(log_evidence, weighting)
         self.num_given = np.array([len(i) for i in given.index])
         self.labels = np.arange(len(given.index)) if labels is None else np.asarray(labels)
         if self.labels.shape != (len(given.index),):
-            raise ValueError(f"need one label per folded-in row ({len(given.index)}), got shape {self.labels.shape}")
+            raise ValueError(f"need one label per folded-in {side} ({len(given.index)}), got shape {self.labels.shape}")
         if len(np.unique(self.labels)) != len(self.labels):
-            raise ValueError("labels of the folded-in rows must be distinct")
+            raise ValueError(f"labels of the folded-in {side}s must be distinct")
         self._position = {label.item() if hasattr(label, "item") else label: p for p, label in enumerate(self.labels)}
         self._cov = None
 
     # -- shape -----------------------------------------------------------------
+    @property
+    def scale(self):
+        return self.posterior.scale
+
+    @property
+    def titles(self) -> dict:
+        return self.posterior.titles
+
+    @property
+    def item_vocab(self):
+        return self.posterior.item_vocab
+
     @property
     def num_rows(self) -> int:
         return len(self._given.index)
@@ -482,6 +454,10 @@ class _FoldBase:
         return 1.0 / np.sum(self.weights**2, axis=1)
 
     @property
+    def given_ids(self) -> list[np.ndarray]:
+        return list(self._given.ids)
+
+    @property
     def ignored_ids(self) -> list[np.ndarray]:
         """Per row, the unknown ids left out with ``unknown="ignore"`` (empty otherwise)."""
         return list(self._given.ignored)
@@ -489,12 +465,12 @@ class _FoldBase:
     # -- conditional of the rows -------------------------------------------------
     @property
     def factor_mean(self) -> np.ndarray:
-        """Conditional mean of each row under each draw, shape (S, num_rows, d)."""
+        """Conditional mean of each row under each draw, shape (S, num_rows, k)."""
         return np.asarray(self._mean)
 
     @property
     def factor_cov(self) -> np.ndarray:
-        """Conditional covariance ``P_s^{-1}`` of each row under each draw, shape (S, num_rows, d, d)."""
+        """Conditional covariance ``P_s^{-1}`` of each row under each draw, shape (S, num_rows, k, k)."""
         return np.asarray(self._cov_device())
 
     def _cov_device(self) -> Array:
@@ -516,15 +492,15 @@ class _FoldBase:
 
         Returns
         -------
-        array, shape (S, num_rows, d)
+        array, shape (S, num_rows, k)
         """
         s, n, d = self._mean.shape
         post = RowPosterior(self._mean.reshape(s * n, d), self._chol.reshape(s * n, d, d))
         return np.asarray(_draw(rng_key, post)).reshape(s, n, d)
 
     def sample_factors(self, rng_key: Array, label) -> tuple[int, np.ndarray]:
-        """Thompson sampling: one posterior draw ``s`` picked by the weights, then
-        one draw of the row's factors from its conditional under ``s``.
+        """One posterior draw ``s`` picked by the weights, then one draw of the row's
+        factors from its conditional under ``s`` (Thompson sampling).
 
         Parameters
         ----------
@@ -536,7 +512,7 @@ class _FoldBase:
         -------
         draw : int
             Index ``s`` into the flat (chain x draw) posterior draws.
-        factors : array, shape (d,)
+        factors : array, shape (k,)
         """
         p = self.position(label)
         key_draw, key_row = jax.random.split(rng_key)
@@ -546,160 +522,103 @@ class _FoldBase:
 
     # -- labels ----------------------------------------------------------------
     def position(self, label) -> int:
+        """The row index of a fold-in label (a KeyError naming it if there is none)."""
         key = label.item() if hasattr(label, "item") else label
         if key not in self._position:
-            raise KeyError(f"{label!r} is not a folded-in {self._side}; labels are {self.labels.tolist()[:10]}...")
+            raise KeyError(f"{label!r} is not a folded-in {self.side}; labels are {self.labels.tolist()[:10]}")
         return self._position[key]
 
     def _positions(self, labels) -> np.ndarray:
         unique, inverse = np.unique(np.atleast_1d(np.asarray(labels)), return_inverse=True)
         return np.array([self.position(x) for x in unique], dtype=np.int64)[inverse.ravel()]
 
-    def _pairs(self, labels, others):
-        others = np.atleast_1d(np.asarray(others))
+    def _labels_for(self, labels, others: np.ndarray) -> np.ndarray:
+        """Fold-in labels broadcast to the other side's ids (None: the only row)."""
         if labels is None:
             if self.num_rows != 1:
-                raise ValueError(f"this fold-in holds {self.num_rows} {self._side}s: say which with `{self._side}s=`")
-            labels = np.repeat(self.labels[:1], others.shape[0])
-        labels = np.asarray(labels)
-        if labels.ndim == 0:
-            labels = np.repeat(labels[None], others.shape[0])
+                raise ValueError(f"this fold-in holds {self.num_rows} {self.side}s: say which with `{self.side}s=`")
+            labels = self.labels[:1]
+        labels = np.atleast_1d(np.asarray(labels))
+        if labels.shape == (1,) and others.shape != (1,):
+            labels = np.repeat(labels, others.shape[0])
         if labels.shape != others.shape:
-            raise ValueError(f"{self._side}s and the ids to predict must have one shape, got {labels.shape} and {others.shape}")
-        return labels, self._positions(labels), others
+            raise ValueError(f"users and items must have one shape, got {labels.shape} and {others.shape}")
+        return labels
 
-    def _flat_device(self) -> Params:
-        return _device_draws(self.posterior)
+    # -- the Predictor protocol -----------------------------------------------
+    def pairs(self, users, items) -> Pairs:
+        """Resolve (user, item) pairs: fold-in labels on the folded-in side, external ids on the other.
 
+        A single label (or None when one row was folded in) is broadcast.
+        """
+        if self.side == "user":
+            items = np.atleast_1d(np.asarray(items))
+            users = self._labels_for(users, items)
+            positions = self._positions(users)
+            index = np.asarray(self.posterior.item_vocab.index(items, missing="flag"), np.int64)
+            return Pairs(users, items, positions, index, np.zeros(items.shape, bool), index >= 0, self.num_given[positions] > 0)
+        users = np.atleast_1d(np.asarray(users))
+        items = self._labels_for(items, users)
+        positions = self._positions(items)
+        index = np.asarray(self.posterior.user_vocab.index(users, missing="flag"), np.int64)
+        return Pairs(users, items, index, positions, index >= 0, np.zeros(users.shape, bool), self.num_given[positions] > 0)
 
-
-# --- users ---------------------------------------------------------------------------------
-
-
-@jax.jit
-def _user_moments(x, cov, item_factors, item_offsets, noise_precision, item_mean, item_precision, offset_mean,
-                  offset_precision, j):
-    """Component means and variances of one folded-in user for movies ``j``, all draws.
-
-    Parameters
-    ----------
-    x : array, shape (S, d)
-        The user's conditional mean under each draw.
-    cov : array, shape (S, d, d)
-        The user's conditional covariance under each draw.
-    item_factors, item_offsets, ... : the flat draws (leading axis S).
-    j : int array, shape (n,)
-        Movie indices, ``-1`` for a movie the model has not seen.
-
-    Returns
-    -------
-    mean, var : array, shape (S, n)
-    """
-    known = j >= 0
-    i = jnp.where(known, j, 0)
-    # Gathered for all draws at once (a gather inside a vmap is several times slower on XLA:CPU).
-    r = jnp.take(item_factors, i, axis=1)  # (S, n, d)
-    mean_k = jnp.take(item_offsets, i, axis=1) + jnp.einsum("snd,sd->sn", r, x)
-    var_k = jnp.sum(jnp.matmul(r, cov) * r, axis=-1)
-    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
-    cov_r = jnp.linalg.solve(item_precision, jnp.broadcast_to(eye, item_precision.shape))
-    mean_n = offset_mean + jnp.sum(x * item_mean, axis=-1)
-    var_n = (
-        1.0 / offset_precision
-        + jnp.einsum("si,sij,sj->s", x, cov_r, x)
-        + jnp.einsum("si,sij,sj->s", item_mean, cov, item_mean)
-        + jnp.sum(cov * jnp.swapaxes(cov_r, -1, -2), axis=(-1, -2))
-    )
-    mean = jnp.where(known, mean_k, mean_n[:, None])
-    var = jnp.where(known, var_k, var_n[:, None])
-    return mean, (1.0 / noise_precision)[:, None] + var
-
-
-class FoldIn(_FoldBase):
-    """New users folded into a fitted posterior (see :func:`fold_in_users`).
-
-    Attributes
-    ----------
-    posterior : Posterior
-    weights : array, shape (num_users, S)
-        Mixture weight of each posterior draw for each user (rows sum to 1;
-        ``S`` = chains x draws). For one user, ``weights[0]``.
-    effective_sample_size : array, shape (num_users,)
-    log_evidence : array, shape (num_users, S)
-        ``log p(y_user | draw s)``; 0 for a user with no ratings.
-    given_items : list of arrays
-        Per user, the external ids of the movies whose ratings were used.
-    ignored_ids : list of arrays
-        Per user, unknown movie ids left out (``unknown="ignore"``).
-    labels : array, shape (num_users,)
-        How predictions and ``recommend`` name the users (0, 1, ... unless
-        ``user_ids`` was given).
-    """
-
-    _side = "user"
-
-    @property
-    def given_items(self) -> list[np.ndarray]:
-        return list(self._given.ids)
-
-    @property
-    def num_users(self) -> int:
-        return self.num_rows
-
-    def components(self, positions: np.ndarray, item_index: np.ndarray) -> Components:
-        """Per-draw predictive components for (fold-in position, movie index) pairs.
+    def components(self, user_index, item_index, *, uncertainty: str = "posterior") -> Components:
+        """Per-draw predictive components for index pairs, shape (S, n).
 
         Parameters
         ----------
-        positions : int array, shape (n,)
-            Positions of folded-in users (0 .. num_users - 1).
-        item_index : int array, shape (n,)
-            Movie indices, ``-1`` for a movie the model has not seen.
+        user_index, item_index : int array, shape (n,)
+            On the folded-in side, positions of folded-in rows (0 ..
+            num_rows - 1); on the other side, the posterior's indices
+            (``-1`` for one it has not seen).
+        uncertainty : {"posterior", "laplace"}
+            Accepted for the protocol; a folded-in row's components already
+            carry its conditional spread (for a point estimate too).
 
         Returns
         -------
         Components
-            ``mean`` and ``sd`` of shape (S, n).
+            With each pair's weights (None when all are uniform).
         """
-        positions = np.asarray(positions, np.int64)
+        user_index = np.asarray(user_index, np.int64)
         item_index = np.asarray(item_index, np.int64)
+        positions, other = (user_index, item_index) if self.side == "user" else (item_index, user_index)
         n = positions.shape[0]
-        num_draws = self.num_draws
-        mean = np.empty((num_draws, n))
-        var = np.empty((num_draws, n))
+        mean = np.empty((self.num_draws, n))
+        var = np.empty((self.num_draws, n))
         empty = self.num_given[positions] == 0
         if np.any(empty):
             # The cold-start prior, computed by the posterior itself: exactly its numbers.
-            cold = self.posterior.components(np.full(int(empty.sum()), -1), item_index[empty])
-            mean[:, empty] = cold.mean
-            var[:, empty] = cold.sd**2
-        flat = self._flat_device()
+            cold = np.full(int(empty.sum()), -1)
+            prior = (self.posterior.components(cold, other[empty]) if self.side == "user"
+                     else self.posterior.components(other[empty], cold))
+            mean[:, empty] = prior.mean
+            var[:, empty] = prior.sd**2
+        flat = _device_draws(self.posterior)
         for p in np.unique(positions[~empty]):
             cols = np.flatnonzero((positions == p) & ~empty)
             j = np.full(_next_pow2(cols.size), -1, np.int64)
-            j[: cols.size] = item_index[cols]
-            cov = self._cov_device()
-            m, v = _user_moments(
-                self._mean[:, p], cov[:, p], flat.item_factors, flat.item_offsets, flat.noise_precision,
-                flat.item_mean, flat.item_precision, flat.offset_mean, flat.offset_precision, jnp.asarray(j, jnp.int32),
-            )
+            j[: cols.size] = other[cols]
+            m, v = _row_moments(self._mean[:, p], self._cov_device()[:, p], flat, jnp.asarray(j, jnp.int32), self.side)
             mean[:, cols] = np.asarray(m)[:, : cols.size]
             var[:, cols] = np.asarray(v)[:, : cols.size]
         noise_sd = 1.0 / np.sqrt(np.asarray(self.posterior.flat_draws().noise_precision, np.float64))
-        return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
+        weights = self.weights[positions]
+        uniform = weights.size == 0 or bool(np.all(weights == weights.flat[0]))
+        return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd, weights=None if uniform else weights.T)
 
-    def predict(self, items, users=None, *, prob: float = 0.9, clip: bool = False,
-                keep_components: bool = False) -> FoldInPrediction:
-        """Predictive ratings of folded-in users for movies.
+    def predict(self, users, items, *, prob: float = 0.9, clip: bool = False,
+                keep_components: bool = False) -> Prediction:
+        """Predictive ratings for (user, item) pairs, the folded-in side by label.
 
         Parameters
         ----------
-        items : array-like, shape (n,)
-            External movie ids; a movie the model has not seen gets the
-            new-movie prior given the user's fold-in (flagged in ``known_item``).
-        users : label or array-like, shape (n,), optional
-            Which folded-in user each prediction is for (one label is
-            broadcast). May be omitted when one user was folded in.
+        users, items : array-like, shape (n,)
+            For a user fold-in: fold-in labels (one label, or None when one
+            user was folded in, is broadcast) and external movie ids (a movie
+            the model has not seen gets the new-movie prior given the user's
+            fold-in). For a movie fold-in: external user ids and labels.
         prob : float
             Probability of the central interval.
         clip : bool
@@ -709,29 +628,46 @@ class FoldIn(_FoldBase):
 
         Returns
         -------
-        FoldInPrediction
-            ``known_user`` is False; ``folded_in`` is True for users with at
-            least one given rating.
+        Prediction
+            ``known_user`` (or ``known_item``) False on the folded-in side;
+            ``folded_in`` True for rows with at least one given rating.
 
         Examples
         --------
         >>> fold = fold_in_users(posterior, [([50, 172], [5.0, 4.0])])  # doctest: +SKIP
-        >>> fold.predict([181, 1]).mean  # doctest: +SKIP
+        >>> fold.predict(None, [181, 1]).mean  # doctest: +SKIP
         """
-        labels, positions, items = self._pairs(users, items)
-        item_index = np.asarray(self.posterior.item_vocab.index(items, missing="flag"), np.int64)
-        comps = self.components(positions, item_index)
-        return _mixture_prediction(
-            comps, self.weights, positions, users=labels, items=items,
-            known_user=np.zeros(items.shape, bool), known_item=item_index >= 0,
-            folded_in=self.num_given[positions] > 0, prob=prob, clip=clip, scale=self.posterior.scale,
-            keep_components=keep_components,
-        )
+        prob = check_prob(prob)
+        pairs = self.pairs(users, items)
+        comps = self.components(pairs.user_index, pairs.item_index)
+        return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
+
+    # -- what recommend needs beyond the Predictor protocol ----------------------
+    def _user_side_only(self, what: str) -> None:
+        if self.side != "user":
+            raise TypeError(f"{what} ranks movies for a user: this fold-in holds movies, not users")
+
+    def seen_items(self, user) -> np.ndarray:
+        """The movies a folded-in user was given ratings of."""
+        self._user_side_only("recommend")
+        return np.asarray(self._given.ids[self.position(user)])
+
+    def sample_means(self, rng_key: Array, user, item_index: np.ndarray, **_) -> np.ndarray:
+        """Mean ratings of known movies under one joint sample of a folded-in user, shape (n,).
+
+        A posterior draw ``s`` by the user's weights, then the user's factors
+        from the fold-in conditional under ``s`` (:meth:`sample_factors`).
+        """
+        self._user_side_only("recommend")
+        s, factors = self.sample_factors(rng_key, user)
+        flat = self.posterior.flat_draws()
+        factors = np.asarray(factors, np.float64)
+        return flat.item_offsets[s, item_index].astype(np.float64) + flat.item_factors[s, item_index].astype(np.float64) @ factors
 
     def __repr__(self) -> str:
         return (
-            f"FoldIn(users={self.num_users}, given={self.num_given.tolist()[:5]}, weighting={self.weighting!r}, "
-            f"ess={np.round(self.effective_sample_size[:5], 1).tolist()} of {self.num_draws})"
+            f"FoldIn(side={self.side!r}, rows={self.num_rows}, given={self.num_given.tolist()[:5]}, "
+            f"weighting={self.weighting!r}, ess={np.round(self.effective_sample_size[:5], 1).tolist()} of {self.num_draws})"
         )
 
 
@@ -770,6 +706,7 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     Returns
     -------
     FoldIn
+        With ``side="user"``.
 
     Raises
     ------
@@ -781,7 +718,7 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     Examples
     --------
     >>> fold = fold_in_users(posterior, [([50, 172, 181], [5.0, 5.0, 4.0]), ([], [])])  # doctest: +SKIP
-    >>> fold.predict([1, 2], users=0).mean, fold.effective_sample_size  # doctest: +SKIP
+    >>> fold.predict(0, [1, 2]).mean, fold.effective_sample_size  # doctest: +SKIP
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
@@ -793,117 +730,11 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
         _fold_users, (flat.user_precision, flat.user_mean, flat.item_factors, flat.item_offsets), flat.noise_precision,
         idx, ratings, mask, num_draws, d, flat.user_mean.dtype,
     )
-    return FoldIn(posterior, given, mean, chol, log_ev, weighting, user_ids)
-
-
-# --- movies --------------------------------------------------------------------------------
-
-
-@jax.jit
-def _item_moments(x, cov, user_factors, noise_precision, user_mean, user_precision, j):
-    """Component means and variances of one folded-in movie (``(R, m) ~ N(x, cov)``,
-    ``x`` of shape (S, d + 1)) for users ``j`` (``-1``: unseen), all draws; (S, n) each."""
-    d = user_factors.shape[-1]
-    known = j >= 0
-    u = jnp.where(known, j, 0)
-    factors = jnp.take(user_factors, u, axis=1)  # (S, n, d)
-    z = jnp.concatenate([factors, jnp.ones(factors.shape[:-1] + (1,), x.dtype)], axis=-1)
-    mean_k = jnp.einsum("sni,si->sn", z, x)
-    var_k = jnp.sum(jnp.matmul(z, cov) * z, axis=-1)
-    eye = jnp.eye(d, dtype=x.dtype)
-    cov_l = jnp.linalg.solve(user_precision, jnp.broadcast_to(eye, user_precision.shape))
-    zbar = jnp.concatenate([user_mean, jnp.ones(user_mean.shape[:-1] + (1,), x.dtype)], axis=-1)
-    mean_n = jnp.sum(zbar * x, axis=-1)
-    var_n = (
-        jnp.einsum("si,sij,sj->s", zbar, cov, zbar)
-        + jnp.sum(cov[:, :d, :d] * jnp.swapaxes(cov_l, -1, -2), axis=(-1, -2))
-        + jnp.einsum("si,sij,sj->s", x[:, :d], cov_l, x[:, :d])
-    )
-    mean = jnp.where(known, mean_k, mean_n[:, None])
-    var = jnp.where(known, var_k, var_n[:, None])
-    return mean, (1.0 / noise_precision)[:, None] + var
-
-
-class ItemFoldIn(_FoldBase):
-    """New movies folded into a fitted posterior (see :func:`fold_in_items`).
-
-    Same attributes as :class:`FoldIn` with movies and users swapped; the
-    conditional is over ``(R, m)`` jointly (``d = rank + 1``, the offset
-    last) and ``given_users`` lists the users whose ratings were used.
-    """
-
-    _side = "item"
-
-    @property
-    def given_users(self) -> list[np.ndarray]:
-        return list(self._given.ids)
-
-    @property
-    def num_items(self) -> int:
-        return self.num_rows
-
-    def components(self, user_index: np.ndarray, positions: np.ndarray) -> Components:
-        """Per-draw components for (user index, fold-in position) pairs, shape (S, n)."""
-        positions = np.asarray(positions, np.int64)
-        user_index = np.asarray(user_index, np.int64)
-        n = positions.shape[0]
-        mean = np.empty((self.num_draws, n))
-        var = np.empty((self.num_draws, n))
-        empty = self.num_given[positions] == 0
-        if np.any(empty):
-            cold = self.posterior.components(user_index[empty], np.full(int(empty.sum()), -1))
-            mean[:, empty] = cold.mean
-            var[:, empty] = cold.sd**2
-        flat = self._flat_device()
-        for p in np.unique(positions[~empty]):
-            cols = np.flatnonzero((positions == p) & ~empty)
-            j = np.full(_next_pow2(cols.size), -1, np.int64)
-            j[: cols.size] = user_index[cols]
-            cov = self._cov_device()
-            m, v = _item_moments(
-                self._mean[:, p], cov[:, p], flat.user_factors, flat.noise_precision, flat.user_mean,
-                flat.user_precision, jnp.asarray(j, jnp.int32),
-            )
-            mean[:, cols] = np.asarray(m)[:, : cols.size]
-            var[:, cols] = np.asarray(v)[:, : cols.size]
-        noise_sd = 1.0 / np.sqrt(np.asarray(self.posterior.flat_draws().noise_precision, np.float64))
-        return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
-
-    def predict(self, users, items=None, *, prob: float = 0.9, clip: bool = False,
-                keep_components: bool = False) -> FoldInPrediction:
-        """Predictive ratings of users for folded-in movies.
-
-        Parameters
-        ----------
-        users : array-like, shape (n,)
-            External user ids; unknown users get the new-user prior.
-        items : label or array-like, shape (n,), optional
-            Which folded-in movie (omit when one movie was folded in).
-
-        Returns
-        -------
-        FoldInPrediction
-            ``known_item`` False, ``folded_in`` True for movies with ratings.
-        """
-        labels, positions, users = self._pairs(items, users)
-        user_index = np.asarray(self.posterior.user_vocab.index(users, missing="flag"), np.int64)
-        comps = self.components(user_index, positions)
-        return _mixture_prediction(
-            comps, self.weights, positions, users=users, items=labels,
-            known_user=user_index >= 0, known_item=np.zeros(users.shape, bool),
-            folded_in=self.num_given[positions] > 0, prob=prob, clip=clip, scale=self.posterior.scale,
-            keep_components=keep_components,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"ItemFoldIn(items={self.num_items}, given={self.num_given.tolist()[:5]}, weighting={self.weighting!r}, "
-            f"ess={np.round(self.effective_sample_size[:5], 1).tolist()} of {self.num_draws})"
-        )
+    return FoldIn(posterior, "user", given, mean, chol, log_ev, weighting, user_ids)
 
 
 def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "importance",
-                  unknown: str = "raise", item_ids=None) -> ItemFoldIn:
+                  unknown: str = "raise", item_ids=None) -> FoldIn:
     """Fold new movies into a fitted posterior from a few ratings each.
 
     Per draw, the movie's factors and offset ``x = (R, m)`` have the Gibbs
@@ -926,12 +757,14 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
 
     Returns
     -------
-    ItemFoldIn
+    FoldIn
+        With ``side="item"``; the conditional is over ``(R, m)`` jointly
+        (``k = rank + 1``, the offset last).
 
     Examples
     --------
     >>> fold = fold_in_items(posterior, [([1, 2, 3], [4.0, 5.0, 3.0])])  # doctest: +SKIP
-    >>> fold.predict([1, 4]).mean  # doctest: +SKIP
+    >>> fold.predict([1, 4], None).mean  # doctest: +SKIP
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
@@ -946,4 +779,4 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
         _fold_items, (prior_precision, prior_mean, flat.user_factors), flat.noise_precision,
         idx, ratings, mask, num_draws, d + 1, flat.item_mean.dtype,
     )
-    return ItemFoldIn(posterior, given, mean, chol, log_ev, weighting, item_ids)
+    return FoldIn(posterior, "item", given, mean, chol, log_ev, weighting, item_ids)

@@ -29,21 +29,25 @@ variance are used.
 For MAP the noise variance is the plug-in ``1/alpha`` estimated from
 validation residuals (train residuals are optimistic), and the epistemic part
 is zero for known pairs; :meth:`Posterior.predict` with
-``epistemic="laplace"`` adds the conditional (per-row Laplace) variance of
+``uncertainty="laplace"`` adds the conditional (per-row Laplace) variance of
 the user's factors, ``R_v^T P_u^{-1} R_v``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from bayesmf import metrics
+from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
+from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
+from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import ModelConfig, Params, predict_mean
+from bayesmf.predictive import Components, Pairs, Prediction, check_prob, pair_moments, prediction, score_rows
 
 Array = jax.Array
 
@@ -51,148 +55,22 @@ Array = jax.Array
 # memory of a prediction to ~4 * 3 * DRAW_BLOCK_CELLS bytes.
 DRAW_BLOCK_CELLS = 4_000_000
 
+COLD_GROUPS = ("known", "new user", "new item", "new user+item")
 
-class Components(NamedTuple):
-    """Per-draw components of the predictive mixture.
-
-    Attributes
-    ----------
-    mean : array, shape (num_draws, n)
-    sd : array, shape (num_draws, n)
-        Total sd of each component (noise and prior spread of unseen sides).
-    noise_sd : array, shape (num_draws,)
-    """
-
-    mean: np.ndarray
-    sd: np.ndarray
-    noise_sd: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """Predictive ratings for n (user, item) pairs.
-
-    Attributes
-    ----------
-    mean, sd : array, shape (n,)
-        Predictive mean and sd (noise included).
-    epistemic_sd : array, shape (n,)
-        The part of ``sd`` not due to rating noise: ``sqrt(sd^2 - noise_sd^2)``.
-    noise_sd : array, shape (n,)
-    lower, upper : array, shape (n,)
-        Central interval of probability ``prob`` (mixture quantiles).
-    prob : float
-    known_user, known_item : bool array, shape (n,)
-        False where the prediction is a cold-start prior.
-    users, items : array, shape (n,)
-        External ids.
-    components : Components or None
-        Per-draw mixture components (for exact mixture NLL / CRPS / quantiles).
-    """
-
-    mean: np.ndarray
-    sd: np.ndarray
-    epistemic_sd: np.ndarray
-    noise_sd: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    prob: float
-    known_user: np.ndarray
-    known_item: np.ndarray
-    users: np.ndarray
-    items: np.ndarray
-    components: Components | None = None
-
-    def __len__(self) -> int:
-        return self.mean.shape[0]
-
-    def interval(self, prob: float) -> tuple[np.ndarray, np.ndarray]:
-        """Central predictive interval at another probability, shape (n,) each."""
-        return _interval(self.components, self.mean, self.sd, prob)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            dict(
-                user=self.users,
-                item=self.items,
-                mean=self.mean,
-                sd=self.sd,
-                lower=self.lower,
-                upper=self.upper,
-                known_user=self.known_user,
-                known_item=self.known_item,
-            )
-        )
-
-
-def _interval_prob(prob) -> float:
-    """``prob`` as a float in (0, 1), or a ValueError naming it."""
-    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating, np.integer)) or not 0.0 < prob < 1.0:
-        raise ValueError(f"interval probability must be a number in (0, 1), got {prob!r}")
-    return float(prob)
-
-
-def _interval(components, mean, sd, prob):
-    prob = _interval_prob(prob)
-    from bayesmf import metrics
-
-    if components is None or components.mean.shape[0] == 1:
-        return metrics.gaussian_interval(mean, sd, prob)
-    return metrics.mixture_interval(components.mean, components.sd, prob)
-
-
-def component_moments(params: Params, user_index: Array, item_index: Array) -> tuple[Array, Array]:
-    """Mean and variance of one draw's predictive for index pairs.
-
-    Parameters
-    ----------
-    params : Params
-        One draw (no leading axes).
-    user_index, item_index : int array, shape (n,)
-        ``-1`` marks a user / item the model has not seen.
-
-    Returns
-    -------
-    mean, var : array, shape (n,)
-    """
-    known_u = user_index >= 0
-    known_i = item_index >= 0
-    u = jnp.where(known_u, user_index, 0)
-    i = jnp.where(known_i, item_index, 0)
-    eye = jnp.eye(params.user_mean.shape[0], dtype=params.user_mean.dtype)
-    cov_l = jnp.linalg.solve(params.user_precision, eye)
-    cov_r = jnp.linalg.solve(params.item_precision, eye)
-    lu = params.user_factors[u]
-    rv = params.item_factors[i]
-    m = params.item_offsets[i]
-    noise = 1.0 / params.noise_precision
-    offset_var = 1.0 / params.offset_precision
-
-    mean_kk = jnp.sum(lu * rv, -1) + m
-    mean_nk = m + rv @ params.user_mean
-    var_nk = jnp.einsum("ni,ij,nj->n", rv, cov_l, rv)
-    mean_kn = params.offset_mean + lu @ params.item_mean
-    var_kn = offset_var + jnp.einsum("ni,ij,nj->n", lu, cov_r, lu)
-    mean_nn = params.offset_mean + params.user_mean @ params.item_mean
-    var_nn = (
-        offset_var
-        + params.user_mean @ cov_r @ params.user_mean
-        + params.item_mean @ cov_l @ params.item_mean
-        + jnp.trace(cov_l @ cov_r)
-    )
-    mean = jnp.where(known_u, jnp.where(known_i, mean_kk, mean_kn), jnp.where(known_i, mean_nk, mean_nn))
-    extra = jnp.where(known_u, jnp.where(known_i, 0.0, var_kn), jnp.where(known_i, var_nk, var_nn))
-    return mean, noise + extra
+# evaluate warns when more than this fraction of its test rows are cold-start
+# predictions and the caller did not say they are expected (an id-type
+# mismatch between training and test ids makes every row cold).
+COLD_WARN_FRACTION = 0.05
 
 
 def known_moments(params: Params, user_index: Array, item_index: Array) -> tuple[Array, Array]:
-    """:func:`component_moments` for pairs whose user and item are both known.
+    """:func:`bayesmf.predictive.pair_moments` for pairs whose user and item are both known.
 
-    The same mean ``<L_u, R_v> + m_v`` and variance ``1 / alpha`` without the
-    cold-start branches, whose ``rank x rank`` quadratic forms per pair made
+    The same mean ``<L_u, R_v> + m_v`` (the likelihood's own
+    :func:`bayesmf.model.predict_mean`) and variance ``1 / alpha`` without
+    the cold-start terms, whose ``rank x rank`` quadratic forms per pair made
     scoring a test set cost more than the pairs' inner products (11 s for
-    200 draws of 20,000 pairs at rank 100). The mean is the likelihood's own
-    :func:`bayesmf.model.predict_mean`.
+    200 draws of 20,000 pairs at rank 100).
 
     Parameters
     ----------
@@ -209,12 +87,27 @@ def known_moments(params: Params, user_index: Array, item_index: Array) -> tuple
     return mean, jnp.broadcast_to(1.0 / params.noise_precision, mean.shape)
 
 
-_batched_moments = jax.jit(jax.vmap(component_moments, in_axes=(0, None, None)))
+_batched_moments = jax.jit(jax.vmap(pair_moments, in_axes=(0, None, None)))
 _batched_known = jax.jit(jax.vmap(known_moments, in_axes=(0, None, None)))
 
 
+def check_uncertainty(uncertainty: str) -> str:
+    if uncertainty not in UNCERTAINTIES:
+        raise ValueError(f"unknown uncertainty {uncertainty!r}; expected one of {UNCERTAINTIES}")
+    return uncertainty
+
+
 class Posterior:
-    """Draws of the model (or a point estimate) with id vocabularies.
+    """Draws of the model (or a point estimate) with id vocabularies: a value that predicts.
+
+    It owns :meth:`predict` and :meth:`evaluate`; what else one does with a
+    posterior lives in the module that owns it and takes the posterior as
+    its first argument (all re-exported at the package top):
+    :func:`bayesmf.fold_in_users` / :func:`bayesmf.fold_in_items`,
+    :func:`bayesmf.recommend`, :func:`bayesmf.similar_items`,
+    :func:`bayesmf.save` / :func:`bayesmf.load`, :func:`bayesmf.to_arviz`
+    and :func:`bayesmf.diagnostics.summary`. It implements
+    :class:`bayesmf.predictive.Predictor`.
 
     Parameters
     ----------
@@ -287,27 +180,39 @@ class Posterior:
         """Draws with ``(chain, draw)`` merged into one axis of length C * S."""
         return Params(*(x.reshape((-1,) + x.shape[2:]) for x in self.draws))
 
-    # -- ids -----------------------------------------------------------------
-    def index_pairs(self, users, items) -> tuple[np.ndarray, np.ndarray]:
-        """External ids -> indices, ``-1`` for ids the model has not seen."""
+    # -- the Predictor protocol -----------------------------------------------
+    def pairs(self, users, items) -> Pairs:
+        """External ids -> index pairs, ``-1`` for ids the model has not seen.
+
+        Parameters
+        ----------
+        users, items : array-like, shape (n,)
+
+        Returns
+        -------
+        Pairs
+        """
         users = np.atleast_1d(np.asarray(users))
         items = np.atleast_1d(np.asarray(items))
-        if users.shape != items.shape:
-            raise ValueError(f"users and items must have one shape, got {users.shape} and {items.shape}")
-        return self.user_vocab.index(users, missing="flag"), self.item_vocab.index(items, missing="flag")
+        if users.shape != items.shape or users.ndim != 1:
+            raise ValueError(f"users and items must be 1-D of one shape, got {users.shape} and {items.shape}")
+        u = np.asarray(self.user_vocab.index(users, missing="flag"), np.int64)
+        i = np.asarray(self.item_vocab.index(items, missing="flag"), np.int64)
+        return Pairs(users, items, u, i, u >= 0, i >= 0)
 
-    # -- prediction ------------------------------------------------------------
-    def components(self, user_index, item_index) -> Components:
+    def components(self, user_index, item_index, *, uncertainty: str = "posterior") -> Components:
         """Per-draw predictive components for index pairs (``-1``: unseen).
 
         Parameters
         ----------
         user_index, item_index : int array, shape (n,)
+        uncertainty : {"posterior", "laplace"}
+            As in :meth:`predict`.
 
         Returns
         -------
         Components
-            ``mean`` and ``sd`` of shape (C * S, n).
+            ``mean`` and ``sd`` of shape (C * S, n), uniform weights.
         """
         flat = self.flat_draws()
         user_index = np.asarray(user_index, np.int32)
@@ -315,7 +220,7 @@ class Posterior:
         total = flat.user_factors.shape[0]
         n = user_index.shape[0]
         known = (user_index >= 0) & (item_index >= 0)
-        # Known pairs (nearly all of a test set) skip the cold-start branches.
+        # Known pairs (nearly all of a test set) skip the cold-start terms.
         parts = [(np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)]
         mean = np.empty((total, n), np.float64)
         var = np.empty((total, n), np.float64)
@@ -327,9 +232,12 @@ class Posterior:
                     m, v = fn(draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
                     mean[start : start + block, rows] = np.asarray(m)
                     var[start : start + block, rows] = np.asarray(v)
+        if check_uncertainty(uncertainty) == "laplace" and total == 1:
+            var = var + self._laplace_var(user_index, item_index)[None]
         noise_sd = 1.0 / np.sqrt(flat.noise_precision.astype(np.float64))
         return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
 
+    # -- prediction ------------------------------------------------------------
     def predict(
         self,
         users,
@@ -338,7 +246,7 @@ class Posterior:
         prob: float = 0.9,
         clip: bool = False,
         keep_components: bool = False,
-        epistemic: str = "posterior",
+        uncertainty: str = "posterior",
     ) -> Prediction:
         """Predictive ratings with uncertainty for (user, item) pairs by external id.
 
@@ -354,10 +262,11 @@ class Posterior:
             should see the model's own predictive).
         keep_components : bool
             Keep the per-draw components (memory C * S * n * 2 floats).
-        epistemic : {"posterior", "laplace"}
+        uncertainty : {"posterior", "laplace"}
             ``"laplace"`` adds, for a point estimate, the conditional variance
             of each known user's factors given the movies (a per-row Laplace
-            approximation); with several draws it is ignored.
+            approximation); with several draws it changes nothing. The same
+            option, with the same default, as :func:`bayesmf.recommend`.
 
         Returns
         -------
@@ -368,55 +277,21 @@ class Posterior:
         >>> pred = posterior.predict([1, 2], [50, 172])  # doctest: +SKIP
         >>> pred.mean, pred.lower, pred.upper  # doctest: +SKIP
         """
-        return self._predict(users, items, _interval_prob(prob), clip, keep_components, epistemic)
+        return self._predict(users, items, check_prob(prob), clip, keep_components, check_uncertainty(uncertainty))
 
-    def _predict(self, users, items, prob, clip, keep_components, epistemic) -> Prediction:
-        """:meth:`predict`; with ``prob=None`` the interval is not computed
-        (``lower`` / ``upper`` are None): :meth:`evaluate` scores its own
-        levels, and mixture quantiles are most of its cost."""
-        if epistemic not in ("posterior", "laplace"):
-            raise ValueError(f"unknown epistemic mode {epistemic!r}; expected 'posterior' or 'laplace'")
-        users = np.atleast_1d(np.asarray(users))
-        items = np.atleast_1d(np.asarray(items))
-        u, i = self.index_pairs(users, items)
-        comps = self.components(u, i)
-        if epistemic == "laplace" and comps.mean.shape[0] == 1:
-            comps = comps._replace(sd=np.sqrt(comps.sd**2 + self._laplace_var(u, i)[None]))
-        weights = None
-        mean = comps.mean.mean(axis=0) if weights is None else weights @ comps.mean
-        var = (comps.sd**2).mean(axis=0) + comps.mean.var(axis=0)
-        sd = np.sqrt(var)
-        noise_var = np.mean(comps.noise_sd**2)
-        epistemic_sd = np.sqrt(np.maximum(var - noise_var, 0.0))
-        lower = upper = None
-        if prob is not None:
-            lower, upper = _interval(comps, mean, sd, prob)
-        if clip:
-            mean = self.scale.clip(mean)
-            lower, upper = (None if x is None else self.scale.clip(x) for x in (lower, upper))
-        return Prediction(
-            mean=mean,
-            sd=sd,
-            epistemic_sd=epistemic_sd,
-            noise_sd=np.full(mean.shape, np.sqrt(noise_var)),
-            lower=lower,
-            upper=upper,
-            prob=prob,
-            known_user=u >= 0,
-            known_item=i >= 0,
-            users=users,
-            items=items,
-            components=comps if keep_components else None,
-        )
+    def _predict(self, users, items, prob, clip, keep_components, uncertainty) -> Prediction:
+        pairs = self.pairs(users, items)
+        comps = self.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty)
+        return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
+
+    def _point(self) -> Params:
+        return Params(*(jnp.asarray(x[0, 0]) for x in self.draws))
 
     def _laplace_var(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """``R_v^T P_u^{-1} R_v`` for known pairs of a point estimate (0 elsewhere)."""
         if self.train is None:
-            raise ValueError("epistemic='laplace' needs the training ratings (posterior.train)")
-        from bayesmf.conjugate import row_covariance, row_posterior
-        from bayesmf.layout import build_layout, gram_and_rhs
-
-        p = Params(*(jnp.asarray(x[0, 0]) for x in self.draws))
+            raise ValueError("uncertainty='laplace' needs the training ratings (posterior.train)")
+        p = self._point()
         layout = build_layout(self.train.user_index, self.train.item_index, self.train.num_users, self.train.num_items, "bucket")
         response = jnp.zeros(len(self.train), p.item_factors.dtype)
         gram, rhs = gram_and_rhs(layout, p.item_factors, response)
@@ -426,7 +301,76 @@ class Posterior:
         var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
         return np.where(known, var, 0.0)
 
-    def evaluate(self, test, *, levels=(0.5, 0.8, 0.9, 0.95), by=None):
+    # -- what recommend needs beyond the Predictor protocol ----------------------
+    def seen_items(self, user) -> np.ndarray:
+        """External ids of the movies a user rated in the training data (empty for a new user)."""
+        return self._train_rows(user)[0]
+
+    def _train_rows(self, user) -> tuple[np.ndarray, np.ndarray]:
+        if self.train is None:
+            raise ValueError("this posterior has no training ratings (posterior.train): cannot tell the user's seen movies")
+        train = self.train
+        u = int(np.asarray(train.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
+        if u < 0:
+            return np.zeros(0, dtype=np.asarray(train.item_vocab.ids).dtype), np.zeros(0)
+        rows = np.flatnonzero(np.asarray(train.user_index) == u)
+        return np.asarray(train.item_vocab.ids)[np.asarray(train.item_index)[rows]], np.asarray(train.rating, np.float64)[rows]
+
+    def sample_means(self, rng_key: Array, user, item_index: np.ndarray, *, uncertainty: str = "posterior") -> np.ndarray:
+        """Mean ratings of movies under one joint posterior sample (Thompson sampling).
+
+        One draw ``s`` uniformly, then the user's factors under ``s``: the
+        draw's own for a known user, one draw from the prior
+        ``N(mu_L, Lambda_L^-1)`` for a new one. For a point estimate with
+        ``uncertainty="laplace"`` the known user's factors are drawn from the
+        conditional ``N(L_u, P_u^{-1})`` given the movies.
+
+        Parameters
+        ----------
+        rng_key : jax.Array
+        user
+            External user id.
+        item_index : int array, shape (n,)
+            Known movies.
+
+        Returns
+        -------
+        array, shape (n,)
+        """
+        flat = self.flat_draws()
+        num_draws = flat.noise_precision.shape[0]
+        key_draw, key_row = jax.random.split(rng_key)
+        s = int(jax.random.randint(key_draw, (), 0, num_draws))
+        u = int(np.asarray(self.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
+        if u >= 0:
+            factors = flat.user_factors[s, u]
+            if num_draws == 1 and check_uncertainty(uncertainty) == "laplace":
+                factors = factors + self._conditional_noise(key_row, user)
+        else:
+            chol = jnp.linalg.cholesky(jnp.asarray(flat.user_precision[s]))[None]
+            factors = np.asarray(draw_from(key_row, RowPosterior(jnp.asarray(flat.user_mean[s])[None], chol)))[0]
+        factors = np.asarray(factors, np.float64)
+        return flat.item_offsets[s, item_index].astype(np.float64) + flat.item_factors[s, item_index].astype(np.float64) @ factors
+
+    def _conditional_noise(self, rng_key: Array, user) -> np.ndarray:
+        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user, shape (d,).
+
+        ``P_u = Lambda_L + alpha sum_v R_v R_v^T`` over the user's training
+        movies: the precision of the user's conditional given the movies
+        (:func:`bayesmf.conjugate.row_posterior`).
+        """
+        p = self._point()
+        items, _ = self._train_rows(user)
+        r = p.item_factors[jnp.asarray(self.item_vocab.index(items), jnp.int32)]
+        gram = (r.T @ r)[None]
+        rhs = jnp.zeros((1, r.shape[1]), r.dtype)
+        post = row_posterior(p.user_precision, jnp.zeros_like(p.user_mean), gram, rhs, p.noise_precision)
+        # The key stream of the fold-in this replaced: (choice of draw, row draw).
+        _, key_row = jax.random.split(rng_key)
+        return np.asarray(draw_from(key_row, RowPosterior(jnp.zeros_like(post.mean), post.chol)))[0]
+
+    # -- scoring ------------------------------------------------------------------
+    def evaluate(self, test, *, levels=metrics.DEFAULT_LEVELS, by=None, expect_cold: bool = False) -> pd.DataFrame:
         """Score the predictive on held-out ratings.
 
         Parameters
@@ -441,104 +385,68 @@ class Posterior:
             the user (buckets <=20, 21-50, 51-100, 101-200, >200) or movie, or
             by known / cold-start status. The test pairs are predicted and
             scored once, whatever the number of breakdowns.
+        expect_cold : bool
+            Cold-start rows are expected (a cold-start split): no warning when
+            more than 5% of the rows are cold.
 
         Returns
         -------
-        dict, (dict, pandas.DataFrame) or (dict, dict of str to pandas.DataFrame)
-            Metrics (rmse, mae, nll, crps, coverage_*, width_*) plus counts;
-            with one ``by``, also its per-group table; with a sequence, a
-            table per breakdown, keyed by its name.
-        """
-        from bayesmf import metrics
+        pandas.DataFrame
+            One row per group, indexed by ``(by, group)``: the overall row
+            ``("all", "all")`` first, then each breakdown's groups in order.
+            Columns ``count``, ``rmse``, ``mae``, ``nll``, ``crps``,
+            ``coverage_<100p>`` and ``width_<100p>``. ``frame.attrs`` holds
+            ``num_cold_rows``, ``num_cold_users`` and ``num_cold_items``.
 
+        Examples
+        --------
+        >>> table = posterior.evaluate(test, by="user_activity")  # doctest: +SKIP
+        >>> table.loc[("all", "all"), "rmse"]  # doctest: +SKIP
+        """
         if len(test) == 0:
             raise ValueError("the test set is empty")
         breakdowns = [] if by is None else [by] if isinstance(by, str) else list(by)
-        pred = self._predict(test.user_ids, test.item_ids, None, False, True, "posterior")
-        groups = {name: self._groups(pred, name) for name in breakdowns}  # bad names fail before scoring
-        y = np.asarray(test.rating, np.float64)
-        comps = pred.components
-        multi = comps.mean.shape[0] > 1
-        kw = dict(mu=comps.mean, sds=comps.sd) if multi else {}
-        rows = metrics.score_rows(y, pred.mean, pred.sd, levels=levels, **kw)
-        result = metrics.aggregate_rows(rows)
-        result.update(
-            num_test=int(len(test)),
-            num_cold_rows=int(np.sum(~(pred.known_user & pred.known_item))),
-            num_cold_users=int(len(np.unique(test.user_ids[~pred.known_user]))),
-            num_cold_items=int(len(np.unique(test.item_ids[~pred.known_item]))),
-        )
-        if by is None:
-            return result
-        tables = {name: metrics.group_rows(labels, rows) for name, labels in groups.items()}
-        return (result, tables[by]) if isinstance(by, str) else (result, tables)
-
-    def _groups(self, pred: Prediction, by: str) -> np.ndarray:
-        from bayesmf import metrics
-
-        if by == "cold":
-            return np.where(
-                pred.known_user & pred.known_item, "known",
-                np.where(~pred.known_user & pred.known_item, "new user",
-                         np.where(pred.known_user, "new item", "new user+item")),
+        for name in breakdowns:
+            if name not in BREAKDOWNS:
+                raise ValueError(f"unknown breakdown {name!r}; expected one of {BREAKDOWNS}")
+        pairs = self.pairs(test.user_ids, test.item_ids)
+        cold = ~(pairs.known_user & pairs.known_item)
+        if not expect_cold and cold.mean() > COLD_WARN_FRACTION:
+            warnings.warn(
+                f"{int(cold.sum())} of {cold.size} test rows ({cold.mean():.0%}) are cold-start predictions (user or movie "
+                f"not in the training data; training ids are {self.user_vocab.ids.dtype} / {self.item_vocab.ids.dtype}, "
+                f"test ids {np.asarray(test.user_ids).dtype} / {np.asarray(test.item_ids).dtype}); pass expect_cold=True "
+                "if that is intended",
+                stacklevel=2,
             )
+        groups = {name: self._groups(pairs, name) for name in breakdowns}
+        comps = self.components(pairs.user_index, pairs.item_index)
+        rows = score_rows(np.asarray(test.rating, np.float64), comps, levels)
+        frames = {"all": metrics.summarize(rows)}
+        frames.update({name: metrics.summarize(rows, labels) for name, labels in groups.items()})
+        table = pd.concat(frames, names=["by", "group"])
+        table.attrs.update(
+            num_cold_rows=int(cold.sum()),
+            num_cold_users=int(len(np.unique(np.asarray(test.user_ids)[~pairs.known_user]))),
+            num_cold_items=int(len(np.unique(np.asarray(test.item_ids)[~pairs.known_item]))),
+        )
+        return table
+
+    def _groups(self, pairs: Pairs, by: str):
+        if by == "cold":
+            labels = np.where(
+                pairs.known_user & pairs.known_item, COLD_GROUPS[0],
+                np.where(~pairs.known_user & pairs.known_item, COLD_GROUPS[1],
+                         np.where(pairs.known_user, COLD_GROUPS[2], COLD_GROUPS[3])),
+            )
+            return pd.Categorical(labels, categories=COLD_GROUPS, ordered=True)
         if self.train is None:
             raise ValueError(f"by={by!r} needs the training ratings (posterior.train)")
         if by == "user_activity":
-            degree = self.train.user_degrees()
-            idx, known = self.user_vocab.index(pred.users, missing="flag"), pred.known_user
-        elif by == "item_popularity":
-            degree = self.train.item_degrees()
-            idx, known = self.item_vocab.index(pred.items, missing="flag"), pred.known_item
+            degree, idx, known = self.train.user_degrees(), pairs.user_index, pairs.known_user
         else:
-            raise ValueError(f"unknown breakdown {by!r}; expected 'user_activity', 'item_popularity' or 'cold'")
-        counts = np.where(known, degree[np.where(known, idx, 0)], 0)
-        return metrics.activity_bucket(counts)
-
-    # -- delegation to the modules that own each concept ------------------------------
-    def to_arviz(self, pairs=None, observed=None, *, keep_factors: bool = True, probe_pairs=None):
-        """ArviZ 1.x DataTree (see :func:`bayesmf.storage.to_datatree`)."""
-        from bayesmf import storage
-
-        return storage.to_datatree(self, pairs, observed, keep_factors=keep_factors, probe_pairs=probe_pairs)
-
-    def save(self, path):
-        """Write the whole fitted model to one netCDF file, atomically (:func:`bayesmf.storage.save`)."""
-        from bayesmf import storage
-
-        return storage.save(self, path)
-
-    @staticmethod
-    def load(path) -> "Posterior":
-        """Read a model written by :meth:`save` (:func:`bayesmf.storage.load`)."""
-        from bayesmf import storage
-
-        return storage.load(path)
-
-    def fold_in(self, ratings_per_user, **kwargs):
-        """Posterior predictive of new users from a few ratings, without refitting
-        (:func:`bayesmf.coldstart.fold_in_users`)."""
-        from bayesmf import coldstart
-
-        return coldstart.fold_in_users(self, ratings_per_user, **kwargs)
-
-    def recommend(self, user, k: int = 10, **kwargs):
-        """Top-k movies for a user (:func:`bayesmf.recommend.recommend`)."""
-        from bayesmf import recommend
-
-        return recommend.recommend(self, user, k, **kwargs)
-
-    def similar_items(self, item, k: int = 10, **kwargs):
-        """Movies closest to ``item`` (:func:`bayesmf.recommend.similar_items`)."""
-        from bayesmf import recommend
-
-        return recommend.similar_items(self, item, k, **kwargs)
-
-    def diagnostics(self, **kwargs):
-        """R-hat and ESS of identifiable quantities (:func:`bayesmf.diagnostics.summary`)."""
-        from bayesmf import diagnostics
-
-        return diagnostics.summary(self, **kwargs)
+            degree, idx, known = self.train.item_degrees(), pairs.item_index, pairs.known_item
+        return metrics.activity_bucket(np.where(known, degree[np.where(known, idx, 0)], 0))
 
     def __repr__(self) -> str:
         return (

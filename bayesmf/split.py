@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bayesmf.choices import PREDEFINED_SPLITS, SPLIT_NAMES
 from bayesmf.data import Ratings, read_dataset_dir, read_ratings, verify_checksums
 
 __all__ = [
@@ -43,8 +44,7 @@ __all__ = [
 ]
 
 # The ml-100k splits that GroupLens ships: u1..u5 (5-fold, 80/20) and ua/ub (10 test ratings per user).
-PREDEFINED = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-SPLIT_NAMES = PREDEFINED + ("random", "kfold", "leave-k-out", "cold-users", "cold-items")
+PREDEFINED = PREDEFINED_SPLITS
 
 
 class Split(NamedTuple):

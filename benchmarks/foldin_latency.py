@@ -128,7 +128,7 @@ def _new_users(posterior, test, given: int, min_extra: int, limit: int, rng):
 
 
 def latency(posterior, test, args, rng) -> dict:
-    from bayesmf import coldstart, recommend
+    from bayesmf import coldstart, ranking
 
     users = _new_users(posterior, test, args.given, 0, 1, rng)
     items, ratings = users[0][0]
@@ -139,7 +139,7 @@ def latency(posterior, test, args, rng) -> dict:
         return f.weights
 
     def fold_and_recommend():
-        return recommend.recommend(coldstart.fold_in_users(posterior, one), 0, 10)
+        return ranking.recommend(coldstart.fold_in_users(posterior, one), 0, 10)
 
     t_fold = _timed(fold, args.calls, args.warmup_calls)
     t_rec = _timed(fold_and_recommend, args.calls, args.warmup_calls)
@@ -178,8 +178,8 @@ def equal_vs_importance(posterior, test, args, rng) -> list[dict]:
         fold_e = coldstart.fold_in_users(posterior, [g for g, _ in users], weighting="equal")
         d_mean, d_sd, y_all, m_w, m_e, nll_w, nll_e = [], [], [], [], [], [], []
         for p, (_, (items, y)) in enumerate(users):
-            pw = fold_w.predict(items, users=p, keep_components=True)
-            pe = fold_e.predict(items, users=p, keep_components=True)
+            pw = fold_w.predict(p, items, keep_components=True)
+            pe = fold_e.predict(p, items, keep_components=True)
             d_mean.append(np.abs(pw.mean - pe.mean))
             d_sd.append(np.abs(pw.sd - pe.sd))
             y_all.append(y)

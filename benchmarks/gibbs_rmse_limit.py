@@ -73,8 +73,8 @@ def main(argv=None):
         start = time.perf_counter()
         post = bayesmf.BayesMF(rank=10, method="gibbs", num_samples=num, num_warmup=args.num_warmup,
                                progress_bar=False).fit(seed, s.train)
-        u, i = post.index_pairs(s.test.user_ids, s.test.item_ids)
-        draw_means = post.components(u, i).mean  # (S, n)
+        pairs = post.pairs(s.test.user_ids, s.test.item_ids)
+        draw_means = post.components(pairs.user_index, pairs.item_index).mean  # (S, n)
         out["bayesmf"][f"seed {seed}"] = dict(
             rmse=running_rmse(draw_means, y), rmse_clipped=running_rmse(draw_means, y, clip=(1.0, 5.0)),
             seconds=time.perf_counter() - start,

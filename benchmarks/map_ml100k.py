@@ -79,7 +79,7 @@ def fit_and_score(split, method: str, fit_seed: int, **options) -> dict:
     start = time.perf_counter()
     posterior = model.fit(fit_seed, split.train)
     fit_seconds = time.perf_counter() - start
-    metrics = posterior.evaluate(split.test)
+    metrics = posterior.evaluate(split.test).loc[("all", "all")]
     prediction = posterior.predict(split.test.user_ids, split.test.item_ids)
     y = np.asarray(split.test.rating, np.float64)
     info = posterior.info

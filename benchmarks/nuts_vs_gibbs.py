@@ -111,7 +111,7 @@ class Problem:
 
         train = self.split.train
         post = Posterior(result.draws, self.config, train.user_vocab, train.item_vocab, train.scale, method=method)
-        ev = post.evaluate(self.split.test)
+        ev = post.evaluate(self.split.test).loc[("all", "all")]
         fn = jax.jit(jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None)))
         draw_means = np.asarray(fn(result.draws, *self.pairs))
         timing = result.timing

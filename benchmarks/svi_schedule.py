@@ -25,6 +25,6 @@ t = time.perf_counter()
 res = svi.fit(jax.random.PRNGKey(0), data, cfg, num_steps=steps, optimizer=optax.adam(sched), progress_bar=False)
 sec = time.perf_counter() - t
 post = Posterior(res.draws, cfg, train.user_vocab, train.item_vocab, train.scale, method="svi", train=train)
-e = post.evaluate(test)
+e = post.evaluate(test).loc[("all", "all")]
 l = res.info["losses"]
 print(rank, steps, lr0, lr1, "sec", round(sec, 1), "final", round(res.info["final_loss"], 1), "rmse", round(e["rmse"], 4), "nll", round(e["nll"], 4), flush=True)

@@ -264,73 +264,27 @@ def mean_sd(values: Iterable[float], fmt: str = ".4f") -> str:
 def score(y, pred, levels: Sequence[float] = LEVELS, groups=None) -> pd.DataFrame | dict:
     """Point, probabilistic and interval scores of a prediction, via :mod:`bayesmf.metrics`.
 
-    ``pred`` is a :class:`bayesmf.posterior.Prediction` made with
-    ``keep_components=True`` (a fold-in prediction may carry per-row mixture
-    weights, ``component_weights`` of shape (S, n); :func:`bayesmf.metrics.score_rows`
-    takes one weight vector, so rows are scored per group of equal weights and
-    the per-row scores pooled), or any object with ``mean`` and ``sd`` (a
-    Gaussian predictive, e.g. an inline baseline).
+    ``pred`` is a :class:`bayesmf.Prediction` made with ``keep_components=True``
+    (its mixture, fold-in weights included, is scored by
+    :func:`bayesmf.predictive.score_rows`), or any object with ``mean`` and
+    ``sd`` and no components (a Gaussian predictive, e.g. an inline baseline).
 
     Returns a dict (``groups`` None) or a DataFrame indexed by group with
     ``count`` and the columns of :func:`bayesmf.metrics.summarize`.
     """
-    from bayesmf import metrics
+    from bayesmf import metrics, predictive
 
     y = np.asarray(y, np.float64)
-    n = y.shape[0]
     comps = getattr(pred, "components", None)
-    weights = getattr(pred, "component_weights", None)
-    mean = np.asarray(pred.mean, np.float64)
-    sd = np.broadcast_to(np.asarray(pred.sd, np.float64), (n,))
-    # Per-row scores, so that any grouping can pool them.
-    sq = (y - mean) ** 2
-    ab = np.abs(y - mean)
-    nll = np.empty(n)
-    crps = np.empty(n)
-    inside = {p: np.empty(n, bool) for p in levels}
-    width = {p: np.empty(n) for p in levels}
-    if comps is None or comps.mean.shape[0] == 1:
-        lo_hi = {p: metrics.interval(mean, sd, p) for p in levels}
-        nll[:] = 0.5 * np.log(2 * np.pi * sd**2) + 0.5 * ((y - mean) / sd) ** 2
-        crps[:] = metrics.crps_per_row(y, mean, sd)
-        for p in levels:
-            lo, hi = lo_hi[p]
-            inside[p][:] = (y >= lo) & (y <= hi)
-            width[p][:] = hi - lo
+    if comps is None:
+        sd = np.broadcast_to(np.asarray(pred.sd, np.float64), y.shape)
+        rows = metrics.score_rows(y, np.asarray(pred.mean, np.float64), sd, levels=levels)
     else:
-        if weights is None:
-            blocks = [(np.arange(n), None)]
-        else:
-            _, first, inverse = np.unique(np.asarray(weights).T, axis=0, return_index=True, return_inverse=True)
-            blocks = [(np.flatnonzero(inverse.ravel() == g), np.asarray(weights)[:, c]) for g, c in enumerate(first)]
-        for cols, w in blocks:
-            mu, s = comps.mean[:, cols], comps.sd[:, cols]
-            nll[cols] = metrics.nll_per_row(y[cols], mu, s, w)
-            crps[cols] = metrics.crps_per_row(y[cols], mu, s, w)
-            for p in levels:
-                lo, hi = metrics.interval(mu, s, p, w)
-                inside[p][cols] = (y[cols] >= lo) & (y[cols] <= hi)
-                width[p][cols] = hi - lo
-
-    def pooled(rows) -> dict:
-        out = dict(
-            count=int(rows.sum()) if rows.dtype == bool else int(len(rows)),
-            rmse=float(np.sqrt(np.mean(sq[rows]))),
-            mae=float(np.mean(ab[rows])),
-            nll=float(np.mean(nll[rows])),
-            crps=float(np.mean(crps[rows])),
-        )
-        for p in levels:
-            tag = f"{100 * p:g}"
-            out[f"coverage_{tag}"] = float(np.mean(inside[p][rows]))
-            out[f"width_{tag}"] = float(np.mean(width[p][rows]))
-        return out
-
+        rows = predictive.score_rows(y, comps, levels)
     if groups is None:
-        return pooled(np.ones(n, bool))
-    groups = np.asarray(groups)
-    labels = sorted(pd.unique(pd.Series(groups)), key=str)
-    return pd.DataFrame([{"group": g, **pooled(groups == g)} for g in labels]).set_index("group")
+        out = metrics.summarize(rows).iloc[0].to_dict()
+        return {**out, "count": int(out["count"])}
+    return metrics.summarize(rows, groups)
 
 
 class GaussianBaseline:

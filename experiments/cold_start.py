@@ -178,9 +178,9 @@ def predictions(side, method, posteriors, train, rest, given, population):
     rows = given_lists(given, population)
     if side == "users":
         fold = fold_in_users(post, rows, unknown="ignore", user_ids=population)
-        return fold.predict(other, users=entity, keep_components=True)
+        return fold.predict(entity, other, keep_components=True)
     fold = fold_in_items(post, rows, unknown="ignore", item_ids=population)
-    return fold.predict(other, items=entity, keep_components=True)
+    return fold.predict(other, entity, keep_components=True)
 
 
 def fit_side(train, args, side: str) -> dict:

@@ -15,7 +15,7 @@ Simulation
     ``N(mu_L^s, (Lambda_L^s)^-1)`` (``FoldIn.sample_factors`` on an empty
     fold-in); the user's true mean ratings are that draw's model mean
     ``m^s + R^s . L`` for every movie. At each step the strategy picks one
-    unseen movie with ``bayesmf.recommend.recommend`` on the folded-in user
+    unseen movie with ``bayesmf.recommend`` on the folded-in user
     (``exclude_seen``); the user reveals a rating: the true mean plus
     ``N(0, 1/alpha^s)`` noise, rounded to the rating scale's grid and clipped
     to it (fold-in accepts on-scale ratings only), and is folded in again.
@@ -122,7 +122,7 @@ def session(posterior, strategy: str, true: np.ndarray, noise_sd: float, j: int,
     import jax
 
     from bayesmf.coldstart import fold_in_users
-    from bayesmf.recommend import recommend
+    from bayesmf import recommend
 
     ids = posterior.item_vocab.ids
     rng = np.random.default_rng([args.seed, j, 1])  # rating noise: the same stream for every strategy

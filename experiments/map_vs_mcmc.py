@@ -172,12 +172,11 @@ def make_model(method: str, rank: int, args):
 def evaluate(posterior, test) -> list[dict]:
     """Rows for bucket ``all``, the user-activity buckets and the movie-popularity buckets."""
     levels = common.LEVELS
-    overall, tables = posterior.evaluate(test, levels=levels, by=("user_activity", "item_popularity"))
-    by_user, by_item = tables["user_activity"], tables["item_popularity"]
-    rows = [dict(bucket="all", count=int(overall["num_test"]), **{k: v for k, v in overall.items() if not k.startswith("num_")},
-                 num_cold_rows=overall.get("num_cold_rows"))]
-    for prefix, table in (("user", by_user), ("movie", by_item)):
-        for label, rec in table.iterrows():
+    table = posterior.evaluate(test, levels=levels, by=("user_activity", "item_popularity"))
+    overall = table.loc[("all", "all")].to_dict()
+    rows = [dict(bucket="all", **{**overall, "count": int(overall["count"])}, num_cold_rows=table.attrs["num_cold_rows"])]
+    for prefix, name in (("user", "user_activity"), ("movie", "item_popularity")):
+        for label, rec in table.loc[name].iterrows():
             if int(rec["count"]) == 0:
                 continue
             rows.append(dict(bucket=f"{prefix} {label}", **rec.to_dict()))
@@ -225,8 +224,8 @@ def convergence(train, test, args, out: Path) -> None:
     posterior = model.fit(args.seed, train)
     c, s = posterior.num_chains, posterior.num_draws
     y = np.asarray(test.rating, np.float64)
-    u, i = posterior.index_pairs(test.user_ids, test.item_ids)
-    means = posterior.components(u, i).mean.reshape(c, s, -1)  # (chain, draw, pair), chain-major
+    pairs = posterior.pairs(test.user_ids, test.item_ids)
+    means = posterior.components(pairs.user_index, pairs.item_index).mean.reshape(c, s, -1)  # (chain, draw, pair), chain-major
     running = np.cumsum(means, axis=1) / np.arange(1, s + 1)[None, :, None]
     chain_rmse = np.sqrt(np.mean((running - y) ** 2, axis=-1))  # (C, S)
     pooled_rmse = np.sqrt(np.mean((running.mean(axis=0) - y) ** 2, axis=-1))  # (S,)

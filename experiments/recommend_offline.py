@@ -12,7 +12,7 @@ Protocol
     80/20 split); for every test user with a relevant test movie
     (rating >= ``--relevance``), every movie the model knows except the
     user's training movies is ranked and the top ``--k`` are scored
-    (``bayesmf.recommend.evaluate_ranking``). LCB / UCB use mean -/+ beta x
+    (``bayesmf.evaluate_ranking``). LCB / UCB use mean -/+ beta x
     the epistemic sd: over draws for Gibbs, the per-row Laplace sd for MAP
     (its plug-in predictive sd is the same for every movie, which would
     make LCB and UCB equal to ``mean``). Thompson sampling is random, so it
@@ -112,7 +112,7 @@ def fit(method: str, train, args):
 def evaluate(posterior, method: str, test, args) -> list[dict]:
     import jax
 
-    from bayesmf.recommend import evaluate_ranking
+    from bayesmf import evaluate_ranking
 
     rows = []
     for strategy in args.strategies:
@@ -123,6 +123,8 @@ def evaluate(posterior, method: str, test, args) -> list[dict]:
             out = evaluate_ranking(
                 posterior, test.user_ids, test.item_ids, test.rating, k=args.k, strategy=strategy,
                 relevance_threshold=args.relevance, beta=args.beta, threshold=args.threshold, rng_key=key,
+                # MAP's lcb / ucb / thompson use the per-row Laplace spread (a no-op with several draws).
+                uncertainty="laplace",
             )
             rows.append(dict(
                 method=method, strategy=strategy, repeat=repeat, bucket="all", k=args.k,

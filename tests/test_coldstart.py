@@ -85,7 +85,7 @@ ALL_FIELDS = ("mean", "sd", "epistemic_sd", "noise_sd", "lower", "upper")
 def test_empty_fold_in_is_exactly_the_cold_start_prior(posterior, weighting):
     items = np.append(posterior.item_vocab.ids, 9999)  # and a movie the model has not seen
     fold = coldstart.fold_in_users(posterior, [([], [])], weighting=weighting)
-    got = fold.predict(items)
+    got = fold.predict(None, items)
     want = posterior.predict(np.full(items.shape, -12345), items)
     for field in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
@@ -110,7 +110,7 @@ def test_empty_row_conditional_is_the_prior(posterior):
 def test_empty_item_fold_in_is_exactly_the_new_movie_prior(posterior):
     users = np.append(posterior.user_vocab.ids[:10], -5)
     fold = coldstart.fold_in_items(posterior, [([], [])])
-    got = fold.predict(users)
+    got = fold.predict(users, None)
     want = posterior.predict(users, np.full(users.shape, 9999))
     for field in ALL_FIELDS:
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
@@ -149,7 +149,7 @@ def test_predictive_components_are_the_closed_form(posterior):
     fold = coldstart.fold_in_users(posterior, [([1, 2, 3, 4], [5.0, 4.0, 2.0, 1.0])])
     flat = Params(*(np.asarray(x, np.float64) for x in posterior.flat_draws()))
     items = np.array([7, 1, 9999])
-    pred = fold.predict(items, keep_components=True)
+    pred = fold.predict(None, items, keep_components=True)
     j = posterior.item_vocab.index(items[:2], missing="flag")
     mean, cov = fold.factor_mean[:, 0].astype(np.float64), fold.factor_cov[:, 0].astype(np.float64)
     r = flat.item_factors[:, j]  # (S, 2, d)
@@ -169,7 +169,7 @@ def test_predictive_components_are_the_closed_form(posterior):
     # The mixture uses the importance weights.
     w = fold.weights[0]
     np.testing.assert_allclose(pred.mean, w @ pred.components.mean, rtol=1e-12)
-    np.testing.assert_allclose(pred.component_weights[:, 0], w)
+    np.testing.assert_allclose(pred.components.weights[:, 0], w)
 
 
 def test_posterior_components_cover_known_and_cold_pairs(posterior):
@@ -278,7 +278,7 @@ def test_batch_equals_one_user_at_a_time(posterior):
         one = coldstart.fold_in_users(posterior, [g])
         np.testing.assert_allclose(batch.factor_mean[:, p], one.factor_mean[:, 0], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(batch.log_evidence[p], one.log_evidence[0], rtol=1e-6, atol=1e-5)
-        a, b = batch.predict([1, 9, 30], users=p), one.predict([1, 9, 30])
+        a, b = batch.predict(p, [1, 9, 30]), one.predict(None, [1, 9, 30])
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-6)
         np.testing.assert_allclose(a.sd, b.sd, rtol=1e-6)
     padded = coldstart.PaddedRatings(
@@ -287,28 +287,30 @@ def test_batch_equals_one_user_at_a_time(posterior):
     )
     from_padded = coldstart.fold_in_users(posterior, padded)
     np.testing.assert_array_equal(from_padded.factor_mean, batch.factor_mean[:, :2])
-    np.testing.assert_array_equal(from_padded.given_items[1], [5])
+    np.testing.assert_array_equal(from_padded.given_ids[1], [5])
 
 
 def test_predict_pairs_across_users_and_labels(posterior):
     fold = coldstart.fold_in_users(posterior, [([1], [5.0]), ([2], [1.0])], user_ids=["ann", "bob"])
-    pred = fold.predict([1, 2, 3], users=["bob", "ann", "bob"])
-    np.testing.assert_allclose(pred.mean[[0, 2]], fold.predict([1, 3], users="bob").mean, rtol=1e-12)
-    assert pred.mean[1] == pytest.approx(fold.predict([2], users="ann").mean[0], rel=1e-12)
+    pred = fold.predict(["bob", "ann", "bob"], [1, 2, 3], keep_components=True)
+    np.testing.assert_allclose(pred.mean[[0, 2]], fold.predict("bob", [1, 3]).mean, rtol=1e-12)
+    assert pred.mean[1] == pytest.approx(fold.predict("ann", [2]).mean[0], rel=1e-12)
     assert list(pred.users) == ["bob", "ann", "bob"] and pred.folded_in.all() and not pred.known_user.any()
     with pytest.raises(ValueError, match="say which"):
-        fold.predict([1, 2])
+        fold.predict(None, [1, 2])
     with pytest.raises(KeyError, match="carl"):
-        fold.predict([1], users="carl")
+        fold.predict("carl", [1])
     frame = pred.to_dataframe()
     assert "folded_in" in frame.columns
-    lo, hi = pred.interval(0.5)  # needs the components
+    lo, hi = pred.interval(0.5)  # from the kept components: the weighted mixture's quantiles
     assert np.all(lo <= hi)
+    with pytest.raises(ValueError, match="keep_components"):
+        fold.predict("bob", [1]).interval(0.5)
 
 
 def test_weighted_interval_is_the_weighted_mixture_quantile(posterior):
     fold = coldstart.fold_in_users(posterior, [([1, 2, 3], [5.0, 5.0, 1.0])])
-    pred = fold.predict([4, 5], prob=0.8, keep_components=True)
+    pred = fold.predict(None, [4, 5], prob=0.8, keep_components=True)
     c = pred.components
     for q, bound in ((0.1, pred.lower), (0.9, pred.upper)):
         cdf = np.sum(fold.weights[0][:, None] * stats.norm.cdf((bound[None] - c.mean) / c.sd), axis=0)
@@ -329,7 +331,7 @@ def test_map_fold_in_is_the_ridge_solution(map_posterior):
     np.testing.assert_allclose(fold.factor_mean[0, 0], ridge, rtol=F32_RTOL, atol=F32_ATOL)
     np.testing.assert_allclose(fold.factor_cov[0, 0], np.linalg.inv(precision), rtol=F32_RTOL, atol=F32_ATOL)
     assert fold.weights.tolist() == [[1.0]] and fold.effective_sample_size[0] == 1.0
-    pred = fold.predict([1])
+    pred = fold.predict(None, [1])
     want_sd = np.sqrt(1.0 / p.noise_precision + p.item_factors[0] @ np.linalg.inv(precision) @ p.item_factors[0])
     assert pred.sd[0] == pytest.approx(want_sd, rel=F32_RTOL)
 
@@ -365,12 +367,12 @@ def test_fold_in_of_a_training_movie_is_the_gibbs_item_block(posterior):
         )
         np.testing.assert_allclose(fold.factor_mean[s, 0], mean[v], rtol=F32_RTOL, atol=F32_ATOL)
         np.testing.assert_allclose(fold.factor_cov[s, 0], cov[v], rtol=F32_RTOL, atol=F32_ATOL)
-    pred = fold.predict(users[:3], keep_components=True)
+    pred = fold.predict(users[:3], None, keep_components=True)
     x = fold.factor_mean[:, 0]
     u = posterior.user_vocab.index(users[:3], missing="flag")
     want = np.einsum("snd,sd->sn", flat.user_factors[:, u], x[:, :d]) + x[:, d:]
     np.testing.assert_allclose(pred.components.mean, want, rtol=F32_RTOL)
-    assert fold.given_users[0].tolist() == users.tolist()
+    assert fold.given_ids[0].tolist() == users.tolist()
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -381,7 +383,7 @@ def test_unknown_items_are_reported_never_dropped(posterior):
         coldstart.fold_in_users(posterior, [([1, 777, 2, 888], [5.0, 4.0, 3.0, 2.0])])
     fold = coldstart.fold_in_users(posterior, [([1, 777, 2], [5.0, 4.0, 3.0])], unknown="ignore")
     assert fold.ignored_ids[0].tolist() == [777]
-    assert fold.given_items[0].tolist() == [1, 2]
+    assert fold.given_ids[0].tolist() == [1, 2]
     clean = coldstart.fold_in_users(posterior, [([1, 2], [5.0, 3.0])])
     np.testing.assert_array_equal(fold.factor_mean, clean.factor_mean)
     with pytest.raises(ValueError, match="unknown"):

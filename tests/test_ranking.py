@@ -4,6 +4,8 @@ One Gibbs posterior on tiny synthetic data (40 users x 30 movies, rank 2,
 100 draws) serves the module; a point estimate is its last draw.
 """
 
+import warnings
+
 import jax
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from bayesmf.data import RatingScale, Ratings
 from bayesmf.engines import gibbs
 from bayesmf.model import ModelConfig, Params, model_data_from_ratings
 from bayesmf.posterior import Posterior
-from bayesmf.recommend import STRATEGIES, evaluate_ranking, recommend, similar_items
+from bayesmf.ranking import STRATEGIES, evaluate_ranking, recommend, similar_items
 
 NUM_USERS, NUM_ITEMS, RANK, NUM_DRAWS = 40, 30, 2, 100
 # Rotation-invariant distances before/after a change of factor basis agree to
@@ -79,7 +81,8 @@ USER = 105
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_top_k_is_sorted_and_excludes_seen(posterior, strategy):
     top = recommend(posterior, USER, 7, strategy=strategy, rng_key=jax.random.PRNGKey(0))
-    assert list(top.columns[:5]) == ["item", "score", "mean", "sd", "epistemic_sd"] and "title" in top.columns
+    assert list(top.columns[:7]) == ["user", "rank", "item", "score", "mean", "sd", "epistemic_sd"] and "title" in top.columns
+    assert top["user"].tolist() == [USER] * 7 and top["rank"].tolist() == list(range(1, 8))
     assert len(top) == 7
     assert np.all(np.diff(top["score"].to_numpy()) <= 0)
     assert not set(top["item"].tolist()) & seen_items(posterior, USER)
@@ -155,7 +158,7 @@ def test_bounds_bracket_the_mean(posterior):
     assert np.all(lcb <= mean) and np.all(mean <= ucb) and np.any(lcb < mean)
     sd = frames["mean"]["epistemic_sd"].to_numpy()
     np.testing.assert_allclose(ucb - mean, 1.5 * sd, rtol=1e-12)
-    pred = recommend(posterior, USER, 100, strategy="lcb", uncertainty="predictive", exclude_seen=False)
+    pred = recommend(posterior, USER, 100, strategy="lcb", spread="predictive", exclude_seen=False)
     np.testing.assert_allclose(pred["score"], pred["mean"] - pred["sd"], rtol=1e-12)
 
 
@@ -179,22 +182,27 @@ def test_folded_in_user(posterior):
     fold = coldstart.fold_in_users(posterior, [([1, 2, 3], [5.0, 1.0, 4.0]), ([], [])], user_ids=["a", "b"])
     top = recommend(fold, "a", 100)
     assert not {1, 2, 3} & set(top["item"].tolist()) and len(top) == NUM_ITEMS - 3
-    np.testing.assert_allclose(top["mean"], fold.predict(top["item"], users="a").mean, rtol=1e-12)
+    np.testing.assert_allclose(top["mean"], fold.predict("a", top["item"]).mean, rtol=1e-12)
     empty = recommend(fold, "b", 100)
     cold = recommend(posterior, "stranger", 100)
-    pd.testing.assert_frame_equal(empty, cold)  # no ratings: exactly the cold-start ranking
+    # no ratings: exactly the cold-start ranking
+    pd.testing.assert_frame_equal(empty.drop(columns="user"), cold.drop(columns="user"))
     for strategy in ("lcb", "prob_above"):
         assert len(recommend(fold, "a", 5, strategy=strategy)) == 5
 
 
 def test_point_estimate_uses_the_laplace_spread(map_posterior):
-    lcb = recommend(map_posterior, USER, 100, strategy="lcb")
+    lcb = recommend(map_posterior, USER, 100, strategy="lcb", uncertainty="laplace")
     assert np.all(lcb["epistemic_sd"] > 0) and lcb["epistemic_sd"].nunique() > 1
-    plug_in = recommend(map_posterior, USER, 100, strategy="lcb", epistemic="posterior")
+    # The same option, with the same default, as predict: the sds agree.
+    pred = map_posterior.predict(np.full(len(lcb), USER), lcb["item"].to_numpy(), uncertainty="laplace")
+    np.testing.assert_allclose(lcb["sd"], pred.sd, rtol=1e-12)
+    plug_in = recommend(map_posterior, USER, 100, strategy="lcb")
     np.testing.assert_array_equal(plug_in["epistemic_sd"], 0.0)  # collapses to the mean without Laplace
     np.testing.assert_array_equal(plug_in["score"], plug_in["mean"])
-    a = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(0))
-    b = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(1))
+    np.testing.assert_allclose(plug_in["sd"], map_posterior.predict(np.full(len(plug_in), USER), plug_in["item"].to_numpy()).sd, rtol=1e-12)
+    a = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(0), uncertainty="laplace")
+    b = recommend(map_posterior, USER, 10, strategy="thompson", rng_key=jax.random.PRNGKey(1), uncertainty="laplace")
     assert not a["score"].equals(b["score"])
 
 
@@ -209,6 +217,7 @@ def test_point_estimate_uses_the_laplace_spread(map_posterior):
         (dict(strategy="thompson"), "rng_key"),
         (dict(items=[1, 2, 999]), r"unknown to the model: \[999\]"),
         (dict(items=[1, 1]), "duplicate"),
+        (dict(spread="total"), "spread"),
         (dict(uncertainty="total"), "uncertainty"),
     ],
 )
@@ -233,11 +242,12 @@ def test_evaluate_scores_the_same_intervals_as_predict(posterior):
     pred = posterior.predict(test.user_ids, test.item_ids, prob=0.8)
     inside = (pred.lower <= test.rating) & (test.rating <= pred.upper)
     assert known.any()
-    assert posterior.evaluate(test, levels=(0.8,))["coverage_80"] == pytest.approx(inside.mean(), abs=1e-12)
+    table = posterior.evaluate(test, levels=(0.8,), expect_cold=True)
+    assert table.loc[("all", "all"), "coverage_80"] == pytest.approx(inside.mean(), abs=1e-12)
 
 
 def test_bad_targets_raise(posterior):
-    with pytest.raises(TypeError, match="ItemFoldIn"):
+    with pytest.raises(TypeError, match="not one of movies"):
         recommend(coldstart.fold_in_items(posterior, [([101], [4.0])]), 0)
     with pytest.raises(KeyError):
         recommend(coldstart.fold_in_users(posterior, [([1], [4.0])]), 7)
@@ -327,11 +337,13 @@ def test_evaluate_ranking_matches_the_metrics(posterior):
 
 def test_evaluate_breakdowns_score_once_and_match_summarize(posterior):
     test = make_ratings(seed=7, nnz=300)
-    overall = posterior.evaluate(test)
-    first, tables = posterior.evaluate(test, by=("user_activity", "item_popularity"))
-    _, user_table = posterior.evaluate(test, by="user_activity")
-    assert first == overall
-    pd.testing.assert_frame_equal(tables["user_activity"], user_table)
+    overall = posterior.evaluate(test, expect_cold=True)
+    both = posterior.evaluate(test, by=("user_activity", "item_popularity"), expect_cold=True)
+    user_table = posterior.evaluate(test, by="user_activity", expect_cold=True)
+    assert isinstance(both, pd.DataFrame) and both.index.names == ["by", "group"]
+    pd.testing.assert_frame_equal(both.loc[["all"]], overall)
+    pd.testing.assert_frame_equal(both.loc[["all", "user_activity"]], user_table)
+    tables = {name: both.loc[name] for name in ("user_activity", "item_popularity")}
     pred = posterior.predict(test.user_ids, test.item_ids, keep_components=True)
     y = np.asarray(test.rating, np.float64)
     comps = pred.components
@@ -343,10 +355,33 @@ def test_evaluate_breakdowns_score_once_and_match_summarize(posterior):
     # 100 draws x 300 rows is under the exact-CRPS budget, so every group equals summarize on its rows alone.
     for label, row in table[table["count"] > 0].iterrows():
         rows = np.asarray(labels) == label
-        expected = metrics.summarize(y[rows], pred.mean[rows], pred.sd[rows], mu=comps.mean[:, rows],
-                                     sds=comps.sd[:, rows])
+        expected = metrics.summarize(metrics.score_rows(y[rows], comps.mean[:, rows], comps.sd[:, rows])).iloc[0]
         for key, value in expected.items():
             assert row[key] == pytest.approx(value), (label, key)
-    assert overall["rmse"] == pytest.approx(np.sqrt(np.sum(table["count"] * table["rmse"] ** 2) / len(test)))
+    rmse = overall.loc[("all", "all"), "rmse"]
+    assert rmse == pytest.approx(np.sqrt(np.sum(table["count"] * table["rmse"] ** 2) / len(test)))
     with pytest.raises(ValueError, match="unknown breakdown"):
         posterior.evaluate(test, by=("user_activity", "genre"))
+
+
+def test_recommend_for_several_users_returns_every_list(posterior):
+    """recommend([u1, u2]) once returned only u1's list."""
+    users = posterior.user_vocab.ids[:3]
+    frame = recommend(posterior, list(users), 4)
+    assert frame["user"].tolist() == np.repeat(users, 4).tolist()
+    assert frame["rank"].tolist() == [1, 2, 3, 4] * 3
+    for u in users:
+        pd.testing.assert_frame_equal(frame[frame["user"] == u].reset_index(drop=True), recommend(posterior, u, 4))
+    everyone = recommend(posterior, None, 2)
+    assert set(everyone["user"]) == set(posterior.user_vocab.ids) and len(everyone) == 2 * len(posterior.user_vocab)
+
+
+def test_evaluate_warns_when_many_rows_are_cold(posterior):
+    test = make_ratings(seed=7, nnz=80)
+    strangers = Ratings.from_arrays(test.user_ids + 10_000, test.item_ids, test.rating, scale=test.scale)
+    with pytest.warns(UserWarning, match="cold-start predictions"):
+        table = posterior.evaluate(strangers)
+    assert table.attrs["num_cold_rows"] == len(strangers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        posterior.evaluate(strangers, expect_cold=True)

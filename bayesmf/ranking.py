@@ -1,7 +1,11 @@
 """Ranking with uncertainty: top-k movies, similar movies, offline ranking metrics.
 
-Every score comes from the posterior predictive of :mod:`bayesmf.posterior`
-(or of a fold-in, :mod:`bayesmf.coldstart`):
+Every score comes from a :class:`bayesmf.predictive.Predictor`: a fitted
+:class:`~bayesmf.posterior.Posterior` or users folded into one
+(:func:`bayesmf.coldstart.fold_in_users`). Ranking uses the protocol only
+(``pairs``, ``components``) plus what a ranking needs of a user: the movies
+to exclude as seen (``seen_items``) and one joint posterior sample of the
+mean ratings (``sample_means``, for Thompson sampling).
 
 ==============  ===============================================================
 strategy        score of movie j for the user
@@ -17,17 +21,18 @@ strategy        score of movie j for the user
 ``prob_above``  ``P(r_j >= threshold)`` under the predictive mixture
 ==============  ===============================================================
 
-``sd_j`` is by default the *epistemic* sd (``uncertainty="epistemic"``): the
+``sd_j`` is by default the *epistemic* sd (``spread="epistemic"``): the
 uncertainty about the user's mean rating of the movie, which is what a
 confidence bound on a recommendation is about. The noise part of the
 predictive sd is the same for every movie of a user (``E_s[1/alpha_s]``), so
-it only shifts the predictive sd toward a constant;
-``uncertainty="predictive"`` uses the full predictive sd instead.
+it only shifts the predictive sd toward a constant; ``spread="predictive"``
+uses the full predictive sd instead.
 
-A point estimate (MAP, one draw) has no epistemic spread, so lcb/ucb would
-collapse to the mean and Thompson sampling to a fixed ranking: by default
-(``epistemic="laplace"``) the conditional (per-row Laplace) variance of the
-user's factors given the movies, ``R_j^T P_u^{-1} R_j``, is used, and
+A point estimate (MAP, one draw) has no epistemic spread, so lcb/ucb collapse
+to the mean and Thompson sampling to the mean ranking unless
+``uncertainty="laplace"`` (the same option, with the same default, as
+:meth:`Posterior.predict`): then the conditional (per-row Laplace) variance
+of the user's factors given the movies, ``R_j^T P_u^{-1} R_j``, is used, and
 Thompson samples the user's factors from ``N(L_u, P_u^{-1})``.
 
 Ties are broken by movie index ascending (a stable sort of candidates in
@@ -40,21 +45,16 @@ import numbers
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
 from bayesmf import metrics
-from bayesmf.coldstart import FoldIn, ItemFoldIn, fold_in_users
-from bayesmf.conjugate import RowPosterior, draw_from
-from bayesmf.posterior import Components, Posterior
+from bayesmf.choices import SIMILARITY_METRICS, SPREADS, STRATEGIES
+from bayesmf.posterior import check_uncertainty
+from bayesmf.predictive import Components, mixture_moments
 
 Array = jax.Array
-
-STRATEGIES = ("mean", "lcb", "ucb", "thompson", "prob_above")
-UNCERTAINTIES = ("epistemic", "predictive")
-SIMILARITY_METRICS = ("invariant", "euclidean", "profile")
 
 # The components are float32 computations: 1/alpha inside a component's variance
 # carries a relative round-off of ~eps32 = 1.2e-7 against the float64 noise
@@ -75,7 +75,7 @@ def _check_k(k) -> int:
     return int(k)
 
 
-def _check_options(strategy, beta, threshold, rng_key, uncertainty):
+def _check_options(strategy, beta, threshold, rng_key, spread, uncertainty):
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     if not np.isfinite(beta) or beta < 0:
@@ -87,74 +87,31 @@ def _check_options(strategy, beta, threshold, rng_key, uncertainty):
             "strategy='thompson' draws from the posterior: pass rng_key=jax.random.PRNGKey(seed) "
             "(one key per call; the same key gives the same ranking)"
         )
-    if uncertainty not in UNCERTAINTIES:
-        raise ValueError(f"unknown uncertainty {uncertainty!r}; expected one of {UNCERTAINTIES}")
+    if spread not in SPREADS:
+        raise ValueError(f"unknown spread {spread!r}; expected one of {SPREADS}")
+    check_uncertainty(uncertainty)
 
 
-def _candidates(posterior: Posterior, items) -> tuple[np.ndarray, np.ndarray]:
+def _candidates(target, items) -> tuple[np.ndarray, np.ndarray]:
     """Candidate external ids and their indices, in index order (the tie-break order)."""
+    vocab = target.item_vocab
     if items is None:
-        index = np.arange(len(posterior.item_vocab))
-        return np.asarray(posterior.item_vocab.ids)[index], index
+        index = np.arange(len(vocab))
+        return np.asarray(vocab.ids)[index], index
     items = np.atleast_1d(np.asarray(items))
     if items.ndim != 1:
         raise ValueError(f"items must be 1-D, got shape {items.shape}")
     values, counts = np.unique(items, return_counts=True)
     if np.any(counts > 1):
         raise ValueError(f"duplicate candidate items {values[counts > 1].tolist()}")
-    index = np.asarray(posterior.item_vocab.index(items, missing="flag"), np.int64)
+    index = np.asarray(vocab.index(items, missing="flag"), np.int64)
     if np.any(index < 0):
         raise ValueError(
             f"candidate items unknown to the model: {items[index < 0].tolist()}; recommend ranks movies the "
-            "model has seen (fold new movies in with bayesmf.coldstart.fold_in_items to predict them)"
+            "model has seen (fold new movies in with bayesmf.fold_in_items to predict them)"
         )
     order = np.argsort(index, kind="stable")
     return items[order], index[order]
-
-
-def _train_rows(posterior: Posterior, user) -> tuple[np.ndarray, np.ndarray]:
-    """External item ids and ratings of a known user's training ratings."""
-    if posterior.train is None:
-        raise ValueError("this posterior has no training ratings (posterior.train): cannot tell the user's seen movies")
-    train = posterior.train
-    u = int(np.asarray(train.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
-    if u < 0:
-        return np.zeros(0, dtype=np.asarray(train.item_vocab.ids).dtype), np.zeros(0)
-    rows = np.flatnonzero(np.asarray(train.user_index) == u)
-    return np.asarray(train.item_vocab.ids)[np.asarray(train.item_index)[rows]], np.asarray(train.rating, np.float64)[rows]
-
-
-def _seen(target, posterior: Posterior, user) -> np.ndarray:
-    if isinstance(target, FoldIn):
-        return np.asarray(target.given_items[target.position(user)])
-    if int(np.asarray(posterior.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0]) < 0:
-        return np.zeros(0)
-    return _train_rows(posterior, user)[0]
-
-
-def _thompson_scores(rng_key, target, posterior: Posterior, user, index: np.ndarray, epistemic: str) -> np.ndarray:
-    """Mean ratings of the candidates under one joint posterior sample."""
-    flat = posterior.flat_draws()
-    num_draws = flat.noise_precision.shape[0]
-    if isinstance(target, FoldIn):
-        s, factors = target.sample_factors(rng_key, user)
-    else:
-        key_draw, key_row = jax.random.split(rng_key)
-        s = int(jax.random.randint(key_draw, (), 0, num_draws))
-        u = int(np.asarray(posterior.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
-        if u >= 0:
-            factors = flat.user_factors[s, u]
-            if num_draws == 1 and epistemic == "laplace":
-                # Point estimate: L ~ N(L_u, P_u^{-1}), P_u the conditional precision given the movies.
-                # The fold-in of the user's own training ratings has exactly that precision.
-                fold = fold_in_users(posterior, [_train_rows(posterior, user)], weighting="equal")
-                _, draw = fold.sample_factors(key_row, 0)
-                factors = factors + (draw - fold.factor_mean[0, 0])
-        else:
-            chol = jnp.linalg.cholesky(jnp.asarray(flat.user_precision[s]))[None]
-            factors = np.asarray(draw_from(key_row, RowPosterior(jnp.asarray(flat.user_mean[s])[None], chol)))[0]
-    factors = np.asarray(factors, np.float64)
-    return flat.item_offsets[s, index].astype(np.float64) + flat.item_factors[s, index].astype(np.float64) @ factors
 
 
 class _Scored(NamedTuple):
@@ -162,63 +119,70 @@ class _Scored(NamedTuple):
     sd: np.ndarray  # (n,)
     epistemic_sd: np.ndarray  # (n,)
     components: Components  # (S, n)
-    weights: np.ndarray | None  # (S,), None: uniform
 
 
-def _predictive(target, posterior: Posterior, user, index: np.ndarray, epistemic: str) -> _Scored:
+def _predictive(target, user, ids: np.ndarray, uncertainty: str) -> _Scored:
     """Mixture moments of the candidates' predictive for one user.
 
-    The same components as ``predict`` (the posterior's, or the fold-in's
-    with its weights), but without the mixture quantiles of the predictive
-    interval, which ranking does not need and which cost more than
-    everything else (a bisection over all draws and movies).
+    The same components as ``predict``, but without the mixture quantiles of
+    the predictive interval, which ranking does not need and which cost more
+    than everything else (a bisection over all draws and movies).
     """
-    n = index.shape[0]
-    if isinstance(target, FoldIn):
-        p = target.position(user)
-        comps = target.components(np.full(n, p), index)
-        weights = target.weights[p]
-        weights = None if np.all(weights == weights[0]) else weights
-    elif posterior.num_chains * posterior.num_draws == 1:
-        # A point estimate: predict adds the Laplace variance; its interval is Gaussian (cheap).
-        ids = np.asarray(posterior.item_vocab.ids)[index]
-        users = np.repeat(np.asarray([user]), n)
-        comps = posterior.predict(users, ids, keep_components=True, epistemic=epistemic).components
-        weights = None
-    else:
-        u = int(np.asarray(posterior.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
-        comps = posterior.components(np.full(n, u), index)
-        weights = None
-    if n == 0:
+    pairs = target.pairs(np.repeat(np.asarray([user]), ids.shape[0]), ids)
+    comps = target.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty)
+    if ids.shape[0] == 0:
         empty = np.zeros(0)
-        return _Scored(empty, empty, empty, comps, weights)
-    mean, sd = metrics.mixture_moments(comps.mean, comps.sd, weights)
-    noise_var = np.mean(comps.noise_sd**2) if weights is None else weights @ comps.noise_sd**2
-    epistemic_var = sd**2 - noise_var
+        return _Scored(empty, empty, empty, comps)
+    mean, var, noise_var = mixture_moments(comps)
+    epistemic_var = var - noise_var
     floor = EPISTEMIC_FLOOR_EPS * np.finfo(np.float32).eps * noise_var
     epistemic_sd = np.sqrt(np.where(epistemic_var > floor, epistemic_var, 0.0))
-    return _Scored(mean, sd, epistemic_sd, comps, weights)
+    return _Scored(mean, np.sqrt(var), epistemic_sd, comps)
 
 
-def _prob_above(scored: _Scored, threshold: float) -> np.ndarray:
+def _prob_above(comps: Components, threshold: float) -> np.ndarray:
     """``P(r >= threshold)`` under the mixture, shape (n,)."""
-    comps = scored.components
     tail = ndtr((comps.mean - threshold) / comps.sd)  # per component, (S, n)
-    if scored.weights is None:
+    if comps.weights is None:
         return tail.mean(axis=0)
-    return scored.weights @ tail
+    return np.sum(comps.weights * tail, axis=0)
 
 
-def _frame(posterior: Posterior, columns: dict) -> pd.DataFrame:
+def _frame(target, columns: dict) -> pd.DataFrame:
     frame = pd.DataFrame(columns)
-    if posterior.titles:
-        frame["title"] = [posterior.titles.get(x.item() if hasattr(x, "item") else x) for x in frame["item"]]
+    if target.titles:
+        frame["title"] = [target.titles.get(x.item() if hasattr(x, "item") else x) for x in frame["item"]]
     return frame
 
 
+def _one_user(target, user, k, strategy, beta, threshold, exclude_seen, rng_key, items, uncertainty, spread) -> dict:
+    ids, index = _candidates(target, items)
+    if exclude_seen:
+        keep = ~np.isin(ids, target.seen_items(user))
+        ids, index = ids[keep], index[keep]
+    pred = _predictive(target, user, ids, uncertainty)
+    sd = pred.epistemic_sd if spread == "epistemic" else pred.sd
+    if strategy == "mean":
+        score = pred.mean
+    elif strategy == "lcb":
+        score = pred.mean - beta * sd
+    elif strategy == "ucb":
+        score = pred.mean + beta * sd
+    elif strategy == "prob_above":
+        score = _prob_above(pred.components, threshold)
+    else:
+        score = target.sample_means(rng_key, user, index, uncertainty=uncertainty)
+    score = np.asarray(score, np.float64)
+    order = np.argsort(-score, kind="stable")[:k]
+    return dict(
+        item=ids[order], score=score[order], mean=pred.mean[order], sd=pred.sd[order],
+        epistemic_sd=pred.epistemic_sd[order],
+    )
+
+
 def recommend(
-    posterior_or_foldin,
-    user,
+    target,
+    users=None,
     k: int = 10,
     *,
     strategy: str = "mean",
@@ -227,21 +191,23 @@ def recommend(
     exclude_seen: bool = True,
     rng_key: Array | None = None,
     items=None,
-    epistemic: str = "laplace",
-    uncertainty: str = "epistemic",
+    uncertainty: str = "posterior",
+    spread: str = "epistemic",
 ) -> pd.DataFrame:
-    """Top-k movies for one user, ranked with or without uncertainty.
+    """Top-k movies for one user or many, ranked with or without uncertainty.
 
     Parameters
     ----------
-    posterior_or_foldin : Posterior or FoldIn
-        A fitted posterior (``user`` is an external user id; an unknown id
-        gets the cold-start prior) or a fold-in of new users (``user`` is its
-        label: 0, 1, ... unless given).
-    user
-        Which user.
+    target : Posterior or FoldIn
+        A fitted posterior (``users`` are external user ids; an unknown id
+        gets the cold-start prior) or a fold-in of new users (``users`` are
+        its labels: 0, 1, ... unless given).
+    users : id, array-like of ids, or None
+        One user, several, or None for every user (every training user of a
+        posterior, every folded-in user of a fold-in).
     k : int
-        Number of movies (> 0; fewer come back if fewer candidates remain).
+        Number of movies per user (> 0; fewer come back if fewer candidates
+        remain).
     strategy : {"mean", "lcb", "ucb", "thompson", "prob_above"}
         See the module docstring.
     beta : float
@@ -255,24 +221,26 @@ def recommend(
         folded-in user's given movies.
     rng_key : jax.Array, optional
         Required by ``strategy="thompson"``: the same key gives the same
-        ranking, another key another sample.
+        ranking, another key another sample (user ``n`` of the list gets
+        ``fold_in(rng_key, n)`` when several users are ranked).
     items : array-like, optional
         Candidate movies (external ids, all known to the model); default
         every movie.
-    epistemic : {"laplace", "posterior"}
-        For a point estimate: ``"laplace"`` (default) adds the conditional
-        variance of the user's factors so that lcb / ucb / thompson differ
-        from the mean ranking; ``"posterior"`` keeps the plug-in (noise-only)
-        sd. Ignored with several draws.
-    uncertainty : {"epistemic", "predictive"}
+    uncertainty : {"posterior", "laplace"}
+        For a point estimate: ``"laplace"`` adds the conditional variance of
+        the user's factors so that lcb / ucb / thompson differ from the mean
+        ranking; ``"posterior"`` (default, as in ``predict``) keeps the
+        plug-in (noise-only) sd. Changes nothing with several draws.
+    spread : {"epistemic", "predictive"}
         Which sd lcb / ucb use (see the module docstring).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``item``, ``score``, ``mean``, ``sd`` (predictive),
-        ``epistemic_sd`` and ``title`` (when the posterior has titles), one
-        row per movie, sorted by score descending (ties: movie index
+        Columns ``user``, ``rank`` (1..k), ``item``, ``score``, ``mean``,
+        ``sd`` (predictive), ``epistemic_sd`` and ``title`` (when the
+        posterior has titles): k rows per user in the order the users were
+        given, each user's sorted by score descending (ties: movie index
         ascending).
 
     Raises
@@ -283,46 +251,31 @@ def recommend(
 
     Examples
     --------
-    >>> recommend(posterior, user=1, k=5, strategy="lcb", beta=1.0)  # doctest: +SKIP
-    >>> recommend(posterior, user=1, strategy="thompson", rng_key=jax.random.PRNGKey(0))  # doctest: +SKIP
+    >>> recommend(posterior, 1, k=5, strategy="lcb", beta=1.0)  # doctest: +SKIP
+    >>> recommend(posterior, [1, 2], strategy="thompson", rng_key=jax.random.PRNGKey(0))  # doctest: +SKIP
     """
     k = _check_k(k)
-    _check_options(strategy, beta, threshold, rng_key, uncertainty)
-    if isinstance(posterior_or_foldin, ItemFoldIn):
-        raise TypeError("recommend ranks movies for a user: pass a Posterior or a FoldIn of users, not an ItemFoldIn")
-    target = posterior_or_foldin
-    posterior = target.posterior if isinstance(target, FoldIn) else target
-    if not isinstance(posterior, Posterior):
-        raise TypeError(f"expected a Posterior or a FoldIn, got {type(target).__name__}")
-    if isinstance(target, FoldIn):
-        target.position(user)  # a clear KeyError for an unknown label, before any work
-    ids, index = _candidates(posterior, items)
-    if exclude_seen:
-        keep = ~np.isin(ids, _seen(target, posterior, user))
-        ids, index = ids[keep], index[keep]
-    pred = _predictive(target, posterior, user, index, epistemic)
-    spread = pred.epistemic_sd if uncertainty == "epistemic" else pred.sd
-    if strategy == "mean":
-        score = pred.mean
-    elif strategy == "lcb":
-        score = pred.mean - beta * spread
-    elif strategy == "ucb":
-        score = pred.mean + beta * spread
-    elif strategy == "prob_above":
-        score = _prob_above(pred, threshold)
-    else:
-        score = _thompson_scores(rng_key, target, posterior, user, index, epistemic)
-    order = np.argsort(-np.asarray(score, np.float64), kind="stable")[:k]
-    return _frame(
-        posterior,
-        dict(
-            item=ids[order],
-            score=np.asarray(score, np.float64)[order],
-            mean=pred.mean[order],
-            sd=pred.sd[order],
-            epistemic_sd=pred.epistemic_sd[order],
-        ),
-    )
+    _check_options(strategy, beta, threshold, rng_key, spread, uncertainty)
+    for method in ("pairs", "components", "seen_items", "sample_means"):
+        if not callable(getattr(target, method, None)):
+            raise TypeError(f"expected a Posterior or a FoldIn of users, got {type(target).__name__}")
+    if getattr(target, "side", "user") != "user":
+        raise TypeError("recommend ranks movies for a user: pass a Posterior or a FoldIn of users, not one of movies")
+    single = users is not None and np.ndim(users) == 0
+    if users is None:
+        users = target.labels if hasattr(target, "labels") else target.user_vocab.ids
+    users = np.atleast_1d(np.asarray(users))
+    if hasattr(target, "position"):
+        for user in users:
+            target.position(user)  # a clear KeyError for an unknown label, before any work
+    parts = []
+    for n, user in enumerate(users):
+        key = rng_key if single or rng_key is None else jax.random.fold_in(rng_key, n)
+        top = _one_user(target, user, k, strategy, beta, threshold, exclude_seen, key, items, uncertainty, spread)
+        size = top["item"].shape[0]
+        parts.append(dict(user=np.repeat(users[n : n + 1], size), rank=np.arange(1, size + 1), **top))
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return _frame(target, columns)
 
 
 # --- similar movies -----------------------------------------------------------------------
@@ -359,7 +312,7 @@ def _squared_distances(flat, draws: np.ndarray, i: int, metric: str) -> np.ndarr
     return np.maximum(np.concatenate(out), 0.0)
 
 
-def similar_items(posterior: Posterior, item, k: int = 10, *, metric: str = "invariant", num_draws: int | None = None) -> pd.DataFrame:
+def similar_items(posterior, item, k: int = 10, *, metric: str = "invariant", num_draws: int | None = None) -> pd.DataFrame:
     """The k movies nearest to a movie, with the posterior probability of each being among them.
 
     Metrics (per draw ``s``, then averaged over draws):
@@ -410,7 +363,7 @@ def similar_items(posterior: Posterior, item, k: int = 10, *, metric: str = "inv
         raise ValueError(f"unknown metric {metric!r}; expected one of {SIMILARITY_METRICS}")
     i = int(np.asarray(posterior.item_vocab.index(np.atleast_1d(np.asarray(item)), missing="flag"))[0])
     if i < 0:
-        raise ValueError(f"item {item!r} is unknown to the model; fold it in first (bayesmf.coldstart.fold_in_items)")
+        raise ValueError(f"item {item!r} is unknown to the model; fold it in first (bayesmf.fold_in_items)")
     flat = posterior.flat_draws()
     draws = _draw_subset(flat.noise_precision.shape[0], num_draws)
     sq = _squared_distances(flat, draws, i, metric)  # (S', M)
@@ -434,7 +387,7 @@ def similar_items(posterior: Posterior, item, k: int = 10, *, metric: str = "inv
 
 
 def evaluate_ranking(
-    posterior: Posterior,
+    posterior,
     test_users,
     test_items,
     test_ratings,
@@ -446,8 +399,8 @@ def evaluate_ranking(
     threshold: float = 4.0,
     exclude_seen: bool = True,
     rng_key: Array | None = None,
-    epistemic: str = "laplace",
-    uncertainty: str = "epistemic",
+    uncertainty: str = "posterior",
+    spread: str = "epistemic",
 ) -> dict:
     """Top-k ranking quality on held-out ratings.
 
@@ -469,7 +422,7 @@ def evaluate_ranking(
         of the sorted test users gets ``fold_in(rng_key, i)``).
     relevance_threshold : float
         A test rating at or above it is relevant.
-    beta, threshold, exclude_seen, rng_key, epistemic, uncertainty
+    beta, threshold, exclude_seen, rng_key, uncertainty, spread
         Passed to :func:`recommend`.
 
     Returns
@@ -480,7 +433,7 @@ def evaluate_ranking(
         ``num_users_skipped`` (no relevant test movie), ``num_cold_users``.
     """
     k = _check_k(k)
-    _check_options(strategy, beta, threshold, rng_key, uncertainty)
+    _check_options(strategy, beta, threshold, rng_key, spread, uncertainty)
     test_users = np.atleast_1d(np.asarray(test_users))
     test_items = np.atleast_1d(np.asarray(test_items))
     test_ratings = np.atleast_1d(np.asarray(test_ratings, np.float64))
@@ -501,7 +454,7 @@ def evaluate_ranking(
         key = None if rng_key is None else jax.random.fold_in(rng_key, n)
         top = recommend(
             posterior, user, k, strategy=strategy, beta=beta, threshold=threshold, exclude_seen=exclude_seen,
-            rng_key=key, epistemic=epistemic, uncertainty=uncertainty,
+            rng_key=key, uncertainty=uncertainty, spread=spread,
         )
         recommended.append(top["item"].to_numpy())
         relevant.append(good)

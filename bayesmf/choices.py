@@ -1,0 +1,31 @@
+"""The choices the API and the command line accept, each defined once.
+
+This module imports nothing, so the command line can build its parser (and
+answer ``--help``) without importing JAX or pandas; the modules that act on a
+choice import it from here.
+"""
+
+#: Inference engines of :class:`bayesmf.BayesMF`.
+METHODS = ("map", "map-adam", "als", "gibbs", "nuts", "svi")
+#: Engines that draw from the posterior by MCMC (R-hat is meaningful for them).
+SAMPLERS = ("gibbs", "nuts")
+#: Engines that give a point estimate.
+MAP_METHODS = ("map", "map-adam", "als")
+#: The default engine, in Python and on the command line alike.
+DEFAULT_METHOD = "gibbs"
+
+#: MovieLens-100K's predefined splits.
+PREDEFINED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+#: Every split :func:`bayesmf.split.make_split` makes.
+SPLIT_NAMES = PREDEFINED_SPLITS + ("random", "kfold", "leave-k-out", "cold-users", "cold-items")
+
+#: Ranking strategies of :func:`bayesmf.recommend`.
+STRATEGIES = ("mean", "lcb", "ucb", "thompson", "prob_above")
+#: Which sd lcb / ucb use.
+SPREADS = ("epistemic", "predictive")
+#: Distances of :func:`bayesmf.similar_items`.
+SIMILARITY_METRICS = ("invariant", "euclidean", "profile")
+#: Where a point estimate's epistemic uncertainty comes from (predict and recommend).
+UNCERTAINTIES = ("posterior", "laplace")
+#: Breakdowns of :meth:`bayesmf.Posterior.evaluate`.
+BREAKDOWNS = ("user_activity", "item_popularity", "cold")

@@ -1,0 +1,440 @@
+"""What everything that predicts shares: mixture components, the prediction built from them, one protocol.
+
+A fitted :class:`~bayesmf.posterior.Posterior`, new users folded into it and
+new movies folded into it all predict a rating by a mixture over posterior
+draws ``s = 1..S``:
+
+.. math::
+
+    p(r \\mid u, v) = \\sum_s w_s\\, \\mathcal N(r;\\ \\mu_s,\\ \\sigma^2_s)
+
+with weights ``w_s = 1/S`` for a posterior (and for a fold-in under
+``weighting="equal"``) and importance weights for a fold-in otherwise. Each
+of them implements :class:`Predictor`: it maps external ids to indices
+(:meth:`Predictor.pairs`) and gives the per-draw components for index pairs
+(:meth:`Predictor.components`). :func:`prediction` turns components into a
+:class:`Prediction` (moments and mixture-quantile interval);
+:mod:`bayesmf.recommend` ranks and :meth:`Posterior.evaluate` scores through
+the same protocol, never through a class's internals.
+
+Every per-draw mean and variance of a pair is the mean and variance of a
+product of two independent Gaussian vectors (:func:`product_moments`): the
+user side ``a = (L_u, 1)`` and the movie side ``b = (R_v, m_v)``, each either
+known under the draw (zero covariance) or random (a new user's prior
+``N((mu_L, 1), blockdiag(Lambda_L^-1, 0))``, a new movie's
+``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))``, or a folded-in row's
+conditional). :func:`user_side` and :func:`item_side` build the two sides
+from a draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from bayesmf import metrics
+from bayesmf.model import Params
+
+Array = jax.Array
+
+
+class Components(NamedTuple):
+    """Per-draw components of the predictive mixture of n pairs.
+
+    Attributes
+    ----------
+    mean : array, shape (S, n)
+    sd : array, shape (S, n)
+        Total sd of each component (noise and the spread of unseen or
+        folded-in sides).
+    noise_sd : array, shape (S,)
+    weights : array, shape (S, n), or None
+        Mixture weight of each component of each pair (columns sum to 1);
+        None for uniform weights ``1/S``.
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    noise_sd: np.ndarray
+    weights: np.ndarray | None = None
+
+
+class Pairs(NamedTuple):
+    """(user, item) pairs as a predictor resolves them.
+
+    Attributes
+    ----------
+    users, items : array, shape (n,)
+        External ids (or fold-in labels for the folded-in side).
+    user_index, item_index : int array, shape (n,)
+        What :meth:`Predictor.components` takes (``-1``: not seen).
+    known_user, known_item : bool array, shape (n,)
+        False where the side is a cold-start prior or a folded-in row.
+    folded_in : bool array, shape (n,), or None
+        For a fold-in: True where the prediction conditions on given ratings.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    user_index: np.ndarray
+    item_index: np.ndarray
+    known_user: np.ndarray
+    known_item: np.ndarray
+    folded_in: np.ndarray | None = None
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What predicts ratings: a posterior, or users or movies folded into one.
+
+    Attributes
+    ----------
+    scale : bayesmf.data.RatingScale
+    """
+
+    scale: object
+
+    def pairs(self, users, items) -> Pairs:
+        """Resolve external ids (or fold-in labels) to index pairs."""
+        ...
+
+    def components(self, user_index, item_index) -> Components:
+        """Per-draw predictive components for index pairs, shape (S, n) each."""
+        ...
+
+
+def check_prob(prob) -> float:
+    """``prob`` as a float in (0, 1), or a ValueError naming it."""
+    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating, np.integer)) or not 0.0 < prob < 1.0:
+        raise ValueError(f"interval probability must be a number in (0, 1), got {prob!r}")
+    return float(prob)
+
+
+# --- the math of one pair under one draw --------------------------------------------------
+
+
+class Side(NamedTuple):
+    """One side of a pair under one draw (or a batch of draws).
+
+    Attributes
+    ----------
+    vec : array, shape (..., n, k) or (..., 1, k)
+        Mean of the side's augmented vector (``(L_u, 1)`` or ``(R_v, m_v)``).
+    cov : array, shape (..., k, k)
+        Covariance of the vector where it is random.
+    random : bool array, shape (n,) or ()
+        Whether the side is random for each pair (else known: zero covariance).
+    """
+
+    vec: Array
+    cov: Array
+    random: Array
+
+
+def _quad(x: Array, cov: Array) -> Array:
+    """``x^T C x`` over the last axis: x (..., n, k), C (..., k, k) -> (..., n)."""
+    return jnp.sum(jnp.matmul(x, cov) * x, axis=-1)
+
+
+def product_moments(a: Side, b: Side) -> tuple[Array, Array]:
+    """Mean and variance of ``x . y`` for independent ``x ~ a``, ``y ~ b``.
+
+    .. math::
+
+        E[x^\\top y] = a^\\top b, \\qquad
+        \\mathrm{Var}[x^\\top y] = b^\\top A b + a^\\top B a + \\mathrm{tr}(A B)
+
+    where a known side has zero covariance (its terms drop).
+
+    Returns
+    -------
+    mean, var : array, shape (..., n)
+    """
+    mean = jnp.sum(a.vec * b.vec, axis=-1)
+    trace = jnp.sum(a.cov * jnp.swapaxes(b.cov, -1, -2), axis=(-1, -2))[..., None]
+    var = (
+        jnp.where(a.random, _quad(b.vec, a.cov), 0.0)
+        + jnp.where(b.random, _quad(a.vec, b.cov), 0.0)
+        + jnp.where(a.random & b.random, trace, 0.0)
+    )
+    return mean, var
+
+
+def _pad_cov(cov: Array, corner: Array) -> Array:
+    """``blockdiag(cov, corner)``: (..., d, d), (...,) -> (..., d + 1, d + 1)."""
+    d = cov.shape[-1]
+    out = jnp.zeros(cov.shape[:-2] + (d + 1, d + 1), cov.dtype)
+    return out.at[..., :d, :d].set(cov).at[..., d, d].set(corner)
+
+
+def _with_one(x: Array, value) -> Array:
+    """Append ``value`` on the last axis: (..., d) -> (..., d + 1)."""
+    return jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(value, x.dtype), x.shape[:-1] + (1,))], axis=-1)
+
+
+def _inverse(precision: Array) -> Array:
+    eye = jnp.eye(precision.shape[-1], dtype=precision.dtype)
+    return jnp.linalg.solve(precision, jnp.broadcast_to(eye, precision.shape))
+
+
+def user_side(params: Params, user_index: Array) -> Side:
+    """``(L_u, 1)`` for known users, the prior ``N((mu_L, 1), blockdiag(Lambda_L^-1, 0))`` for ``-1``.
+
+    Parameters
+    ----------
+    params : Params
+        One draw, or draws with leading axes (factors ``(..., N, d)``).
+    user_index : int array, shape (n,)
+    """
+    known = user_index >= 0
+    factors = jnp.take(params.user_factors, jnp.where(known, user_index, 0), axis=-2)
+    vec = jnp.where(known[:, None], _with_one(factors, 1.0), _with_one(params.user_mean, 1.0)[..., None, :])
+    cov = _pad_cov(_inverse(params.user_precision), jnp.zeros_like(params.offset_precision))
+    return Side(vec, cov, ~known)
+
+
+def item_side(params: Params, item_index: Array) -> Side:
+    """``(R_v, m_v)`` for known movies, ``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))`` for ``-1``."""
+    known = item_index >= 0
+    i = jnp.where(known, item_index, 0)
+    factors = jnp.take(params.item_factors, i, axis=-2)
+    offsets = jnp.take(params.item_offsets, i, axis=-1)
+    vec_known = jnp.concatenate([factors, offsets[..., None]], axis=-1)
+    vec_new = jnp.concatenate([params.item_mean, params.offset_mean[..., None]], axis=-1)[..., None, :]
+    cov = _pad_cov(_inverse(params.item_precision), 1.0 / params.offset_precision)
+    return Side(jnp.where(known[:, None], vec_known, vec_new), cov, ~known)
+
+
+def row_side(mean: Array, cov: Array, side: str) -> Side:
+    """A folded-in row's conditional ``N(mean, cov)`` under each draw as a :class:`Side`.
+
+    Parameters
+    ----------
+    mean : array, shape (S, k)
+        ``k = d`` for a user (its side is ``(L, 1)``), ``d + 1`` for a movie
+        (``(R, m)``, the offset last).
+    cov : array, shape (S, k, k)
+    side : {"user", "item"}
+    """
+    if side == "user":
+        return Side(_with_one(mean, 1.0)[:, None, :], _pad_cov(cov, jnp.zeros(cov.shape[:-2], cov.dtype)), jnp.array(True))
+    return Side(mean[:, None, :], cov, jnp.array(True))
+
+
+def pair_moments(params: Params, user_index: Array, item_index: Array) -> tuple[Array, Array]:
+    """Mean and variance of one draw's predictive for index pairs (``-1``: unseen).
+
+    Parameters
+    ----------
+    params : Params
+        One draw (no leading axes).
+    user_index, item_index : int array, shape (n,)
+
+    Returns
+    -------
+    mean, var : array, shape (n,)
+        Noise ``1/alpha`` included in ``var``.
+    """
+    mean, var = product_moments(user_side(params, user_index), item_side(params, item_index))
+    return mean, var + 1.0 / params.noise_precision
+
+
+# --- from components to a prediction --------------------------------------------------------
+
+
+def _weight_groups(weights: np.ndarray):
+    """Columns of a (S, n) weight matrix that share one weight vector: yields (cols, w (S,))."""
+    if np.all(weights == weights[:, :1]):
+        yield np.arange(weights.shape[1]), weights[:, 0]
+        return
+    _, first, inverse = np.unique(weights.T, axis=0, return_index=True, return_inverse=True)
+    for g, col in enumerate(first):
+        yield np.flatnonzero(inverse.ravel() == g), weights[:, col]
+
+
+def mixture_moments(comps: Components) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, variance and noise variance of each pair's mixture, shape (n,) each."""
+    if comps.weights is None:
+        mean = comps.mean.mean(axis=0)
+        var = (comps.sd**2).mean(axis=0) + comps.mean.var(axis=0)
+        noise_var = np.full(mean.shape, np.mean(comps.noise_sd**2))
+        return mean, var, noise_var
+    w = comps.weights
+    mean = np.sum(w * comps.mean, axis=0)
+    var = np.sum(w * (comps.sd**2 + (comps.mean - mean) ** 2), axis=0)
+    return mean, var, w.T @ comps.noise_sd**2
+
+
+def mixture_interval(comps: Components, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Central interval of probability ``prob`` of each pair's mixture (exact quantiles), shape (n,) each."""
+    prob = check_prob(prob)
+    if comps.weights is None:
+        return metrics.interval(comps.mean, comps.sd, prob)
+    lower, upper = np.empty(comps.mean.shape[1]), np.empty(comps.mean.shape[1])
+    for cols, w in _weight_groups(comps.weights):
+        lower[cols], upper[cols] = metrics.interval(comps.mean[:, cols], comps.sd[:, cols], prob, weights=w)
+    return lower, upper
+
+
+def score_rows(y: np.ndarray, comps: Components, levels) -> dict:
+    """Per-row scores of ratings ``y`` (n,) under the mixture (see :func:`bayesmf.metrics.score_rows`)."""
+    if comps.weights is None:
+        return metrics.score_rows(y, comps.mean, comps.sd, levels=levels)
+    rows = {}
+    for cols, w in _weight_groups(comps.weights):
+        part = metrics.score_rows(y[cols], comps.mean[:, cols], comps.sd[:, cols], weights=w, levels=levels)
+        for name, values in part.items():
+            rows.setdefault(name, np.empty(y.shape[0]))[cols] = values
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Predictive ratings for n (user, item) pairs.
+
+    Attributes
+    ----------
+    mean, sd : array, shape (n,)
+        Predictive mean and sd (noise included).
+    epistemic_sd : array, shape (n,)
+        The part of ``sd`` not due to rating noise: ``sqrt(sd^2 - noise_sd^2)``.
+    noise_sd : array, shape (n,)
+    lower, upper : array, shape (n,)
+        Central interval of probability ``prob`` (exact mixture quantiles).
+    prob : float
+    known_user, known_item : bool array, shape (n,)
+        False where the prediction is a cold-start prior or a folded-in row.
+    users, items : array, shape (n,)
+        External ids (fold-in labels on a folded-in side).
+    components : Components or None
+        Per-draw mixture components (``keep_components=True``).
+    folded_in : bool array, shape (n,), or None
+        For a fold-in: True where the prediction conditions on given ratings.
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    epistemic_sd: np.ndarray
+    noise_sd: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    prob: float
+    known_user: np.ndarray
+    known_item: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    components: Components | None = None
+    folded_in: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def interval(self, prob: float) -> tuple[np.ndarray, np.ndarray]:
+        """Central predictive interval at another probability (exact mixture quantiles), shape (n,) each.
+
+        Raises
+        ------
+        ValueError
+            When the components were not kept: the interval of a mixture
+            needs them (predict with ``keep_components=True``, or with
+            ``prob=`` set to the level wanted).
+        """
+        prob = check_prob(prob)
+        if self.components is None:
+            raise ValueError(
+                "Prediction.interval needs the mixture components: predict with keep_components=True, "
+                f"or pass prob={prob} to predict"
+            )
+        return mixture_interval(self.components, prob)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per pair: ids, mean, sd, epistemic_sd, interval, flags."""
+        frame = pd.DataFrame(
+            dict(
+                user=self.users,
+                item=self.items,
+                mean=self.mean,
+                sd=self.sd,
+                epistemic_sd=self.epistemic_sd,
+                lower=self.lower,
+                upper=self.upper,
+                known_user=self.known_user,
+                known_item=self.known_item,
+            )
+        )
+        if self.folded_in is not None:
+            frame["folded_in"] = self.folded_in
+        return frame
+
+
+def prediction(pairs: Pairs, comps: Components, *, prob: float | None, clip: bool, scale,
+               keep_components: bool) -> Prediction:
+    """The :class:`Prediction` of a mixture.
+
+    Parameters
+    ----------
+    pairs : Pairs
+    comps : Components
+        Shape (S, n).
+    prob : float or None
+        Interval probability; None leaves ``lower`` / ``upper`` unset (scores
+        compute their own levels, and mixture quantiles cost the most).
+    clip : bool
+        Clip mean and interval to the rating scale.
+    scale : bayesmf.data.RatingScale
+    keep_components : bool
+    """
+    mean, var, noise_var = mixture_moments(comps)
+    sd = np.sqrt(var)
+    lower = upper = None
+    if prob is not None:
+        lower, upper = mixture_interval(comps, prob)
+    if clip:
+        mean = scale.clip(mean)
+        lower, upper = (None if x is None else scale.clip(x) for x in (lower, upper))
+    return Prediction(
+        mean=mean,
+        sd=sd,
+        epistemic_sd=np.sqrt(np.maximum(var - noise_var, 0.0)),
+        noise_sd=np.sqrt(noise_var),
+        lower=lower,
+        upper=upper,
+        prob=prob,
+        known_user=pairs.known_user,
+        known_item=pairs.known_item,
+        users=pairs.users,
+        items=pairs.items,
+        components=comps if keep_components else None,
+        folded_in=pairs.folded_in,
+    )
+
+
+def predict(predictor: Predictor, users, items, *, prob: float = 0.9, clip: bool = False,
+            keep_components: bool = False) -> Prediction:
+    """Predictive ratings of any :class:`Predictor` for (user, item) pairs.
+
+    Parameters
+    ----------
+    predictor : Predictor
+    users, items : array-like, shape (n,)
+        External ids (fold-in labels on a folded-in side).
+    prob : float
+        Probability of the central interval.
+    clip : bool
+        Clip mean and interval to the rating scale.
+    keep_components : bool
+        Keep the per-draw components (memory S * n * 2 floats).
+
+    Returns
+    -------
+    Prediction
+    """
+    prob = check_prob(prob)
+    pairs = predictor.pairs(users, items)
+    comps = predictor.components(pairs.user_index, pairs.item_index)
+    return prediction(pairs, comps, prob=prob, clip=clip, scale=predictor.scale, keep_components=keep_components)
