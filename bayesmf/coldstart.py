@@ -81,6 +81,7 @@ from bayesmf.predictive import (
     prediction,
     product_moments,
     row_side,
+    sampled_means,
     user_side,
 )
 
@@ -660,9 +661,7 @@ class FoldIn:
         """
         self._user_side_only("recommend")
         s, factors = self.sample_factors(rng_key, user)
-        flat = self.posterior.flat_draws()
-        factors = np.asarray(factors, np.float64)
-        return flat.item_offsets[s, item_index].astype(np.float64) + flat.item_factors[s, item_index].astype(np.float64) @ factors
+        return sampled_means(self.posterior.flat_draws(), s, factors, item_index)
 
     def __repr__(self) -> str:
         return (

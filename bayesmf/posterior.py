@@ -47,7 +47,7 @@ from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import ModelConfig, Params, predict_mean
-from bayesmf.predictive import Components, Pairs, Prediction, check_prob, pair_moments, prediction, score_rows
+from bayesmf.predictive import Components, Pairs, Prediction, check_prob, pair_moments, prediction, sampled_means, score_rows
 
 Array = jax.Array
 
@@ -349,8 +349,7 @@ class Posterior:
         else:
             chol = jnp.linalg.cholesky(jnp.asarray(flat.user_precision[s]))[None]
             factors = np.asarray(draw_from(key_row, RowPosterior(jnp.asarray(flat.user_mean[s])[None], chol)))[0]
-        factors = np.asarray(factors, np.float64)
-        return flat.item_offsets[s, item_index].astype(np.float64) + flat.item_factors[s, item_index].astype(np.float64) @ factors
+        return sampled_means(flat, s, factors, item_index)
 
     def _conditional_noise(self, rng_key: Array, user) -> np.ndarray:
         """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user, shape (d,).

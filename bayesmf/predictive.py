@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf import metrics
-from bayesmf.model import Params
+from bayesmf.model import Params, pair_mean
 
 Array = jax.Array
 
@@ -242,6 +242,29 @@ def pair_moments(params: Params, user_index: Array, item_index: Array) -> tuple[
     """
     mean, var = product_moments(user_side(params, user_index), item_side(params, item_index))
     return mean, var + 1.0 / params.noise_precision
+
+
+def sampled_means(flat: Params, draw: int, factors, item_index) -> np.ndarray:
+    """``<L, R_j> + m_j`` under posterior draw ``draw`` for one user's sampled factors ``L``.
+
+    Parameters
+    ----------
+    flat : Params
+        Draws with one leading axis.
+    draw : int
+    factors : array, shape (d,)
+    item_index : int array, shape (n,)
+        Known movies.
+
+    Returns
+    -------
+    array, shape (n,)
+    """
+    item_index = jnp.asarray(item_index, jnp.int32)
+    user = jnp.asarray(factors, flat.item_factors.dtype)[None]
+    mean = pair_mean(user, jnp.asarray(flat.item_factors[draw]), jnp.asarray(flat.item_offsets[draw]),
+                     jnp.zeros_like(item_index), item_index)
+    return np.asarray(mean, np.float64)
 
 
 # --- from components to a prediction --------------------------------------------------------

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from bayesmf.engines import map as map_engine
 from bayesmf.engines.common import EngineResult
-from bayesmf.model import FixedPriors, ModelConfig, ModelData, latent_sites, model_data_from_ratings
+from bayesmf.model import FixedPriors, ModelConfig, ModelData, latent_sites, model_data_from_ratings, pair_mean
 from bayesmf.split import validation_split
 
 Array = jax.Array
@@ -93,7 +93,7 @@ def _ratios(priors: FixedPriors) -> _Point:
 
 def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings) -> float:
     offsets = latent.get("item_offsets", data.empirical_offsets)
-    mean = jnp.sum(latent["user_factors"][pairs[0]] * latent["item_factors"][pairs[1]], axis=-1) + offsets[pairs[1]]
+    mean = pair_mean(latent["user_factors"], latent["item_factors"], offsets, pairs[0], pairs[1])
     return float(jnp.sqrt(jnp.mean((ratings - mean) ** 2)))
 
 
