@@ -70,8 +70,8 @@ from bayesmf.model import Params, latent_sites, predict_mean
 # Default probe set: how many pairs, and the seed of the generator that picks them.
 NUM_PROBE_PAIRS = 50
 PROBE_SEED = 0
-# Largest (draws x rows x rank) block of factors the per-draw predictions
-# convert to float64 at once (bounds their memory to ~8 * BLOCK_CELLS bytes).
+# Largest (draws x (rows + pairs) x rank) block of factors the per-draw
+# predictions hold in float64 at once (bounds their memory to ~8 * BLOCK_CELLS bytes).
 BLOCK_CELLS = 4_000_000
 # Split R-hat needs at least two draws per half chain.
 MIN_DRAWS_FOR_RHAT = 4
@@ -141,7 +141,8 @@ def _draw_means(posterior, user_index: np.ndarray, item_index: np.ndarray) -> np
         factors_l = d.user_factors.reshape((c * s,) + d.user_factors.shape[2:])
         factors_r = d.item_factors.reshape((c * s,) + d.item_factors.shape[2:])
         offsets = d.item_offsets.reshape(c * s, -1)
-        block = max(1, BLOCK_CELLS // max((rows_u.size + rows_i.size) * posterior.rank, 1))
+        cells = (rows_u.size + rows_i.size + 2 * u.shape[0]) * posterior.rank  # rows, then the gathered pairs
+        block = max(1, BLOCK_CELLS // max(cells, 1))
         with jax.enable_x64(True):
             for start in range(0, c * s, block):
                 part = slice(start, start + block)
