@@ -55,7 +55,7 @@ def _emit(obj, as_json: bool, text: str | None = None):
     if text and not as_json:
         print(text)
     if as_json:
-        print(json.dumps(to_jsonable(obj)))
+        print(json.dumps(to_jsonable(obj, nonfinite_as_null=True)))
 
 
 # --- data -----------------------------------------------------------------------------
