@@ -17,7 +17,7 @@ DEFAULT_METHOD = "gibbs"
 #: MovieLens-100K's predefined splits.
 PREDEFINED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 #: Every split :func:`bayesmf.split.make_split` makes.
-SPLIT_NAMES = PREDEFINED_SPLITS + ("random", "kfold", "leave-k-out", "cold-users", "cold-items")
+SPLIT_NAMES = PREDEFINED_SPLITS + ("random", "kfold", "leave-k-out", "cold-users", "cold-items", "temporal", "temporal-user")
 
 #: Ranking strategies of :func:`bayesmf.recommend`.
 STRATEGIES = ("mean", "lcb", "ucb", "thompson", "prob_above")

@@ -7,7 +7,9 @@ training rating are *cold*: they are kept and flagged
 so that a model must say what it does with them.
 
 Randomised splits take an explicit ``seed`` and draw from one
-``np.random.default_rng(seed)``: the same seed gives the same split.
+``np.random.default_rng(seed)``: the same seed gives the same split. The
+temporal splits (:func:`temporal`) draw nothing: the latest ratings are the
+test set.
 
 >>> from bayesmf import synthetic
 >>> from bayesmf.split import make_split
@@ -40,6 +42,7 @@ __all__ = [
     "make_split",
     "predefined",
     "random_holdout",
+    "temporal",
     "validation_split",
 ]
 
@@ -325,6 +328,69 @@ def cold_items(ratings: Ratings, test_fraction: float, seed, given: int = 0) -> 
     return _cold(ratings, "item", test_fraction, seed, given)
 
 
+def temporal(ratings: Ratings, test_fraction: float, *, by: str = "global") -> Split:
+    """The latest ratings by timestamp as the test set: train on the past, test on the future.
+
+    ``by="global"``: the ``round(test_fraction * nnz)`` latest ratings (at
+    least 1, at most nnz - 1) are the test set, so every test rating is at
+    least as recent as every training rating. Users and movies first seen in
+    the test period are cold (flagged).
+
+    ``by="user"``: each user's ``round(test_fraction * degree)`` latest
+    ratings are the test set, capped at ``degree - 1`` so that a user with
+    two or more ratings keeps at least one in training (a user with a single
+    rating keeps it there); per user, test ratings are at least as recent as
+    training ones. No test user is cold; movies can be.
+
+    Equal timestamps are ordered by user, then movie (in vocabulary order),
+    so the split depends on the ratings alone, not on their row order.
+
+    Parameters
+    ----------
+    ratings : Ratings, nnz >= 2, with ``timestamp``
+    test_fraction : float in (0, 1)
+    by : {"global", "user"}
+
+    Returns
+    -------
+    Split
+        Named ``"temporal"`` (global) or ``"temporal-user"``.
+
+    Examples
+    --------
+    >>> r = Ratings.from_arrays([1, 1, 1, 2, 2], [10, 20, 30, 10, 20], [4, 3, 5, 2, 4], timestamps=[5, 1, 9, 3, 7])
+    >>> s = temporal(r, 0.4)
+    >>> sorted(s.test.timestamp.tolist()), int(s.train.timestamp.max())
+    ([7, 9], 5)
+    >>> u = temporal(r, 0.4, by="user")  # user 1's latest of 3 ratings, user 2's latest of 2
+    >>> u.name, sorted(zip(u.test.user_ids.tolist(), u.test.timestamp.tolist()))
+    ('temporal-user', [(1, 9), (2, 7)])
+    """
+    ratings = _check_ratings(ratings)
+    fraction = _check_fraction(test_fraction)
+    if by not in ("global", "user"):
+        raise ValueError(f"by must be 'global' or 'user', got {by!r}")
+    if ratings.timestamp is None:
+        raise ValueError(
+            "a temporal split needs timestamps and these ratings have none (pass timestamps= to "
+            "Ratings.from_arrays, or read a file with a timestamp column)"
+        )
+    if by == "global":
+        order = np.lexsort((ratings.item_index, ratings.user_index, ratings.timestamp))  # time, then user, movie
+        test = np.zeros(ratings.nnz, bool)
+        test[order[ratings.nnz - _count(fraction, ratings.nnz):]] = True
+        return _from_mask(ratings, test, "temporal")
+    order = np.lexsort((ratings.item_index, ratings.timestamp, ratings.user_index))  # per user: time, then movie
+    users = ratings.user_index[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    degree = ratings.user_degrees()
+    rank = np.empty(ratings.nnz, np.int64)  # position of each row in its user's time order
+    rank[order] = np.arange(ratings.nnz) - np.repeat(starts, np.diff(np.r_[starts, ratings.nnz]))
+    hold = np.minimum(np.rint(fraction * degree).astype(np.int64), degree - 1)
+    test = rank >= (degree - hold)[ratings.user_index]
+    return _from_mask(ratings, test, "temporal-user")
+
+
 def validation_split(train: Ratings, fraction: float, seed) -> Split:
     """Carve a validation set out of a training set without making anything cold.
 
@@ -376,7 +442,9 @@ def make_split(
         ``"random"`` (:func:`random_holdout`), ``"kfold"`` (fold ``fold`` of
         :func:`kfold` with ``k`` folds), ``"leave-k-out"``
         (:func:`leave_k_out` with ``k``), ``"cold-users"`` / ``"cold-items"``
-        (:func:`cold_users` / :func:`cold_items` with ``given``).
+        (:func:`cold_users` / :func:`cold_items` with ``given``),
+        ``"temporal"`` / ``"temporal-user"`` (:func:`temporal` with
+        ``by="global"`` / ``by="user"``; no randomness, ``seed`` unused).
     test_fraction : float in (0, 1)
     seed : int
     given, k, fold : int
@@ -402,4 +470,8 @@ def make_split(
         return leave_k_out(ratings, k, seed)
     if name == "cold-users":
         return cold_users(ratings, test_fraction, seed, given)
+    if name == "temporal":
+        return temporal(ratings, test_fraction, by="global")
+    if name == "temporal-user":
+        return temporal(ratings, test_fraction, by="user")
     return cold_items(ratings, test_fraction, seed, given)

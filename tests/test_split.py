@@ -1,4 +1,4 @@
-"""Splits: partitions, determinism per seed, cold rows flagged, ml-100k predefined splits."""
+"""Splits: partitions, determinism per seed, cold rows flagged, temporal order, ml-100k predefined splits."""
 
 from __future__ import annotations
 
@@ -165,6 +165,53 @@ def test_string_ids_split():
     assert_partition(s, r)
 
 
+
+def test_temporal_global_holds_out_the_latest_ratings():
+    # Timestamps 0..9 in scrambled row order; ties at 7 broken by user, then movie.
+    users = [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    items = [10, 20, 30, 10, 20, 40, 10, 20, 30, 40]
+    times = [3, 7, 0, 7, 1, 9, 5, 2, 8, 4]
+    r = Ratings.from_arrays(users, items, np.full(10, 3.0), times)
+    s = split.temporal(r, 0.3)
+    assert s.name == "temporal" and s.test.nnz == 3
+    assert sorted(zip(s.test.user_ids.tolist(), s.test.item_ids.tolist())) == [(2, 10), (2, 40), (3, 30)]
+    assert_partition(s, r)
+    # At 0.4 both rows at t=7 are in the test set; at 0.3 only user 2's, the later user, is.
+    s4 = split.temporal(r, 0.4)
+    assert sorted(s4.test.timestamp.tolist()) == [7, 7, 8, 9]
+    assert split.temporal(r, 0.35) == s4  # round(3.5) = 4 (Python rounds half to even)
+    assert sorted(split.temporal(r, 0.25).test.timestamp.tolist()) == [8, 9]  # round(2.5) = 2
+    assert split.make_split(r, "temporal", test_fraction=0.3, seed=123) == s
+
+
+def test_temporal_ties_go_by_user_then_movie():
+    # Four ratings at the same instant: the later (user, movie) pairs are the "latest".
+    r = Ratings.from_arrays([2, 1, 2, 1], [20, 20, 10, 10], [1.0, 2.0, 3.0, 4.0], [5, 5, 5, 5])
+    s = split.temporal(r, 0.5)
+    assert sorted(zip(s.test.user_ids.tolist(), s.test.item_ids.tolist())) == [(2, 10), (2, 20)]
+    s1 = split.temporal(r, 0.25)
+    assert list(zip(s1.test.user_ids.tolist(), s1.test.item_ids.tolist())) == [(2, 20)]
+
+
+def test_temporal_per_user():
+    users = np.repeat([1, 2, 3, 4], [10, 3, 2, 1])
+    items = np.concatenate([np.arange(10), np.arange(3), np.arange(2), np.arange(1)])
+    times = np.concatenate([np.arange(10)[::-1], [5, 6, 4], [1, 1], [0]])  # user 3's two ratings tie: movie order
+    r = Ratings.from_arrays(users, items, np.full(users.size, 3.0), times)
+    s = split.temporal(r, 0.3, by="user")
+    assert s.name == "temporal-user"
+    assert_partition(s, r)
+    held = sorted(zip(s.test.user_ids.tolist(), s.test.item_ids.tolist()))
+    # user 1: round(3.0) = 3 latest = movies 0, 1, 2 (times 9, 8, 7); user 2: round(0.9) = 1, movie 1 (t=6);
+    # user 3: round(0.6) = 1, the tie at t=1 goes to the later movie, 1; user 4 keeps its only rating.
+    assert held == [(1, 0), (1, 1), (1, 2), (2, 1), (3, 1)]
+    assert s.num_cold_users == 0
+    # A large fraction still leaves one rating per user in train.
+    big = split.temporal(r, 0.99, by="user")
+    assert pd.Series(big.train.user_ids).value_counts().to_dict() == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert split.make_split(r, "temporal-user", test_fraction=0.3) == s
+
+
 # --- bad input -------------------------------------------------------------------------------------------
 
 
@@ -192,6 +239,26 @@ def test_string_ids_split():
             r"hold out 15 users .* only 0 have more than given=50",
         ),
         (lambda r: split.validation_split(r, 1.0, 0), ValueError, r"fraction must be in \(0, 1\)"),
+        (lambda r: split.temporal(r, 0.0), ValueError, r"test_fraction must be in \(0, 1\), got 0.0"),
+        (lambda r: split.temporal(r, "most"), ValueError, r"test_fraction must be a number in \(0, 1\), got 'most'"),
+        (lambda r: split.temporal(r, 0.2, by="item"), ValueError, r"by must be 'global' or 'user', got 'item'"),
+        (lambda r: split.make_split(r, "temporal-user", test_fraction=1.0), ValueError, r"test_fraction must be in"),
+        (
+            lambda r: split.temporal(Ratings.from_arrays(r.user_ids, r.item_ids, r.rating), 0.2),
+            ValueError,
+            "a temporal split needs timestamps and these ratings have none",
+        ),
+        (
+            lambda r: split.make_split(Ratings.from_arrays([1, 2], [1, 1], [3, 4]), "temporal-user"),
+            ValueError,
+            "needs timestamps",
+        ),
+        (  # each user has one rating: nothing can be held out per user
+            lambda r: split.temporal(Ratings.from_arrays([1, 2], [1, 1], [3, 4], [0, 1]), 0.5, by="user"),
+            ValueError,
+            "split 'temporal-user' has no test ratings",
+        ),
+        (lambda r: split.temporal(r.to_dataframe(), 0.2), TypeError, "expected bayesmf.data.Ratings"),
         (lambda r: split.random_holdout(r.subset(np.array([0])), 0.5, 0), ValueError, "need at least 2"),
         (lambda r: split.random_holdout(r.to_dataframe(), 0.5, 0), TypeError, "expected bayesmf.data.Ratings"),
         (
@@ -278,6 +345,54 @@ def test_kfold_tests_partition_everything(data_seed, seed, k):
     assert [f.test for f in split.kfold(r, k, seed)] == [f.test for f in folds]
 
 
+
+def timed_ratings(seed: int, num_users: int, num_items: int, density: float, num_times: int) -> Ratings:
+    """make_ratings with timestamps drawn from ``num_times`` values (few values: many ties)."""
+    r = make_ratings(seed, num_users, num_items, density)
+    times = np.random.default_rng(seed + 1).integers(0, num_times, r.nnz)
+    return Ratings.from_arrays(r.user_ids, r.item_ids, r.rating, times)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data_seed=st.integers(0, 2**16),
+    num_users=st.integers(2, 20),
+    num_items=st.integers(2, 20),
+    density=st.floats(0.1, 0.9),
+    num_times=st.integers(1, 50),
+    fraction=st.floats(0.01, 0.99),
+    by=st.sampled_from(["global", "user"]),
+)
+def test_temporal_partitions_past_and_future(data_seed, num_users, num_items, density, num_times, fraction, by):
+    r = timed_ratings(data_seed, num_users, num_items, density, num_times)
+    try:
+        s = split.temporal(r, fraction, by=by)
+    except ValueError as exc:  # per user, tiny fractions can hold out nothing; it must say so
+        assert by == "user" and "has no test ratings" in str(exc)
+        assert np.all(np.rint(fraction * r.user_degrees()) == 0) or r.user_degrees().max() == 1
+        return
+    assert_partition(s, r)
+    train, test = s.train.to_dataframe(), s.test.to_dataframe()
+    if by == "global":
+        assert s.test.nnz == min(max(round(fraction * r.nnz), 1), r.nnz - 1)
+        assert test.timestamp.min() >= train.timestamp.max()
+    else:
+        latest_train = train.groupby("user").timestamp.max()
+        earliest_test = test.groupby("user").timestamp.min()
+        assert (earliest_test >= latest_train.reindex(earliest_test.index)).all()
+        # Every user keeps a training rating; each holds out round(fraction * degree), capped at degree - 1.
+        assert s.num_cold_users == 0 and s.train.num_users == r.num_users
+        degree = pd.Series(r.user_degrees(), index=r.user_vocab.ids)
+        held = test.user.value_counts().reindex(degree.index, fill_value=0)
+        assert held.equals(np.minimum(np.rint(fraction * degree).astype(np.int64), degree - 1).rename("count"))
+    # Deterministic, and blind to the order of the rows.
+    assert split.temporal(r, fraction, by=by) == s
+    shuffled = r.subset(np.random.default_rng(data_seed).permutation(r.nnz))
+    t = split.temporal(shuffled, fraction, by=by)
+    pd.testing.assert_frame_equal(table(t.test), table(s.test))
+    pd.testing.assert_frame_equal(table(t.train), table(s.train))
+
+
 # --- ml-100k -----------------------------------------------------------------------------------------------
 
 # Cold test rows of the predefined splits: (distinct cold movies, rows with a cold user or movie).
@@ -334,3 +449,9 @@ def test_random_splits_on_ml100k(ml100k_dir):
     assert v.num_cold_rows == 0 and v.train.num_users == s.train.num_users
     lko = split.make_split(r, "leave-k-out", k=10, seed=0)
     assert lko.test.nnz == 9430 and lko.num_cold_users == 0
+    glob = split.make_split(r, "temporal", test_fraction=0.2)
+    assert glob.test.nnz == 20000 and glob.test.timestamp.min() >= glob.train.timestamp.max()
+    per_user = split.make_split(r, "temporal-user", test_fraction=0.2)
+    assert per_user.num_cold_users == 0 and per_user.train.num_users == 943
+    # Per user, ml-100k's users (20 to 737 ratings) each hold out round(0.2 * degree) of their latest ratings.
+    assert per_user.test.nnz == int(np.rint(0.2 * r.user_degrees()).sum())
