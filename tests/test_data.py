@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -259,3 +260,40 @@ def test_concat_unions_vocabularies():
     )
     with pytest.raises(ValueError, match="duplicate"):
         a.concat(a)
+
+
+def test_concat_duplicate_error_offers_no_missing_parameter():
+    # Ratings.concat has no duplicates= parameter: its error used to say "pass duplicates='mean'".
+    a = Ratings.from_arrays([1, 2], [1, 1], [4.0, 5.0])
+    with pytest.raises(ValueError, match="a pair may be in one of the two only") as info:
+        a.concat(a)
+    assert "pass duplicates=" not in str(info.value)
+
+
+def test_sorted_input_with_an_adjacent_duplicate():
+    # Sorted pairs skip the hash of every pair; a repeat next to itself is still found.
+    with pytest.raises(ValueError, match=r"1 duplicate \(user, item\) pairs, e.g. user 1 and item 2 at rows \[1, 2\]"):
+        Ratings.from_arrays([1, 1, 1, 2], [1, 2, 2, 1], [4.0, 3.0, 5.0, 1.0])
+    r = Ratings.from_arrays(np.array([1, 1, 2], np.int32), np.array([1, 2, 1], np.int32), np.float32([4, 3, 5]))
+    assert r.user_vocab.ids.dtype == np.int64 and r.rating.dtype == np.float32 and r.nnz == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**40), min_size=1, max_size=60),
+    st.sampled_from([np.int32, np.int64, np.uint16, np.uint32]),
+    st.booleans(),
+)
+def test_from_values_matches_pandas_factorize(values, dtype, small):
+    """The lookup-table path (small ids) and pandas' path give pandas' sorted factorization."""
+    ids = np.asarray(values) % (2**15 if small else np.iinfo(dtype).max)
+    ids = ids.astype(dtype)
+    vocab, codes = Vocabulary.from_values(ids)
+    expected_codes, expected_uniques = pd.factorize(ids.astype(np.int64), sort=True)
+    assert vocab.ids.dtype == np.int64 and codes.dtype == np.int32
+    assert vocab.ids.tolist() == expected_uniques.tolist() and codes.tolist() == expected_codes.tolist()
+
+
+def test_from_values_rejects_ids_beyond_int64():
+    with pytest.raises(ValueError, match="exceed the int64 range"):
+        Vocabulary.from_values(np.array([1, 2**63], dtype=np.uint64))

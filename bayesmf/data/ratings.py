@@ -174,10 +174,11 @@ class Vocabulary:
         codes : int32 array, shape (n,)
             ``vocab.ids[codes] == values``.
         """
-        arr = normalize_ids(values, "ids")
-        codes, uniques = pd.factorize(arr, sort=True)
-        vocab = cls(np.asarray(uniques, dtype=arr.dtype))
-        return vocab, codes.astype(np.int32)
+        arr = _as_array(values)
+        if not _plain_ints(arr):
+            arr = normalize_ids(arr, "ids")
+        codes, uniques = _factorize(arr)
+        return cls(uniques), codes
 
     @property
     def ids(self) -> np.ndarray:
@@ -377,9 +378,10 @@ class RatingScale:
         if bad.any():
             rows = np.flatnonzero(bad)
             grid = "" if self.step is None else f" in steps of {self.step:g}"
-            raise ValueError(
+            raise _row_error(
                 f"{rows.size} ratings are outside the rating scale [{self.low:g}, {self.high:g}]{grid}, "
-                f"e.g. {_examples(v[rows])} at rows {_examples(rows)}"
+                f"e.g. {_examples(v[rows])} at rows {_examples(rows)}",
+                rows,
             )
 
     def contains(self, values) -> np.ndarray:
@@ -402,16 +404,35 @@ def _pair_keys(user_index: np.ndarray, item_index: np.ndarray, num_items: int) -
     return user_index.astype(np.int64) * max(int(num_items), 1) + item_index.astype(np.int64)
 
 
-def _duplicate_error(keys, user_ids, item_ids) -> ValueError:
+def _row_error(message: str, rows) -> ValueError:
+    """A ``ValueError`` whose ``rows`` attribute holds the offending row positions (readers turn them into lines)."""
+    exc = ValueError(message)
+    exc.rows = np.asarray(rows)[:_EXAMPLES].tolist()
+    return exc
+
+
+def _duplicate_error(keys, user_ids, item_ids, hint: str) -> ValueError:
     dup = pd.Index(keys).duplicated(keep="first")
     first = int(np.flatnonzero(dup)[0])
     rows = np.flatnonzero(keys == keys[first])[:_EXAMPLES]
     user, item = user_ids[first : first + 1].tolist()[0], item_ids[first : first + 1].tolist()[0]
-    return ValueError(
+    return _row_error(
         f"{int(dup.sum())} duplicate (user, item) pairs, e.g. user {user!r} and item {item!r} at rows "
-        f"{rows.tolist()}; pass duplicates='mean', 'first' or 'last' to keep one "
-        "rating per pair"
+        f"{rows.tolist()}; {hint}",
+        rows,
     )
+
+
+def _pairs_sorted(user_index: np.ndarray, item_index: np.ndarray) -> bool:
+    """Whether the (user, item) pairs strictly increase (then none repeats): MovieLens files are sorted so.
+
+    Comparing neighbours costs a few passes over int32 arrays; a hash of every
+    pair (the general check) costs ~10x more time and ~0.5 GB on 25M ratings.
+    """
+    if user_index.size < 2:
+        return True
+    u0, u1 = user_index[:-1], user_index[1:]
+    return bool(np.all((u1 > u0) | ((u1 == u0) & (item_index[1:] > item_index[:-1]))))
 
 
 @dataclass(frozen=True, eq=False)
@@ -497,9 +518,9 @@ class Ratings:
             Inferred with :meth:`RatingScale.infer` when not given.
         duplicates : {"error", "mean", "first", "last"}
             What to do with repeated (user, item) pairs: raise, or keep one
-            row per pair (at its first position) with the mean rating (and
-            the latest timestamp), the first or the last rating. Means may
-            fall between the steps of the scale.
+            row per pair: at the pair's first row, the mean rating (and the
+            latest timestamp); the first row; or the last row. Means may fall
+            between the steps of the scale.
         user_vocab, item_vocab : Vocabulary, optional
             Fixed vocabularies (ids not in them are an error); by default the
             sorted unique ids of the data.
@@ -527,30 +548,38 @@ class Ratings:
             raise ValueError(f"users, items, ratings and timestamps must have one length, got {listed}")
         if lengths["users"] == 0:
             raise ValueError("no ratings: users, items and ratings are empty")
-        try:
-            r = arrays["ratings"].astype(np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"ratings must be numbers, got dtype {arrays['ratings'].dtype}") from None
+        r = arrays["ratings"]
+        if r.dtype.kind != "f":  # float32 and float64 stay as they are (no copy of a large column)
+            try:
+                r = r.astype(np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"ratings must be numbers, got dtype {arrays['ratings'].dtype}") from None
         finite = np.isfinite(r)
         if not finite.all():
             rows = np.flatnonzero(~finite)
-            raise ValueError(f"{rows.size} ratings are NaN or infinite, first at rows {_examples(rows)}")
+            raise _row_error(f"{rows.size} ratings are NaN or infinite, first at rows {_examples(rows)}", rows)
+        del finite
         t = None
         if timestamps is not None:
             t = _as_timestamps(arrays["timestamps"])
         user_index, user_vocab = _encode(arrays["users"], user_vocab, "user")
         item_index, item_vocab = _encode(arrays["items"], item_vocab, "item")
+        distinct = pd.unique(r)  # a rating scale has few values: infer and check on those
         if scale is None:
-            scale = RatingScale.infer(r)
+            scale = RatingScale.infer(distinct)
         elif not isinstance(scale, RatingScale):
             raise TypeError(f"scale must be a RatingScale, got {type(scale).__name__}")
-        scale.validate(r)
-        keys = _pair_keys(user_index, item_index, len(item_vocab))
-        dup = pd.Index(keys).duplicated(keep="first")
-        if dup.any():
-            if duplicates == "error":
-                raise _duplicate_error(keys, user_vocab.ids[user_index], item_vocab.ids[item_index])
-            user_index, item_index, r, t = _dedupe(keys, user_index, item_index, r, t, duplicates)
+        if not scale.contains(distinct).all():
+            scale.validate(r)  # raises, naming the rows
+        if not _pairs_sorted(user_index, item_index):
+            keys = _pair_keys(user_index, item_index, len(item_vocab))
+            dup = pd.Index(keys).duplicated(keep="first")
+            if dup.any():
+                if duplicates == "error":
+                    hint = "pass duplicates='mean', 'first' or 'last' to keep one rating per pair"
+                    raise _duplicate_error(keys, user_vocab.ids[user_index], item_vocab.ids[item_index], hint)
+                r = r.astype(np.float64)  # means in double precision
+                user_index, item_index, r, t = _dedupe(keys, user_index, item_index, r, t, duplicates)
         return cls(user_index, item_index, r, user_vocab, item_vocab, scale, t)
 
     @classmethod
@@ -697,7 +726,8 @@ class Ratings:
             scale = RatingScale(min(scale.low, other.scale.low), max(scale.high, other.scale.high), step)
         keys = _pair_keys(u, i, len(item_vocab))
         if pd.Index(keys).duplicated().any():
-            raise _duplicate_error(keys, user_vocab.ids[u], item_vocab.ids[i])
+            hint = "a pair may be in one of the two only (drop it from one, or combine them with from_arrays' duplicates=)"
+            raise _duplicate_error(keys, user_vocab.ids[u], item_vocab.ids[i], hint)
         return Ratings(u, i, r, user_vocab, item_vocab, scale, t)
 
     def user_degrees(self) -> np.ndarray:
@@ -718,6 +748,8 @@ class Ratings:
 def _as_timestamps(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "M":
         return values.astype("datetime64[s]").astype(np.int64)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64, copy=False)
     try:
         t = values.astype(np.float64)
     except (TypeError, ValueError):
@@ -725,17 +757,24 @@ def _as_timestamps(values: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(t) | (t != np.round(t))
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise ValueError(f"{rows.size} timestamps are missing or not whole seconds, first at rows {_examples(rows)}")
+        raise _row_error(f"{rows.size} timestamps are missing or not whole seconds, first at rows {_examples(rows)}", rows)
     return values.astype(np.int64)
 
 
+def _plain_ints(values: np.ndarray) -> bool:
+    """1-D signed (or narrower than 64-bit unsigned) integers: ids as they are, without an int64 copy."""
+    kind, size = values.dtype.kind, values.dtype.itemsize
+    return values.ndim == 1 and (kind == "i" or (kind == "u" and size < 8))
+
+
 def _encode(values: np.ndarray, vocab: Vocabulary | None, what: str) -> tuple[np.ndarray, Vocabulary]:
-    ids = normalize_ids(values, f"{what} ids")
+    ids = values if _plain_ints(values) else normalize_ids(values, f"{what} ids")
     if ids.dtype != object and ids.size and ids.min() < 0:
         rows = np.flatnonzero(ids < 0)
-        raise ValueError(
+        raise _row_error(
             f"{rows.size} {what} ids are negative (e.g. {_examples(ids[rows])} at rows {_examples(rows)}); "
-            "numeric ids must be non-negative integers"
+            "numeric ids must be non-negative integers",
+            rows,
         )
     if vocab is None:
         vocab, codes = Vocabulary.from_values(ids)
@@ -743,11 +782,48 @@ def _encode(values: np.ndarray, vocab: Vocabulary | None, what: str) -> tuple[np
     codes = vocab.index(ids, missing="flag")
     if (codes < 0).any():
         rows = np.flatnonzero(codes < 0)
-        raise ValueError(
+        raise _row_error(
             f"{rows.size} {what} ids are not in the given {what}_vocab, e.g. {_examples(ids[rows])} "
-            f"at rows {_examples(rows)}"
+            f"at rows {_examples(rows)}",
+            rows,
         )
     return codes.astype(np.int32), vocab
+
+
+# Integer ids below this many times the number of values use a lookup table in _factorize.
+_DENSE_RANGE = 4
+
+
+def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and each value's position among them: ``uniques[codes] == ids``.
+
+    Parameters
+    ----------
+    ids : int or object (str) array, shape (n,)
+        Integer ids must be non-negative where the table applies.
+
+    Returns
+    -------
+    codes : int32 array, shape (n,)
+    uniques : int64 or object array, shape (num_unique,)
+
+    Non-negative integer ids below ``_DENSE_RANGE * n + 2**20`` (MovieLens ids:
+    162,541 users and 209,171 movies over 25M ratings) are ranked through a
+    presence table: one scatter and one gather, ~0.15 s per 25M ids, against
+    ~0.5-1.2 s for ``pandas.factorize(sort=True)``, the general path.
+    """
+    if ids.dtype.kind in "iu" and ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if low >= 0 and high < _DENSE_RANGE * ids.size + (1 << 20):
+            present = np.zeros(high + 1, bool)
+            present[ids] = True
+            uniques = np.flatnonzero(present)
+            rank = np.empty(high + 1, np.int32)
+            rank[uniques] = np.arange(uniques.size, dtype=np.int32)
+            return rank[ids], uniques.astype(np.int64)
+    codes, uniques = pd.factorize(ids, sort=True)
+    dtype = np.int64 if ids.dtype.kind in "iu" else ids.dtype
+    return codes.astype(np.int32), np.asarray(uniques, dtype=dtype)
 
 
 def _dedupe(keys, u, i, r, t, policy: str):
