@@ -1,4 +1,4 @@
-"""The data model: vocabularies, rating scales and Ratings (bayesmf.data.ratings)."""
+"""The data model: vocabularies, rating scales and Ratings (bayesmf.data.vocabulary, bayesmf.data.ratings)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bayesmf import data
 from bayesmf.data import RatingScale, Ratings, Vocabulary
 from bayesmf.data import ratings as ratings_module
+from bayesmf.data import vocabulary as vocabulary_module
 
 
 def small() -> Ratings:
@@ -24,6 +25,7 @@ def small() -> Ratings:
 def test_module_doctests():
     assert doctest.testmod(data).failed == 0
     assert doctest.testmod(ratings_module).failed == 0
+    assert doctest.testmod(vocabulary_module).failed == 0
 
 
 # --- Vocabulary ----------------------------------------------------------------------------------

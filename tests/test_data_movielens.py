@@ -140,7 +140,9 @@ def test_download_extracts_atomically_and_renames(tmp_path, monkeypatch):
     r = data.load_movielens("ml-latest-small", home, download=True)
     assert r.nnz == 3 and r.scale == RatingScale(0.5, 5, 0.5) and len(calls) == 1  # cached
     assert data.load_titles(path) == {1: "A", 2: "B"}
-    # ml-10m unpacks to ml-10M100K/; it lands under its own name.
+    # ml-10m unpacks to ml-10M100K/; it lands under its own name. (A fake archive cannot have the
+    # published md5, so the archive check is lifted here; test_every_fixed_release_archive_is_verified.)
+    monkeypatch.delitem(movielens.ARCHIVE_CHECKSUMS, "ml-10m")
     fake_fetch(monkeypatch, make_zip(tmp_path / "ten.zip", "ml-10M100K", {"ratings.dat": "1::1::4.5::1\n"}))
     assert data.find_dataset("ml-10m", home, download=True) == home / "ml-10m"
 
@@ -150,6 +152,9 @@ def test_download_checksum_failures_leave_nothing(tmp_path, monkeypatch):
     fake_fetch(monkeypatch, make_zip(tmp_path / "one.zip", "ml-1m", {"ratings.dat": "1::1::5::1\n"}))
     with pytest.raises(ValueError, match=r"checksum mismatch for the downloaded .*ml-1m.zip: expected md5 c4d9eecf"):
         data.find_dataset("ml-1m", home, download=True)
+    # Past the archive's md5 (lifted: a fake archive cannot have it), the files' md5s are checked.
+    for name in ("ml-100k", "ml-20m", "ml-25m"):
+        monkeypatch.delitem(movielens.ARCHIVE_CHECKSUMS, name)
     fake_fetch(monkeypatch, make_zip(tmp_path / "hundred.zip", "ml-100k", {"u.data": U_DATA}))
     with pytest.raises(ValueError, match=r"checksum mismatch for .*u\.data: expected md5 6e47046882bad158b0ef"):
         data.find_dataset("ml-100k", home, download=True)
@@ -210,3 +215,41 @@ def test_ml1m_without_ratings_is_unavailable(data_dir):
     with pytest.raises(FileNotFoundError, match="no ratings.dat"):
         data.load_movielens(directory)
     assert data.load_titles(directory)[1] == "Toy Story (1995)" and len(data.load_titles(directory)) == 3883
+
+
+# --- what is verified, scales of the releases, messages ------------------------------------------------
+
+
+FIXED_RELEASES = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m")
+
+
+def test_every_fixed_release_archive_is_verified(tmp_path, monkeypatch):
+    assert set(data.ARCHIVE_CHECKSUMS) == set(FIXED_RELEASES)  # ml-latest-small changes in place: none
+    assert all(len(md5) == 32 and int(md5, 16) >= 0 for md5 in data.ARCHIVE_CHECKSUMS.values())
+    assert data.ARCHIVE_CHECKSUMS["ml-1m"] == "c4d9eecfca2ab87c1945afe126590906"
+    home = tmp_path / "home"
+    for name in FIXED_RELEASES:
+        ratings_file = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-10m": "ratings.dat"}.get(name, "ratings.csv")
+        fake_fetch(monkeypatch, make_zip(tmp_path / f"{name}.zip", name, {ratings_file: "1::1::5::1\n"}))
+        expected = data.ARCHIVE_CHECKSUMS[name]
+        with pytest.raises(ValueError, match=rf"checksum mismatch for the downloaded .*/{name}.zip: expected md5 {expected}"):
+            data.find_dataset(name, home, download=True)
+    assert list(home.iterdir()) == []
+
+
+def test_releases_read_on_their_scale(tmp_path, monkeypatch):
+    # A half-star release whose ratings happen to be whole stars stays on the half-star scale.
+    csv_text = "userId,movieId,rating,timestamp\r\n1,1,4.0,1\r\n1,2,3.0,2\r\n2,1,5.0,3\r\n"
+    fake_fetch(monkeypatch, make_zip(tmp_path / "small.zip", "ml-latest-small", {"ratings.csv": csv_text}))
+    r = data.load_movielens("ml-latest-small", tmp_path / "home", download=True)
+    assert r.scale == RatingScale(0.5, 5, 0.5) and r.rating.tolist() == [4.0, 3.0, 5.0]
+    write(tmp_path / "ml-10M100K" / "ratings.dat", "1::1::5::1\n2::1::3::2\n")
+    assert data.read_dataset_dir(tmp_path / "ml-10M100K").scale == RatingScale(0.5, 5, 0.5)
+    write(tmp_path / "ml-1m-copy" / "ratings.dat", "1::1::5::1\n2::1::3::2\n")
+    assert data.read_dataset_dir(tmp_path / "ml-1m-copy").scale == RatingScale(1, 5, 1)  # inferred
+    assert set(data.SCALES) == set(data.DATASETS)
+
+
+def test_messages_name_what_exists(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"call load_movielens\('ml-25m', download=True\)"):
+        data.find_dataset("ml-25m", tmp_path)

@@ -1,7 +1,11 @@
 """Ratings data: the data model, file readers and the MovieLens data sets.
 
-* :mod:`bayesmf.data.ratings`: :class:`Ratings`, :class:`Vocabulary`,
-  :class:`RatingScale` (the data model);
+Imports flow vocabulary <- ratings <- readers <- movielens.
+
+* :mod:`bayesmf.data.vocabulary`: :class:`Vocabulary` (external ids and
+  their indices);
+* :mod:`bayesmf.data.ratings`: :class:`Ratings`, :class:`RatingScale` (the
+  data model);
 * :mod:`bayesmf.data.readers`: :func:`read_ratings` and
   :func:`read_item_ratings` (delimited files, the MovieLens layouts);
 * :mod:`bayesmf.data.movielens`: :func:`load_movielens`,
@@ -21,6 +25,7 @@ from bayesmf.data.movielens import (
     CHECKSUMS,
     DATASETS,
     DOWNLOAD_URL,
+    SCALES,
     data_home,
     find_dataset,
     load_movielens,
@@ -28,16 +33,19 @@ from bayesmf.data.movielens import (
     read_dataset_dir,
     verify_checksums,
 )
-from bayesmf.data.ratings import DUPLICATE_POLICIES, RatingScale, Ratings, Vocabulary
+from bayesmf.data.ratings import DUPLICATE_POLICIES, RatingScale, Ratings
 from bayesmf.data.readers import (
     FORMATS,
     ITEM_COLUMNS,
     RATING_COLUMNS,
+    ROLES,
+    SEPARATORS,
     TIMESTAMP_COLUMNS,
     USER_COLUMNS,
     read_item_ratings,
     read_ratings,
 )
+from bayesmf.data.vocabulary import Vocabulary
 
 __all__ = [
     "ARCHIVE_CHECKSUMS",
@@ -48,6 +56,9 @@ __all__ = [
     "FORMATS",
     "ITEM_COLUMNS",
     "RATING_COLUMNS",
+    "ROLES",
+    "SCALES",
+    "SEPARATORS",
     "TIMESTAMP_COLUMNS",
     "USER_COLUMNS",
     "RatingScale",

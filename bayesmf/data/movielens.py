@@ -4,6 +4,19 @@ MovieLens belongs to GroupLens and must not be shipped with bayesmf: the
 data is found at run time under :func:`data_home` (``$BAYESMF_DATA`` or
 ``~/.cache/bayesmf``) and, on request, downloaded from GroupLens with its
 checksum verified.
+
+What is verified:
+
+* a download of any of the fixed releases ml-100k, ml-1m, ml-10m, ml-20m,
+  ml-25m and ml-32m: the zip archive's md5 against the one GroupLens
+  publishes beside it (``<name>.zip.md5``), before anything is extracted
+  (:data:`ARCHIVE_CHECKSUMS`);
+* a copy already on disk, each time it is read: the md5 of every ml-100k
+  file, and of ml-1m's ``README``, ``movies.dat`` and ``users.dat``
+  (:data:`CHECKSUMS`; no verified md5 of ml-1m's ``ratings.dat`` is known).
+  Copies of ml-10m, ml-20m, ml-25m and ml-32m on disk are read unverified.
+* ``ml-latest-small`` is not verified at all: GroupLens updates it in place,
+  so no checksum stays valid.
 """
 
 from __future__ import annotations
@@ -19,14 +32,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayesmf.data.ratings import Ratings, normalize_ids
+from bayesmf.data.ratings import RatingScale, Ratings
 from bayesmf.data.readers import ITEM_COLUMNS, pick_column, read_ratings
+from bayesmf.data.vocabulary import normalize_ids
 
 __all__ = [
     "ARCHIVE_CHECKSUMS",
     "CHECKSUMS",
     "DATASETS",
     "DOWNLOAD_URL",
+    "SCALES",
     "data_home",
     "find_dataset",
     "load_movielens",
@@ -51,6 +66,21 @@ _RATINGS_FILE = {
 }
 
 DOWNLOAD_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
+
+# The rating scale of each release (ml-10m and the CSV releases: half stars). Passed to
+# read_ratings, so that a subset whose ratings happen to be whole stars keeps the half-star scale.
+SCALES: dict[str, RatingScale] = {
+    "ml-100k": RatingScale(1, 5, 1),
+    "ml-1m": RatingScale(1, 5, 1),
+    "ml-10m": RatingScale(0.5, 5, 0.5),
+    "ml-latest-small": RatingScale(0.5, 5, 0.5),
+    "ml-20m": RatingScale(0.5, 5, 0.5),
+    "ml-25m": RatingScale(0.5, 5, 0.5),
+    "ml-32m": RatingScale(0.5, 5, 0.5),
+}
+
+# Directory names of releases as their archives unpack (ml-10m.zip holds ml-10M100K/).
+_ALIASES = {"ml-10M100K": "ml-10m"}
 
 # md5 of the files GroupLens released, as verified in shared/data/README.md.
 CHECKSUMS: dict[str, dict[str, str]] = {
@@ -84,9 +114,17 @@ CHECKSUMS: dict[str, dict[str, str]] = {
     },
 }
 
-# md5 of the official zip archives, where known.
+# md5 of the official zip archives of the fixed releases, as GroupLens publishes them in
+# https://files.grouplens.org/datasets/movielens/<name>.zip.md5 (cross-checked: each value appears,
+# for the same URL, in several independent public projects that verify their downloads with it).
+# ml-latest-small has none: GroupLens updates it in place.
 ARCHIVE_CHECKSUMS: dict[str, str] = {
+    "ml-100k": "0e33842e24a9c977be4e0107933c0723",
     "ml-1m": "c4d9eecfca2ab87c1945afe126590906",
+    "ml-10m": "ce571fd55effeba0271552578f2648bd",
+    "ml-20m": "cd245b17a1ae2cc31bb14903e1204af3",
+    "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
+    "ml-32m": "d472be332d4daa821edc399621853b57",
 }
 
 
@@ -219,13 +257,14 @@ def find_dataset(name: str, data_home=None, download: bool = False) -> Path:
     if target.exists():
         raise FileNotFoundError(
             f"{target} exists but has no {ratings_file}: this copy of {name} is incomplete, so {name} is "
-            f"unavailable; add a verified {ratings_file} there, or set BAYESMF_DATA (or pass data_home) to a "
-            "directory without this incomplete copy and pass download=True"
+            f"unavailable; add a verified {ratings_file} there, or point find_dataset / load_movielens at a "
+            "directory without this incomplete copy (data_home=, or $BAYESMF_DATA) and call it with download=True"
         )
     if not download:
         raise FileNotFoundError(
-            f"MovieLens {name} not found at {target}; set BAYESMF_DATA (or pass data_home) to a directory "
-            f"holding {name}/, or pass download=True to fetch it from {url}"
+            f"MovieLens {name} not found at {target}; set BAYESMF_DATA (or pass data_home= to find_dataset / "
+            f"load_movielens) to a directory holding {name}/, or call load_movielens({name!r}, download=True) to "
+            f"fetch it from {url}"
         )
     home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=home, prefix=f".{name}-download-") as tmp:
@@ -256,7 +295,10 @@ def read_dataset_dir(path, verify: bool = True) -> Ratings:
     Looks for ``u.data`` (ml-100k), ``ratings.dat`` (ml-1m, ml-10m) or
     ``ratings.csv`` (the CSV releases), in that order. When the directory is
     named after a data set with known checksums (``ml-100k``, ``ml-1m``) and
-    ``verify`` is true, every file with a known md5 is checked first.
+    ``verify`` is true, every file with a known md5 is checked first. When it
+    is named after a release (:data:`DATASETS`, or ``ml-10M100K``), the
+    ratings are read on that release's scale (:data:`SCALES`), else the scale
+    is inferred from them.
 
     Parameters
     ----------
@@ -275,9 +317,11 @@ def read_dataset_dir(path, verify: bool = True) -> Ratings:
         raise FileNotFoundError(f"no MovieLens directory at {path}")
     if verify and path.name in CHECKSUMS:
         verify_checksums(path, path.name)
-    for filename, format in (("u.data", "tab"), ("ratings.dat", "dat"), ("ratings.csv", "csv")):
+    release = _ALIASES.get(path.name, path.name)
+    scale = SCALES.get(release)
+    for filename, sep in (("u.data", "\t"), ("ratings.dat", "::"), ("ratings.csv", ",")):
         if (path / filename).is_file():
-            return read_ratings(path / filename, format=format)
+            return read_ratings(path / filename, sep=sep, scale=scale)
     if (path / "movies.dat").is_file() or (path / "users.dat").is_file():
         raise FileNotFoundError(
             f"{path} has movies.dat/users.dat but no ratings.dat: this ml-1m-style copy is incomplete and "
