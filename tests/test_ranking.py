@@ -385,3 +385,96 @@ def test_evaluate_warns_when_many_rows_are_cold(posterior):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         posterior.evaluate(strangers, expect_cold=True)
+
+
+# --- many users at once: the batched path equals one user at a time ------------------------------
+
+
+class OneAtATime:
+    """The posterior behind the bare protocol, so recommend ranks it one user at a time (the reference)."""
+
+    def __init__(self, posterior):
+        self._posterior = posterior
+
+    def __getattr__(self, name):
+        return getattr(self._posterior, name)
+
+
+# The batch rescores its shortlist through the per-user path's own functions, so
+# the scores agree to the last bits; 1e-9 leaves room for a different blocking of
+# the float32 inner products (the issue's bar is float32 round-off, ~1e-5).
+BATCH_RTOL = 1e-9
+
+
+def assert_same_ranking(batch, one):
+    assert batch["item"].tolist() == one["item"].tolist()
+    assert batch["user"].tolist() == one["user"].tolist() and batch["rank"].tolist() == one["rank"].tolist()
+    for column in ("score", "mean", "sd", "epistemic_sd"):
+        np.testing.assert_allclose(batch[column], one[column], rtol=BATCH_RTOL, atol=1e-12, err_msg=column)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("candidates", [None, "some"])
+def test_batch_equals_one_user_at_a_time(posterior, strategy, exclude_seen, candidates):
+    items = None if candidates is None else posterior.item_vocab.ids[::-3]  # reversed: not in index order
+    users = [105, 101, -1, 140, 123, 101]  # an unknown user and a repeat among known ones
+    kw = dict(strategy=strategy, exclude_seen=exclude_seen, items=items, rng_key=jax.random.PRNGKey(4), beta=0.7,
+              threshold=3.5)
+    for k in (1, 5, 40):
+        assert_same_ranking(recommend(posterior, users, k, **kw), recommend(OneAtATime(posterior), users, k, **kw))
+    assert_same_ranking(recommend(posterior, None, 3, **kw), recommend(OneAtATime(posterior), None, 3, **kw))
+    assert_same_ranking(recommend(posterior, 110, 4, **kw), recommend(OneAtATime(posterior), 110, 4, **kw))
+
+
+@pytest.mark.parametrize("strategy", ["mean", "lcb", "predictive", "thompson"])
+def test_batch_equals_one_user_at_a_time_for_a_point_estimate(map_posterior, strategy):
+    kw = dict(strategy="lcb" if strategy == "predictive" else strategy, rng_key=jax.random.PRNGKey(1),
+              spread="predictive" if strategy == "predictive" else "epistemic")
+    users = map_posterior.user_vocab.ids[:12]
+    batch = recommend(map_posterior, users, 6, **kw)
+    assert_same_ranking(batch, recommend(OneAtATime(map_posterior), users, 6, **kw))
+    if strategy == "lcb":
+        np.testing.assert_array_equal(batch["epistemic_sd"], 0.0)  # the floor, as one user at a time
+
+
+def test_batch_keeps_the_tie_rule_across_the_shortlist_edge(posterior):
+    """25 identical movies far above the rest: the shortlist (k + SHORTLIST_EXTRA) cuts through the
+    tie, the guard sends the users to the per-user path, and the ties still come out in index order."""
+    draws = posterior.draws
+    tied = np.arange(2, 27)
+    item_factors, item_offsets = draws.item_factors.copy(), draws.item_offsets.copy()
+    item_factors[:, :, tied] = item_factors[:, :, [2]]
+    item_offsets[:, :, tied] = item_offsets[:, :, [2]] + 10.0
+    post = with_draws(posterior, draws._replace(item_factors=item_factors, item_offsets=item_offsets))
+    users = post.user_vocab.ids[:5]
+    for strategy in ("mean", "lcb", "ucb", "prob_above"):
+        top = recommend(post, users, 3, strategy=strategy, threshold=1.0, exclude_seen=False)
+        assert_same_ranking(top, recommend(OneAtATime(post), users, 3, strategy=strategy, threshold=1.0, exclude_seen=False))
+        assert top["item"].tolist() == post.item_vocab.ids[tied[:3]].tolist() * 5, strategy
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_bulk_scores_are_within_the_guard_tolerance(posterior, strategy):
+    """White box: the float32 bulk scores of the shortlist against the exact scores of the same pairs."""
+    from bayesmf import ranking
+
+    user_index = np.arange(len(posterior.user_vocab))
+    draw = ranking._thompson_draws(jax.random.PRNGKey(2), user_index, NUM_DRAWS, False)
+    candidate = np.ones(NUM_ITEMS, bool)
+    values, movies = ranking._shortlists(posterior, user_index, draw, NUM_ITEMS, strategy, 1.0, 3.5, "epistemic", candidate, None)
+    u, j = np.repeat(user_index, NUM_ITEMS), movies.ravel()
+    if strategy == "thompson":
+        exact = ranking._thompson_exact(posterior, np.repeat(draw, NUM_ITEMS), u, j)
+    else:
+        exact = ranking._exact(posterior, u, j, "posterior", strategy, 1.0, 3.5, "epistemic")[3]
+    err = np.abs(values.ravel() - exact) / np.maximum(1.0, np.abs(exact))
+    assert err.max() < ranking.BULK_SCORE_TOL / 10
+
+
+def test_batch_needs_the_training_ratings_to_exclude_seen(posterior):
+    bare = Posterior(posterior.draws, posterior.config, posterior.user_vocab, posterior.item_vocab, posterior.scale,
+                     method="gibbs")
+    with pytest.raises(ValueError, match="no training ratings"):
+        recommend(bare, [101, 102], 3)
+    assert len(recommend(bare, [101, 102], 3, exclude_seen=False)) == 6
