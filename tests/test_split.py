@@ -455,3 +455,9 @@ def test_random_splits_on_ml100k(ml100k_dir):
     assert per_user.num_cold_users == 0 and per_user.train.num_users == 943
     # Per user, ml-100k's users (20 to 737 ratings) each hold out round(0.2 * degree) of their latest ratings.
     assert per_user.test.nnz == int(np.rint(0.2 * r.user_degrees()).sum())
+
+
+def test_module_doctests():
+    import doctest
+
+    assert doctest.testmod(split).failed == 0
