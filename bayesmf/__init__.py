@@ -46,8 +46,10 @@ _EXPORTS = {
     "Vocabulary": "bayesmf.data",
     "load_movielens": "bayesmf.data",
     "read_ratings": "bayesmf.data",
+    "cross_validate": "bayesmf.crossval",
+    "compare": "bayesmf.crossval",
 }
-_SUBMODULES = ("data", "diagnostics", "metrics", "split", "synthetic", "storage", "coldstart", "ranking", "predictive")
+_SUBMODULES = ("data", "diagnostics", "metrics", "split", "synthetic", "storage", "coldstart", "ranking", "predictive", "crossval")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
 
