@@ -176,6 +176,7 @@ def run_leapfrog(problem: Problem, seed: int, steps: int, repeats: int = 3) -> d
     from numpyro.infer.util import potential_energy
 
     from bayesmf.engines import nuts
+    from bayesmf.engines.numpyro_util import init_to_prior_centre
 
     data, config = problem.data, problem.config
     engine_ms, compile_seconds, init_seconds = [], None, None
@@ -186,9 +187,9 @@ def run_leapfrog(problem: Problem, seed: int, steps: int, repeats: int = 3) -> d
             compile_seconds, init_seconds = res.timing["compile_seconds"], res.timing["init_seconds"]
         engine_ms.append(1000 * res.timing["seconds_per_leapfrog"])
 
-    programs = nuts._programs(config, nuts.DEFAULT_PARAMETERIZATION, 0.8, 5, False, steps)
-    state = programs.init(jax.random.PRNGKey(seed), None, data)
-    model = programs.model
+    kernel = nuts.build_kernel(config, nuts.DEFAULT_PARAMETERIZATION, 0.8, 5, False, steps)
+    state = nuts.init(jax.random.PRNGKey(seed), data, config, kernel)
+    model = kernel.model
     grad = jax.jit(jax.value_and_grad(lambda z, d: potential_energy(model, (d,), {}, z)))
     compiled = grad.lower(state.z, data).compile()
     jax.block_until_ready(compiled(state.z, data))
@@ -200,8 +201,8 @@ def run_leapfrog(problem: Problem, seed: int, steps: int, repeats: int = 3) -> d
         jax.block_until_ready(out)
         plain_ms.append(1000 * (time.perf_counter() - start) / 20)
 
-    kernel = NUTS(model, max_tree_depth=5, init_strategy=nuts.init_to_prior_centre())
-    mcmc = MCMC(kernel, num_warmup=0, num_samples=4 * steps, progress_bar=False)
+    numpyro_kernel = NUTS(model, max_tree_depth=5, init_strategy=init_to_prior_centre())
+    mcmc = MCMC(numpyro_kernel, num_warmup=0, num_samples=4 * steps, progress_bar=False)
     numpyro_ms, numpyro_first_seconds = [], None
     for rep in range(repeats + 1):
         start = time.perf_counter()

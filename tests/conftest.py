@@ -23,3 +23,93 @@ def ml100k_dir(data_dir) -> Path:
     if not (directory / "u.data").is_file():
         pytest.skip(f"MovieLens 100K not found at {directory} (set BAYESMF_DATA to the data directory)")
     return directory
+
+
+# --- test data builders (small synthetic ratings) ---------------------------------------
+
+import numpy as np  # noqa: E402
+
+from bayesmf.model import make_model_data  # noqa: E402
+
+
+def tiny_data(seed=0, num_users=12, num_items=9, nnz=60, rank=2, noise_sd=0.5):
+    """``nnz`` distinct (user, item) cells drawn from the model (factor sd
+    0.7, offsets N(3.5, 0.5^2), Gaussian noise), as ModelData."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(num_users * num_items, size=nnz, replace=False)
+    users, items = np.divmod(cells, num_items)
+    lu = rng.normal(0, 0.7, (num_users, rank))
+    rv = rng.normal(0, 0.7, (num_items, rank))
+    m = rng.normal(3.5, 0.5, num_items)
+    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, noise_sd, nnz)
+    return make_model_data(users, items, r, num_users, num_items)
+
+
+def tiny_problem(seed=0, num_users=30, num_items=20, nnz=300, rank=2, noise_sd=0.5, num_test=5):
+    """~300 ratings drawn from the model (factor sd 0.7, offsets
+    N(3.5, 0.5^2), noise sd ``noise_sd``) as ModelData, and ``num_test``
+    held-out (user, item) index pairs of seen users and items."""
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(num_users * num_items)
+    users, items = np.divmod(cells[:nnz], num_items)
+    lu = rng.normal(0, 0.7, (num_users, rank))
+    rv = rng.normal(0, 0.7, (num_items, rank))
+    m = rng.normal(3.5, 0.5, num_items)
+    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, noise_sd, nnz)
+    data = make_model_data(users, items, r, num_users, num_items)
+    test_users, test_items = np.divmod(cells[nnz : nnz + num_test], num_items)
+    return data, (test_users.astype(np.int32), test_items.astype(np.int32))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_data():
+    """The :func:`tiny_data` builder (ModelData of a few dozen ratings)."""
+    return tiny_data
+
+
+@pytest.fixture(scope="session")
+def make_tiny_problem():
+    """The :func:`tiny_problem` builder ((ModelData, held-out index pairs))."""
+    return tiny_problem
+
+
+class SyntheticRatings:
+    """Ratings drawn from the model (``bayesmf.synthetic.movielens_like``,
+    continuous), every cell's true mean, and held-out ratings of unobserved
+    cells drawn with the same noise.
+
+    Attributes
+    ----------
+    sim : bayesmf.synthetic.Synthetic
+    train : Ratings
+    test_users, test_items : array, shape (n,)
+        External ids of held-out cells.
+    test_ratings : array, shape (n,)
+    noise_sd : float
+    """
+
+    NUM_USERS, NUM_ITEMS, NUM_RATINGS, RANK, NOISE_SD = 30, 20, 300, 2, 0.5
+
+    def __init__(self, seed: int = 0):
+        from bayesmf.synthetic import movielens_like
+
+        self.noise_sd = self.NOISE_SD
+        self.sim = movielens_like(
+            seed, num_users=self.NUM_USERS, num_items=self.NUM_ITEMS, num_ratings=self.NUM_RATINGS,
+            rank=self.RANK, noise_sd=self.NOISE_SD, min_per_user=5, discretize=False,
+        )
+        self.train = self.sim.ratings
+        seen = np.zeros((self.NUM_USERS, self.NUM_ITEMS), bool)
+        seen[np.asarray(self.train.user_index), np.asarray(self.train.item_index)] = True
+        users, items = np.nonzero(~seen)
+        rng = np.random.default_rng(seed + 1)
+        self.test_users = np.asarray(self.train.user_vocab.ids)[users]
+        self.test_items = np.asarray(self.train.item_vocab.ids)[items]
+        self.test_ratings = self.sim.true_mean(users, items) + rng.normal(0, self.NOISE_SD, users.size)
+
+
+@pytest.fixture(scope="session")
+def synthetic_ratings() -> SyntheticRatings:
+    """30 users x 20 movies, 300 continuous ratings from the rank-2 model
+    (noise sd 0.5) and the other 300 cells held out."""
+    return SyntheticRatings(0)

@@ -14,21 +14,10 @@ from scipy import stats
 from bayesmf.conjugate import row_draw, row_posterior
 from bayesmf.engines import gibbs
 from bayesmf.layout import build_layout, gram_and_rhs
-from bayesmf.model import ModelConfig, Params, log_joint, make_model_data, numpyro_model
+from bayesmf.model import ModelConfig, log_joint, numpyro_model
 
 # 4 standard errors: a two-sided false alarm rate of 6e-5 per compared number.
 Z = 4.0
-
-
-def tiny_data(seed=0, num_users=12, num_items=9, nnz=60, rank=2, noise_sd=0.5):
-    rng = np.random.default_rng(seed)
-    cells = rng.choice(num_users * num_items, size=nnz, replace=False)
-    users, items = np.divmod(cells, num_items)
-    lu = rng.normal(0, 0.7, (num_users, rank))
-    rv = rng.normal(0, 0.7, (num_items, rank))
-    m = rng.normal(3.5, 0.5, num_items)
-    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, noise_sd, nnz)
-    return make_model_data(users, items, r, num_users, num_items)
 
 
 def random_state(key, data, config):
@@ -41,13 +30,13 @@ def random_state(key, data, config):
 
 @pytest.mark.parametrize("offsets", ["estimated", "empirical"])
 @pytest.mark.parametrize("priors", ["hyper", "fixed"])
-def test_user_conditional_matches_model_log_density(offsets, priors):
+def test_user_conditional_matches_model_log_density(offsets, priors, make_tiny_data):
     """log p(L_u | rest) from the closed form and log p(joint) from the NumPyro
     model differ by a constant in L_u (the normalizer): compare differences
     between several values of one user's row."""
     jax.config.update("jax_enable_x64", True)
     try:
-        data = tiny_data()
+        data = make_tiny_data()
         data = data._replace(rating=data.rating.astype(jnp.float64))
         config = ModelConfig(rank=2, offsets=offsets, priors=priors)
         state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), random_state(jax.random.PRNGKey(1), data, config))
@@ -66,11 +55,11 @@ def test_user_conditional_matches_model_log_density(offsets, priors):
         jax.config.update("jax_enable_x64", False)
 
 
-def test_item_offset_block_conditional_matches_model_log_density():
+def test_item_offset_block_conditional_matches_model_log_density(make_tiny_data):
     """The joint (R_v, m_v) block with design [L_u, 1] against the model."""
     jax.config.update("jax_enable_x64", True)
     try:
-        data = tiny_data(seed=3)
+        data = make_tiny_data(seed=3)
         data = data._replace(rating=data.rating.astype(jnp.float64))
         config = ModelConfig(rank=2)
         state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), random_state(jax.random.PRNGKey(4), data, config))
@@ -104,10 +93,10 @@ def test_item_offset_block_conditional_matches_model_log_density():
         jax.config.update("jax_enable_x64", False)
 
 
-def test_row_draws_match_closed_form_gaussian():
+def test_row_draws_match_closed_form_gaussian(make_tiny_data):
     """Thousands of draws of one user's row (others fixed) match the closed-form
     conditional mean and covariance computed independently in NumPy."""
-    data = tiny_data(seed=6)
+    data = make_tiny_data(seed=6)
     config = ModelConfig(rank=2)
     state = random_state(jax.random.PRNGKey(7), data, config)
     layout = build_layout(np.asarray(data.user_index), np.asarray(data.item_index), data.num_users, data.num_items, "dense")
@@ -137,14 +126,14 @@ def test_row_draws_match_closed_form_gaussian():
     assert np.all(np.abs(sample_cov - cov) <= Z * cov_mcse)
 
 
-def test_learned_factor_means_conditional():
+def test_learned_factor_means_conditional(make_tiny_data):
     """Fixed precisions with learned means (FixedPriors.mean_precision > 0):
     the draws of mu_L | L in a sweep match the Gaussian that the NumPyro
     model's log density implies (its log-density differences in mu_L are
     those of the closed form, checked in float64), within MCSE."""
     from bayesmf.model import FixedPriors
 
-    data = tiny_data(seed=9)
+    data = make_tiny_data(seed=9)
     config = ModelConfig(rank=2, priors="fixed", fixed=FixedPriors(3.0, 2.0, 1.0, 4.0, mean_precision=2.0))
     state = random_state(jax.random.PRNGKey(10), data, config)
     ctx = gibbs.build_context(data, "dense")
@@ -192,7 +181,7 @@ def _run_chain(config, data, key, num_sweeps, thin):
 
 
 @pytest.mark.slow
-def test_simulation_based_calibration():
+def test_simulation_based_calibration(make_tiny_data):
     """SBC (Talts et al. 2018): for truths drawn from the prior and data drawn
     given them, the rank of each true quantity among posterior draws is uniform.
     Quantities: the noise precision, one movie offset, and one prediction
@@ -201,7 +190,7 @@ def test_simulation_based_calibration():
     from numpyro.infer import Predictive
 
     num_reps, num_sweeps, thin = 200, 400, 20  # 20 near-independent draws per rep (rank 0..20)
-    base = tiny_data(seed=10, num_users=8, num_items=6, nnz=30)
+    base = make_tiny_data(seed=10, num_users=8, num_items=6, nnz=30)
     # A fixed prior: global_mean is data-dependent in make_model_data, so pin it.
     base = base._replace(global_mean=jnp.asarray(3.0, jnp.float32), empirical_offsets=jnp.full(6, 3.0, jnp.float32))
     config = ModelConfig(rank=2, priors="hyper", offsets="estimated")
@@ -234,8 +223,8 @@ def test_simulation_based_calibration():
         assert p > 1e-3, f"SBC ranks of {name} not uniform: counts {counts}, p = {p:.2g}"
 
 
-def test_same_seed_same_draws_and_chain_zero_independent_of_chain_count():
-    data = tiny_data(seed=20)
+def test_same_seed_same_draws_and_chain_zero_independent_of_chain_count(make_tiny_data):
+    data = make_tiny_data(seed=20)
     config = ModelConfig(rank=2)
     kw = dict(num_samples=10, num_warmup=10, progress_bar=False)
     a = gibbs.sample(jax.random.PRNGKey(0), data, config, num_chains=1, **kw)
@@ -252,11 +241,11 @@ def test_same_seed_same_draws_and_chain_zero_independent_of_chain_count():
 
 
 @pytest.mark.parametrize("rank", [10, 50])
-def test_no_cholesky_failures_over_100_seeds(rank):
+def test_no_cholesky_failures_over_100_seeds(rank, make_tiny_data):
     """Float32 with symmetrization + jitter: 100 chains (seeds) of a rank-10 and
     a rank-50 model on data sparser than the rank never produce a NaN (the
     driver raises FloatingPointError naming the block if they do)."""
-    data = tiny_data(seed=30, num_users=80, num_items=60, nnz=900, rank=3)
+    data = make_tiny_data(seed=30, num_users=80, num_items=60, nnz=900, rank=3)
     res = gibbs.sample(
         jax.random.PRNGKey(31), data, ModelConfig(rank=rank), num_samples=5, num_warmup=5, num_chains=100,
         keep_draws=False, progress_bar=False,
@@ -267,11 +256,11 @@ def test_no_cholesky_failures_over_100_seeds(rank):
 @pytest.mark.parametrize("priors,offsets,mean_precision",
                          [("fixed", "estimated", 0.0), ("hyper", "empirical", 0.0), ("fixed", "empirical", 0.0),
                           ("fixed", "estimated", 2.0)])
-def test_other_modes_sample_and_fit(priors, offsets, mean_precision):
+def test_other_modes_sample_and_fit(priors, offsets, mean_precision, make_tiny_data):
     """PMF (fixed precisions, zero or learned factor means) and empirical offsets are sampled too."""
     from bayesmf.model import FixedPriors
 
-    data = tiny_data(seed=40, num_users=30, num_items=20, nnz=300)
+    data = make_tiny_data(seed=40, num_users=30, num_items=20, nnz=300)
     config = ModelConfig(rank=2, priors=priors, offsets=offsets, fixed=FixedPriors(mean_precision=mean_precision))
     res = gibbs.sample(jax.random.PRNGKey(41), data, config, num_samples=20, num_warmup=20, progress_bar=False)
     assert np.all(np.isfinite(res.draws.user_factors))
@@ -287,19 +276,8 @@ def test_other_modes_sample_and_fit(priors, offsets, mean_precision):
     assert np.sqrt(np.mean((fit - r) ** 2)) < np.std(r)
 
 
-def test_tracked_moments_match_draws():
-    data = tiny_data(seed=50)
-    pairs = (np.array([0, 1, 2]), np.array([0, 3, 1]))
-    res = gibbs.sample(jax.random.PRNGKey(0), data, ModelConfig(rank=2), num_samples=30, num_warmup=5,
-                       track_pairs=pairs, progress_bar=False)
-    means = np.sum(res.draws.user_factors[:, :, pairs[0]] * res.draws.item_factors[:, :, pairs[1]], -1) + res.draws.item_offsets[:, :, pairs[1]]
-    np.testing.assert_allclose(res.tracked.mean, means.mean(1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(res.tracked.m2 / res.tracked.count, means.var(1), rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(res.tracked.draw_means, means, rtol=1e-5, atol=1e-5)
-
-
-def test_bad_input():
-    data = tiny_data()
+def test_bad_input(make_tiny_data):
+    data = make_tiny_data()
     config = ModelConfig(rank=2)
     key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="num_samples must be > 0"):

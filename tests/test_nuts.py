@@ -1,4 +1,4 @@
-"""The NUTS engine: contract, determinism, exact reparameterization, and
+"""The NUTS engine: its own fields, determinism, checkpoints, exact reparameterization, and
 agreement with the blocked Gibbs sampler on tiny data within Monte Carlo error.
 
 One NUTS program (rank 2, hyper priors, estimated offsets, 150 warmup steps,
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bayesmf.engines import gibbs, nuts
-from bayesmf.model import ModelConfig, Params, latent_sites, make_model_data, numpyro_model, predict_mean
+from bayesmf.engines import driver, gibbs, nuts
+from bayesmf.model import ModelConfig, Params, latent_sites, numpyro_model, predict_mean
 
 # 4 Monte Carlo standard errors: a two-sided false-alarm rate of 6e-5 per
 # compared number (11 numbers in the agreement test: < 1e-3 in all).
@@ -26,24 +26,9 @@ NUM_TEST_PAIRS = 5
 CONFIG = ModelConfig(rank=2)
 
 
-def tiny_problem(seed=0, num_users=30, num_items=20, nnz=300, rank=2, noise_sd=0.5):
-    """~300 ratings drawn from the model (factor sd 0.7, offsets N(3.5, 0.5^2),
-    noise sd 0.5) and a few held-out (user, item) pairs."""
-    rng = np.random.default_rng(seed)
-    cells = rng.permutation(num_users * num_items)
-    users, items = np.divmod(cells[:nnz], num_items)
-    lu = rng.normal(0, 0.7, (num_users, rank))
-    rv = rng.normal(0, 0.7, (num_items, rank))
-    m = rng.normal(3.5, 0.5, num_items)
-    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, noise_sd, nnz)
-    data = make_model_data(users, items, r, num_users, num_items)
-    test_users, test_items = np.divmod(cells[nnz : nnz + NUM_TEST_PAIRS], num_items)
-    return data, (test_users.astype(np.int32), test_items.astype(np.int32))
-
-
 @pytest.fixture(scope="module")
-def problem():
-    return tiny_problem()
+def problem(make_tiny_problem):
+    return make_tiny_problem(num_test=NUM_TEST_PAIRS)
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +40,9 @@ def nuts_run(problem):
     )
 
 
-def test_result_contract(problem, nuts_run):
-    data, _ = problem
-    draws = nuts_run.draws
+def test_stats_timing_and_info(nuts_run):
+    """NUTS's own fields (shapes and finiteness of the draws: tests/test_engines.py)."""
     lead = (NUM_CHAINS, NUM_SAMPLES)
-    d = CONFIG.rank
-    expected = dict(
-        user_factors=(data.num_users, d), item_factors=(data.num_items, d), item_offsets=(data.num_items,),
-        noise_precision=(), user_mean=(d,), user_precision=(d, d), item_mean=(d,), item_precision=(d, d),
-        offset_mean=(), offset_precision=(),
-    )
-    for name, shape in expected.items():
-        value = getattr(draws, name)
-        assert isinstance(value, np.ndarray), name
-        assert value.shape == lead + shape, name
-        assert np.all(np.isfinite(value)), name
     assert set(nuts_run.stats) == {"diverging", "num_steps", "accept_prob", "step_size"}
     for value in nuts_run.stats.values():
         assert value.shape == lead
@@ -81,7 +54,7 @@ def test_result_contract(problem, nuts_run):
     assert nuts_run.info["num_divergences"] == int(nuts_run.stats["diverging"].sum())
     assert nuts_run.info["settings"]["parameterization"] == nuts.DEFAULT_PARAMETERIZATION
     # Precisions stay symmetric positive definite.
-    assert np.all(np.linalg.eigvalsh(draws.user_precision) > 0)
+    assert np.all(np.linalg.eigvalsh(nuts_run.draws.user_precision) > 0)
 
 
 def test_same_seed_same_draws_and_chain0_independent_of_num_chains(problem, nuts_run):
@@ -106,12 +79,13 @@ class _Killed(Exception):
 def test_checkpoint_resume_gives_the_same_draws(problem, tmp_path, monkeypatch):
     """A run killed after a few chunks and started again with the same
     checkpoint file continues where it stopped: the draws equal those of an
-    uninterrupted run, and the finished run deletes the file."""
+    uninterrupted run, and the finished run deletes the file. The file is
+    the driver's ``numpy.savez`` archive (no pickle)."""
     data, _ = problem
     kwargs = dict(num_samples=20, num_warmup=NUM_WARMUP, num_chains=1, progress_bar=False)
     uninterrupted = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
     path = tmp_path / "run.ckpt"
-    write = nuts._write_checkpoint
+    write = driver.write_checkpoint
     saves = []
 
     def write_then_die(*args):
@@ -120,12 +94,14 @@ def test_checkpoint_resume_gives_the_same_draws(problem, tmp_path, monkeypatch):
         if len(saves) == 16:  # after 16 of the 17 chunks: warmup done, one draw chunk
             raise _Killed
 
-    monkeypatch.setattr(nuts, "CHECKPOINT_SECONDS", 0.0)
-    monkeypatch.setattr(nuts, "_write_checkpoint", write_then_die)
+    monkeypatch.setattr(driver, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(driver, "write_checkpoint", write_then_die)
     with pytest.raises(_Killed):
         nuts.sample(jax.random.PRNGKey(2), data, CONFIG, checkpoint=path, **kwargs)
     assert path.exists()
-    monkeypatch.setattr(nuts, "_write_checkpoint", write)
+    with np.load(path, allow_pickle=False) as saved:
+        assert int(saved["chunk"]) == 16
+    monkeypatch.setattr(driver, "write_checkpoint", write)
     with pytest.raises(ValueError, match="another run"):
         nuts.sample(jax.random.PRNGKey(9), data, CONFIG, checkpoint=path, **kwargs)
     resumed = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, checkpoint=path, **kwargs)

@@ -1,4 +1,4 @@
-"""The mean-field SVI engine: contract, optimization, and closeness to Gibbs.
+"""The mean-field SVI engine: its own fields, optimization, and closeness to Gibbs.
 
 VI is biased (a factorized Gaussian cannot hold the posterior correlation of
 ``L`` and ``R``), so agreement with the sampler is judged against the scale of
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bayesmf.engines import gibbs, svi
-from bayesmf.model import ModelConfig, make_model_data, predict_mean
+from bayesmf.model import ModelConfig, predict_mean
 
 CONFIG = ModelConfig(rank=2)
 NUM_STEPS = 3000
@@ -28,23 +28,11 @@ MAX_RMS_DIFF = 0.25 * NOISE_SD
 REF_CHAINS = 4
 
 
-def tiny_problem(seed=0, num_users=30, num_items=20, nnz=300, rank=2, num_test=20):
-    """~300 ratings drawn from the model and held-out pairs of seen users and items."""
-    rng = np.random.default_rng(seed)
-    cells = rng.permutation(num_users * num_items)
-    users, items = np.divmod(cells[:nnz], num_items)
-    lu = rng.normal(0, 0.7, (num_users, rank))
-    rv = rng.normal(0, 0.7, (num_items, rank))
-    m = rng.normal(3.5, 0.5, num_items)
-    r = np.sum(lu[users] * rv[items], 1) + m[items] + rng.normal(0, NOISE_SD, nnz)
-    data = make_model_data(users, items, r, num_users, num_items)
-    test_users, test_items = np.divmod(cells[nnz : nnz + num_test], num_items)
-    return data, (test_users.astype(np.int32), test_items.astype(np.int32))
-
-
 @pytest.fixture(scope="module")
-def problem():
-    return tiny_problem()
+def problem(make_tiny_problem):
+    """~300 ratings drawn from the model (noise sd NOISE_SD) and 20 held-out
+    pairs of seen users and items."""
+    return make_tiny_problem(noise_sd=NOISE_SD, num_test=20)
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +41,9 @@ def fitted(problem):
     return svi.fit(jax.random.PRNGKey(0), data, CONFIG, num_samples=NUM_SAMPLES, num_steps=NUM_STEPS, progress_bar=False)
 
 
-def test_result_contract(problem, fitted):
-    data, _ = problem
-    d = CONFIG.rank
+def test_loss_trace_and_info(fitted):
+    """SVI's own fields (shapes and finiteness of the draws: tests/test_engines.py)."""
     draws = fitted.draws
-    assert draws.user_factors.shape == (1, NUM_SAMPLES, data.num_users, d)
-    assert draws.item_factors.shape == (1, NUM_SAMPLES, data.num_items, d)
-    assert draws.item_offsets.shape == (1, NUM_SAMPLES, data.num_items)
-    assert draws.user_precision.shape == (1, NUM_SAMPLES, d, d)
-    assert draws.noise_precision.shape == (1, NUM_SAMPLES)
-    for name, value in draws._asdict().items():
-        assert isinstance(value, np.ndarray) and np.all(np.isfinite(value)), name
     assert np.all(np.linalg.eigvalsh(draws.item_precision) > 0)
     assert np.all(draws.noise_precision > 0)
     assert fitted.stats["elbo_loss"].shape == (1, NUM_SAMPLES)

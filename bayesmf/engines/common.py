@@ -1,22 +1,15 @@
-"""What every engine returns, and the chunked ``lax.scan`` driver samplers share."""
+"""What every engine returns (the driver that samplers share is :mod:`bayesmf.engines.driver`)."""
 
 from __future__ import annotations
 
-import time
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from bayesmf.model import Params
-
-Array = jax.Array
-
-# Sweeps per compiled chunk: the progress bar and the NaN check run between
-# chunks, so a chunk is the latency of both.
-DEFAULT_CHUNK = 10
 
 
 class EngineResult(NamedTuple):
@@ -34,15 +27,16 @@ class EngineResult(NamedTuple):
         ``sampling_seconds``, ``seconds_per_sample``.
     tracked : TrackedMoments or None
         Streamed predictive moments of requested pairs (samplers only).
-    info : dict
-        Engine-specific extras (settings used, tuning tables).
+    info : mapping
+        Engine-specific extras (settings used, tuning tables); by default an
+        empty read-only mapping (a shared ``{}`` default would be mutable).
     """
 
     draws: Params
     stats: dict
     timing: dict
     tracked: "TrackedMoments | None" = None
-    info: dict = {}
+    info: Mapping = MappingProxyType({})
 
 
 class TrackedMoments(NamedTuple):
@@ -75,61 +69,11 @@ class TrackedMoments(NamedTuple):
     noise_sd: np.ndarray | None = None
 
 
-class Welford(NamedTuple):
-    count: Array  # ()
-    mean: Array  # (n,)
-    m2: Array  # (n,)
-    noise_var: Array  # ()
-
-
-def welford_init(num_pairs: int, dtype=jnp.float32) -> Welford:
-    return Welford(jnp.zeros((), dtype), jnp.zeros(num_pairs, dtype), jnp.zeros(num_pairs, dtype), jnp.zeros((), dtype))
-
-
-def welford_update(acc: Welford, value: Array, noise_var: Array) -> Welford:
-    count = acc.count + 1
-    delta = value - acc.mean
-    mean = acc.mean + delta / count
-    m2 = acc.m2 + delta * (value - mean)
-    return Welford(count, mean, m2, acc.noise_var + (noise_var - acc.noise_var) / count)
-
-
-def chunk_size(*counts: int, target: int = DEFAULT_CHUNK) -> int:
-    """Largest chunk length <= target that divides every count (so one compile serves all)."""
-    g = int(np.gcd.reduce([int(c) for c in counts if c > 0])) if any(c > 0 for c in counts) else 1
-    for size in range(min(target, g), 0, -1):
-        if g % size == 0:
-            return size
-    return 1
-
-
-def chain_keys(rng_key: Array, num_chains: int) -> Array:
-    """Per-chain keys by ``fold_in(rng_key, chain)``: chain c's stream does not
-    depend on how many chains run, so a seed means the same thing for chain 0
-    whatever ``num_chains`` is."""
-    return jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(num_chains))
-
-
-def timed_compile(fn: Callable, *args):
-    """Jit-compile ``fn`` for ``args`` ahead of time; return (compiled, seconds)."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
 def progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="it")
+    """A tqdm bar (iterations per second shown) when ``enabled``; tqdm's
+    ``disable=None`` turns it off where the output is not a terminal."""
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False, unit="it")
 
 
 def to_numpy(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def stack_chains(states: list):
-    """Stack per-chain pytrees (no chain axis) into one with a leading chain axis."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
-
-
-def concat_draws(chunks: list, axis: int = 1):
-    """Concatenate a list of pytrees along ``axis`` (the draw axis)."""
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=axis), *chunks)

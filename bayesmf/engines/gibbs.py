@@ -23,13 +23,13 @@ when ``config.fixed.mean_precision > 0``: Gaussian given the factors); with ``of
 stay at the movie means.
 
 Engines follow the house contract: :func:`init` and :func:`step` are pure
-functions over :class:`GibbsState`; :func:`sample` is the one jitted,
-chunked ``lax.scan`` driver, vmapped over chains.
+functions over :class:`GibbsState`; :func:`sample` runs them through the one
+driver (:mod:`bayesmf.engines.driver`: chains vmapped, chunks of one jitted
+``lax.scan``, a single chain unbatched).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import NamedTuple
 
@@ -38,19 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.conjugate import row_draw_from, standard_normal
-from bayesmf.engines.common import (
-    EngineResult,
-    TrackedMoments,
-    chain_keys,
-    chunk_size,
-    concat_draws,
-    progress,
-    stack_chains,
-    timed_compile,
-    to_numpy,
-    welford_init,
-    welford_update,
-)
+from bayesmf.engines import driver
+from bayesmf.engines.common import EngineResult
+from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
 
@@ -401,64 +391,33 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     return new, info
 
 
-def _sample_chunk_fn(config: ModelConfig, thin: int, keep: bool, track: bool):
-    """Build ``chunk(keys, state, acc, ctx, pairs) -> (state, acc, draws, infos, tracked)``
-    for one chain: one kept draw per key, ``thin`` sweeps each. The driver
-    vmaps it over chains and jits it once."""
+def engine(data: ModelData, config: ModelConfig, init_params: Params | None = None) -> Engine:
+    """The Gibbs engine for :func:`bayesmf.engines.driver.sample`: :func:`init`
+    from each chain's key (or ``init_params`` for every chain) and
+    :func:`step` over a :class:`GibbsContext`; kept draws are the states."""
+    if init_params is None:
 
-    def chunk(keys, state, acc, ctx, pairs):
-        def sweep(s, k):
-            return step(k, s, ctx, config)
+        def init_fn(chain_key):
+            # One chain at a time through one jitted program (cached by config
+            # and shapes): vmapped over the keys, the same program took 3.0 s
+            # to compile on XLA:CPU against 0.4 s (ml-100k, rank 10).
+            return _init_jit(jax.random.split(chain_key)[0], data, config)
 
-        def one(carry, key):
-            state, acc = carry
-            if thin == 1:  # no nested scan: it would double the compiled program
-                state, info = sweep(state, key)
-            else:
-                state, infos = jax.lax.scan(sweep, state, jax.random.split(key, thin))
-                info = GibbsInfo(train_rmse=infos.train_rmse[-1], nonfinite=jnp.max(infos.nonfinite))
-            tracked = None
-            if track:
-                tracked = predict_mean(state, pairs[0], pairs[1])
-                acc = welford_update(acc, tracked, 1.0 / state.noise_precision)
-            return (state, acc), (state if keep else None, info, tracked)
+    else:
+        start = Params(*(jnp.asarray(x) for x in init_params))
 
-        (state, acc), (draws, infos, tracked) = jax.lax.scan(one, (state, acc), keys)
-        return state, acc, draws, infos, tracked
+        def init_fn(chain_key):
+            return start
 
-    return chunk
-
-
-def _over_chains(chunk, num_chains: int):
-    """``chunk`` over a leading chain axis of its first three arguments.
-
-    Several chains are vmapped. A single chain is run unbatched, its axis
-    dropped and restored around the call: vmapping even a size-1 axis
-    batches every op of the sweep and made XLA:CPU compile the MovieLens-100K
-    rank-10 chunk about twice as long (measured 15.1 s against 6.6 s on a
-    loaded 2-core machine). The random draws are the same either way (JAX's
-    random functions give the same bits under vmap); the arithmetic of a
-    batched and an unbatched program may differ in the last bit.
-    """
-    if num_chains > 1:
-        return jax.vmap(chunk, in_axes=(0, 0, 0, None, None))
-
-    def single(keys, state, acc, ctx, pairs):
-        squeeze = functools.partial(jax.tree_util.tree_map, lambda x: x[0])
-        out = chunk(squeeze(keys), squeeze(state), squeeze(acc), ctx, pairs)
-        return jax.tree_util.tree_map(lambda x: x[None], out)
-
-    return single
-
-
-def _raise_nonfinite(infos: GibbsInfo, start: int, phase: str):
-    codes = np.asarray(infos.nonfinite)  # (chains, sweeps)
-    if codes.any():
-        chain, sweep = np.argwhere(codes > 0)[0]
-        raise FloatingPointError(
-            f"Gibbs produced a non-finite value in the {BLOCKS[codes[chain, sweep]]} block at "
-            f"{phase} draw {start + sweep} of chain {chain}; try float64, a smaller rank or stronger priors"
-        )
+    return Engine(
+        name="gibbs",
+        init_fn=init_fn,
+        step_fn=lambda rng_key, state, ctx: step(rng_key, state, ctx, config),
+        track_fn=lambda state, ctx, pairs: (predict_mean(state, pairs[0], pairs[1]), 1.0 / state.noise_precision),
+        postfix_fn=lambda infos: {"train_rmse": f"{float(np.mean(infos.train_rmse[:, -1])):.4f}"},
+        blocks=BLOCKS,
+        hint="try float64, a smaller rank or stronger priors",
+    )
 
 
 def sample(
@@ -477,7 +436,7 @@ def sample(
     init_params: Params | None = None,
     progress_bar: bool = True,
 ) -> EngineResult:
-    """Run blocked Gibbs on ``num_chains`` chains (vmapped).
+    """Run blocked Gibbs on ``num_chains`` chains (vmapped) through the driver.
 
     Parameters
     ----------
@@ -509,104 +468,41 @@ def sample(
     Returns
     -------
     EngineResult
+        ``timing``: ``compile_seconds``, ``sampling_seconds``,
+        ``seconds_per_sample`` (per sweep; vectorized chains count once),
+        ``fit_seconds``.
     """
-    for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
-        if int(value) <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    if int(num_warmup) < 0:
-        raise ValueError(f"num_warmup must be >= 0, got {num_warmup}")
-    track = track_pairs is not None
-    if track:
-        pairs = (jnp.asarray(track_pairs[0], jnp.int32), jnp.asarray(track_pairs[1], jnp.int32))
-        if pairs[0].shape != pairs[1].shape or pairs[0].ndim != 1:
-            raise ValueError("track_pairs must be two 1-D index arrays of one length")
-        if pairs[0].size == 0:
-            raise ValueError("track_pairs is empty: give at least one (user, item) pair or None")
-    else:
-        pairs = (jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
+    num_samples, num_warmup, num_chains, thin = check_counts(num_samples, num_warmup, num_chains, thin)
+    if track_pairs is not None:
+        check_pairs(track_pairs)
     t0 = time.perf_counter()
     ctx = build_context(data, layout, config.rank)
-    keys = chain_keys(rng_key, num_chains)
-    init_keys, run_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
-    if init_params is None:
-        # One chain at a time through one jitted program (cached by config and
-        # shapes): vmapped over the keys, the same program took 3.0 s to compile
-        # on XLA:CPU against 0.4 s (ml-100k, rank 10).
-        states = stack_chains([_init_jit(k, data, config) for k in init_keys])
-    else:
-        states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num_chains,) + jnp.shape(x)), init_params)
-    accs = jax.vmap(lambda _: welford_init(pairs[0].shape[0], data.rating.dtype))(jnp.arange(num_chains))
-
-    size = chunk_size(num_warmup, num_samples)
-    # One compiled chunk serves warmup too (its draws and moments are dropped):
-    # a second program would double the compile time.
-    chunk_fn = _over_chains(_sample_chunk_fn(config, thin, keep_draws, track), num_chains)
-    warm_fn = _over_chains(_sample_chunk_fn(config, 1, keep_draws, track), num_chains)
-
-    def chunk_keys(i):
-        return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), size))(run_keys)
-
-    draw_compiled, compile_seconds = timed_compile(chunk_fn, chunk_keys(0), states, accs, ctx, pairs)
-    if num_warmup > 0 and thin != 1:
-        warm_compiled, seconds = timed_compile(warm_fn, chunk_keys(0), states, accs, ctx, pairs)
-        compile_seconds += seconds
-    else:
-        warm_compiled = draw_compiled
-
-    draws, infos_all, tracked = [], [], []
-    bar = progress(num_warmup + num_samples, "gibbs", progress_bar)
-    start = time.perf_counter()
-    chunk_index = 0
-    try:
-        for done in range(0, num_warmup, size):
-            states, _, _, infos, _ = warm_compiled(chunk_keys(chunk_index), states, accs, ctx, pairs)
-            chunk_index += 1
-            _raise_nonfinite(infos, done, "warmup")
-            bar.update(size)
-        for done in range(0, num_samples, size):
-            states, accs, chunk_draws, infos, chunk_tracked = draw_compiled(chunk_keys(chunk_index), states, accs, ctx, pairs)
-            chunk_index += 1
-            _raise_nonfinite(infos, done, "sampling")
-            if keep_draws:
-                draws.append(to_numpy(chunk_draws))
-            infos_all.append(to_numpy(infos))
-            if track and keep_track_draws:
-                tracked.append(np.asarray(chunk_tracked))
-            bar.update(size)
-            bar.set_postfix(train_rmse=f"{float(np.mean(infos.train_rmse[:, -1])):.4f}")
-    finally:
-        bar.close()
-    jax.block_until_ready(states)
-    sampling_seconds = time.perf_counter() - start
-    sweeps = num_warmup + num_samples * thin
-
-    infos = concat_draws(infos_all)
-    if keep_draws:
-        out_draws = concat_draws(draws)
-    else:
-        out_draws = jax.tree_util.tree_map(lambda x: np.asarray(x)[:, None], states)
-    moments = None
-    if track:
-        accs = to_numpy(accs)
-        noise_sd = None
-        draw_means = None
-        if keep_track_draws:
-            draw_means = np.concatenate(tracked, axis=1)
-            noise_sd = 1.0 / np.sqrt(np.asarray(out_draws.noise_precision)) if keep_draws else None
-        moments = TrackedMoments(
-            count=int(num_samples), mean=accs.mean, m2=accs.m2, noise_var=accs.noise_var, draw_means=draw_means, noise_sd=noise_sd
-        )
+    run = driver.sample(
+        chain_keys(rng_key, num_chains),
+        engine(data, config, init_params),
+        ctx,
+        num_samples=num_samples,
+        num_warmup=num_warmup,
+        thin=thin,
+        keep_draws=keep_draws,
+        track_pairs=track_pairs,
+        keep_track_draws=keep_track_draws,
+        track_dtype=data.rating.dtype,
+        progress_bar=progress_bar,
+    )
+    tracked = run.tracked
+    if tracked is not None and keep_track_draws and keep_draws:
+        tracked = tracked._replace(noise_sd=1.0 / np.sqrt(np.asarray(run.draws.noise_precision)))
     timing = dict(
-        compile_seconds=compile_seconds,
-        sampling_seconds=sampling_seconds,
-        seconds_per_sample=sampling_seconds / max(sweeps, 1),
+        compile_seconds=run.timing["compile_seconds"],
+        sampling_seconds=run.timing["sampling_seconds"],
+        seconds_per_sample=run.timing["seconds_per_sample"],
         fit_seconds=time.perf_counter() - t0,
     )
-    stats = {"train_rmse": np.asarray(infos.train_rmse)}
     return EngineResult(
-        draws=out_draws,
-        stats=stats,
+        draws=run.draws,
+        stats={"train_rmse": np.asarray(run.infos.train_rmse)},
         timing=timing,
-        tracked=moments,
-        info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=size),
+        tracked=tracked,
+        info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=run.chunk),
     )

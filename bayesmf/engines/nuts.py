@@ -18,13 +18,14 @@ draws are :class:`~bayesmf.model.Params` in either parameterization. Which
 one mixes better on ml-100k is measured by ``benchmarks/nuts_vs_gibbs.py``
 (figures at :data:`DEFAULT_PARAMETERIZATION`).
 
-Engine layout (house style): NumPyro's NUTS kernel supplies the pure pair
-``init(rng_key) -> HMCState`` and ``sample(state) -> HMCState`` (its state
-carries its own key, NumPyro's design); :func:`sample` is the one jitted,
-chunked ``lax.scan`` driver around it, compiled ahead of time so that compile
-and sampling seconds are measured separately. Warmup (step size and diagonal
-mass matrix adaptation, NumPyro's windowed scheme) happens inside the same
-compiled chunk, which the kernel switches off after ``num_warmup`` steps.
+Engine layout (house style): :func:`init` and :func:`step` are the pure pair
+over NumPyro's ``HMCState``, entering through NumPyro's kernel API
+(``NUTS.init``, ``NUTS.sample``; the state carries its own key, NumPyro's
+design, so the driver's step keys are unused); :func:`sample` runs them
+through the one driver (:mod:`bayesmf.engines.driver`). Warmup (step size and
+diagonal mass matrix adaptation, NumPyro's windowed scheme) is NumPyro's own:
+it happens inside ``NUTS.sample`` during the first ``num_warmup`` iterations,
+in the same compiled chunk, which the kernel switches off afterwards.
 
 Chains: chain ``c`` starts from ``chain_keys(rng_key, num_chains)[c] =
 fold_in(rng_key, c)``, so with ``chain_method="sequential"`` (or
@@ -38,12 +39,7 @@ distribution of chain 0 (not its bits) is the same.
 from __future__ import annotations
 
 import functools
-import hashlib
-import math
-import os
-import pickle
 import time
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -54,22 +50,14 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import biject_to
 from numpyro.handlers import reparam
-from numpyro.infer import NUTS, init_to_median, init_to_uniform
+from numpyro.infer import NUTS, init_to_uniform
+from numpyro.infer.hmc import HMCState
 from numpyro.infer.reparam import LocScaleReparam, Reparam
-from numpyro.primitives import Messenger
-from scipy import special
 
-from bayesmf.engines.common import (
-    EngineResult,
-    TrackedMoments,
-    chain_keys,
-    chunk_size,
-    concat_draws,
-    progress,
-    stack_chains,
-    timed_compile,
-    to_numpy,
-)
+from bayesmf.engines import driver
+from bayesmf.engines.common import EngineResult, to_numpy
+from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
+from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre
 from bayesmf.model import ModelConfig, ModelData, Params, latent_sites, numpyro_model, params_from_sites, predict_mean
 
 Array = jax.Array
@@ -81,10 +69,6 @@ DEFAULT_PARAMETERIZATION = "noncentered"
 300 draws) the non-centred form gave more effective samples per second of
 the test predictions than the centred one; see ``benchmarks/nuts_vs_gibbs.py``
 and its JSON for the figures."""
-
-# Prior draws whose elementwise median starts each chain (NumPyro's default).
-MEDIAN_INIT_DRAWS = 15
-
 
 class NutsInfo(NamedTuple):
     """Per-draw diagnostics (over the ``thin`` NUTS steps behind a kept draw).
@@ -99,12 +83,15 @@ class NutsInfo(NamedTuple):
         Mean acceptance statistic.
     step_size : array, shape ()
         Step size of the last trajectory.
+    nonfinite : int array, shape ()
+        1 when the position holds a NaN/inf (0: all finite).
     """
 
     diverging: Array
     num_steps: Array
     accept_prob: Array
     step_size: Array
+    nonfinite: Array
 
 
 class FactorDecentering(Reparam):
@@ -127,84 +114,6 @@ class FactorDecentering(Reparam):
         z = numpyro.sample(f"{name}_decentered", self._wrap(base.to_event(1), expand_shape, event_dim))
         value = fn.loc + jnp.einsum("...ij,...j->...i", fn.scale_tril, z)
         return None, value
-
-
-class _ConstantGamma(dist.Gamma):
-    """``Gamma(a, b)`` with constant ``a, b`` whose log normalizer
-    ``a log b - log Gamma(a)`` is computed once in NumPy (see
-    :func:`host_normalized`)."""
-
-    def __init__(self, concentration: float, rate: float):
-        super().__init__(concentration, rate)
-        self._shape, self._rate = float(concentration), float(rate)
-        self._log_norm = self._shape * math.log(self._rate) - float(special.gammaln(self._shape))
-
-    def log_prob(self, value):
-        return (self._shape - 1.0) * jnp.log(value) - self._rate * value + self._log_norm
-
-
-class _ConstantWishart(dist.Wishart):
-    """``Wishart(nu, w I)`` with constant ``nu, w`` whose log normalizer
-    ``-nu p/2 log 2 - nu p/2 log w - log Gamma_p(nu/2)`` is computed once in
-    NumPy (see :func:`host_normalized`)::
-
-        log p(Lambda) = (nu - p - 1)/2 log|Lambda| - tr(Lambda)/(2 w) + log normalizer
-    """
-
-    def __init__(self, nu: float, w0_scale: float, dim: int):
-        super().__init__(nu, scale_matrix=w0_scale * np.eye(dim))
-        self._nu, self._w, self._dim = float(nu), float(w0_scale), int(dim)
-        self._log_norm = (
-            -0.5 * self._nu * self._dim * (math.log(2.0) + math.log(self._w))
-            - float(special.multigammaln(0.5 * self._nu, self._dim))
-        )
-
-    def log_prob(self, value):
-        chol = jnp.linalg.cholesky(value)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        trace = jnp.trace(value, axis1=-2, axis2=-1)
-        return 0.5 * (self._nu - self._dim - 1.0) * logdet - 0.5 * trace / self._w + self._log_norm
-
-
-class _HostNormalizers(Messenger):
-    def __init__(self, fn, config: ModelConfig):
-        self.config = config
-        super().__init__(fn)
-
-    def process_message(self, msg):
-        if msg["type"] != "sample" or self.config.priors != "hyper":
-            return
-        h, name, fn = self.config.hyper, msg["name"], msg["fn"]
-        if name in ("user_precision", "item_precision") and type(fn) is dist.Wishart:
-            msg["fn"] = _ConstantWishart(self.config.nu0, h.w0_scale, self.config.rank)
-        elif name == "noise_precision" and type(fn) is dist.Gamma:
-            msg["fn"] = _ConstantGamma(h.noise_shape, h.noise_rate)
-        elif name == "offset_precision" and type(fn) is dist.Gamma:
-            msg["fn"] = _ConstantGamma(h.offset_shape, h.offset_rate)
-
-
-def host_normalized(model, config: ModelConfig):
-    """The model with the same density, its constant log normalizers computed
-    in NumPy instead of in every compiled program.
-
-    NumPyro evaluates ``log Gamma(a)`` of the Gamma priors and the
-    multivariate ``log Gamma_p(nu/2)`` of the Wishart priors inside the log
-    density although their arguments are constants of :class:`ModelConfig`:
-    those special functions are 60% of the HLO of the model's
-    ``value_and_grad`` at rank 2 and made its compile 2-3x slower (3.4 s
-    against 1.2 s; a NUTS fit compiles three such gradients, SVI two). The
-    hyperprior sites (``config.priors == "hyper"``) get subclasses of
-    ``dist.Gamma`` / ``dist.Wishart`` with the same parameters, sampler and
-    support whose ``log_prob`` adds a precomputed constant; the log density is
-    unchanged (tested against :func:`bayesmf.model.numpyro_model`).
-
-    Parameters
-    ----------
-    model : callable
-        ``numpyro_model`` with ``config`` bound (or a handler around it).
-    config : ModelConfig
-    """
-    return _HostNormalizers(model, config)
 
 
 def _decentered_sites(config: ModelConfig, parameterization: str) -> tuple[str, ...]:
@@ -276,69 +185,19 @@ def _unconstrained(trace) -> dict:
     }
 
 
-def _chunk_fn(kernel: NUTS, sites: tuple[str, ...], size: int, thin: int):
-    """Build ``chunk(state, data) -> (state, draws, infos)`` for one chain:
-    ``size`` kept draws, ``thin`` NUTS steps each."""
-
-    def chunk(state, data):
-        model_args = (data,)
-        constrain = kernel.postprocess_fn(model_args, {})
-
-        def nuts_step(s, _):
-            s = kernel.sample(s, model_args, {})
-            return s, NutsInfo(s.diverging, s.num_steps, s.accept_prob, s.adapt_state.step_size)
-
-        def one(s, _):
-            if thin == 1:  # no nested scan: it would double the compiled program
-                s, info = nuts_step(s, None)
-            else:
-                s, infos = jax.lax.scan(nuts_step, s, None, length=thin)
-                info = NutsInfo(
-                    jnp.any(infos.diverging), jnp.sum(infos.num_steps), jnp.mean(infos.accept_prob), infos.step_size[-1]
-                )
-            values = constrain(s.z)
-            return s, ({name: values[name] for name in sites}, info)
-
-        state, (draws, infos) = jax.lax.scan(one, state, None, length=size)
-        return state, draws, infos
-
-    return chunk
+def _thin_info(infos: NutsInfo) -> NutsInfo:
+    return NutsInfo(
+        jnp.any(infos.diverging), jnp.sum(infos.num_steps), jnp.mean(infos.accept_prob), infos.step_size[-1],
+        jnp.max(infos.nonfinite),
+    )
 
 
-def _one_of_batch(one_chain):
-    """Run a one-chain chunk on a leading axis of size one (sequential chains)."""
+class NutsKernel:
+    """A NumPyro NUTS kernel for one set of static settings, with its jitted
+    init program and the driver's compiled chunk programs (``compiled``).
 
-    def fn(state, data):
-        state, draws, infos = one_chain(jax.tree_util.tree_map(lambda x: x[0], state), data)
-        add = functools.partial(jax.tree_util.tree_map, lambda x: x[None])
-        return add(state), add(draws), add(infos)
-
-    return fn
-
-
-def init_to_prior_centre(site=None):
-    """NumPyro init strategy: Gamma and Wishart sites at their prior mean, the
-    other sites at NumPyro's ``init_to_median`` (elementwise median of
-    :data:`MEDIAN_INIT_DRAWS` prior draws, which also puts the factors at small
-    random values off the ``L = R = 0`` saddle).
-
-    Drawing the Gamma and Wishart sites, as ``init_to_median`` would, compiles
-    NumPyro's rejection Gamma sampler into the init program: about 30 s of
-    compile time on a loaded 2-core CPU, for a starting point warmup forgets.
-    """
-    if site is None:
-        return functools.partial(init_to_prior_centre)  # NumPyro expects a partial
-    if site["type"] == "sample" and not site["is_observed"] and isinstance(site["fn"], (dist.Gamma, dist.Wishart)):
-        return site["fn"].mean
-    return init_to_median(site, num_samples=MEDIAN_INIT_DRAWS)
-
-
-class _Programs:
-    """A NUTS kernel with its jitted init and chunk programs, for one set of
-    static settings.
-
-    Kept in a small cache (:func:`_programs`): NUTS programs take seconds to
-    tens of seconds to compile on a CPU, and a later run with the same
+    Kept in a small cache (:func:`build_kernel`): NUTS programs take seconds
+    to tens of seconds to compile on a CPU, and a later run with the same
     settings and data shapes (another seed, more draws, a test) reuses them.
     Data and initial values are arguments, never constants of a program.
     """
@@ -347,21 +206,20 @@ class _Programs:
         self.config = config
         self.parameterization = parameterization
         self.model = reparameterized_model(config, parameterization)
-        self.kernel = NUTS(
+        self.nuts = NUTS(
             self.model,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             dense_mass=[tuple(block) for block in dense_mass] if isinstance(dense_mass, tuple) else dense_mass,
-            # Unused: the init program below always passes unconstrained values.
+            # Unused: init always passes unconstrained values.
             init_strategy=init_to_uniform,
         )
         self.num_warmup = num_warmup
-        self.init = jax.jit(self._init)
+        self.sites = latent_sites(config)
+        self.init_program = jax.jit(self._init)
         self.compiled = {}
 
     def _init(self, rng_key, params, data):
-        """Initial HMCState of one chain, from ``params`` (a Params) or, when
-        None, from :func:`init_to_prior_centre`."""
         key_z, key_kernel = jax.random.split(rng_key)
         if params is None:
             model = handlers.substitute(handlers.seed(self.model, key_z), substitute_fn=init_to_prior_centre())
@@ -369,33 +227,82 @@ class _Programs:
             values = sample_site_values(params, self.config, self.parameterization)
             model = handlers.substitute(handlers.seed(self.model, key_z), data=values)
         z = _unconstrained(handlers.trace(model).get_trace(data))
-        return self.kernel.init(key_kernel, self.num_warmup, z, (data,), {})
-
-    def chunk(self, which: str, size: int, thin: int, chain_method: str, state, data):
-        """(program, compile seconds) for ``size`` kept draws of ``thin`` steps:
-        compiled ahead of time on first use for these shapes, then 0 seconds."""
-        signature = (which, size, thin, chain_method) + tuple(
-            (x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves((state, data))
-        )
-        if signature in self.compiled:
-            return self.compiled[signature], 0.0
-        one_chain = _chunk_fn(self.kernel, latent_sites(self.config), size, thin)
-        if chain_method == "sequential":
-            fn = _one_of_batch(one_chain)
-        else:
-            fn = (jax.vmap if chain_method == "vectorized" else jax.pmap)(one_chain, in_axes=(0, None))
-        if chain_method == "parallel":
-            # pmap compiles on its first call: that time lands in sampling.
-            program, seconds = fn, float("nan")
-        else:
-            program, seconds = timed_compile(fn, state, data)
-        self.compiled[signature] = program
-        return program, seconds
+        return self.nuts.init(key_kernel, self.num_warmup, z, (data,), {})
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(*settings) -> _Programs:
-    return _Programs(*settings)
+def build_kernel(
+    config: ModelConfig,
+    parameterization: str = DEFAULT_PARAMETERIZATION,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass=False,
+    num_warmup: int = 500,
+) -> NutsKernel:
+    """The (cached) :class:`NutsKernel` for these settings; ``dense_mass`` in
+    hashable form (a bool or a tuple of tuples of site names)."""
+    return NutsKernel(config, parameterization, target_accept_prob, max_tree_depth, dense_mass, num_warmup)
+
+
+def init(rng_key: Array, data: ModelData, config: ModelConfig, kernel: NutsKernel, init_params: Params | None = None) -> HMCState:
+    """Initial state of one chain.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+        Split into the key of the starting point and the kernel's own key.
+    data : ModelData
+    config : ModelConfig
+        Must be ``kernel.config``.
+    kernel : NutsKernel
+        From :func:`build_kernel` (fixes ``num_warmup``, the adaptation schedule).
+    init_params : Params, optional
+        Starting point (a MAP fit, a Gibbs draw); default
+        :func:`~bayesmf.engines.numpyro_util.init_to_prior_centre`.
+
+    Returns
+    -------
+    numpyro.infer.hmc.HMCState
+    """
+    if config != kernel.config:
+        raise ValueError("config differs from the kernel's")
+    return kernel.init_program(rng_key, init_params, data)
+
+
+def step(rng_key: Array, state: HMCState, data: ModelData, kernel: NutsKernel) -> tuple[HMCState, NutsInfo]:
+    """One NUTS trajectory (``NUTS.sample``; adapting while
+    ``state.i < num_warmup``). ``rng_key`` is unused: the state carries the
+    kernel's key (NumPyro's design), which keeps the draws those of NumPyro."""
+    s = kernel.nuts.sample(state, (data,), {})
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(s.z)]))
+    info = NutsInfo(s.diverging, s.num_steps, s.accept_prob, s.adapt_state.step_size, jnp.where(finite, 0, 1))
+    return s, info
+
+
+def engine(data: ModelData, config: ModelConfig, kernel: NutsKernel, init_params: Params | None = None) -> Engine:
+    """The NUTS engine for :func:`bayesmf.engines.driver.sample`: kept draws
+    are the latent sites in constrained space (a dict)."""
+
+    def draw_fn(state, data):
+        values = kernel.nuts.postprocess_fn((data,), {})(state.z)
+        return {name: values[name] for name in kernel.sites}
+
+    def track_fn(state, data, pairs):
+        params = params_from_sites(draw_fn(state, data), data, config)
+        return predict_mean(params, pairs[0], pairs[1]), 1.0 / params.noise_precision
+
+    return Engine(
+        name="nuts",
+        init_fn=lambda chain_key: init(chain_key, data, config, kernel, init_params),
+        step_fn=lambda rng_key, state, data: step(rng_key, state, data, kernel),
+        draw_fn=draw_fn,
+        track_fn=track_fn,
+        thin_info_fn=_thin_info,
+        postfix_fn=lambda infos: {"step_size": f"{float(np.mean(infos.step_size[:, -1])):.3g}",
+                                  "steps": int(np.max(infos.num_steps[:, -1]))},
+        blocks=("none", "position"),
+        hint="try a higher target_accept_prob, the other parameterization or stronger priors",
+    )
 
 
 def _hashable_dense_mass(dense_mass):
@@ -423,6 +330,7 @@ def sample(
     init="median",
     parameterization: str = DEFAULT_PARAMETERIZATION,
     track_pairs: tuple | None = None,
+    keep_track_draws: bool = True,
     checkpoint=None,
     progress_bar: bool = True,
 ) -> EngineResult:
@@ -455,21 +363,23 @@ def sample(
         gives dense blocks (e.g. over the hyperparameter sites), diagonal
         elsewhere.
     init : "median" or Params
-        ``"median"``: :func:`init_to_prior_centre` (NumPyro's prior-median
-        start, with the Gamma and Wishart precisions at their prior mean),
-        per chain; or a given state (a MAP fit, a Gibbs draw) shared by all
-        chains.
+        ``"median"``: :func:`~bayesmf.engines.numpyro_util.init_to_prior_centre`
+        (NumPyro's prior-median start, with the Gamma and Wishart precisions
+        at their prior mean), per chain; or a given state (a MAP fit, a Gibbs
+        draw) shared by all chains.
     parameterization : {"noncentered", "centered"}
         Coordinates of the factors and offsets (module docstring).
     track_pairs : (user_index, item_index) int arrays, shape (n,), optional
-        Pairs whose per-draw predicted means are returned in ``tracked``
-        (computed from the kept draws; the Gibbs engine streams them).
+        Pairs whose predictive moments the driver streams during sampling.
+    keep_track_draws : bool
+        Also keep the per-draw predicted means of ``track_pairs``.
     checkpoint : str or path-like, optional
         File where the run saves its progress (sampler state, draws so far,
-        seconds) at most every :data:`CHECKPOINT_SECONDS`; a later call with
-        the same key, data and settings resumes from it, and a finished run
-        deletes it. For long runs on machines where processes get killed.
-        Resumed runs give the same draws as uninterrupted ones; their
+        seconds; :mod:`bayesmf.engines.driver`'s ``numpy.savez`` format) at
+        most every ``driver.CHECKPOINT_SECONDS``; a later call with the same
+        key, data and settings resumes from it, and a finished run deletes
+        it. For long runs on machines where processes get killed. Resumed
+        runs give the same draws as uninterrupted ones; their
         ``compile_seconds`` and ``init_seconds`` are those of the last call.
     progress_bar : bool
 
@@ -498,11 +408,7 @@ def sample(
     >>> result.draws.user_factors.shape  # doctest: +SKIP
     (1, 20, 3, 1)
     """
-    for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
-        if isinstance(value, bool) or int(value) <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    if int(num_warmup) < 0:
-        raise ValueError(f"num_warmup must be >= 0, got {num_warmup}")
+    num_samples, num_warmup, num_chains, thin = check_counts(num_samples, num_warmup, num_chains, thin)
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"unknown chain_method {chain_method!r}; expected one of {CHAIN_METHODS}")
     if parameterization not in PARAMETERIZATIONS:
@@ -513,17 +419,8 @@ def sample(
         raise ValueError(f"max_tree_depth must be > 0, got {max_tree_depth}")
     if not (isinstance(init, Params) or (isinstance(init, str) and init == "median")):
         raise ValueError(f"init must be 'median' or a Params, got {init!r}")
-    num_samples, num_warmup, num_chains, thin = int(num_samples), int(num_warmup), int(num_chains), int(thin)
     if track_pairs is not None:
-        pairs = (np.asarray(track_pairs[0], np.int32), np.asarray(track_pairs[1], np.int32))
-        if pairs[0].shape != pairs[1].shape or pairs[0].ndim != 1 or pairs[0].size == 0:
-            raise ValueError("track_pairs must be two non-empty 1-D index arrays of one length")
-    if chain_method == "parallel" and jax.local_device_count() < num_chains:
-        warnings.warn(
-            f"chain_method='parallel' needs {num_chains} devices, found {jax.local_device_count()}; running sequentially",
-            stacklevel=2,
-        )
-        chain_method = "sequential"
+        check_pairs(track_pairs)
 
     t0 = time.perf_counter()
     init_params = None
@@ -542,85 +439,39 @@ def sample(
         init="median" if isinstance(init, str) else "params",
         parameterization=parameterization,
     )
-    run = _fresh_progress()
-    if checkpoint is not None:
-        signature = _signature(rng_key, data, dict(settings, config=config), init_params)
-        run = _read_checkpoint(checkpoint, signature) or run
-    size = chunk_size(num_warmup, num_samples)
-    programs = _programs(
-        config, parameterization, float(target_accept_prob), int(max_tree_depth), _hashable_dense_mass(dense_mass), num_warmup
+    kernel = build_kernel(
+        config, parameterization, float(target_accept_prob), int(max_tree_depth), settings["dense_mass"], num_warmup
     )
-
-    # Initial states one chain at a time through one program, so chain c's
-    # start is the same under every chain_method and every num_chains.
-    keys = chain_keys(rng_key, num_chains)
-    states = [programs.init(keys[c], init_params, data) for c in range(num_chains)]
-    jax.block_until_ready(states)
-    init_seconds = time.perf_counter() - t0
-    if chain_method == "sequential":
-        groups = [jax.tree_util.tree_map(lambda x: x[None], s) for s in states]
-    else:
-        groups = [stack_chains(states)]
-
-    draw_program, compile_seconds = programs.chunk("draw", size, thin, chain_method, groups[0], data)
-    warm_program = draw_program  # one program serves warmup too when thin == 1 (its draws are dropped)
-    if num_warmup > 0 and thin != 1:
-        warm_program, seconds = programs.chunk("warm", size, 1, chain_method, groups[0], data)
-        compile_seconds += seconds
-
-    num_warm_chunks, num_chunks = num_warmup // size, (num_warmup + num_samples) // size
-    bar = progress(num_chains * (num_warmup + num_samples), "nuts", progress_bar)
-    width = 1 if chain_method == "sequential" else num_chains
-    bar.update(size * width * (run["group"] * num_chunks + run["chunk"]))
-    last_save = time.perf_counter()
-    try:
-        for g in range(run["group"], len(groups)):
-            state = groups[g] if run["state"] is None else jax.tree_util.tree_map(jnp.asarray, run["state"])
-            width = jax.tree_util.tree_leaves(state)[0].shape[0]
-            for k in range(run["chunk"], num_chunks):
-                start = time.perf_counter()
-                if k < num_warm_chunks:
-                    state, _, infos = warm_program(state, data)
-                    run["steps"].append(np.asarray(infos.num_steps))
-                    run["warmup_seconds"] += time.perf_counter() - start
-                else:
-                    state, chunk_draws, infos = draw_program(state, data)
-                    run["draws"].append(to_numpy(chunk_draws))
-                    run["infos"].append(to_numpy(infos))
-                    run["draw_seconds"] += time.perf_counter() - start
-                    bar.set_postfix(step_size=f"{float(np.mean(infos.step_size[:, -1])):.3g}",
-                                    steps=int(np.max(infos.num_steps[:, -1])))
-                bar.update(size * width)
-                run["chunk"] = k + 1
-                if checkpoint is not None and time.perf_counter() - last_save > CHECKPOINT_SECONDS:
-                    run["group"], run["state"] = g, to_numpy(state)
-                    _write_checkpoint(checkpoint, signature, run)
-                    last_save = time.perf_counter()
-            steps = np.concatenate(run["steps"], axis=1) if run["steps"] else np.zeros((width, 0), np.int64)
-            run["done"].append((concat_draws(run["draws"]), concat_draws(run["infos"]), steps))
-            run.update(group=g + 1, chunk=0, state=None, draws=[], infos=[], steps=[])
-    finally:
-        bar.close()
-    draws_by_group = [done[0] for done in run["done"]]
-    infos_by_group = [done[1] for done in run["done"]]
-    warm_steps = [done[2] for done in run["done"]]
-    warmup_seconds, draw_seconds = run["warmup_seconds"], run["draw_seconds"]
-    sampling_seconds = warmup_seconds + draw_seconds
-
-    site_draws = concat_draws(draws_by_group, axis=0)
-    infos = concat_draws(infos_by_group, axis=0)
-    warm_steps = np.concatenate(warm_steps, axis=0)
-    out_draws = to_numpy(params_from_sites(site_draws, data, config))
+    if checkpoint is not None:
+        checkpoint = (checkpoint, driver.signature(rng_key, dict(settings, config=config), data, init_params))
+    run = driver.sample(
+        chain_keys(rng_key, num_chains),
+        engine(data, config, kernel, init_params),
+        data,
+        num_samples=num_samples,
+        num_warmup=num_warmup,
+        thin=thin,
+        chain_method=chain_method,
+        track_pairs=track_pairs,
+        keep_track_draws=keep_track_draws,
+        track_dtype=data.rating.dtype,
+        progress_bar=progress_bar,
+        checkpoint=checkpoint,
+        cache=kernel.compiled,
+    )
+    out_draws = to_numpy(params_from_sites(run.draws, data, config))
+    infos = run.infos
     draw_steps = int(np.sum(infos.num_steps))
     nuts_steps = num_chains * (num_warmup + num_samples * thin)
+    sampling_seconds = run.timing["sampling_seconds"]
     timing = dict(
-        compile_seconds=compile_seconds,
-        init_seconds=init_seconds,
+        compile_seconds=run.timing["compile_seconds"],
+        init_seconds=run.timing["init_seconds"],
         sampling_seconds=sampling_seconds,
-        warmup_seconds=warmup_seconds,
-        draw_seconds=draw_seconds,
+        warmup_seconds=run.timing["warmup_seconds"],
+        draw_seconds=run.timing["draw_seconds"],
         seconds_per_sample=sampling_seconds / max(nuts_steps, 1),
-        seconds_per_leapfrog=draw_seconds / max(draw_steps, 1),
+        seconds_per_leapfrog=run.timing["draw_seconds"] / max(draw_steps, 1),
         fit_seconds=time.perf_counter() - t0,
     )
     stats = dict(
@@ -629,9 +480,10 @@ def sample(
         accept_prob=np.asarray(infos.accept_prob),
         step_size=np.asarray(infos.step_size),
     )
-    tracked = _predictive_moments(out_draws, pairs) if track_pairs is not None else None
-    if checkpoint is not None and os.path.exists(checkpoint):
-        os.remove(checkpoint)
+    tracked = run.tracked
+    if tracked is not None and keep_track_draws:
+        tracked = tracked._replace(noise_sd=1.0 / np.sqrt(out_draws.noise_precision))
+    warm_steps = 0 if run.warmup_infos is None else int(np.sum(run.warmup_infos.num_steps))
     return EngineResult(
         draws=out_draws,
         stats=stats,
@@ -641,65 +493,8 @@ def sample(
             engine="nuts",
             settings=settings,
             num_divergences=int(stats["diverging"].sum()),
-            warmup_num_steps=int(np.sum(warm_steps)),
+            warmup_num_steps=warm_steps,
             mean_num_steps=float(np.mean(stats["num_steps"])),
-            chunk=size,
+            chunk=run.chunk,
         ),
     )
-
-
-def _predictive_moments(draws: Params, pairs) -> TrackedMoments:
-    """Moments of the predicted means of ``pairs`` over the kept draws."""
-    fn = jax.jit(jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None)))
-    means = np.asarray(fn(draws, pairs[0], pairs[1]))  # (chains, draws, n)
-    count = means.shape[1]
-    mean = means.mean(axis=1)
-    noise_var = 1.0 / np.asarray(draws.noise_precision)
-    return TrackedMoments(
-        count=count,
-        mean=mean,
-        m2=((means - mean[:, None]) ** 2).sum(axis=1),
-        noise_var=noise_var.mean(axis=1),
-        draw_means=means,
-        noise_sd=np.sqrt(noise_var),
-    )
-
-
-# A run with a checkpoint file saves its progress at most this often (seconds).
-CHECKPOINT_SECONDS = 60.0
-
-
-def _fresh_progress() -> dict:
-    return dict(group=0, chunk=0, state=None, draws=[], infos=[], steps=[], done=[],
-                warmup_seconds=0.0, draw_seconds=0.0)
-
-
-def _signature(rng_key, data: ModelData, settings: dict, init_params) -> str:
-    """A digest of everything that determines a run's draws."""
-    digest = hashlib.sha256()
-    key = jax.random.key_data(rng_key) if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key
-    digest.update(np.asarray(key).tobytes())
-    digest.update(repr(sorted((k, repr(v)) for k, v in settings.items())).encode())
-    for x in jax.tree_util.tree_leaves((data, init_params)):
-        digest.update(np.ascontiguousarray(np.asarray(x)).tobytes())
-    return digest.hexdigest()
-
-
-def _read_checkpoint(path, signature: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path, "rb") as f:
-        saved = pickle.load(f)
-    if saved.get("signature") != signature:
-        raise ValueError(
-            f"checkpoint {os.fspath(path)!r} belongs to another run (other key, data or settings); "
-            "delete it or pass another path"
-        )
-    return saved["progress"]
-
-
-def _write_checkpoint(path, signature: str, progress_state: dict) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(dict(signature=signature, progress=progress_state), f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)

@@ -26,25 +26,34 @@ VI fit is used like one chain of draws. Mean-field VI underestimates
 posterior spread (it ignores the correlations between ``L`` and ``R``); its
 predictive sd is mostly the noise term.
 
-The driver is one jitted, chunked ``lax.scan`` over ``svi.update`` with the
-data passed as an argument (not baked into the program).
+Engine layout (house style): :func:`init` and :func:`step` (one
+``SVI.update``) are the pure pair over NumPyro's ``SVIState`` (which carries
+its own key); :func:`fit` runs the steps through the one driver
+(:mod:`bayesmf.engines.driver`: chunks of one jitted ``lax.scan`` with the
+data as an argument, progress, timing, the non-finite check) as a warm-up
+with no kept draws, then draws from the fitted guide.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.svi import SVIState
 from numpyro.optim import optax_to_numpyro
 
-from bayesmf.engines.common import EngineResult, progress, timed_compile, to_numpy
-from bayesmf.engines.nuts import host_normalized, init_to_prior_centre
-from bayesmf.model import ModelConfig, ModelData, latent_sites, numpyro_model, params_from_sites
+from bayesmf.engines import driver
+from bayesmf.engines.common import EngineResult, to_numpy
+from bayesmf.engines.driver import Engine
+from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre
+from bayesmf.model import ModelConfig, ModelData, latent_sites, numpyro_model, params_from_sites, predict_mean
 
 Array = jax.Array
 
@@ -54,6 +63,73 @@ STEPS_PER_CHUNK = 250
 MAX_LOSS_POINTS = 500
 # Initial sd of every guide coordinate (NumPyro's default).
 INIT_SCALE = 0.1
+
+
+class SviInfo(NamedTuple):
+    """Per-step diagnostics.
+
+    Attributes
+    ----------
+    loss : array, shape ()
+        The one-sample negative ELBO estimate of the step.
+    nonfinite : int array, shape ()
+        1 when the loss is NaN/inf (0: finite).
+    """
+
+    loss: Array
+    nonfinite: Array
+
+
+def build(
+    config: ModelConfig,
+    *,
+    num_steps: int,
+    learning_rate: float = 0.05,
+    decay: float = 0.1,
+    optimizer=None,
+    init_scale: float = INIT_SCALE,
+) -> SVI:
+    """NumPyro's ``SVI`` for the model: an ``AutoNormal`` guide started at
+    :func:`~bayesmf.engines.numpyro_util.init_to_prior_centre`, ``Trace_ELBO``
+    and ``optimizer`` (default ``optax.adam`` with its step size decaying
+    exponentially from ``learning_rate`` to ``learning_rate * decay`` over
+    ``num_steps``)."""
+    # The same density with its constant normalizers precomputed (compiles faster).
+    model = host_normalized(functools.partial(numpyro_model, config=config), config)
+    guide = AutoNormal(model, init_loc_fn=init_to_prior_centre(), init_scale=init_scale)
+    if optimizer is None:
+        schedule = optax.exponential_decay(learning_rate, num_steps, decay) if decay < 1 else learning_rate
+        optimizer = optax.adam(schedule)
+    return SVI(model, guide, optax_to_numpyro(optimizer), Trace_ELBO())
+
+
+def init(rng_key: Array, data: ModelData, config: ModelConfig, svi: SVI) -> SVIState:
+    """Guide parameters and optimizer state at the start (``SVI.init``).
+
+    ``config`` is the one ``svi`` was built for (:func:`build`)."""
+    return svi.init(rng_key, data)
+
+
+def step(rng_key: Array, state: SVIState, data: ModelData, svi: SVI) -> tuple[SVIState, SviInfo]:
+    """One optimizer step on the ELBO (``SVI.update``). ``rng_key`` is
+    unused: the state carries NumPyro's key."""
+    state, loss = svi.update(state, data)
+    return state, SviInfo(loss, jnp.where(jnp.isfinite(loss), 0, 1))
+
+
+def engine(data: ModelData, config: ModelConfig, svi: SVI) -> Engine:
+    """The SVI engine for :func:`bayesmf.engines.driver.sample` (run as a
+    warm-up of ``num_steps`` iterations with no kept draws)."""
+    init_program = jax.jit(functools.partial(init, config=config, svi=svi))
+    return Engine(
+        name="svi",
+        init_fn=lambda chain_key: init_program(chain_key, data),
+        step_fn=lambda rng_key, state, data: step(rng_key, state, data, svi),
+        postfix_fn=lambda infos: {"loss": f"{float(infos.loss[0, -1]):.4g}"},
+        blocks=("none", "ELBO loss"),
+        hint="try a smaller learning_rate or init_scale",
+        phases=("optimization step", "draw"),
+    )
 
 
 def fit(
@@ -67,6 +143,8 @@ def fit(
     decay: float = 0.1,
     optimizer=None,
     init_scale: float = INIT_SCALE,
+    track_pairs: tuple | None = None,
+    keep_track_draws: bool = True,
     progress_bar: bool = True,
 ) -> EngineResult:
     """Fit a mean-field Gaussian guide by SVI and draw from it.
@@ -90,6 +168,11 @@ def fit(
         num_steps, decay))``.
     init_scale : float
         Initial sd of the guide in unconstrained space.
+    track_pairs : (user_index, item_index) int arrays, shape (n,), optional
+        Pairs whose predictive moments over the guide's draws are returned
+        in ``tracked``.
+    keep_track_draws : bool
+        Also keep the per-draw predicted means of ``track_pairs``.
     progress_bar : bool
 
     Returns
@@ -122,69 +205,49 @@ def fit(
         raise ValueError(f"decay must be in (0, 1], got {decay}")
     if not (np.isfinite(init_scale) and init_scale > 0):
         raise ValueError(f"init_scale must be a positive finite number, got {init_scale}")
+    if track_pairs is not None:
+        pairs = driver.check_pairs(track_pairs)
     num_samples, num_steps = int(num_samples), int(num_steps)
     t0 = time.perf_counter()
     key_init, key_draws = jax.random.split(rng_key)
-
-    # The same density with its constant normalizers precomputed (compiles faster).
-    model = host_normalized(functools.partial(numpyro_model, config=config), config)
-
-    guide = AutoNormal(model, init_loc_fn=init_to_prior_centre(), init_scale=init_scale)
-    if optimizer is None:
-        schedule = optax.exponential_decay(learning_rate, num_steps, decay) if decay < 1 else learning_rate
-    optim = optax_to_numpyro(optimizer if optimizer is not None else optax.adam(schedule))
-    svi = SVI(model, guide, optim, Trace_ELBO())
-    state = jax.jit(svi.init)(key_init, data)
-    jax.block_until_ready(state)
-    init_seconds = time.perf_counter() - t0
-
-    size = min(STEPS_PER_CHUNK, num_steps)
-    remainder = num_steps % size
-
-    def chunk_fn(length):
-        def chunk(state, data):
-            return jax.lax.scan(lambda s, _: svi.update(s, data), state, None, length=length)
-
-        return chunk
-
-    compiled, compile_seconds = timed_compile(chunk_fn(size), state, data)
-    lengths = [size] * (num_steps // size)
-    if remainder:
-        last, seconds = timed_compile(chunk_fn(remainder), state, data)
-        compile_seconds += seconds
-        lengths.append(remainder)
-    losses = []
-    bar = progress(num_steps, "svi", progress_bar)
-    start = time.perf_counter()
-    try:
-        for length in lengths:
-            state, chunk_losses = (compiled if length == size else last)(state, data)
-            chunk_losses = np.asarray(chunk_losses)
-            if not np.all(np.isfinite(chunk_losses)):
-                bad = sum(len(x) for x in losses) + int(np.argmin(np.isfinite(chunk_losses)))
-                raise FloatingPointError(
-                    f"SVI loss became non-finite at step {bad}; try a smaller learning_rate or init_scale"
-                )
-            losses.append(chunk_losses)
-            bar.update(length)
-            bar.set_postfix(loss=f"{float(chunk_losses[-1]):.4g}")
-    finally:
-        bar.close()
-    optimize_seconds = time.perf_counter() - start
-    losses = np.concatenate(losses)
+    svi = build(config, num_steps=num_steps, learning_rate=learning_rate, decay=decay, optimizer=optimizer,
+                init_scale=init_scale)
+    # The optimization is the driver's warm-up of one chain (no kept draws);
+    # the chain's key is the guide's init key.
+    run = driver.sample(
+        key_init[None],
+        engine(data, config, svi),
+        data,
+        num_samples=0,
+        num_warmup=num_steps,
+        chunk=min(STEPS_PER_CHUNK, num_steps),
+        keep_draws=False,
+        progress_bar=progress_bar,
+    )
+    losses = run.warmup_infos.loss[0]
+    state = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), run.final_state)
 
     guide_params = svi.get_params(state)
     sites = latent_sites(config)
-    sample_fn = jax.jit(lambda key, p: guide.sample_posterior(key, p, sample_shape=(num_samples,)))
+    sample_fn = jax.jit(lambda key, p: svi.guide.sample_posterior(key, p, sample_shape=(num_samples,)))
     samples = sample_fn(key_draws, guide_params)
     draws = params_from_sites({name: samples[name][None] for name in sites}, data, config)
     draws = to_numpy(draws)
 
+    tracked = None
+    if track_pairs is not None:
+        fn = jax.jit(jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None)))
+        means = np.asarray(fn(draws, pairs[0], pairs[1]))  # (1, num_samples, n)
+        tracked = driver.moments_of(means, 1.0 / draws.noise_precision, keep_track_draws)
+        if keep_track_draws:
+            tracked = tracked._replace(noise_sd=1.0 / np.sqrt(draws.noise_precision))
+
     every = max(1, -(-num_steps // MAX_LOSS_POINTS))
     final = float(np.mean(losses[-min(100, num_steps):]))
+    optimize_seconds = run.timing["warmup_seconds"]
     timing = dict(
-        compile_seconds=compile_seconds,
-        init_seconds=init_seconds,
+        compile_seconds=run.timing["compile_seconds"],
+        init_seconds=run.timing["init_seconds"],
         optimize_seconds=optimize_seconds,
         seconds_per_step=optimize_seconds / num_steps,
         fit_seconds=time.perf_counter() - t0,
@@ -193,7 +256,7 @@ def fit(
         draws=draws,
         stats={"elbo_loss": np.full((1, num_samples), final)},
         timing=timing,
-        tracked=None,
+        tracked=tracked,
         info=dict(
             engine="svi",
             guide="AutoNormal",
