@@ -127,9 +127,11 @@ class BayesMF:
         titles : dict, optional
             External item id -> title, kept for recommendations.
         track : (users, items) external ids, optional
-            Pairs (e.g. a test set) whose predictive moments samplers stream
-            during sampling (see ``Posterior.tracked``); unknown ids are
-            ignored there (predict them through ``Posterior.predict``).
+            Pairs (e.g. a test set) whose predictive moments Gibbs and NUTS
+            stream during sampling and SVI computes over its guide draws (see
+            ``Posterior.tracked``; the MAP methods have no draws to stream);
+            unknown ids are ignored there (predict them through
+            ``Posterior.predict``).
 
         Returns
         -------
@@ -163,6 +165,21 @@ class BayesMF:
         return self.posterior_
 
     def _fit_sampler(self, rng_key, ratings, track):
+        if self.method == "svi":
+            # SVI draws independent draws from one fitted guide: no chains to
+            # run, no warm-up to discard (its optimizer steps are
+            # ``num_steps``), nothing to thin. Refuse those settings rather
+            # than drop them.
+            import inspect
+
+            default_warmup = inspect.signature(BayesMF.__init__).parameters["num_warmup"].default
+            for name, value, default in (("num_chains", self.num_chains, 1), ("thin", self.thin, 1),
+                                         ("num_warmup", self.num_warmup, default_warmup)):
+                if value != default:
+                    raise ValueError(
+                        f"method='svi' takes no {name} (got {value}): it fits one guide and draws num_samples "
+                        f"independent draws from it; set its optimizer steps with num_steps"
+                    )
         data = model_data_from_ratings(ratings)
         track_pairs = None
         if track is not None:
@@ -172,25 +189,20 @@ class BayesMF:
             # All-cold pairs have nothing to stream (their predictive is the prior).
             track_pairs = (u[keep], i[keep]) if keep.any() else None
         common = dict(
-            num_samples=self.num_samples,
-            num_warmup=self.num_warmup,
-            num_chains=self.num_chains,
-            progress_bar=self.progress_bar,
-            **self.engine_options,
+            num_samples=self.num_samples, track_pairs=track_pairs, progress_bar=self.progress_bar, **self.engine_options
         )
+        if self.method == "svi":
+            from bayesmf.engines import svi
+
+            return svi.fit(rng_key, data, self.config, **common)
+        chains = dict(num_warmup=self.num_warmup, num_chains=self.num_chains, thin=self.thin)
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 
-            return gibbs.sample(rng_key, data, self.config, thin=self.thin, track_pairs=track_pairs, **common)
-        if self.method == "nuts":
-            from bayesmf.engines import nuts
+            return gibbs.sample(rng_key, data, self.config, **chains, **common)
+        from bayesmf.engines import nuts
 
-            return nuts.sample(rng_key, data, self.config, thin=self.thin, **common)
-        from bayesmf.engines import svi
-
-        common.pop("num_chains")
-        common.pop("num_warmup")
-        return svi.fit(rng_key, data, self.config, **common)
+        return nuts.sample(rng_key, data, self.config, **chains, **common)
 
     def _fit_map(self, rng_key, ratings):
         from bayesmf.engines import map as map_engine
