@@ -68,8 +68,10 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
+from bayesmf.data import as_ratings
 from bayesmf.model import Params
 from bayesmf.posterior import Posterior
 from bayesmf.predictive import (
@@ -228,6 +230,20 @@ class _Given(NamedTuple):
     ratings: list  # per row: float64 array
     ids: list  # per row: external ids used
     ignored: list  # per row: unknown external ids ignored
+
+
+def _frame_rows(frame, side: str) -> tuple[list, np.ndarray]:
+    """A DataFrame of (user, item, rating) rows as one (ids, ratings) entry per folded-in row, and the labels."""
+    ratings = as_ratings(frame)
+    own, other = (ratings.user_index, ratings.item_index) if side == "user" else (ratings.item_index, ratings.user_index)
+    own, other = np.asarray(own), np.asarray(other)
+    other_ids = np.asarray((ratings.item_vocab if side == "user" else ratings.user_vocab).ids)
+    labels = np.asarray((ratings.user_vocab if side == "user" else ratings.item_vocab).ids)
+    order = np.argsort(own, kind="stable")
+    starts = np.searchsorted(own[order], np.arange(labels.size + 1))
+    value = np.asarray(ratings.rating, np.float64)
+    rows = [(other_ids[other[order[a:b]]], value[order[a:b]]) for a, b in zip(starts[:-1], starts[1:])]
+    return rows, labels
 
 
 def _as_rows(given) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -687,9 +703,12 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     posterior : Posterior
         Any engine's posterior (a MAP point estimate gives the ridge
         solution with the MAP precisions and one weight of 1).
-    ratings_per_user : list of (item_ids, ratings) or PaddedRatings
+    ratings_per_user : list of (item_ids, ratings), PaddedRatings or pandas.DataFrame
         One entry per new user: external movie ids, shape (k_u,), and their
         ratings, shape (k_u,). ``k_u = 0`` is allowed (the cold-start prior).
+        A DataFrame of (user, item, rating) rows (columns found as
+        :func:`bayesmf.data.as_ratings` finds them) folds in each of its
+        users, labelled by their ids.
     weighting : {"importance", "equal"}
         ``"importance"``: weights proportional to the marginal likelihood
         ``p(ratings | draw)`` (the exact posterior mixture given the training
@@ -721,6 +740,10 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if isinstance(ratings_per_user, pd.DataFrame):
+        if user_ids is not None:
+            raise ValueError("a DataFrame's users are labelled by their ids: leave user_ids out")
+        ratings_per_user, user_ids = _frame_rows(ratings_per_user, "user")
     given = _validate_given(ratings_per_user, posterior.item_vocab, posterior.scale, unknown, "item")
     idx, ratings, mask = _pad(given)
     flat = _device_draws(posterior)
@@ -745,9 +768,10 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
     Parameters
     ----------
     posterior : Posterior
-    ratings_per_item : list of (user_ids, ratings) or PaddedRatings
+    ratings_per_item : list of (user_ids, ratings), PaddedRatings or pandas.DataFrame
         One entry per new movie: external ids of the (known) users who rated
-        it and their ratings.
+        it and their ratings; or a DataFrame of (user, item, rating) rows,
+        each of its movies labelled by its id.
     weighting : {"importance", "equal"}
     unknown : {"raise", "ignore"}
         Users the model has not seen (their factors are unknown).
@@ -767,6 +791,10 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if isinstance(ratings_per_item, pd.DataFrame):
+        if item_ids is not None:
+            raise ValueError("a DataFrame's movies are labelled by their ids: leave item_ids out")
+        ratings_per_item, item_ids = _frame_rows(ratings_per_item, "item")
     given = _validate_given(ratings_per_item, posterior.user_vocab, posterior.scale, unknown, "user")
     idx, ratings, mask = _pad(given)
     flat = _device_draws(posterior)

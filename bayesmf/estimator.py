@@ -16,12 +16,10 @@ import time
 import jax
 import numpy as np
 
+from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS
+from bayesmf.data import as_ratings
 from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, model_data_from_ratings
 from bayesmf.posterior import Posterior
-
-METHODS = ("map", "map-adam", "als", "gibbs", "nuts", "svi")
-SAMPLERS = ("gibbs", "nuts")
-MAP_METHODS = ("map", "map-adam", "als")
 # MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
 # every user a shrunk bias L_u . mu_R; see FixedPriors.
 MAP_FIXED_PRIORS = FixedPriors(mean_precision=2.0)
@@ -71,7 +69,7 @@ class BayesMF:
     def __init__(
         self,
         rank: int = 10,
-        method: str = "gibbs",
+        method: str = DEFAULT_METHOD,
         *,
         offsets: str = "estimated",
         priors: str | None = None,
@@ -122,8 +120,11 @@ class BayesMF:
         Parameters
         ----------
         rng_key : jax.Array or int
-        ratings : bayesmf.data.Ratings
-            Training ratings (compact vocabularies: every id has a rating).
+        ratings : bayesmf.data.Ratings or pandas.DataFrame
+            Training ratings (compact vocabularies: every id has a rating); a
+            DataFrame's columns are found as :func:`bayesmf.read_ratings`
+            finds a file's (``user`` / ``userId``, ``item`` / ``movieId``,
+            ``rating``; :func:`bayesmf.data.as_ratings`).
         titles : dict, optional
             External item id -> title, kept for recommendations.
         track : (users, items) external ids, optional
@@ -139,6 +140,7 @@ class BayesMF:
             Also stored as ``self.posterior_``.
         """
         rng_key = as_key(rng_key)
+        ratings = as_ratings(ratings)
         if len(ratings) == 0:
             raise ValueError("cannot fit to empty ratings")
         start = time.perf_counter()
@@ -205,10 +207,10 @@ class BayesMF:
         return nuts.sample(rng_key, data, self.config, **chains, **common)
 
     def _fit_map(self, rng_key, ratings):
-        from bayesmf.engines import map as map_engine
+        from bayesmf import tuning
 
         solver = {"map": "lbfgs", "map-adam": "adam", "als": "als"}[self.method]
-        return map_engine.fit_ratings(
+        return tuning.fit_ratings(
             rng_key,
             ratings,
             self.config,

@@ -45,6 +45,7 @@ import pandas as pd
 from bayesmf import metrics
 from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
+from bayesmf.data import as_pairs, as_ratings
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import ModelConfig, Params, predict_mean
 from bayesmf.predictive import Components, Pairs, Prediction, check_prob, pair_moments, prediction, sampled_means, score_rows
@@ -241,7 +242,7 @@ class Posterior:
     def predict(
         self,
         users,
-        items,
+        items=None,
         *,
         prob: float = 0.9,
         clip: bool = False,
@@ -255,6 +256,8 @@ class Posterior:
         users, items : array-like, shape (n,)
             External ids (as in the training data). Unknown ids get the
             cold-start prior (flagged in ``known_user`` / ``known_item``).
+            Or ``users`` a pandas DataFrame of pairs (``user`` / ``userId``
+            and ``item`` / ``movieId`` columns) and ``items`` None.
         prob : float
             Probability of the central interval.
         clip : bool
@@ -280,6 +283,10 @@ class Posterior:
         return self._predict(users, items, check_prob(prob), clip, keep_components, check_uncertainty(uncertainty))
 
     def _predict(self, users, items, prob, clip, keep_components, uncertainty) -> Prediction:
+        if isinstance(users, pd.DataFrame) and items is None:
+            users, items = as_pairs(users)
+        elif items is None:
+            raise TypeError("predict needs items (or a DataFrame of (user, item) pairs as its only argument)")
         pairs = self.pairs(users, items)
         comps = self.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty)
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
@@ -374,9 +381,10 @@ class Posterior:
 
         Parameters
         ----------
-        test : bayesmf.data.Ratings
+        test : bayesmf.data.Ratings or pandas.DataFrame
             Held-out ratings (external ids; unknown users or movies get the
-            cold-start prior and are counted, never dropped).
+            cold-start prior and are counted, never dropped); a DataFrame's
+            columns are found as :func:`bayesmf.data.as_ratings` finds them.
         levels : tuple of float
             Central-interval probabilities whose coverage is reported.
         by : {None, "user_activity", "item_popularity", "cold"} or a sequence of them
@@ -402,6 +410,9 @@ class Posterior:
         >>> table = posterior.evaluate(test, by="user_activity")  # doctest: +SKIP
         >>> table.loc[("all", "all"), "rmse"]  # doctest: +SKIP
         """
+        if isinstance(test, pd.DataFrame) and len(test) == 0:
+            raise ValueError("the test set is empty")
+        test = as_ratings(test)
         if len(test) == 0:
             raise ValueError("the test set is empty")
         breakdowns = [] if by is None else [by] if isinstance(by, str) else list(by)

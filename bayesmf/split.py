@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bayesmf.choices import PREDEFINED_SPLITS, SPLIT_NAMES
-from bayesmf.data import Ratings, read_dataset_dir, read_ratings, verify_checksums
+from bayesmf.data import Ratings, as_ratings, read_dataset_dir, read_ratings, verify_checksums
 
 __all__ = [
     "PREDEFINED",
@@ -117,8 +117,12 @@ def _check_int(value, what: str, minimum: int) -> int:
 
 
 def _check_ratings(ratings) -> Ratings:
-    if not isinstance(ratings, Ratings):
-        raise TypeError(f"expected bayesmf.data.Ratings, got {type(ratings).__name__}")
+    """``Ratings`` from ``Ratings`` or a pandas DataFrame (:func:`bayesmf.data.as_ratings`); at least 2 of them."""
+    import pandas as pd
+
+    if not isinstance(ratings, (Ratings, pd.DataFrame)):
+        raise TypeError(f"expected bayesmf.data.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
+    ratings = as_ratings(ratings)
     if ratings.nnz < 2:
         raise ValueError(f"cannot split {ratings.nnz} rating(s): need at least 2")
     return ratings

@@ -42,10 +42,12 @@ from bayesmf.data.readers import (
     SEPARATORS,
     TIMESTAMP_COLUMNS,
     USER_COLUMNS,
+    as_pairs,
+    as_ratings,
     read_item_ratings,
     read_ratings,
 )
-from bayesmf.data.vocabulary import Vocabulary
+from bayesmf.data.vocabulary import IdTypeWarning, Vocabulary
 
 __all__ = [
     "ARCHIVE_CHECKSUMS",
@@ -61,9 +63,12 @@ __all__ = [
     "SEPARATORS",
     "TIMESTAMP_COLUMNS",
     "USER_COLUMNS",
+    "IdTypeWarning",
     "RatingScale",
     "Ratings",
     "Vocabulary",
+    "as_pairs",
+    "as_ratings",
     "data_home",
     "find_dataset",
     "load_movielens",

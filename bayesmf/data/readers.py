@@ -50,6 +50,8 @@ __all__ = [
     "SEPARATORS",
     "TIMESTAMP_COLUMNS",
     "USER_COLUMNS",
+    "as_pairs",
+    "as_ratings",
     "pick_column",
     "read_item_ratings",
     "read_ratings",
@@ -682,3 +684,88 @@ def read_item_ratings(path, item_vocab: Vocabulary | None = None, scale: RatingS
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     return items, rating
+
+
+# --- ratings and pairs from what a user has in hand -------------------------------------------------
+
+
+def _frame_columns(frame: pd.DataFrame, columns, roles: tuple[str, ...]) -> dict:
+    """Role -> column label of ``frame``: from ``columns`` (names or positions) or the accepted aliases."""
+    if columns is not None:
+        mapping = _columns_mapping(columns)
+        out = {}
+        for role, value in mapping.items():
+            if role not in roles:
+                continue
+            if isinstance(value, (int, np.integer)):
+                if not 0 <= value < frame.shape[1]:
+                    raise ValueError(f"columns[{role!r}] = {value}: the DataFrame has {frame.shape[1]} columns")
+                value = frame.columns[value]
+            elif value not in frame.columns:
+                value = pick_column(frame.columns, (value.lower(),), role, "the DataFrame")
+            out[role] = value
+        return out
+    out = {}
+    for role in roles:
+        label = pick_column(frame.columns, _ACCEPTED[role], role, "the DataFrame", required=role != "timestamp")
+        if label is not None:
+            out[role] = label
+    return out
+
+
+def as_ratings(data, *, columns=None, duplicates: str = "error", scale=None) -> Ratings:
+    """:class:`Ratings` from a ``Ratings``, a pandas DataFrame or a ratings file.
+
+    Parameters
+    ----------
+    data : Ratings, pandas.DataFrame, str or Path
+        A ``Ratings`` is returned as it is; a DataFrame's columns are found by
+        the names :func:`read_ratings` accepts (``user`` / ``userId`` /
+        ``user_id``, ``item`` / ``movieId`` / ``item_id``, ``rating``,
+        optionally ``timestamp``; any case) or by ``columns``; a path is read
+        by :func:`read_ratings`.
+    columns : dict or list, optional
+        As in :func:`read_ratings` (names or 0-based positions).
+    duplicates : {"error", "mean", "first", "last"}
+    scale : RatingScale or (low, high[, step]), optional
+
+    Returns
+    -------
+    Ratings
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 3.0, 5.0]})
+    >>> len(as_ratings(frame))
+    3
+    """
+    if isinstance(data, Ratings):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return read_ratings(data, columns=columns, duplicates=duplicates, scale=scale)
+    if isinstance(data, pd.DataFrame):
+        found = _frame_columns(data, columns, ROLES)
+        return Ratings.from_arrays(
+            data[found["user"]], data[found["item"]], data[found["rating"]],
+            data[found["timestamp"]] if "timestamp" in found else None,
+            scale=_as_scale(scale), duplicates=duplicates,
+        )
+    raise TypeError(f"expected Ratings, a pandas DataFrame or a ratings file path, got {type(data).__name__}")
+
+
+def as_pairs(frame: pd.DataFrame, columns=None) -> tuple[np.ndarray, np.ndarray]:
+    """The (users, items) id columns of a DataFrame, found as :func:`as_ratings` finds them.
+
+    Returns
+    -------
+    users, items : array, shape (n,)
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame of (user, item) pairs, got {type(frame).__name__}")
+    if columns is not None and not isinstance(columns, Mapping):
+        columns = dict(zip(ROLES, columns))
+    if columns is not None:
+        columns = {"rating": 0, **columns}  # pairs need no rating column; the mapping check wants one
+    found = _frame_columns(frame, columns, ("user", "item"))
+    return frame[found["user"]].to_numpy(), frame[found["item"]].to_numpy()

@@ -11,13 +11,23 @@ arrays use, and back.
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["EXAMPLES", "Vocabulary", "as_array", "examples", "normalize_ids"]
+__all__ = ["EXAMPLES", "IdTypeWarning", "Vocabulary", "as_array", "examples", "normalize_ids"]
 
 # How many offending values or rows an error message lists.
 EXAMPLES = 5
+
+# A string that converts exactly to an integer id: no sign but "-", no leading zeros, no spaces.
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+class IdTypeWarning(UserWarning):
+    """Ids of one type (strings or integers) were matched to a vocabulary of the other."""
 
 
 def examples(values) -> list:
@@ -200,7 +210,12 @@ class Vocabulary:
         ----------
         external_ids : array-like, shape (...)
             Ids of the vocabulary's type; NumPy and Python integers are
-            interchangeable, but the string ``"5"`` is not the integer ``5``.
+            interchangeable. Ids of the other type (strings for an integer
+            vocabulary, or the reverse) are matched when every one of them
+            converts exactly (``"5"`` and ``5``; not ``"05"`` or ``"5a"``),
+            with a :class:`IdTypeWarning` naming both types; otherwise a
+            ``TypeError`` names both (silently treating them all as unknown
+            would make every prediction a cold start).
         missing : {"raise", "flag"}
             ``"raise"``: unknown ids raise ``KeyError``; ``"flag"``: they get -1.
 
@@ -221,6 +236,7 @@ class Vocabulary:
             flat = flat.astype(object)  # True is not the id 1
         if flat.size == 0:
             return np.zeros(shape, np.int64)
+        flat = self._as_own_type(flat)
         out = self._index.get_indexer(flat).astype(np.int64)
         if flat.dtype == object and not self.is_string:
             # pandas may match the Python bool True to the integer 1; ids must match in type.
@@ -236,6 +252,35 @@ class Vocabulary:
                     f"e.g. {examples(bad)}; pass missing='flag' to get -1 for them"
                 )
         return out.reshape(shape)
+
+    def _as_own_type(self, flat: np.ndarray) -> np.ndarray:
+        """Query ids converted to the vocabulary's id type where they are of the other one (see :meth:`index`)."""
+        if len(self) == 0:
+            return flat
+        strings = flat.dtype == object and pd.api.types.infer_dtype(flat, skipna=False) == "string"
+        integers = flat.dtype.kind in "iu" or (
+            flat.dtype == object and pd.api.types.infer_dtype(flat, skipna=False) == "integer"
+        )
+        if not self.is_string and strings:
+            exact = np.fromiter((_INTEGER.fullmatch(v) is not None for v in flat), bool, flat.size)
+            if not exact.all():
+                raise TypeError(
+                    f"the ids are strings but this vocabulary's ids are integers, and {int((~exact).sum())} of them "
+                    f"are not integers written plainly (e.g. {examples(flat[~exact])}): convert the ids to integers"
+                )
+            converted = flat.astype(np.int64)
+        elif self.is_string and integers:
+            converted = np.asarray([str(int(v)) for v in flat], dtype=object)
+        else:
+            return flat
+        warnings.warn(
+            f"ids given as {'strings' if strings else 'integers'} were matched to this vocabulary's "
+            f"{'integer' if strings else 'string'} ids (e.g. {examples(flat)}); pass ids of the vocabulary's type "
+            "to silence this",
+            IdTypeWarning,
+            stacklevel=4,
+        )
+        return converted
 
     def lookup(self, indices) -> np.ndarray:
         """External ids of indices.
