@@ -26,14 +26,28 @@ MAP_FIXED_PRIORS = FixedPriors(mean_precision=2.0)
 
 
 def as_key(rng_key) -> jax.Array:
-    """Accept a JAX key or an int seed."""
-    if isinstance(rng_key, (int, np.integer)):
+    """A JAX key from a key or an int seed (a ``ValueError`` for anything else)."""
+    if isinstance(rng_key, (int, np.integer)) and not isinstance(rng_key, bool):
         return jax.random.PRNGKey(int(rng_key))
-    return rng_key
+    if isinstance(rng_key, jax.Array) and (
+        jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) or (rng_key.dtype == np.uint32 and rng_key.shape == (2,))
+    ):
+        return rng_key
+    raise ValueError(f"rng_key must be a JAX key (jax.random.PRNGKey(seed)) or an int seed, got {rng_key!r}")
+
+
+# Samplers' warm-up when num_warmup is left at None.
+DEFAULT_WARMUP = 50
 
 
 class BayesMF:
-    """Bayesian matrix factorization of ratings.
+    """Bayesian matrix factorization of ratings: the estimator.
+
+    Construct it with the model and engine settings (stored unchanged, as
+    scikit-learn's estimators do: :meth:`get_params` / :meth:`set_params`),
+    then :meth:`fit` returns a :class:`~bayesmf.posterior.Posterior`, the
+    fitted model (also kept as ``self.posterior_``): predict, evaluate,
+    recommend, fold in and save go through it.
 
     Parameters
     ----------
@@ -44,7 +58,8 @@ class BayesMF:
         validation split carved from the training data (``"map-adam"``: Adam;
         ``"als"``: alternating exact conditional modes). ``"gibbs"``: blocked
         Gibbs (BPMF). ``"nuts"``: NumPyro NUTS on the same model. ``"svi"``:
-        mean-field variational inference (AutoNormal).
+        mean-field variational inference (AutoNormal). Default ``"gibbs"``,
+        as on the command line (:data:`bayesmf.choices.DEFAULT_METHOD`).
     offsets : {"estimated", "empirical"}
     priors : {"hyper", "fixed"} or None
         None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
@@ -54,8 +69,13 @@ class BayesMF:
         Default: :data:`MAP_FIXED_PRIORS` (learned factor means) for the MAP
         methods, ``FixedPriors()`` (plain PMF, zero means) for the samplers.
     hyper : HyperPriors, optional
-    num_samples, num_warmup, num_chains, thin : int
-        Sampler settings (ignored by MAP).
+    num_samples : int
+        Kept draws (samplers, and SVI's draws from its guide).
+    num_warmup : int or None
+        Samplers' warm-up; None means 50. SVI takes none (its optimizer
+        steps are ``num_steps``).
+    num_chains, thin : int
+        Samplers only.
     tune : bool
         MAP only: select the precisions on a validation split.
     validation_fraction : float
@@ -63,7 +83,16 @@ class BayesMF:
         the plug-in noise sd.
     progress_bar : bool
     **engine_options
-        Passed to the engine (e.g. ``layout="bucket"`` for Gibbs).
+        Passed to the engine (e.g. ``layout="bucket"`` for Gibbs,
+        ``num_steps`` for SVI, ``max_tree_depth`` for NUTS).
+
+    Examples
+    --------
+    >>> model = BayesMF(rank=10, method="gibbs", num_samples=100)
+    >>> model
+    BayesMF(rank=10, num_samples=100)
+    >>> model.set_params(rank=20).get_params()["rank"]
+    20
     """
 
     def __init__(
@@ -76,7 +105,7 @@ class BayesMF:
         fixed: FixedPriors | None = None,
         hyper: HyperPriors | None = None,
         num_samples: int = 200,
-        num_warmup: int = 50,
+        num_warmup: int | None = None,
         num_chains: int = 1,
         thin: int = 1,
         tune: bool = True,
@@ -84,35 +113,76 @@ class BayesMF:
         progress_bar: bool = True,
         **engine_options,
     ):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        if priors is None:
-            priors = "fixed" if method in MAP_METHODS else "hyper"
-        if fixed is None:
-            fixed = MAP_FIXED_PRIORS if method in MAP_METHODS else FixedPriors()
-        self.config = ModelConfig(
-            rank=rank, offsets=offsets, priors=priors, fixed=fixed, hyper=hyper or HyperPriors()
-        )
-        for name, value in (("num_samples", num_samples), ("num_chains", num_chains), ("thin", thin)):
-            if int(value) <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if int(num_warmup) < 0:
-            raise ValueError(f"num_warmup must be >= 0, got {num_warmup}")
-        if not 0.0 < validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        self.rank = rank
         self.method = method
-        self.num_samples = int(num_samples)
-        self.num_warmup = int(num_warmup)
-        self.num_chains = int(num_chains)
-        self.thin = int(thin)
+        self.offsets = offsets
+        self.priors = priors
+        self.fixed = fixed
+        self.hyper = hyper
+        self.num_samples = num_samples
+        self.num_warmup = num_warmup
+        self.num_chains = num_chains
+        self.thin = thin
         self.tune = tune
         self.validation_fraction = validation_fraction
         self.progress_bar = progress_bar
-        self.engine_options = engine_options
+        self.engine_options = dict(engine_options)
+        self._check()
+
+    # -- parameters (scikit-learn's protocol) --------------------------------------
+    _PARAMS = (
+        "rank", "method", "offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
+        "tune", "validation_fraction", "progress_bar",
+    )
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor arguments, as given (engine options included)."""
+        return {**{name: getattr(self, name) for name in self._PARAMS}, **self.engine_options}
+
+    def set_params(self, **params) -> "BayesMF":
+        """Change constructor arguments (checked as the constructor checks them); returns ``self``."""
+        before = dict(self.__dict__, engine_options=dict(self.engine_options))
+        for name, value in params.items():
+            if name in self._PARAMS:
+                setattr(self, name, value)
+            else:
+                self.engine_options[name] = value
+        try:
+            self._check()
+        except Exception:
+            self.__dict__.update(before)  # a rejected change leaves the estimator as it was
+            raise
+        return self
+
+    def __repr__(self) -> str:
+        defaults = BayesMF()
+        shown = [f"{name}={value!r}" for name, value in self.get_params().items()
+                 if name in ("rank",) or name not in self._PARAMS or value != getattr(defaults, name)]
+        return f"BayesMF({', '.join(shown)})"
+
+    def _check(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        for name in ("num_samples", "num_chains", "thin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_warmup is not None and (
+            isinstance(self.num_warmup, bool) or not isinstance(self.num_warmup, (int, np.integer)) or self.num_warmup < 0
+        ):
+            raise ValueError(f"num_warmup must be an integer >= 0 or None, got {self.num_warmup!r}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        self.config  # checks offsets, priors and the prior settings
 
     @property
-    def rank(self) -> int:
-        return self.config.rank
+    def config(self) -> ModelConfig:
+        """The model the settings describe (priors and precisions resolved for the method)."""
+        map_like = self.method in MAP_METHODS
+        priors = self.priors if self.priors is not None else ("fixed" if map_like else "hyper")
+        fixed = self.fixed if self.fixed is not None else (MAP_FIXED_PRIORS if map_like else FixedPriors())
+        return ModelConfig(rank=self.rank, offsets=self.offsets, priors=priors, fixed=fixed,
+                           hyper=self.hyper or HyperPriors())
 
     def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None) -> Posterior:
         """Fit to training ratings.
@@ -172,11 +242,8 @@ class BayesMF:
             # run, no warm-up to discard (its optimizer steps are
             # ``num_steps``), nothing to thin. Refuse those settings rather
             # than drop them.
-            import inspect
-
-            default_warmup = inspect.signature(BayesMF.__init__).parameters["num_warmup"].default
             for name, value, default in (("num_chains", self.num_chains, 1), ("thin", self.thin, 1),
-                                         ("num_warmup", self.num_warmup, default_warmup)):
+                                         ("num_warmup", self.num_warmup, None)):
                 if value != default:
                     raise ValueError(
                         f"method='svi' takes no {name} (got {value}): it fits one guide and draws num_samples "
@@ -191,13 +258,14 @@ class BayesMF:
             # All-cold pairs have nothing to stream (their predictive is the prior).
             track_pairs = (u[keep], i[keep]) if keep.any() else None
         common = dict(
-            num_samples=self.num_samples, track_pairs=track_pairs, progress_bar=self.progress_bar, **self.engine_options
+            num_samples=int(self.num_samples), track_pairs=track_pairs, progress_bar=self.progress_bar, **self.engine_options
         )
         if self.method == "svi":
             from bayesmf.engines import svi
 
             return svi.fit(rng_key, data, self.config, **common)
-        chains = dict(num_warmup=self.num_warmup, num_chains=self.num_chains, thin=self.thin)
+        warmup = DEFAULT_WARMUP if self.num_warmup is None else int(self.num_warmup)
+        chains = dict(num_warmup=warmup, num_chains=int(self.num_chains), thin=int(self.thin))
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 
