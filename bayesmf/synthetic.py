@@ -81,12 +81,13 @@ class Synthetic(NamedTuple):
     noise_sd: float
 
     def true_mean(self, user_index, item_index) -> np.ndarray:
-        """Noise-free mean ``<L_u, R_v> + m_v`` of index pairs, shape (n,)."""
+        """Noise-free mean ``<L_u, R_v> + m_v`` of index pairs, shape of the broadcast indices."""
+        users, items = np.broadcast_arrays(np.asarray(user_index), np.asarray(item_index))
         return _pair_means(self.user_factors, self.item_factors, self.item_offsets,
-                           np.asarray(user_index), np.asarray(item_index))
+                           users.ravel(), items.ravel()).reshape(users.shape)
 
     def expected_rating(self, user_index, item_index) -> np.ndarray:
-        """Expected observed rating of index pairs, shape (n,): the best predictor in RMSE.
+        """Expected observed rating of index pairs, shape of the broadcast indices: the best predictor in RMSE.
 
         On a continuous scale this is :meth:`true_mean`; on a grid it is the
         mean of the rounded and clipped draw,
@@ -99,10 +100,12 @@ class Synthetic(NamedTuple):
         if scale.step is None:
             return mean
         levels = np.arange(scale.low, scale.high + scale.step / 2, scale.step)
-        # P(draw <= k + step/2) for every level below the top one: the rounding thresholds.
-        below = ndtr((levels[:-1, None] + scale.step / 2 - mean[None, :]) / self.noise_sd)
-        # E[X] for X on levels = top - step * sum_k P(X <= level_k) over the levels below the top.
-        return scale.high - scale.step * below.sum(axis=0)
+        # E[X] for X on the levels = top - step * sum over the levels k below the top of
+        # P(X <= k) = P(draw < k + step / 2), the rounding thresholds.
+        out = np.full(mean.shape, float(scale.high))
+        for level in levels[:-1]:
+            out -= scale.step * ndtr((level + scale.step / 2 - mean) / self.noise_sd)
+        return out
 
 
 def _power_law_weights(rng, n: int, exponent: float) -> np.ndarray:

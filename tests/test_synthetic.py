@@ -136,6 +136,16 @@ def test_users_without_ratings_keep_truth_by_id():
     np.testing.assert_array_equal(sim.user_factors, full[ids.astype(np.int64) - 1])
 
 
+def test_truth_broadcasts_like_numpy_indexing():
+    sim = movielens_like(4, num_users=30, num_items=20, num_ratings=300, min_per_user=5, rank=3)
+    users, items = np.meshgrid(np.arange(30), np.arange(20), indexing="ij")
+    grid = sim.true_mean(users, items)
+    assert grid.shape == (30, 20)
+    np.testing.assert_allclose(grid, sim.user_factors @ sim.item_factors.T + sim.item_offsets, rtol=1e-12)
+    assert sim.expected_rating(users, items).shape == (30, 20)
+    assert sim.true_mean(3, 4).shape == ()
+
+
 def test_expected_rating_is_the_mean_of_rounded_clipped_draws():
     sim = movielens_like(2, num_users=30, num_items=20, num_ratings=300, min_per_user=5)
     u = np.arange(6) % 30
