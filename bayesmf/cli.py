@@ -118,10 +118,11 @@ def _load_split(args):
     """(train, test, split name) from --train/--test or --data/--split."""
     from bayesmf import split
 
-    if args.train or args.test:
-        if not (args.train and args.test):
+    test = getattr(args, "test", None)  # fit has no --test
+    if args.train or test:
+        if not (args.train and test):
             raise CLIError("--train and --test must be given together")
-        return _read_file(args, args.train), _read_file(args, args.test), "files"
+        return _read_file(args, args.train), _read_file(args, test), "files"
     if not args.data:
         raise CLIError("give --data DIR_OR_NAME_OR_FILE (with --split) or --train FILE --test FILE")
     kind, path = _source(args)
@@ -159,6 +160,8 @@ def _model(args):
         options.update(num_samples=args.num_samples, num_warmup=args.num_warmup, num_chains=args.num_chains)
     elif args.method == "svi":
         options.update(num_samples=args.num_samples)
+    elif args.no_tune:
+        options.update(tune=False)
     return BayesMF(**options)
 
 
@@ -394,6 +397,8 @@ def _add_model_args(p):
     p.add_argument("--num-samples", type=_positive_int, default=200, help="kept draws (samplers and SVI)")
     p.add_argument("--num-warmup", type=int, default=50, help="warm-up sweeps (samplers)")
     p.add_argument("--num-chains", type=_positive_int, default=1, help="chains (samplers)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="MAP methods: keep the default precisions instead of tuning them on a validation split")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 

@@ -214,7 +214,12 @@ class BayesMF:
         if len(ratings) == 0:
             raise ValueError("cannot fit to empty ratings")
         start = time.perf_counter()
-        if self.method in ("map", "map-adam", "als"):
+        if self.method in MAP_METHODS:
+            if track is not None:
+                raise ValueError(
+                    f"method={self.method!r} gives a point estimate: there are no draws to stream the tracked pairs "
+                    "over; predict them with posterior.predict(users, items)"
+                )
             result = self._fit_map(rng_key, ratings)
         else:
             result = self._fit_sampler(rng_key, ratings, track)
