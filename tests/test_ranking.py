@@ -171,7 +171,7 @@ def test_prob_above_is_the_mixture_tail(posterior):
 
 
 def test_unknown_user_gets_the_cold_start_ranking(posterior):
-    top = recommend(posterior, "stranger", 100)
+    top = recommend(posterior, -1, 100)
     ids = posterior.item_vocab.ids
     want = posterior.predict(np.full(ids.shape, -1), ids)
     order = np.argsort(-want.mean, kind="stable")
@@ -184,7 +184,7 @@ def test_folded_in_user(posterior):
     assert not {1, 2, 3} & set(top["item"].tolist()) and len(top) == NUM_ITEMS - 3
     np.testing.assert_allclose(top["mean"], fold.predict("a", top["item"]).mean, rtol=1e-12)
     empty = recommend(fold, "b", 100)
-    cold = recommend(posterior, "stranger", 100)
+    cold = recommend(posterior, -1, 100)
     # no ratings: exactly the cold-start ranking
     pd.testing.assert_frame_equal(empty.drop(columns="user"), cold.drop(columns="user"))
     for strategy in ("lcb", "prob_above"):
@@ -320,6 +320,8 @@ def test_evaluate_ranking_matches_the_metrics(posterior):
     assert out["precision_at_k"] == pytest.approx(metrics.precision_at_k(recommended, relevant, 5))
     assert out["recall_at_k"] == pytest.approx(metrics.recall_at_k(recommended, relevant, 5))
     assert out["ndcg_at_k"] == pytest.approx(metrics.ndcg_at_k(recommended, relevant, 5))
+    assert out["mrr_at_k"] == pytest.approx(metrics.mrr_at_k(recommended, relevant, 5))
+    assert out["hit_rate_at_k"] == pytest.approx(metrics.hit_rate_at_k(recommended, relevant, 5))
     assert out["num_users"] == len(recommended) and out["num_cold_users"] == int(-7 in users and len(relevant) > 0 and any(
         (users == -7) & (ratings >= 4.0)))
     t1 = evaluate_ranking(posterior, users, items, ratings, k=5, strategy="thompson", rng_key=jax.random.PRNGKey(0))
@@ -462,12 +464,13 @@ def test_bulk_scores_are_within_the_guard_tolerance(posterior, strategy):
     user_index = np.arange(len(posterior.user_vocab))
     draw = ranking._thompson_draws(jax.random.PRNGKey(2), user_index, NUM_DRAWS, False)
     candidate = np.ones(NUM_ITEMS, bool)
-    values, movies = ranking._shortlists(posterior, user_index, draw, NUM_ITEMS, strategy, 1.0, 3.5, "epistemic", candidate, None)
+    dev = ranking._device_draws(posterior, user_index)
+    values, movies = ranking._shortlists(posterior, dev, user_index, draw, NUM_ITEMS, strategy, 1.0, 3.5, "epistemic", candidate, None)
     u, j = np.repeat(user_index, NUM_ITEMS), movies.ravel()
     if strategy == "thompson":
         exact = ranking._thompson_exact(posterior, np.repeat(draw, NUM_ITEMS), u, j)
     else:
-        exact = ranking._exact(posterior, u, j, "posterior", strategy, 1.0, 3.5, "epistemic")[3]
+        exact = ranking._exact(posterior, dev, u, j, strategy, 1.0, 3.5, "epistemic")[3]
     err = np.abs(values.ravel() - exact) / np.maximum(1.0, np.abs(exact))
     assert err.max() < ranking.BULK_SCORE_TOL / 10
 
@@ -478,3 +481,41 @@ def test_batch_needs_the_training_ratings_to_exclude_seen(posterior):
     with pytest.raises(ValueError, match="no training ratings"):
         recommend(bare, [101, 102], 3)
     assert len(recommend(bare, [101, 102], 3, exclude_seen=False)) == 6
+
+
+@pytest.mark.parametrize("strategy", ["thompson", "prob_above"])
+def test_evaluate_ranking_equals_one_user_at_a_time(posterior, strategy):
+    """The batch call keeps the keys of the per-user loop it replaced: user n of the sorted test users
+    (skipped ones included) gets fold_in(rng_key, n)."""
+    rng = np.random.default_rng(8)
+    users = rng.choice(posterior.user_vocab.ids, size=200)
+    items = rng.integers(1, NUM_ITEMS + 1, size=200)
+    ratings = rng.integers(1, 6, size=200).astype(float)
+    key = jax.random.PRNGKey(3)
+    out = evaluate_ranking(posterior, users, items, ratings, k=4, strategy=strategy, rng_key=key, threshold=3.5)
+    recommended, relevant = [], []
+    for n, u in enumerate(np.unique(users)):
+        good = items[(users == u) & (ratings >= 4.0)]
+        if good.size:
+            top = recommend(OneAtATime(posterior), u, 4, strategy=strategy, rng_key=jax.random.fold_in(key, n), threshold=3.5)
+            recommended.append(top["item"].to_numpy())
+            relevant.append(good)
+    assert out["num_users"] == len(recommended) and out["num_users_skipped"] == len(np.unique(users)) - len(recommended)
+    for name in ("precision", "recall", "ndcg", "mrr", "hit_rate"):
+        want = getattr(metrics, f"{name}_at_k")(recommended, relevant, 4)
+        assert out[f"{name}_at_k"] == pytest.approx(want, rel=1e-12), name
+
+
+def test_topn_benchmark_runs_tiny(tmp_path):
+    """benchmarks/topn.py --tiny: every strategy, and the batch equals the per-user path on its sample."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topn.py"
+    spec = importlib.util.spec_from_file_location("topn_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--tiny", "--check-users", "5", "--out", str(tmp_path / "topn.json")])
+    assert set(out["seconds"]) == set(STRATEGIES)
+    assert all(t["equal_to_per_user_path"] for t in out["timings"].values())
+    assert (tmp_path / "topn.json").is_file()
