@@ -444,17 +444,9 @@ class FoldIn:
         self._cov = None
 
     # -- shape -----------------------------------------------------------------
-    @property
-    def scale(self):
-        return self.posterior.scale
-
-    @property
-    def titles(self) -> dict:
-        return self.posterior.titles
-
-    @property
-    def item_vocab(self):
-        return self.posterior.item_vocab
+    scale = property(lambda self: self.posterior.scale)
+    titles = property(lambda self: self.posterior.titles)
+    item_vocab = property(lambda self: self.posterior.item_vocab)
 
     @property
     def num_rows(self) -> int:
@@ -636,12 +628,8 @@ class FoldIn:
             user was folded in, is broadcast) and external movie ids (a movie
             the model has not seen gets the new-movie prior given the user's
             fold-in). For a movie fold-in: external user ids and labels.
-        prob : float
-            Probability of the central interval.
-        clip : bool
-            Clip mean and interval to the rating scale.
-        keep_components : bool
-            Keep the per-draw components (and their weights).
+        prob, clip, keep_components
+            As in :meth:`Posterior.predict`.
 
         Returns
         -------
@@ -738,21 +726,7 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     >>> fold = fold_in_users(posterior, [([50, 172, 181], [5.0, 5.0, 4.0]), ([], [])])  # doctest: +SKIP
     >>> fold.predict(0, [1, 2]).mean, fold.effective_sample_size  # doctest: +SKIP
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
-    if isinstance(ratings_per_user, pd.DataFrame):
-        if user_ids is not None:
-            raise ValueError("a DataFrame's users are labelled by their ids: leave user_ids out")
-        ratings_per_user, user_ids = _frame_rows(ratings_per_user, "user")
-    given = _validate_given(ratings_per_user, posterior.item_vocab, posterior.scale, unknown, "item")
-    idx, ratings, mask = _pad(given)
-    flat = _device_draws(posterior)
-    num_draws, d = flat.user_mean.shape
-    mean, chol, log_ev = _fold(
-        _fold_users, (flat.user_precision, flat.user_mean, flat.item_factors, flat.item_offsets), flat.noise_precision,
-        idx, ratings, mask, num_draws, d, flat.user_mean.dtype,
-    )
-    return FoldIn(posterior, "user", given, mean, chol, log_ev, weighting, user_ids)
+    return _fold_in(posterior, "user", ratings_per_user, weighting, unknown, user_ids)
 
 
 def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "importance",
@@ -789,21 +763,33 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
     >>> fold = fold_in_items(posterior, [([1, 2, 3], [4.0, 5.0, 3.0])])  # doctest: +SKIP
     >>> fold.predict([1, 4], None).mean  # doctest: +SKIP
     """
+    return _fold_in(posterior, "item", ratings_per_item, weighting, unknown, item_ids)
+
+
+def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str, labels) -> FoldIn:
+    """What fold_in_users and fold_in_items share: checks, padding, and the fold over all draws.
+
+    A user's design is ``R_v`` (response ``r - m_v``, prior ``N(mu_L,
+    Lambda_L^-1)``); a movie's is ``(L_u, 1)`` (response ``r``, prior
+    ``N((mu_R, mu_0), blockdiag(Lambda_R, tau_m)^-1)``).
+    """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
-    if isinstance(ratings_per_item, pd.DataFrame):
-        if item_ids is not None:
-            raise ValueError("a DataFrame's movies are labelled by their ids: leave item_ids out")
-        ratings_per_item, item_ids = _frame_rows(ratings_per_item, "item")
-    given = _validate_given(ratings_per_item, posterior.user_vocab, posterior.scale, unknown, "user")
+    if isinstance(rows, pd.DataFrame):
+        if labels is not None:
+            raise ValueError(f"a DataFrame's {side}s are labelled by their ids: leave {side}_ids out")
+        rows, labels = _frame_rows(rows, side)
+    other = "item" if side == "user" else "user"
+    given = _validate_given(rows, getattr(posterior, f"{other}_vocab"), posterior.scale, unknown, other)
     idx, ratings, mask = _pad(given)
     flat = _device_draws(posterior)
-    num_draws, d = flat.item_mean.shape
-    prior_precision = jnp.zeros((num_draws, d + 1, d + 1), flat.item_mean.dtype)
-    prior_precision = prior_precision.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
-    prior_mean = jnp.concatenate([flat.item_mean, flat.offset_mean[:, None]], axis=1)
-    mean, chol, log_ev = _fold(
-        _fold_items, (prior_precision, prior_mean, flat.user_factors), flat.noise_precision,
-        idx, ratings, mask, num_draws, d + 1, flat.item_mean.dtype,
-    )
-    return FoldIn(posterior, "item", given, mean, chol, log_ev, weighting, item_ids)
+    num_draws, d = flat.user_mean.shape
+    if side == "user":
+        fold_fn, args, dim = _fold_users, (flat.user_precision, flat.user_mean, flat.item_factors, flat.item_offsets), d
+    else:
+        prior = jnp.zeros((num_draws, d + 1, d + 1), flat.item_mean.dtype)
+        prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
+        prior_mean = jnp.concatenate([flat.item_mean, flat.offset_mean[:, None]], axis=1)
+        fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors), d + 1
+    mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
+    return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels)

@@ -223,7 +223,7 @@ def run_side(ratings, side: str, args) -> list[dict]:
                     mean_given=float(0 if given is None else len(given) / len(population)))
         rows.append({**base, "bucket": "all", **common.score(y, pred)})
         table = common.score(y, pred, groups=buckets)
-        for label, rec in table.iterrows():
+        for label, rec in table[table["count"] > 0].iterrows():  # empty buckets have no scores
             rows.append({**base, "bucket": f"{prefix} {label}", **rec.to_dict()})
     return rows
 
