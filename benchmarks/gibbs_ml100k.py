@@ -67,7 +67,7 @@ def run_u1(data_dir: Path, seed: int, num_samples: int, num_warmup: int) -> dict
     import jax
 
     import bayesmf
-    from bayesmf import metrics, split
+    from bayesmf import split
 
     s = split.make_split(data_dir / "ml-100k", "u1")
     model = bayesmf.BayesMF(rank=10, method="gibbs", num_samples=num_samples, num_warmup=num_warmup, progress_bar=False)

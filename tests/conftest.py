@@ -113,3 +113,47 @@ def synthetic_ratings() -> SyntheticRatings:
     """30 users x 20 movies, 300 continuous ratings from the rank-2 model
     (noise sd 0.5) and the other 300 cells held out."""
     return SyntheticRatings(0)
+
+
+@pytest.fixture(scope="session")
+def map_sim():
+    """60 users x 40 movies, 900 continuous ratings from a rank-3 model (noise sd 0.5): the MAP and tuning tests' data."""
+    from bayesmf.synthetic import movielens_like
+
+    return movielens_like(0, num_users=60, num_items=40, num_ratings=900, rank=3, min_per_user=5, noise_sd=0.5,
+                          discretize=False)
+
+
+class RecordingBar:
+    """Stands in for ``tqdm``: keeps its keyword arguments and its ticks."""
+
+    def __init__(self, bars, **kwargs):
+        self.kwargs, self.n, self.closed = kwargs, 0, False
+        bars.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def record_bars(monkeypatch):
+    """``record_bars(module)`` replaces ``module.tqdm`` by :class:`RecordingBar` and returns the list of bars made."""
+
+    def record(module) -> list:
+        bars = []
+        monkeypatch.setattr(module, "tqdm", lambda *args, **kwargs: RecordingBar(bars, **kwargs))
+        return bars
+
+    return record

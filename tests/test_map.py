@@ -14,7 +14,6 @@ import pytest
 
 from bayesmf.engines import map as map_engine
 from bayesmf.model import FixedPriors, ModelConfig, Params, make_model_data, model_data_from_ratings, predict_mean
-from bayesmf.synthetic import movielens_like
 
 RANK = 3
 # Precisions with ratios lambda / alpha = 0.5 (factors) and 0.25 (offsets):
@@ -40,10 +39,8 @@ ADAM_OBJECTIVE_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return movielens_like(
-        0, num_users=60, num_items=40, num_ratings=900, rank=RANK, min_per_user=5, noise_sd=0.5, discretize=False
-    )
+def sim(map_sim):
+    return map_sim
 
 
 @pytest.fixture(scope="module")
@@ -266,35 +263,11 @@ def test_make_solver_and_solve_compose_to_fit(data, fits):
     assert info["iterations"] == fits["als"].info["iterations"]
 
 
-class RecordingBar:
-    """Stands in for ``tqdm``: keeps its keyword arguments and its ticks."""
-
-    def __init__(self, bars, **kwargs):
-        self.kwargs, self.n, self.closed = kwargs, 0, False
-        bars.append(self)
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 @pytest.mark.parametrize("progress_bar", [True, False])
-def test_fit_progress_bar(data, monkeypatch, progress_bar):
+def test_fit_progress_bar(data, record_bars, progress_bar):
     """``progress_bar`` drives a one-tick tqdm bar around the compiled loop;
     enabled means ``disable=None`` (silent off a terminal)."""
-    bars = []
-    monkeypatch.setattr(map_engine, "tqdm", lambda *args, **kwargs: RecordingBar(bars, **kwargs))
+    bars = record_bars(map_engine)
     map_engine.fit(jax.random.PRNGKey(0), data, CONFIG, solver="als", progress_bar=progress_bar)
     (bar,) = bars
     assert bar.kwargs["disable"] is (None if progress_bar else True)

@@ -16,7 +16,6 @@ import pytest
 from bayesmf import tuning
 from bayesmf.model import FixedPriors, ModelConfig, Params, model_data_from_ratings, predict_mean
 from bayesmf.split import validation_split
-from bayesmf.synthetic import movielens_like
 
 RANK = 3
 # Precisions with ratios lambda / alpha = 0.5 (factors) and 0.25 (offsets):
@@ -29,10 +28,8 @@ VALIDATION_FRACTION = 0.2
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return movielens_like(
-        0, num_users=60, num_items=40, num_ratings=900, rank=RANK, min_per_user=5, noise_sd=0.5, discretize=False
-    )
+def sim(map_sim):
+    return map_sim
 
 
 @pytest.fixture(scope="module")
@@ -119,41 +116,12 @@ def test_fit_ratings_without_tuning_keeps_the_ratios(sim):
 # --- progress bars -------------------------------------------------------------------------------
 
 
-class RecordingBar:
-    """Stands in for ``tqdm``: keeps its keyword arguments and its ticks."""
-
-    def __init__(self, bars, **kwargs):
-        self.kwargs, self.n, self.closed = kwargs, 0, False
-        bars.append(self)
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def record_bars(monkeypatch, module) -> list:
-    bars = []
-    monkeypatch.setattr(module, "tqdm", lambda *args, **kwargs: RecordingBar(bars, **kwargs))
-    return bars
-
-
 @pytest.mark.parametrize("progress_bar", [True, False])
-def test_tune_progress_bar_ticks_once_per_fit(validation, monkeypatch, progress_bar):
+def test_tune_progress_bar_ticks_once_per_fit(validation, record_bars, progress_bar):
     """``progress_bar`` drives a tqdm bar, one tick per tuning fit; enabled
     means ``disable=None`` (tqdm then stays silent off a terminal)."""
     sub_data, pairs, valid_rating = validation
-    bars = record_bars(monkeypatch, tuning)
+    bars = record_bars(tuning)
     out = tuning.tune(
         jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, solver="als", grid={"factor": [0.3, 3.0]},
         progress_bar=progress_bar,
@@ -164,10 +132,10 @@ def test_tune_progress_bar_ticks_once_per_fit(validation, monkeypatch, progress_
     assert bar.closed
 
 
-def test_fit_ratings_progress_bar_covers_tuning_and_refit(sim, monkeypatch):
+def test_fit_ratings_progress_bar_covers_tuning_and_refit(sim, record_bars):
     from bayesmf.engines import map as map_engine
 
-    tune_bars, fit_bars = record_bars(monkeypatch, tuning), record_bars(monkeypatch, map_engine)
+    tune_bars, fit_bars = record_bars(tuning), record_bars(map_engine)
     result = tuning.fit_ratings(
         jax.random.PRNGKey(0), sim.ratings, CONFIG, solver="als", validation_fraction=VALIDATION_FRACTION,
         grid={"factor": [0.3, 3.0]}, progress_bar=True,
