@@ -405,28 +405,30 @@ def _add_model_args(p):
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="bayesmf", description="Bayesian matrix factorization of ratings", formatter_class=fmt)
+    # No abbreviations: `fit --test x` would otherwise be taken as --test-fraction.
+    parser = argparse.ArgumentParser(prog="bayesmf", description="Bayesian matrix factorization of ratings",
+                                     formatter_class=fmt, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"bayesmf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="fit on embedded synthetic data (or --data) and show predictions with intervals",
-                       formatter_class=fmt)
+                       formatter_class=fmt, allow_abbrev=False)
     _add_data_args(p, test=True)
     _add_model_args(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="fit on a split and score the predictive", formatter_class=fmt)
+    p = sub.add_parser("evaluate", help="fit on a split and score the predictive", formatter_class=fmt, allow_abbrev=False)
     _add_data_args(p, test=True)
     _add_model_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("fit", help="fit and save a model file", formatter_class=fmt)
+    p = sub.add_parser("fit", help="fit and save a model file", formatter_class=fmt, allow_abbrev=False)
     _add_data_args(p, test=False)
     _add_model_args(p)
     p.add_argument("--out", required=True, help="model file to write (netCDF)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt)
+    p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt, allow_abbrev=False)
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start prior)")
     p.add_argument("--item", required=True, help="movie id")
@@ -434,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("recommend", help="top-k movies for a user or for new ratings (fold-in)", formatter_class=fmt)
+    p = sub.add_parser("recommend", help="top-k movies for a user or for new ratings (fold-in)", formatter_class=fmt, allow_abbrev=False)
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--user", help="user id")
     p.add_argument("--ratings", help="CSV with columns item,rating for a new user (folded in)")
@@ -446,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON list as the last line")
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("similar", help="movies closest to a movie", formatter_class=fmt)
+    p = sub.add_parser("similar", help="movies closest to a movie", formatter_class=fmt, allow_abbrev=False)
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--item", required=True, help="movie id")
     p.add_argument("--k", type=_positive_int, default=10, help="number of movies")

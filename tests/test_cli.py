@@ -146,3 +146,47 @@ def test_ml100k_u1_json_contract(ml100k_dir, capsys):
     assert out["num_cold_items"] > 0
     # 40 sweeps already beat the global-mean baseline (~1.15) and the movie-mean baseline (~1.03) by far.
     assert out["rmse"] < 0.95
+
+
+def test_evaluate_does_not_stream_pairs_it_never_reads(small_dir, monkeypatch, capsys):
+    """evaluate once passed every test pair as fit(track=...) and never read the result."""
+    import bayesmf
+
+    seen = {}
+    fit = bayesmf.BayesMF.fit
+
+    def spy(self, rng_key, ratings, **kwargs):
+        seen.update(kwargs)
+        return fit(self, rng_key, ratings, **kwargs)
+
+    monkeypatch.setattr(bayesmf.BayesMF, "fit", spy)
+    assert cli.main(["evaluate", "--data", str(small_dir), "--split", "random", "--method", "gibbs", *FAST]) == 0
+    assert seen.get("track") is None
+
+
+def test_version_help_and_flag_hygiene(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("bayesmf ")
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: gibbs)" in out and "--sep" in out and "--download" in out
+    # A flag a command does not have is an error, not silence.
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", "--data", "x", "--test", "y", "--out", "m.nc"])
+    assert exc.value.code == 2 and "unrecognized arguments: --test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["recommend", "--model", "m.nc", "--user", "1", "--strategy", "best"])
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+
+
+def test_help_imports_no_heavy_library():
+    """`bayesmf --help` builds its parser without JAX or pandas (they cost most of a second to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bayesmf.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('jax', 'pandas', 'numpyro', 'xarray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
