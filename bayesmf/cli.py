@@ -9,6 +9,8 @@
     bayesmf evaluate --data ratings.csv --method gibbs --json            (one file: a random split)
     bayesmf evaluate --train FILE --test FILE --method map --rank 10 --json
     bayesmf fit --data DIR [--split u1] --method gibbs --rank 10 --out model.nc
+    bayesmf fit --data DIR --method gibbs --out model.nc --checkpoint run.ckpt.npz [--checkpoint-every 100]
+    bayesmf fit --data DIR --method gibbs --out model.nc --resume run.ckpt.npz   (same arguments as the killed run)
     bayesmf predict --model model.nc --user U --item I [--json]
     bayesmf recommend --model model.nc --user U --k 10 --strategy lcb [--json]
     bayesmf recommend --model model.nc --ratings new_user.csv --k 10 [--json]
@@ -171,9 +173,13 @@ def _overall(table) -> dict:
 
 
 def _rhat_warnings(posterior) -> list[str]:
+    import warnings
+
     from bayesmf import diagnostics
 
-    return diagnostics.check(posterior, rhat_threshold=RHAT_WARN, min_ess=0)
+    with warnings.catch_warnings():  # printed once, as the CLI's own warning lines
+        warnings.simplefilter("ignore", diagnostics.ConvergenceWarning)
+        return diagnostics.check(posterior, rhat_threshold=RHAT_WARN, min_ess=0)
 
 
 def _evaluate(args) -> tuple[dict, object]:
@@ -272,7 +278,22 @@ def cmd_fit(args):
         train, _, _ = _load_split(args)
     else:
         train = _read_all(args)
-    posterior = _model(args).fit(args.seed, train, titles=_titles(args))
+    checkpoint = args.resume or args.checkpoint
+    if checkpoint is not None and args.method not in SAMPLERS:
+        flag = "--resume" if args.resume else "--checkpoint"
+        raise CLIError(f"{flag} needs a sampler (--method {' or '.join(SAMPLERS)}); --method {args.method} has no checkpoints")
+    if args.checkpoint_every is not None and checkpoint is None:
+        raise CLIError("--checkpoint-every needs --checkpoint PATH")
+    if args.resume and not Path(args.resume).is_file():
+        raise CLIError(f"cannot resume: checkpoint file {args.resume!r} does not exist (a finished run deletes it)")
+    try:
+        posterior = _model(args).fit(args.seed, train, titles=_titles(args), checkpoint=checkpoint,
+                                     checkpoint_every=args.checkpoint_every)
+    except ValueError as exc:
+        if args.resume and "belongs to another run" in str(exc):
+            raise CLIError(f"cannot resume from {args.resume!r}: {exc}; resume with the data, --seed and model "
+                           "options of the run that wrote it") from None
+        raise
     storage.save(posterior, args.out)
     out = dict(model=str(args.out), method=args.method, rank=args.rank, num_train=len(train),
                fit_seconds=posterior.timing["fit_seconds"])
@@ -426,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, test=False)
     _add_model_args(p)
     p.add_argument("--out", required=True, help="model file to write (netCDF)")
+    g = p.add_argument_group("checkpoints (gibbs, nuts)")
+    ck = g.add_mutually_exclusive_group()
+    ck.add_argument("--checkpoint", metavar="PATH",
+                    help="save the run's progress to PATH (one .npz file, replaced atomically; deleted when the fit "
+                         "finishes); if PATH holds a checkpoint of this same run, continue from it")
+    ck.add_argument("--resume", metavar="PATH",
+                    help="continue a killed run from its checkpoint file PATH (give the same data, --seed and model "
+                         "options as the killed run; the draws equal an uninterrupted run's) and keep saving there")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", default=None,
+                   help="save every N sweeps (NUTS: steps), warm-up included (default: about once a minute)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt, allow_abbrev=False)

@@ -190,3 +190,16 @@ def test_help_imports_no_heavy_library():
             "print(sorted(m for m in ('jax', 'pandas', 'numpyro', 'xarray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_text_output_warns_naming_the_quantity_when_rhat_is_high(small_dir, capsys):
+    """Ten draws of one chain cannot have mixed: the text output says which quantity has R-hat > 1.01."""
+    argv = ["evaluate", "--data", str(small_dir), "--split", "random", "--method", "gibbs", "--rank", "2",
+            "--num-samples", "10", "--num-warmup", "0", "--no-progress"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "RMSE" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("bayesmf: warning:")]
+    assert warnings and any("R-hat" in line or "rhat" in line.lower() for line in warnings), captured.err
+    assert cli.main([*argv, "--json"]) == 0  # --json output stays one JSON line, no warning text
+    assert "bayesmf: warning:" not in capsys.readouterr().err
