@@ -184,7 +184,8 @@ class BayesMF:
         return ModelConfig(rank=self.rank, offsets=self.offsets, priors=priors, fixed=fixed,
                            hyper=self.hyper or HyperPriors())
 
-    def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None) -> Posterior:
+    def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None, checkpoint=None,
+            checkpoint_every: int | None = None) -> Posterior:
         """Fit to training ratings.
 
         Parameters
@@ -203,6 +204,19 @@ class BayesMF:
             ``Posterior.tracked``; the MAP methods have no draws to stream);
             unknown ids are ignored there (predict them through
             ``Posterior.predict``).
+        checkpoint : str or path-like, optional
+            Gibbs and NUTS: a file where the run saves its progress (one
+            ``numpy.savez`` archive, replaced atomically; no pickle). If the
+            process is killed, calling ``fit`` again with the same seed,
+            ratings, settings and file resumes the run from it, and the
+            draws are the same as an uninterrupted run's (bit for bit on the
+            CPU). A file written by another seed, other ratings or other
+            settings is refused with a ``ValueError`` that names it. The
+            file is deleted when the run finishes.
+        checkpoint_every : int, optional
+            Sweeps (Gibbs) or NUTS steps between saves, warm-up included,
+            rounded up to the engine's chunk of draws; without it the run
+            saves about once a minute (``driver.CHECKPOINT_SECONDS``).
 
         Returns
         -------
@@ -210,6 +224,12 @@ class BayesMF:
             Also stored as ``self.posterior_``.
         """
         rng_key = as_key(rng_key)
+        if (checkpoint is not None or checkpoint_every is not None) and self.method not in ("gibbs", "nuts"):
+            raise ValueError(
+                f"method={self.method!r} takes no checkpoint: only the samplers (gibbs, nuts) save and resume runs"
+            )
+        if checkpoint_every is not None and checkpoint is None:
+            raise ValueError("checkpoint_every needs a checkpoint file: pass checkpoint=PATH")
         ratings = as_ratings(ratings)
         if len(ratings) == 0:
             raise ValueError("cannot fit to empty ratings")
@@ -222,7 +242,7 @@ class BayesMF:
                 )
             result = self._fit_map(rng_key, ratings)
         else:
-            result = self._fit_sampler(rng_key, ratings, track)
+            result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every)
         timing = dict(result.timing)
         timing["fit_seconds"] = time.perf_counter() - start
         self.posterior_ = Posterior(
@@ -241,7 +261,7 @@ class BayesMF:
         )
         return self.posterior_
 
-    def _fit_sampler(self, rng_key, ratings, track):
+    def _fit_sampler(self, rng_key, ratings, track, checkpoint=None, checkpoint_every=None):
         if self.method == "svi":
             # SVI draws independent draws from one fitted guide: no chains to
             # run, no warm-up to discard (its optimizer steps are
@@ -271,6 +291,8 @@ class BayesMF:
             return svi.fit(rng_key, data, self.config, **common)
         warmup = DEFAULT_WARMUP if self.num_warmup is None else int(self.num_warmup)
         chains = dict(num_warmup=warmup, num_chains=int(self.num_chains), thin=int(self.thin))
+        if checkpoint is not None:
+            chains.update(checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 

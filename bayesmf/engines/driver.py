@@ -26,8 +26,18 @@ own key (NumPyro's kernels) ignore the step keys.
 Checkpoints are one ``numpy.savez`` file (no pickle): the leaves of the
 current state and Welford accumulators, the draws, infos and tracked means so
 far, the group and chunk reached (the iteration: step keys are a function of
-it), the seconds spent and a signature of everything that determines the
-draws; written to a temporary file and moved into place with ``os.replace``.
+it), the seconds spent, the engine's signature of everything that determines
+the draws (key, data, model and engine settings) and the driver's own
+(chains, chunk, warm-up, thinning, what is kept, the tracked pairs); written
+to a temporary file and moved into place with ``os.replace``, so a process
+killed at any moment leaves either the previous checkpoint or the new one.
+A run saves after a chunk once ``checkpoint_every`` iterations or
+``checkpoint_seconds`` have passed since its last save (whichever comes
+first), resumes from the file when it exists and both signatures match
+(``ValueError`` naming the file otherwise) and deletes the file when it is
+done. Step keys depend only on the chunk index, so a resumed run gives the
+same draws as an uninterrupted one (bit for bit on the CPU; on a GPU with
+``--xla_gpu_deterministic_ops=true``).
 """
 
 from __future__ import annotations
@@ -54,8 +64,8 @@ CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 DEFAULT_CHUNK = 10
 # A run with a checkpoint file saves its progress at most this often (seconds).
 CHECKPOINT_SECONDS = 60.0
-# Layout version of checkpoint files.
-CHECKPOINT_FORMAT = 1
+# Layout version of checkpoint files (2: the driver's own signature added).
+CHECKPOINT_FORMAT = 2
 
 
 def _identity_draw(state, context):
@@ -100,6 +110,9 @@ class Engine(NamedTuple):
         Advice appended to the non-finite error.
     phases : (str, str)
         How the error names an iteration of warm-up and of sampling.
+    unit : str
+        What the progress bar counts (one ``step_fn`` call: a sweep, a NUTS
+        step), shown with its rate and the time left.
     """
 
     name: str
@@ -112,6 +125,7 @@ class Engine(NamedTuple):
     blocks: tuple = ("none", "state")
     hint: str = ""
     phases: tuple = ("warmup draw", "sampling draw")
+    unit: str = "it"
 
 
 class Run(NamedTuple):
@@ -278,14 +292,23 @@ def write_checkpoint(path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_checkpoint(path, expected_signature: str) -> dict | None:
+def read_checkpoint(path, expected_signature: str, expected_run: str | None = None) -> dict | None:
     """The arrays of a checkpoint file (None when there is none); ValueError
-    when it belongs to another run."""
+    naming the file when it is not a checkpoint or belongs to another run
+    (``signature``: the engine's; ``expected_run``: the driver's, checked
+    when given)."""
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as f:
-        arrays = dict(f)
-    if int(arrays.get("format", -1)) != CHECKPOINT_FORMAT or str(arrays.get("signature")) != expected_signature:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a bayesmf checkpoint file ({exc})") from None
+    if (
+        int(arrays.get("format", -1)) != CHECKPOINT_FORMAT
+        or str(arrays.get("signature")) != expected_signature
+        or (expected_run is not None and str(arrays.get("run_signature")) != expected_run)
+    ):
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} belongs to another run (other key, data or settings) "
             "or another checkpoint format; delete it or pass another path"
@@ -366,6 +389,8 @@ def sample(
     track_dtype=jnp.float32,
     progress_bar: bool = True,
     checkpoint: tuple | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
     cache: dict | None = None,
 ) -> Run:
     """Run ``engine`` on one chain per key.
@@ -404,10 +429,23 @@ def sample(
     track_dtype : dtype
         Of the Welford accumulators.
     progress_bar : bool
+        A tqdm bar over all iterations (``engine.unit``), with their rate
+        and the time left.
     checkpoint : (path, signature), optional
-        Save progress to ``path`` at most every :data:`CHECKPOINT_SECONDS`;
-        resume from it when it exists and its signature matches (ValueError
-        otherwise); delete it when the run is done.
+        Save progress to ``path`` (one ``numpy.savez`` file, replaced
+        atomically); resume from it when it exists and its signature (the
+        engine's, of key, data and settings) and the driver's settings
+        match (ValueError naming the file otherwise); delete it when the run
+        is done.
+    checkpoint_every : int, optional
+        Save after the first chunk that ends at least this many iterations
+        (sweeps, NUTS steps; warm-up and thinned ones count) after the
+        last save. Saves happen between chunks only: the chunk length is
+        part of the random stream, so it is not changed to fit.
+    checkpoint_seconds : float, optional
+        Save after the first chunk that ends at least this many seconds
+        after the last save; default :data:`CHECKPOINT_SECONDS`. Whichever
+        of the two comes first triggers a save.
     cache : dict, optional
         Compiled programs by signature, reused across calls (an engine that
         keeps one per setting, as NUTS does, passes its own dict); their
@@ -432,6 +470,10 @@ def sample(
         chain_method = "sequential"
     size = int(chunk) if chunk is not None else chunk_size(num_warmup, num_samples)
     cache = {} if cache is None else cache
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or int(checkpoint_every) <= 0):
+        raise ValueError(f"checkpoint_every must be a positive number of iterations, got {checkpoint_every!r}")
+    if checkpoint_seconds is not None and not float(checkpoint_seconds) >= 0:
+        raise ValueError(f"checkpoint_seconds must be >= 0, got {checkpoint_seconds!r}")
 
     # Initial states one chain at a time (the engine jits its own init): chain
     # c's start is the same under every chain_method and every num_chains.
@@ -470,23 +512,41 @@ def sample(
     warm_keep = keep_draws and num_samples > 0
     warm_lengths, draw_lengths = _lengths(num_warmup, size), _lengths(num_samples, size)
     plan = [("warmup", n) for n in warm_lengths] + [("sampling", n) for n in draw_lengths]
-    for phase, steps, keep, lengths in (("sampling", thin, keep_draws, draw_lengths), ("warmup", 1, warm_keep, warm_lengths)):
-        for length in sorted(set(lengths)):
-            program(length, steps, keep, 0, starts[0], accs[0])
-
     run = _Progress.fresh()
     path = None
     if checkpoint is not None:
         path, expected = checkpoint
-        saved = read_checkpoint(path, expected)
+        # What the driver adds to the engine's signature: how the run is cut
+        # into chains and chunks (step keys depend on it) and what it keeps.
+        run_sig = signature(
+            rng_keys,
+            dict(num_chains=num_chains, chain_method=chain_method, chunk=size, num_warmup=num_warmup,
+                 num_samples=num_samples, thin=thin, keep_draws=keep_draws, track=track,
+                 keep_track_draws=keep_track_draws, track_dtype=str(jnp.dtype(track_dtype))),
+            pairs if track else (),
+        )
+        saved = read_checkpoint(path, expected, run_sig)
         if saved is not None:
             run = _Progress.load(saved, starts, accs, _structures(engine, starts[0], context))
-    bar = progress(num_chains * (num_warmup + num_samples), engine.name, progress_bar)
-    resumed = sum(len(group) for group in groups[: run.group]) * (num_warmup + num_samples)
+    # Compiled after the checkpoint is read: another run's file is refused at once.
+    for phase, steps, keep, lengths in (("sampling", thin, keep_draws, draw_lengths), ("warmup", 1, warm_keep, warm_lengths)):
+        for length in sorted(set(lengths)):
+            program(length, steps, keep, 0, starts[0], accs[0])
+    every = None if checkpoint_every is None else int(checkpoint_every)
+    seconds = CHECKPOINT_SECONDS if checkpoint_seconds is None else float(checkpoint_seconds)
+    per_chain = num_warmup + num_samples * thin  # iterations (step_fn calls)
+    plan_steps = [n * (1 if phase == "warmup" else thin) for phase, n in plan]
+    resumed = sum(len(group) for group in groups[: run.group]) * per_chain
     if run.group < len(groups):
-        resumed += len(groups[run.group]) * sum(n for _, n in plan[: run.chunk])
-    bar.update(resumed)
-    last_save = time.perf_counter()
+        resumed += len(groups[run.group]) * sum(plan_steps[: run.chunk])
+    bar = progress(num_chains * per_chain, engine.name, progress_bar)
+    bar.unit = engine.unit
+    if resumed:
+        # As tqdm(initial=resumed): the rate and time left count this call's
+        # iterations only.
+        bar.n = bar.last_print_n = bar.initial = resumed
+        bar.refresh()
+    last_save, since_save = time.perf_counter(), 0
     try:
         for g in range(run.group, len(groups)):
             state, acc = (starts[g], accs[g]) if run.state is None else (run.state, run.acc)
@@ -514,14 +574,17 @@ def sample(
                         run.tracked.append(np.asarray(tracked))
                     run.draw_seconds += time.perf_counter() - start
                 done[phase] += length
-                bar.update(length * len(groups[g]))
+                since_save += plan_steps[k] * len(groups[g])
                 if engine.postfix_fn is not None:
-                    bar.set_postfix(engine.postfix_fn(infos))
+                    bar.set_postfix(engine.postfix_fn(infos), refresh=False)
+                bar.update(plan_steps[k] * len(groups[g]))
                 run.chunk, run.state, run.acc = k + 1, state, acc
-                if path is not None and time.perf_counter() - last_save > CHECKPOINT_SECONDS:
+                if path is not None and (
+                    time.perf_counter() - last_save >= seconds or (every is not None and since_save >= every)
+                ):
                     run.group = g
-                    write_checkpoint(path, run.arrays(expected))
-                    last_save = time.perf_counter()
+                    write_checkpoint(path, run.arrays(expected, run_sig))
+                    last_save, since_save = time.perf_counter(), 0
             jax.block_until_ready(state)
             run.finish_group(jax.vmap(engine.draw_fn, in_axes=(0, None))(state, context), state, acc)
     finally:
@@ -616,9 +679,10 @@ class _Progress:
             out[name] = None if values[0] is None else concat_draws(values, axis=0)
         return out
 
-    def arrays(self, sig: str) -> dict:
+    def arrays(self, sig: str, run_sig: str) -> dict:
         """Everything as flat named arrays (the checkpoint file's content)."""
-        arrays = dict(format=np.asarray(CHECKPOINT_FORMAT), signature=np.asarray(sig), group=np.asarray(self.group),
+        arrays = dict(format=np.asarray(CHECKPOINT_FORMAT), signature=np.asarray(sig),
+                      run_signature=np.asarray(run_sig), group=np.asarray(self.group),
                       chunk=np.asarray(self.chunk), warmup_seconds=np.asarray(self.warmup_seconds),
                       draw_seconds=np.asarray(self.draw_seconds))
         if self.state is not None:

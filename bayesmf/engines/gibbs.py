@@ -417,6 +417,7 @@ def engine(data: ModelData, config: ModelConfig, init_params: Params | None = No
         postfix_fn=lambda infos: {"train_rmse": f"{float(np.mean(infos.train_rmse[:, -1])):.4f}"},
         blocks=BLOCKS,
         hint="try float64, a smaller rank or stronger priors",
+        unit="sweep",
     )
 
 
@@ -434,6 +435,8 @@ def sample(
     track_pairs: tuple | None = None,
     keep_track_draws: bool = True,
     init_params: Params | None = None,
+    checkpoint=None,
+    checkpoint_every: int | None = None,
     progress_bar: bool = True,
 ) -> EngineResult:
     """Run blocked Gibbs on ``num_chains`` chains (vmapped) through the driver.
@@ -463,7 +466,20 @@ def sample(
         (``num_chains * num_samples * n`` floats) for exact mixture metrics.
     init_params : Params, optional
         Starting state (e.g. a MAP fit) shared by all chains.
+    checkpoint : str or path-like, optional
+        File where the run saves its progress (chain states, draws so far,
+        seconds: :mod:`bayesmf.engines.driver`'s ``numpy.savez`` format,
+        replaced atomically) every ``checkpoint_every`` sweeps, and at most
+        every ``driver.CHECKPOINT_SECONDS`` otherwise. A later call with the
+        same key, data and settings resumes from it and gives the same
+        draws as an uninterrupted run (bit for bit on the CPU); a file from
+        another key, data or settings is refused (``ValueError`` naming
+        it). A finished run deletes the file.
+    checkpoint_every : int, optional
+        Sweeps (warm-up and thinned ones included) between saves, rounded
+        up to the driver's chunk (``info["chunk"]`` draws).
     progress_bar : bool
+        Sweeps done, sweeps per second and the time left.
 
     Returns
     -------
@@ -477,6 +493,12 @@ def sample(
         check_pairs(track_pairs)
     t0 = time.perf_counter()
     ctx = build_context(data, layout, config.rank)
+    if checkpoint is not None:
+        settings = dict(num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, thin=thin,
+                        layout=type(ctx.user_layout).__name__, keep_draws=bool(keep_draws),
+                        keep_track_draws=bool(keep_track_draws), dtype=str(data.rating.dtype), config=config)
+        start = None if init_params is None else Params(*(np.asarray(x) for x in init_params))
+        checkpoint = (checkpoint, driver.signature(rng_key, settings, data, start))
     run = driver.sample(
         chain_keys(rng_key, num_chains),
         engine(data, config, init_params),
@@ -489,6 +511,8 @@ def sample(
         keep_track_draws=keep_track_draws,
         track_dtype=data.rating.dtype,
         progress_bar=progress_bar,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
     )
     tracked = run.tracked
     if tracked is not None and keep_track_draws and keep_draws:

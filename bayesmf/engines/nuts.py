@@ -302,6 +302,7 @@ def engine(data: ModelData, config: ModelConfig, kernel: NutsKernel, init_params
                                   "steps": int(np.max(infos.num_steps[:, -1]))},
         blocks=("none", "position"),
         hint="try a higher target_accept_prob, the other parameterization or stronger priors",
+        unit="step",
     )
 
 
@@ -332,6 +333,7 @@ def sample(
     track_pairs: tuple | None = None,
     keep_track_draws: bool = True,
     checkpoint=None,
+    checkpoint_every: int | None = None,
     progress_bar: bool = True,
 ) -> EngineResult:
     """Run NUTS on ``num_chains`` chains of the model.
@@ -376,12 +378,18 @@ def sample(
     checkpoint : str or path-like, optional
         File where the run saves its progress (sampler state, draws so far,
         seconds; :mod:`bayesmf.engines.driver`'s ``numpy.savez`` format) at
-        most every ``driver.CHECKPOINT_SECONDS``; a later call with the same
-        key, data and settings resumes from it, and a finished run deletes
-        it. For long runs on machines where processes get killed. Resumed
-        runs give the same draws as uninterrupted ones; their
-        ``compile_seconds`` and ``init_seconds`` are those of the last call.
+        most every ``driver.CHECKPOINT_SECONDS`` (or ``checkpoint_every``
+        steps); a later call with the same key, data and settings resumes
+        from it, and a finished run deletes it; a file from another run is
+        refused (``ValueError`` naming it). For long runs on machines where
+        processes get killed. Resumed runs give the same draws as
+        uninterrupted ones; their ``compile_seconds`` and ``init_seconds``
+        are those of the last call.
+    checkpoint_every : int, optional
+        NUTS steps (warm-up included) between saves, rounded up to the
+        driver's chunk.
     progress_bar : bool
+        NUTS steps done, steps per second and the time left.
 
     Returns
     -------
@@ -457,6 +465,7 @@ def sample(
         track_dtype=data.rating.dtype,
         progress_bar=progress_bar,
         checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
         cache=kernel.compiled,
     )
     out_draws = to_numpy(params_from_sites(run.draws, data, config))
