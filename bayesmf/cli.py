@@ -11,6 +11,7 @@
     bayesmf fit --data DIR [--split u1] --method gibbs --rank 10 --out model.nc
     bayesmf fit --data DIR --method gibbs --out model.nc --checkpoint run.ckpt.npz [--checkpoint-every 100]
     bayesmf fit --data DIR --method gibbs --out model.nc --resume run.ckpt.npz   (same arguments as the killed run)
+    bayesmf fit --data NEW_RATINGS --method gibbs --out new.nc --init-from model.nc   (continue a model)
     bayesmf predict --model model.nc --user U --item I [--json]
     bayesmf recommend --model model.nc --user U --k 10 --strategy lcb [--json]
     bayesmf recommend --model model.nc --ratings new_user.csv --k 10 [--json]
@@ -284,11 +285,14 @@ def cmd_fit(args):
         raise CLIError(f"{flag} needs a sampler (--method {' or '.join(SAMPLERS)}); --method {args.method} has no checkpoints")
     if args.checkpoint_every is not None and checkpoint is None:
         raise CLIError("--checkpoint-every needs --checkpoint PATH")
+    if args.init_from is not None and args.method not in SAMPLERS:
+        raise CLIError(f"--init-from needs a sampler (--method {' or '.join(SAMPLERS)}), not --method {args.method}")
+    init_from = _load_model(args.init_from) if args.init_from is not None else None
     if args.resume and not Path(args.resume).is_file():
         raise CLIError(f"cannot resume: checkpoint file {args.resume!r} does not exist (a finished run deletes it)")
     try:
         posterior = _model(args).fit(args.seed, train, titles=_titles(args), checkpoint=checkpoint,
-                                     checkpoint_every=args.checkpoint_every)
+                                     checkpoint_every=args.checkpoint_every, init_from=init_from)
     except ValueError as exc:
         if args.resume and "belongs to another run" in str(exc):
             raise CLIError(f"cannot resume from {args.resume!r}: {exc}; resume with the data, --seed and model "
@@ -457,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "options as the killed run; the draws equal an uninterrupted run's) and keep saving there")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", default=None,
                    help="save every N sweeps (NUTS: steps), warm-up included (default: about once a minute)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="continue from a model file written by fit (gibbs, nuts): known users and movies start from "
+                        "its last draw, new ones from its prior; same --rank and --offsets")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt, allow_abbrev=False)

@@ -18,7 +18,7 @@ import numpy as np
 
 from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS
 from bayesmf.data import as_ratings
-from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, model_data_from_ratings
+from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, Params, model_data_from_ratings
 from bayesmf.posterior import Posterior
 # MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
 # every user a shrunk bias L_u . mu_R; see FixedPriors.
@@ -34,6 +34,69 @@ def as_key(rng_key) -> jax.Array:
     ):
         return rng_key
     raise ValueError(f"rng_key must be a JAX key (jax.random.PRNGKey(seed)) or an int seed, got {rng_key!r}")
+
+
+def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> Params:
+    """A sampler's starting state on ``ratings`` from a fitted model: its last
+    draw of chain 0, rows matched by external id.
+
+    Users and movies the model knows keep their factors and offsets; new
+    ones are drawn from that draw's prior, ``L_u ~ N(mu_L, Lambda_L^-1)``,
+    ``R_v ~ N(mu_R, Lambda_R^-1)``, ``m_v ~ N(mu_m, 1 / lambda_m)`` (with
+    empirical offsets, the new data's movie means). Hyperparameters and
+    the noise precision are the draw's.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+    posterior : Posterior
+        The fitted model; its rank, offsets and priors must be ``config``'s.
+    ratings : bayesmf.data.Ratings
+        The ratings of the new fit.
+    config : ModelConfig
+
+    Returns
+    -------
+    Params
+        ``user_factors`` (num_users, rank), ``item_factors`` (num_items,
+        rank), ``item_offsets`` (num_items,) over ``ratings``' vocabularies.
+    """
+    from bayesmf.conjugate import row_draw
+    from bayesmf.model import make_model_data
+
+    old = posterior.config
+    for name in ("rank", "offsets", "priors"):
+        if getattr(old, name) != getattr(config, name):
+            raise ValueError(
+                f"init_from: the model has {name}={getattr(old, name)!r}, this fit {name}={getattr(config, name)!r}; "
+                "continue with the model's settings"
+            )
+    draw = Params(*(np.asarray(x[0, -1]) for x in posterior.draws))
+    dtype = draw.user_factors.dtype
+    key_users, key_items, key_offsets = jax.random.split(rng_key, 3)
+
+    def rows(key, known, vocab, old_vocab, mean, precision):
+        index = old_vocab.index(vocab.ids, missing="flag")
+        new = index < 0
+        out = known[np.maximum(index, 0)].copy()
+        if new.any():
+            n, d = int(new.sum()), known.shape[1]
+            zeros = np.zeros((n, d), dtype)
+            out[new] = np.asarray(row_draw(key, precision, mean, np.zeros((n, d, d), dtype), zeros, np.ones((), dtype)))
+        return out
+
+    users = rows(key_users, draw.user_factors, ratings.user_vocab, posterior.user_vocab, draw.user_mean,
+                 draw.user_precision)
+    items = rows(key_items, draw.item_factors, ratings.item_vocab, posterior.item_vocab, draw.item_mean,
+                 draw.item_precision)
+    if config.offsets == "empirical":
+        data = make_model_data(ratings.user_index, ratings.item_index, ratings.rating, ratings.num_users,
+                               ratings.num_items, dtype=dtype)
+        offsets = np.asarray(data.empirical_offsets)
+    else:
+        offsets = rows(key_offsets, draw.item_offsets[:, None], ratings.item_vocab, posterior.item_vocab,
+                       np.reshape(draw.offset_mean, (1,)), np.reshape(draw.offset_precision, (1, 1)))[:, 0]
+    return draw._replace(user_factors=users, item_factors=items, item_offsets=offsets)
 
 
 # Samplers' warm-up when num_warmup is left at None.
@@ -185,7 +248,7 @@ class BayesMF:
                            hyper=self.hyper or HyperPriors())
 
     def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None, checkpoint=None,
-            checkpoint_every: int | None = None) -> Posterior:
+            checkpoint_every: int | None = None, init_from: Posterior | None = None) -> Posterior:
         """Fit to training ratings.
 
         Parameters
@@ -217,6 +280,16 @@ class BayesMF:
             Sweeps (Gibbs) or NUTS steps between saves, warm-up included,
             rounded up to the engine's chunk of draws; without it the run
             saves about once a minute (``driver.CHECKPOINT_SECONDS``).
+        init_from : Posterior, optional
+            Gibbs and NUTS: continue from a fitted model (e.g. one loaded
+            with :func:`bayesmf.load`) on new or more ratings, instead of
+            starting over. Every chain starts from its last draw of chain 0:
+            users and movies it knows keep their factors (and offsets);
+            new ones start from a draw of that draw's prior (the factor
+            means and precisions, the offset mean and precision), see
+            :func:`start_from`. Its rank, offsets and priors must be this
+            estimator's. The warm-up still runs (set ``num_warmup`` small
+            to save sweeps).
 
         Returns
         -------
@@ -230,6 +303,8 @@ class BayesMF:
             )
         if checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs a checkpoint file: pass checkpoint=PATH")
+        if init_from is not None and self.method not in ("gibbs", "nuts"):
+            raise ValueError(f"method={self.method!r} takes no init_from: only the samplers (gibbs, nuts) continue a model")
         ratings = as_ratings(ratings)
         if len(ratings) == 0:
             raise ValueError("cannot fit to empty ratings")
@@ -242,7 +317,11 @@ class BayesMF:
                 )
             result = self._fit_map(rng_key, ratings)
         else:
-            result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every)
+            init_params = None
+            if init_from is not None:
+                key_start, rng_key = jax.random.split(rng_key)
+                init_params = start_from(key_start, init_from, ratings, self.config)
+            result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params)
         timing = dict(result.timing)
         timing["fit_seconds"] = time.perf_counter() - start
         self.posterior_ = Posterior(
@@ -261,7 +340,7 @@ class BayesMF:
         )
         return self.posterior_
 
-    def _fit_sampler(self, rng_key, ratings, track, checkpoint=None, checkpoint_every=None):
+    def _fit_sampler(self, rng_key, ratings, track, checkpoint=None, checkpoint_every=None, init_params=None):
         if self.method == "svi":
             # SVI draws independent draws from one fitted guide: no chains to
             # run, no warm-up to discard (its optimizer steps are
@@ -293,6 +372,8 @@ class BayesMF:
         chains = dict(num_warmup=warmup, num_chains=int(self.num_chains), thin=int(self.thin))
         if checkpoint is not None:
             chains.update(checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        if init_params is not None:
+            chains.update({"init_params" if self.method == "gibbs" else "init": init_params})
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 
