@@ -288,6 +288,14 @@ def run_shape(shape: str, rank: int, args, tmp: str) -> dict:
     return entry
 
 
+def carry_map(previous: dict | None, entry: dict) -> dict:
+    """A run without --map keeps the previous entry's MAP record, marked with that run's command and load."""
+    if previous and "map" in previous and "map" not in entry:
+        entry["map"] = dict(previous["map"], from_earlier_run=dict(command=previous.get("command"),
+                                                                   start=previous.get("start")))
+    return entry
+
+
 def _fmt(value, digits=3):
     if value is None:
         return ""
@@ -302,10 +310,11 @@ def table(result: dict) -> str:
         "Synthetic ratings drawn from a rank-8 model (noise sd 0.9, 1..5 stars), random 90/10 split;",
         "Gibbs with the rank in the row. RMSE floor: the truth's expected rating on the test set.",
         "Peak RSS: the child process's VmHWM (fit and evaluation; `fit` = after the fit). myFM: same training",
-        "ratings, rank and number of sweeps, one kept sample. Each row's command, load and versions are in scale.json.",
+        "ratings, rank and number of sweeps, one kept sample. Load: the 1-minute load average when the row started",
+        "(2-core machines are shared: read timings with it). Each row's command, load and versions are in scale.json.",
         "",
-        "| shape | D | device | gen s | s/sweep | compile s | peak RSS MB (fit) | eval s | RMSE | floor | cov90 | MAP s | MAP RMSE | myFM s/sweep | myFM RSS MB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | D | sweeps (+warm-up) | device | gen s | s/sweep | compile s | peak RSS MB (fit) | eval s | RMSE | floor | cov90 | MAP s | MAP RMSE | myFM s/sweep | myFM RSS MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in result["entries"].values():
         d, g, mp, mf = entry.get("data", {}), entry.get("gibbs", {}), entry.get("map", {}), entry.get("myfm", {})
@@ -314,10 +323,10 @@ def table(result: dict) -> str:
             device = f"{device} ({entry['device_kind']})"
         rss = f"{_fmt(g.get('peak_rss_mb'), 0)} ({_fmt(g.get('peak_rss_fit_mb'), 0)})" if "peak_rss_mb" in g else g.get("error", "")
         lines.append("| " + " | ".join([
-            entry["shape"], str(entry["rank"]), device, _fmt(d.get("generation_seconds"), 1),
+            entry["shape"], str(entry["rank"]), f"{entry.get('sweeps')} (+{entry.get('warmup')})", device, _fmt(d.get("generation_seconds"), 1),
             _fmt(g.get("seconds_per_sweep")), _fmt(g.get("compile_seconds"), 1), rss, _fmt(g.get("evaluate_seconds"), 1),
             _fmt(g.get("rmse"), 4), _fmt(d.get("rmse_floor"), 4), _fmt(g.get("coverage_90")),
-            _fmt(mp.get("fit_seconds"), 1), _fmt(mp.get("rmse"), 4),
+            _fmt(mp.get("fit_seconds"), 1) if "error" not in mp else mp["error"][:40], _fmt(mp.get("rmse"), 4),
             _fmt(mf.get("seconds_per_sweep")) if "error" not in mf else mf["error"][:40], _fmt(mf.get("peak_rss_mb"), 0),
             _fmt(entry.get("start", {}).get("load_average", [None])[0], 1),
         ]) + " |")
@@ -365,7 +374,7 @@ def main(argv=None) -> dict | None:
                         "versions", package_versions()))
                     key = f"{'tiny' if args.tiny else shape}/D{rank}/{entry.get('device', 'unknown')}"
                     entry["shape"] = "tiny" if args.tiny else shape
-                    result["entries"][key] = entry
+                    result["entries"][key] = carry_map(result["entries"].get(key), entry)
                     print(json.dumps(entry, indent=1), flush=True)
                     result["description"] = __doc__.split("\n\n")[0]
                     args.out.parent.mkdir(parents=True, exist_ok=True)
