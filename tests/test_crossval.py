@@ -168,8 +168,8 @@ def test_cross_validate_explicit_splits(ratings):
         (lambda r: cross_validate(MeanModel(), r, seed=1.5), TypeError, "seed must be an int"),
         (lambda r: cross_validate(MeanModel(), r, seed=jax.random.PRNGKey(0)), TypeError, "seed must be an int"),
         (lambda r: cross_validate(MeanModel(), r, split="random"), ValueError, "unknown split 'random'"),
-        (lambda r: cross_validate(MeanModel(), r.to_dataframe()), TypeError, "expected bayesmf.data.Ratings"),
-        (lambda r: cross_validate(MeanModel(), None), TypeError, "expected bayesmf.data.Ratings, got NoneType"),
+        (lambda r: cross_validate(MeanModel(), list(r.rating)), TypeError, "expected bayesmf.data.Ratings or a pandas DataFrame"),
+        (lambda r: cross_validate(MeanModel(), None), TypeError, "expected bayesmf.data.Ratings or a pandas DataFrame, got NoneType"),
         (
             lambda r: cross_validate(MeanModel(), r, split=split.kfold(r, 2, 0)),
             ValueError,
@@ -288,3 +288,10 @@ def test_bayesmf_compare(ratings):
 
 def test_module_doctests():
     assert doctest.testmod(crossval).failed == 0
+
+
+def test_cross_validate_takes_a_dataframe(ratings):
+    """A DataFrame of ratings folds exactly as the Ratings it holds."""
+    frame = ratings.to_dataframe().rename(columns={"user": "userId", "item": "movieId"})
+    a = cross_validate(MeanModel(), frame, folds=3, seed=1).drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(a, cross_validate(MeanModel(), ratings, folds=3, seed=1).drop(columns="fit_seconds"))

@@ -258,9 +258,9 @@ def test_temporal_per_user():
             ValueError,
             "split 'temporal-user' has no test ratings",
         ),
-        (lambda r: split.temporal(r.to_dataframe(), 0.2), TypeError, "expected bayesmf.data.Ratings"),
+        (lambda r: split.temporal(list(r.rating), 0.2), TypeError, "expected bayesmf.data.Ratings or a pandas DataFrame"),
         (lambda r: split.random_holdout(r.subset(np.array([0])), 0.5, 0), ValueError, "need at least 2"),
-        (lambda r: split.random_holdout(r.to_dataframe(), 0.5, 0), TypeError, "expected bayesmf.data.Ratings"),
+        (lambda r: split.random_holdout(r.rating, 0.5, 0), TypeError, "expected bayesmf.data.Ratings or a pandas DataFrame"),
         (
             lambda r: split.predefined("/x", "u9"),
             ValueError,
