@@ -121,10 +121,12 @@ def test_sigkilled_run_resumes_to_identical_draws(tmp_path, uninterrupted):
         reached = int(saved["chunk"])
     assert 1 <= reached < 12  # killed mid-run
 
+    partial = path.with_name(path.name + ".tmp")  # as a kill during a write would leave it
+    partial.write_bytes(b"PK\x03\x04 half an archive")
     resumed = BayesMF(**SETTINGS).fit(SEED, small_ratings(), checkpoint=path, checkpoint_every=EVERY)
     assert_same_draws(resumed.draws, uninterrupted.draws)
     np.testing.assert_array_equal(resumed.stats["train_rmse"], uninterrupted.stats["train_rmse"])
-    assert not path.exists()  # a finished run deletes its checkpoint
+    assert not path.exists() and not partial.exists()  # a finished run deletes its checkpoint
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, monkeypatch, uninterrupted):

@@ -600,8 +600,11 @@ def sample(
         )
     sampling_seconds = run.warmup_seconds + run.draw_seconds
     iterations = len(groups) * (num_warmup + num_samples * thin)
-    if path is not None and os.path.exists(path):
-        os.remove(path)
+    if path is not None:
+        # The checkpoint, and a partial write a kill may have left beside it.
+        for leftover in (Path(path), Path(path).with_name(Path(path).name + ".tmp")):
+            if leftover.exists():
+                os.remove(leftover)
     return Run(
         draws=out["draws"] if keep_draws else jax.tree_util.tree_map(lambda x: x[:, None], out["final_draw"]),
         infos=out["infos"],
