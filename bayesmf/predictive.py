@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf import metrics
+from bayesmf.metrics import streaming
 from bayesmf.model import Params, pair_mean
 
 Array = jax.Array
@@ -314,6 +315,103 @@ def score_rows(y: np.ndarray, comps: Components, levels) -> dict:
         for name, values in part.items():
             rows.setdefault(name, np.empty(y.shape[0]))[cols] = values
     return rows
+
+
+def _score_chunk(params, user_index, item_index, y, rng_key, *, moments_fn, levels, num_shifts, tol):
+    """Form a chunk's components on the device with ``moments_fn`` and score them (uniform weights)."""
+    mean, var = moments_fn(params, user_index, item_index)  # (S, c) each
+    mean, var = mean.astype(y.dtype), var.astype(y.dtype)  # score in float64, as the host reference does
+    w = jnp.full(mean.shape[0], 1.0 / mean.shape[0], y.dtype)
+    return streaming.chunk_scores(y, mean, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol)
+
+
+_score_chunk_jit = jax.jit(_score_chunk, static_argnames=("moments_fn", "levels", "num_shifts", "tol"))
+
+
+def stream_score_rows(
+    rng_key: Array,
+    params: Params,
+    user_index: np.ndarray,
+    item_index: np.ndarray,
+    y: np.ndarray,
+    parts,
+    levels,
+    *,
+    max_pairs: int | None = metrics.MAX_PAIRS,
+    tol: float = metrics.QUANTILE_TOL,
+    chunk_cells: int = streaming.CHUNK_CELLS,
+) -> dict:
+    """Per-row scores of ratings ``y`` under a uniform mixture over draws, streamed over the pairs on the device.
+
+    What :func:`score_rows` of ``components(user_index, item_index)`` gives
+    (the same keys, the same values to float64 round-off, see
+    :mod:`bayesmf.metrics.streaming`), without the ``(S, n)`` components on
+    the host: the pairs go through in chunks of ``chunk_cells // S`` rows
+    (the last padded, so one compile per chunk shape and moments function);
+    in each chunk ``moments_fn`` forms the per-draw means and variances on
+    the device, in the draws' dtype, and the scores are computed from them in
+    float64 in the same jitted program. Only ``n`` floats per score come back.
+
+    Parameters
+    ----------
+    rng_key : jax.Array
+        Key of the sampled CRPS pair term (used only when ``S^2 n > max_pairs``;
+        chunk ``j`` uses ``fold_in(rng_key, j)``).
+    params : Params
+        Draws with one leading axis ``S`` (device or host arrays); only
+        copied to the device when a part uses them.
+    user_index, item_index : int array, shape (n,)
+    y : array, shape (n,)
+    parts : sequence of (rows, moments_fn) or (rows, moments_fn, part_params)
+        Disjoint row sets covering ``0..n-1`` and the function giving their
+        components: ``moments_fn(part_params, u, i) -> (mean, var)``, each
+        (S, c), a hashable (module-level) function such as a vmapped
+        :func:`pair_moments`; ``part_params`` (any pytree of arrays, e.g.
+        the draws in another layout) defaults to ``params``.
+    levels : sequence of float
+    max_pairs : int or None
+        Budget of the CRPS pair term over all ``n`` rows (the reference's rule,
+        :func:`bayesmf.metrics.streaming.num_shifts_for`); None: exact.
+    tol : float
+        Absolute tolerance of the mixture quantiles.
+    chunk_cells : int
+
+    Returns
+    -------
+    dict of str to array, shape (n,)
+    """
+    levels = streaming.check_levels(levels)
+    y = np.asarray(y, np.float64)
+    n = y.shape[0]
+    num_draws = params.noise_precision.shape[0]
+    num_shifts = streaming.num_shifts_for(num_draws, n, max_pairs)
+    size = streaming.chunk_rows(num_draws, chunk_cells)
+    on_device = None
+    pending = []
+    with jax.enable_x64(True):
+        for rows, moments_fn, *own in parts:
+            if not own and on_device is None:
+                on_device = jax.tree.map(jnp.asarray, params)
+            part_params = own[0] if own else on_device
+            rows = np.asarray(rows)
+            if rows.size == 0:
+                continue
+            c = min(size, 1 << (rows.size - 1).bit_length())  # a short part pads to a power of two: few shapes
+            for start in range(0, rows.size, c):
+                take = rows[np.minimum(np.arange(start, start + c), rows.size - 1)]  # pad with the last row
+                part = _score_chunk_jit(
+                    part_params, jnp.asarray(user_index[take], jnp.int32), jnp.asarray(item_index[take], jnp.int32),
+                    jnp.asarray(y[take]), jax.random.fold_in(rng_key, len(pending)),
+                    moments_fn=moments_fn, levels=levels, num_shifts=num_shifts, tol=float(tol),
+                )
+                # Collected after every chunk is dispatched: the device (or the CPU client's
+                # threads) runs chunks back to back while Python prepares the next.
+                pending.append((rows[start : start + c], part))
+        out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
+        for keep, part in pending:
+            for name, values in part.items():
+                out[name][keep] = np.asarray(values)[: keep.size]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
