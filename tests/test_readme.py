@@ -91,8 +91,8 @@ def concrete(line: str, ws: dict) -> list[str]:
             token = str(ws["small"])
         elif token == "FILE":
             token = str(ws["root"] / "shop.csv") if "--sep" in argv else str(next(files))
-        elif token == "model.nc":
-            token = str(ws["root"] / "model.nc")
+        elif token in ("model.nc", "updated.nc", "run.ckpt.npz"):
+            token = str(ws["root"] / token)
         elif token == "U":
             token = ws["user"]
         elif token == "I":
