@@ -181,6 +181,11 @@ class Vocabulary:
         return self._ids.shape[0]
 
     def __contains__(self, external_id) -> bool:
+        """Exact membership: ``"20" in`` an integer vocabulary is False (:meth:`index` would match it, warning)."""
+        if isinstance(external_id, (bool, np.bool_)):
+            return False
+        if self.is_string != isinstance(external_id, str):
+            return False
         try:
             return bool(self.index([external_id], missing="flag")[0] >= 0)
         except (TypeError, ValueError):
