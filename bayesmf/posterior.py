@@ -117,15 +117,45 @@ class DrawMinor(NamedTuple):
 
 
 @jax.jit
-def draw_minor(user_factors: Array, item_factors: Array, item_offsets: Array, noise_precision: Array) -> DrawMinor:
-    """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,), transposed on the device."""
-    num_draws, rank = user_factors.shape[0], user_factors.shape[-1]
+def _rows_draw_minor(x: Array) -> Array:
+    """(S, N, ...) -> (N * S, ...): row ``n * S + s`` is ``x[s, n]``."""
+    return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def draw_minor(user_factors, item_factors, item_offsets, noise_precision) -> DrawMinor:
+    """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,), transposed on the device.
+
+    One field at a time, so that only one field's draw-major copy is on the
+    device beside the result.
+    """
     return DrawMinor(
-        jnp.swapaxes(user_factors, 0, 1).reshape(-1, rank),
-        jnp.swapaxes(item_factors, 0, 1).reshape(-1, rank),
-        item_offsets.T.reshape(-1),
-        noise_precision.reshape(num_draws),
+        _rows_draw_minor(jnp.asarray(user_factors)),
+        _rows_draw_minor(jnp.asarray(item_factors)),
+        _rows_draw_minor(jnp.asarray(item_offsets)),
+        jnp.asarray(noise_precision).reshape(-1),
     )
+
+
+def cold_draws(flat: Params, user_index: np.ndarray, item_index: np.ndarray) -> tuple[Params, np.ndarray, np.ndarray]:
+    """The draws of the rows a few pairs touch, with the pairs' indices into them (``-1`` kept).
+
+    Cold pairs are few; their moments (:func:`bayesmf.predictive.pair_moments`)
+    need the known side's factors and every hyperparameter, not all rows.
+
+    Returns
+    -------
+    params : Params
+        ``flat`` with its user / item rows cut to those touched (row 0 always
+        kept, so that no table is empty).
+    user_index, item_index : int array, shape (n,)
+    """
+    users = np.union1d(user_index[user_index >= 0], [0])
+    items = np.union1d(item_index[item_index >= 0], [0])
+    u = np.where(user_index >= 0, np.searchsorted(users, user_index), -1)
+    i = np.where(item_index >= 0, np.searchsorted(items, item_index), -1)
+    params = flat._replace(user_factors=flat.user_factors[:, users], item_factors=flat.item_factors[:, items],
+                           item_offsets=flat.item_offsets[:, items])
+    return params, u, i
 
 
 def known_moments_draw_minor(draws: DrawMinor, user_index: Array, item_index: Array) -> tuple[Array, Array]:
@@ -510,17 +540,20 @@ class Posterior:
             )
         groups = {name: self._groups(pairs, name) for name in breakdowns}
         flat = self.flat_draws()
-        parts = [(np.flatnonzero(cold), _draws_cold)]
+        user_index, item_index = pairs.user_index.copy(), pairs.item_index.copy()
+        parts = []
         if not cold.all():
-            known = draw_minor(*(jnp.asarray(x) for x in (flat.user_factors, flat.item_factors, flat.item_offsets,
-                                                            flat.noise_precision)))
+            known = draw_minor(flat.user_factors, flat.item_factors, flat.item_offsets, flat.noise_precision)
             # Known pairs in movie order: a chunk reads few movies' draws, which stay in cache
             # (the scores are put back in the test set's order).
             rows = np.flatnonzero(~cold)
-            parts.insert(0, (rows[np.argsort(pairs.item_index[rows], kind="stable")], known_moments_draw_minor, known))
+            parts.append((rows[np.argsort(item_index[rows], kind="stable")], known_moments_draw_minor, known))
+        if cold.any():
+            rows = np.flatnonzero(cold)
+            params, user_index[rows], item_index[rows] = cold_draws(flat, user_index[rows], item_index[rows])
+            parts.append((rows, _draws_cold, jax.tree.map(jnp.asarray, params)))
         rows = stream_score_rows(
-            jax.random.PRNGKey(CRPS_SEED), flat, pairs.user_index, pairs.item_index, np.asarray(test.rating, np.float64),
-            parts, levels,
+            jax.random.PRNGKey(CRPS_SEED), flat, user_index, item_index, np.asarray(test.rating, np.float64), parts, levels,
         )
         frames = {"all": metrics.summarize(rows)}
         frames.update({name: metrics.summarize(rows, labels) for name, labels in groups.items()})

@@ -17,7 +17,9 @@ cost depends on shapes, not on what the draws look like.
 compilation). ``old`` is the path it replaced: ``Posterior.components``
 (draws x pairs float64 on the host) then
 ``bayesmf.predictive.score_rows`` (NumPy) and ``metrics.summarize``; skip
-it with ``--skip-old`` (it takes minutes and ~3 GB). When both run, their
+it with ``--skip-old`` (it takes minutes and ~3 GB). Each timing records the
+process's RSS before the call and its peak during the call (the peak is
+reset before each, Linux only). When both run, their
 tables are compared: the largest absolute difference per column is written.
 The CRPS pair term is estimated in both at this size (draws^2 x rows >
 ``metrics.MAX_PAIRS``), each with its own random shifts, so CRPS agrees to
@@ -114,12 +116,35 @@ def old_evaluate(posterior, test, levels):
     return metrics.summarize(rows)
 
 
+def _rss_mb(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process in MB, from /proc (None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> None:
+    """Reset the peak RSS (VmHWM) to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _timed(fn):
     load = os.getloadavg()[0]
+    _reset_peak()
+    rss = _rss_mb("VmRSS")
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return out, dict(wall_s=round(time.perf_counter() - wall, 3), cpu_s=round(time.process_time() - cpu, 3),
-                     load_before=load, load_after=os.getloadavg()[0])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = _rss_mb("VmHWM")
+    return out, dict(wall_s=round(wall, 3), cpu_s=round(cpu, 3), load_before=load, load_after=os.getloadavg()[0],
+                     rss_before_mb=rss, peak_rss_mb=peak)
 
 
 def main(argv=None) -> dict:

@@ -58,8 +58,8 @@ from bayesmf.metrics.scores import BRACKET_SDS, MAX_PAIRS, QUANTILE_TOL
 Array = jax.Array
 
 # Cells (components x rows) of one chunk: 2**19 float64 cells are 4 MiB per
-# (S, c) temporary; the quantile loop holds 2 x len(levels) of them. Measured
-# on the 2-core CPU (benchmarks/evaluate_scale.py): 2**18 to 2**20 within 5%.
+# (S, c) temporary; the quantile loop holds 2 x len(levels) of them. Chosen,
+# not tuned (5,242 rows per chunk at 100 draws; benchmarks/evaluate_scale.py).
 CHUNK_CELLS = 2**19
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
