@@ -190,9 +190,10 @@ def enable_compile_cache() -> None:
 
 
 def progress(iterable=None, *, total=None, desc=None, disable=False):
+    """A tqdm bar on stderr; ``disable=False`` means tqdm's ``disable=None`` (silent off a terminal)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, disable=True if disable else None, dynamic_ncols=True, file=sys.stderr)
 
 
 def ml100k_dir(args) -> Path:
