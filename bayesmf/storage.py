@@ -38,6 +38,27 @@ without coordinates and the ids in ``/vocab`` (``user_id (user)``,
 ``item_id (item)``); :func:`load` reads both versions (:data:`READ_VERSIONS`)
 and refuses any other with an error naming the version found.
 
+:func:`save` can also write smaller files (all read by the same :func:`load`):
+
+* ``thin=k`` keeps every ``k``-th draw of each chain, ``num_draws=n`` keeps
+  ``n`` evenly spaced draws of each chain (:func:`draw_indices`); the file
+  predicts exactly as ``thinned(posterior, ...)`` does in memory.
+* ``serving=True`` keeps only what ``predict``, ``recommend`` and fold-in
+  read: the draws, config, vocabularies, scale, titles and the training
+  ratings' ``user_index`` / ``item_index`` / ``rating`` (stored in the
+  smallest dtype that holds them exactly, restored on load). It drops
+  ``sample_stats``, ``timing``, ``info`` and the training timestamps; its
+  predictions, top-k lists and fold-ins are identical to the full file's.
+* ``dtype="float16"`` stores ``user_factors`` and ``item_factors`` in IEEE
+  half precision (relative error at most ``2**-11`` per entry of magnitude
+  at least ``2**-14``, absolute error at most ``2**-25`` below); they load
+  back in their original dtype (attribute ``bayesmf_dtype``).
+
+The root attributes ``contents`` (``"full"`` or ``"serving"``),
+``factor_dtype`` (the stored dtype of the factors) and ``draws_kept`` (JSON:
+``thin``, ``num_draws``, ``source_num_draws`` and the kept ``indices``) say
+what a file holds; they are informative, :func:`load` does not need them.
+
 Numeric arrays are written without fill values and with HDF5 Fletcher-32
 checksums, so a flipped bit in the data is an error on load, never a silently
 different model. ``posterior.tracked`` (moments streamed during sampling for
@@ -362,7 +383,142 @@ def _numeric_encoding(ds: xr.Dataset) -> dict:
     return out
 
 
-def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
+# --- smaller files ---------------------------------------------------------------------
+
+# Params fields that ``dtype=`` narrows (the factor draws: almost all of a model file).
+FACTOR_FIELDS = ("user_factors", "item_factors")
+# Storage dtypes ``dtype=`` accepts (bfloat16 is not an HDF5 / netCDF type).
+FACTOR_DTYPES = ("float16", "float32", "float64")
+# Variable attribute naming the dtype an array is restored to on load.
+DTYPE_ATTR = "bayesmf_dtype"
+
+
+def draw_indices(num_draws: int, *, thin: int | None = None, keep: int | None = None) -> np.ndarray:
+    """Indices (within each chain) of the draws that thinning keeps.
+
+    Parameters
+    ----------
+    num_draws : int
+        Draws per chain.
+    thin : int, optional
+        Keep draws ``0, thin, 2 * thin, ...``.
+    keep : int, optional
+        Keep ``keep`` draws evenly spaced over the chain, first and last
+        included (``round(linspace(0, num_draws - 1, keep))``); at most
+        ``num_draws``. At most one of ``thin`` and ``keep``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (k,), int64
+        Increasing indices; all of them when neither is given.
+    """
+    if thin is not None and keep is not None:
+        raise ValueError("give thin or num_draws, not both")
+    if thin is not None:
+        if isinstance(thin, bool) or not isinstance(thin, (int, np.integer)) or thin < 1:
+            raise ValueError(f"thin must be a positive integer (keep every thin-th draw), got {thin!r}")
+        return np.arange(0, num_draws, int(thin), dtype=np.int64)
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= num_draws:
+            raise ValueError(f"num_draws must be an integer from 1 to the draws per chain ({num_draws}), got {keep!r}")
+        if keep == 1:
+            return np.zeros(1, np.int64)
+        return np.round(np.linspace(0, num_draws - 1, int(keep))).astype(np.int64)
+    return np.arange(num_draws, dtype=np.int64)
+
+
+def thinned(posterior, *, thin: int | None = None, num_draws: int | None = None) -> Posterior:
+    """The posterior with the draws :func:`draw_indices` keeps in each chain.
+
+    Per-draw ``stats`` (leading ``(chain, draw)`` axes) are thinned alike;
+    everything else is shared with ``posterior``. This is what
+    ``save(posterior, path, thin=..., num_draws=...)`` writes.
+
+    Parameters
+    ----------
+    posterior : bayesmf.posterior.Posterior
+    thin, num_draws : int, optional
+        See :func:`draw_indices` (``num_draws`` is its ``keep``).
+
+    Returns
+    -------
+    bayesmf.posterior.Posterior
+        ``posterior`` itself when neither is given.
+    """
+    if thin is None and num_draws is None:
+        return posterior
+    c, s = posterior.num_chains, posterior.num_draws
+    index = draw_indices(s, thin=thin, keep=num_draws)
+    stats = {
+        k: (np.asarray(v)[:, index] if np.shape(v)[:2] == (c, s) else v) for k, v in posterior.stats.items()
+    }
+    return Posterior(
+        Params(*(np.asarray(x)[:, index] for x in posterior.draws)),
+        posterior.config,
+        posterior.user_vocab,
+        posterior.item_vocab,
+        posterior.scale,
+        method=posterior.method,
+        stats=stats,
+        timing=posterior.timing,
+        train=posterior.train,
+        titles=posterior.titles,
+        info=posterior.info,
+        tracked=posterior.tracked,
+    )
+
+
+def _check_factor_dtype(dtype) -> np.dtype | None:
+    if dtype is None:
+        return None
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in FACTOR_DTYPES:
+        raise ValueError(f"dtype must be one of {FACTOR_DTYPES} (the stored dtype of the factor draws), got {dtype!r}")
+    return np.dtype(name)
+
+
+def _narrow_factors(name: str, value: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, dict]:
+    """``value`` cast to ``dtype`` (rounded to nearest) and the attribute that restores its dtype."""
+    if value.dtype == dtype:
+        return value, {}
+    with np.errstate(over="ignore"):  # overflow is reported below, with the largest magnitude
+        out = value.astype(dtype)
+    if not np.array_equal(np.isfinite(out), np.isfinite(value)):
+        raise ValueError(
+            f"{name} has entries beyond the range of {dtype.name} (largest magnitude "
+            f"{np.nanmax(np.abs(np.where(np.isfinite(value), value, 0))):.4g}); save it in a wider dtype"
+        )
+    return out, {DTYPE_ATTR: value.dtype.str}
+
+
+def _narrow_lossless(value: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``value`` in the smallest dtype that holds it exactly (ints: int16 / int32; floats: float16 /
+    float32), with the attribute that restores its dtype; unchanged when nothing smaller fits."""
+    value = np.asarray(value)
+    if value.size == 0 or value.dtype.kind not in "iuf":
+        return value, {}
+    candidates = ("int16", "int32") if value.dtype.kind in "iu" else ("float16", "float32")
+    for name in candidates:
+        target = np.dtype(name)
+        if target.itemsize >= value.dtype.itemsize:
+            break
+        if value.dtype.kind in "iu":
+            info = np.iinfo(target)
+            if value.min() < info.min or value.max() > info.max:
+                continue
+            return value.astype(target), {DTYPE_ATTR: value.dtype.str}
+        with np.errstate(over="ignore"):
+            narrow = value.astype(target)
+        if np.array_equal(narrow.astype(value.dtype), value, equal_nan=True):
+            return narrow, {DTYPE_ATTR: value.dtype.str}
+    return value, {}
+
+
+def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool = False,
+               draws_kept: dict | None = None) -> tuple[xr.DataTree, dict]:
     """The tree :func:`save` writes, and its encoding."""
     user_ids, user_kind = _encode_ids(posterior.user_vocab.ids)
     item_ids, item_kind = _encode_ids(posterior.item_vocab.ids)
@@ -372,13 +528,16 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
         user=("user", user_ids, {"kind": user_kind}),
         item=("item", item_ids, {"kind": item_kind}),
     )
-    draws = xr.Dataset(
-        {name: (SAMPLE_DIMS + PARAM_DIMS[name], getattr(posterior.draws, name)) for name in Params._fields},
-        coords=coords,
-    )
+    fields = {}
+    for name in Params._fields:
+        value, attrs = np.asarray(getattr(posterior.draws, name)), {}
+        if factor_dtype is not None and name in FACTOR_FIELDS:
+            value, attrs = _narrow_factors(name, value, factor_dtype)
+        fields[name] = (SAMPLE_DIMS + PARAM_DIMS[name], value, attrs)
+    draws = xr.Dataset(fields, coords=coords)
     nodes = {"/posterior": draws}
     stats = {}
-    for name, value in posterior.stats.items():
+    for name, value in ({} if serving else posterior.stats).items():
         value = np.asarray(value)
         lead = SAMPLE_DIMS if value.shape[:2] == (posterior.num_chains, posterior.num_draws) else ()
         stats[name] = (lead + tuple(f"{name}_dim_{k}" for k in range(value.ndim - len(lead))), value)
@@ -391,7 +550,9 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
             item_index=("row", np.asarray(train.item_index)),
             rating=("row", np.asarray(train.rating)),
         )
-        if getattr(train, "timestamp", None) is not None:
+        if serving:  # predict, recommend and fold-in read no timestamps; store the rest exactly but small
+            columns = {k: ("row", *_narrow_lossless(v)) for k, (_, v) in columns.items()}
+        elif getattr(train, "timestamp", None) is not None:
             columns["timestamp"] = ("row", np.asarray(train.timestamp))
         nodes["/train"] = xr.Dataset(columns)
     if posterior.titles:
@@ -400,7 +561,7 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
         nodes["/titles"] = xr.Dataset(dict(item_id=("title", keys, {"kind": key_kind}), title=("title", titles)))
 
     info, dropped = {}, []
-    for key, value in posterior.info.items():
+    for key, value in ({} if serving else posterior.info).items():
         try:
             info[str(key)] = to_jsonable(value)
             json.dumps(info[str(key)])
@@ -414,10 +575,14 @@ def _file_tree(posterior) -> tuple[xr.DataTree, dict]:
         method=str(posterior.method),
         config=_config_json(posterior.config),
         scale=json.dumps(to_jsonable(posterior.scale)),
-        timing=json.dumps(to_jsonable(posterior.timing)),
+        timing=json.dumps(to_jsonable({} if serving else posterior.timing)),
         info=json.dumps(info),
         info_dropped=json.dumps(dropped),
+        contents="serving" if serving else "full",
+        factor_dtype=str(np.dtype(factor_dtype or posterior.draws.user_factors.dtype).name),
     )
+    if draws_kept is not None:
+        attrs["draws_kept"] = json.dumps(draws_kept)
     nodes["/"] = xr.Dataset(attrs=attrs)
     tree = xr.DataTree.from_dict(nodes)
     encoding = {path: _numeric_encoding(ds) for path, ds in nodes.items() if path != "/"}
@@ -442,20 +607,40 @@ def _fsync_path(path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def save(posterior, path) -> Path:
+def save(posterior, path, *, thin: int | None = None, num_draws: int | None = None, dtype=None,
+         serving: bool = False) -> Path:
     """Save a posterior (draws, ids, config, training ratings, ...) to one netCDF file.
 
     The write is atomic: the file is written to a temporary file in the same
     directory, flushed to disk (fsync) and renamed over ``path``, so a crash
-    mid-save leaves any existing file at ``path`` intact. Arrays keep their
-    dtypes: :func:`load` gives back a posterior whose predictions are
-    bit-identical.
+    mid-save leaves any existing file at ``path`` intact. By default arrays
+    keep their dtypes: :func:`load` gives back a posterior whose predictions
+    are bit-identical. The keywords write smaller files (see the module
+    docstring for what each keeps).
 
     Parameters
     ----------
     posterior : bayesmf.posterior.Posterior
     path : str or os.PathLike
         Target file (conventionally ``*.nc``); its directory must exist.
+    thin : int, optional
+        Keep every ``thin``-th draw of each chain (draws ``0, thin, ...``).
+    num_draws : int, optional
+        Keep this many evenly spaced draws of each chain (first and last
+        included). At most one of ``thin`` and ``num_draws``; the file
+        predicts exactly as :func:`thinned` with the same argument.
+    dtype : {"float16", "float32", "float64"}, optional
+        Store ``user_factors`` and ``item_factors`` in this dtype (rounded to
+        nearest); they load back in their original dtype. ``"float16"``
+        halves a float32 file's factor bytes: each entry changes by at most
+        ``2**-11`` of its magnitude (``2**-25`` absolutely below ``2**-14``);
+        factors beyond float16's range (65504) are an error.
+    serving : bool
+        Keep only what ``predict``, ``recommend`` and fold-in need: drop
+        ``stats``, ``timing``, ``info`` and the training timestamps, and
+        store the training ratings' columns in the smallest dtype that holds
+        them exactly. Predictions, top-k lists and fold-ins from the file
+        are identical to the full file's.
 
     Returns
     -------
@@ -466,9 +651,17 @@ def save(posterior, path) -> Path:
     --------
     >>> save(posterior, "model.nc")  # doctest: +SKIP
     >>> load("model.nc").predict([1], [50]).mean  # doctest: +SKIP
+    >>> save(posterior, "serve.nc", serving=True, num_draws=25, dtype="float16")  # doctest: +SKIP
     """
     path = Path(path)
-    tree, encoding = _file_tree(posterior)
+    factor_dtype = _check_factor_dtype(dtype)
+    draws_kept = None
+    if thin is not None or num_draws is not None:
+        source = posterior.num_draws
+        posterior = thinned(posterior, thin=thin, num_draws=num_draws)
+        index = draw_indices(source, thin=thin, keep=num_draws)
+        draws_kept = dict(thin=thin, num_draws=num_draws, source_num_draws=source, indices=index.tolist())
+    tree, encoding = _file_tree(posterior, factor_dtype=factor_dtype, serving=bool(serving), draws_kept=draws_kept)
     directory = path.parent
     tmp = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -537,10 +730,16 @@ def _draws_and_ids(tree: xr.DataTree, version: int) -> tuple[xr.Dataset, xr.Data
     return draws, draws["user"], draws["item"]
 
 
+def _restored(var: xr.DataArray) -> np.ndarray:
+    """A stored array in the dtype it was saved from (attribute :data:`DTYPE_ATTR`), else as stored."""
+    original = var.attrs.get(DTYPE_ATTR)
+    return var.values if original is None else var.values.astype(np.dtype(str(original)))
+
+
 def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
     attrs = tree.attrs
     draws_ds, user_ids, item_ids = _draws_and_ids(tree, version)
-    draws = Params(*(draws_ds[name].values for name in Params._fields))
+    draws = Params(*(_restored(draws_ds[name]) for name in Params._fields))
     user_vocab = Vocabulary(_decode_ids(user_ids.values, user_ids.attrs["kind"]))
     item_vocab = Vocabulary(_decode_ids(item_ids.values, item_ids.attrs["kind"]))
     scale_fields = json.loads(attrs["scale"])
@@ -551,9 +750,9 @@ def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
     train_ds = _node(tree, "train")
     if train_ds is not None:
         train = Ratings(
-            user_index=train_ds["user_index"].values,
-            item_index=train_ds["item_index"].values,
-            rating=train_ds["rating"].values,
+            user_index=_restored(train_ds["user_index"]),
+            item_index=_restored(train_ds["item_index"]),
+            rating=_restored(train_ds["rating"]),
             timestamp=train_ds["timestamp"].values if "timestamp" in train_ds else None,
             user_vocab=user_vocab,
             item_vocab=item_vocab,
