@@ -12,7 +12,7 @@ from bayesmf import storage
 from bayesmf.coldstart import fold_in_users
 from bayesmf.ranking import recommend
 
-from test_storage import fitted, query_pairs  # noqa: F401  (fixture)
+from test_storage import fitted, posterior, query_pairs  # noqa: F401  (fixtures: int and string ids)
 
 # float16 rounding: relative error of a normal number, absolute error below 2**-14.
 EPS16 = 2.0**-11
@@ -76,14 +76,15 @@ def test_thinning_is_recorded_in_the_file(fitted, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def full_and_serving(fitted, tmp_path_factory):
+def full_and_serving(posterior, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    full = storage.save(fitted, d / "full.nc")
-    serve = storage.save(fitted, d / "serve.nc", serving=True)
+    full = storage.save(posterior, d / "full.nc")
+    serve = storage.save(posterior, d / "serve.nc", serving=True)
     return full, serve
 
 
-def test_serving_file_drops_what_serving_does_not_read(fitted, full_and_serving):
+def test_serving_file_drops_what_serving_does_not_read(posterior, full_and_serving):
+    fitted = posterior
     full, serve = full_and_serving
     with h5py.File(serve, "r") as f:
         assert set(f.keys()) == {"posterior", "train", "titles"}
