@@ -113,7 +113,8 @@ def top10_overlap(a, b) -> dict:
     sa = a.groupby("user")["item"].apply(set)
     sb = b.groupby("user")["item"].apply(set)
     common = np.array([len(sa[u] & sb[u]) for u in sa.index])
-    return dict(mean_changed=float(10 - common.mean()), max_changed=int(10 - common.min()),
+    return dict(mean_changed=float(10 - common.mean()), median_changed=float(10 - np.median(common)),
+                max_changed=int(10 - common.min()),
                 share_users_changed=float(np.mean(common < 10)))
 
 

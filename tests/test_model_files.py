@@ -91,6 +91,7 @@ def test_serving_file_drops_what_serving_does_not_read(posterior, full_and_servi
         assert "timestamp" not in f["train"]
         assert f.attrs["contents"] in ("serving", b"serving")
         assert f["train/item_index"].dtype == np.int16  # 20 items: the smallest exact dtype
+        assert f["train/rating"].compression == "gzip"  # lossless
     loaded = storage.load(serve)
     assert loaded.stats == {} and loaded.timing == {} and loaded.info == {} and loaded.tracked is None
     assert serve.stat().st_size < full.stat().st_size
