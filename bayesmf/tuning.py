@@ -61,16 +61,14 @@ COARSE_GRIDS = {"factor": (3.0, 10.0, 30.0), "offset": (0.3, 3.0, 30.0)}
 REFINE_POWERS = (0.5, 0.25, 0.125)
 MAX_EXTENSIONS = 3
 # The offset ratio is searched on its coarse grid only: refining it (steps of
-# 10^(1/2) and finer) took 6 of the 17 fits on MovieLens-100K u1 at rank 10
-# and moved the chosen offset ratio from 3 to 4 at a test RMSE of 0.9215
-# either way (benchmarks/map_speed.py).
+# 10^(1/2) and finer) cost 6-8 of the 17 fits on MovieLens-100K u1 at rank 10
+# and moved the test RMSE by less than its seed spread (0.9215 refined, see
+# benchmarks/map_speed.py for the figures without).
 OFFSET_REFINE_POWERS = ()
 # Tuning fits only have to rank the points: they stop when the objective
-# falls by less than TUNE_FTOL_FACTOR * ftol per iteration (on
-# MovieLens-100K u1: 3,117 iterations over 11 fits against 7,831 over 17
-# with both changes, the same factor ratio 13.5); the refit of fit_ratings
-# runs to ftol. Capping their iterations instead (300) made matters worse:
-# most fits stopped at the cap and the offset ratio went to 30.
+# falls by less than TUNE_FTOL_FACTOR * ftol per iteration (about half the
+# iterations of a fit to ftol on MovieLens-100K, the same chosen point); the
+# refit of fit_ratings runs to ftol.
 TUNE_FTOL_FACTOR = 10.0
 # A rank direction counts as switched off by the regularization when its
 # singular value is below this fraction of the largest (switched-off
