@@ -5,7 +5,7 @@ mode at given precisions): it decides which precisions, on which ratings.
 
 :func:`tune` picks ``lambda_L / alpha = lambda_R / alpha`` (or the two
 separately) and ``tau_m / alpha`` by validation RMSE on a log scale: a coarse
-grid, then a finer search of the factor ratio around the best point, each fit
+grid, then a finer coordinate search around the best point, each fit
 warm-started from a nearby earlier solution, all through one compiled loop
 (:func:`bayesmf.engines.map.make_solver`). Separate user and item ratios
 rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
@@ -60,16 +60,6 @@ Array = jax.Array
 COARSE_GRIDS = {"factor": (3.0, 10.0, 30.0), "offset": (0.3, 3.0, 30.0)}
 REFINE_POWERS = (0.5, 0.25, 0.125)
 MAX_EXTENSIONS = 3
-# The offset ratio is searched on its coarse grid only: refining it (steps of
-# 10^(1/2) and finer) cost 6-8 of the 17 fits on MovieLens-100K u1 at rank 10
-# and moved the test RMSE by less than its seed spread (0.9215 refined, see
-# benchmarks/map_speed.py for the figures without).
-OFFSET_REFINE_POWERS = ()
-# Tuning fits only have to rank the points: they stop when the objective
-# falls by less than TUNE_FTOL_FACTOR * ftol per iteration (about half the
-# iterations of a fit to ftol on MovieLens-100K, the same chosen point); the
-# refit of fit_ratings runs to ftol.
-TUNE_FTOL_FACTOR = 10.0
 # A rank direction counts as switched off by the regularization when its
 # singular value is below this fraction of the largest (switched-off
 # directions shrink to ~1e-3 of it and below in float32).
@@ -213,12 +203,8 @@ def _adaptive_search(tuner: _Tuner, start: _Point, coordinates: tuple) -> None:
     if "offset" in coordinates:
         point = _line_search(tuner, point, "offset", COARSE_GRIDS["offset"])
     # Refine: a coordinate search with shrinking multiplicative steps.
-    for i, power in enumerate(REFINE_POWERS):
+    for power in REFINE_POWERS:
         for coordinate in coordinates:
-            if coordinate == "offset" and i >= len(OFFSET_REFINE_POWERS):
-                continue
-            if coordinate == "offset":
-                power = OFFSET_REFINE_POWERS[i]
             grid = COARSE_GRIDS["offset" if coordinate == "offset" else "factor"]
             step = (grid[1] / grid[0]) ** power
             value = _get(point, coordinate)
@@ -270,13 +256,10 @@ def tune(
     (equal when ``shared``) and ``rho_m`` on a log scale. Without ``grid`` it
     is a coarse grid (:data:`COARSE_GRIDS`: the factor ratio, then the offset
     ratio at the best factor ratio), extended past an end while the best
-    point sits on it, then a coordinate search over the factor ratio(s) with
-    steps of the grid spacing to the powers :data:`REFINE_POWERS` (the offset
-    ratio to :data:`OFFSET_REFINE_POWERS`); every fit is warm-started from
-    the nearest evaluated point with weaker factor regularization, and one
-    compiled loop serves all of them. Typically 10-12 fits. Tuning fits stop
-    at ``TUNE_FTOL_FACTOR * ftol`` (they only rank the points; the refit of
-    :func:`fit_ratings` runs to ``ftol``).
+    point sits on it, then a coordinate search with steps of the grid spacing
+    to the powers :data:`REFINE_POWERS`; every fit is warm-started from the
+    nearest evaluated point with weaker factor regularization, and one
+    compiled loop serves all of them. Typically 15-20 fits.
 
     ``shared=False`` also searches ``rho_L`` and ``rho_R`` separately, which
     rarely pays: the objective is invariant under ``L -> cL, R -> R/c`` with
@@ -320,8 +303,7 @@ def tune(
         ``validation_rmse``; ``table``: a DataFrame with one row per fit
         (``user_ratio``, ``item_ratio``, ``offset_ratio``, ``valid_rmse``,
         ``iterations``, ``seconds``), sorted by ``valid_rmse``; ``result``: the
-        best fit as an :class:`EngineResult` (on ``data``, at ``priors``, run
-        to the tuning tolerance ``TUNE_FTOL_FACTOR * ftol``).
+        best fit as an :class:`EngineResult` (on ``data``, at ``priors``).
 
     Examples
     --------
@@ -338,7 +320,7 @@ def tune(
         raise ValueError("valid_pairs and valid_ratings must be non-empty 1-D arrays of one length")
     if valid_u.min() < 0 or valid_u.max() >= data.num_users or valid_i.min() < 0 or valid_i.max() >= data.num_items:
         raise ValueError("validation pairs must index users and items of the training data (no cold rows)")
-    compiled = map_engine.make_solver(data, config, solver, optimizer, max_iters, tol, TUNE_FTOL_FACTOR * ftol, layout)
+    compiled = map_engine.make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout)
     estimated = config.offsets == "estimated"
     tuner = _Tuner(rng_key, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar)
     middle = {name: grid[len(grid) // 2] for name, grid in COARSE_GRIDS.items()}
