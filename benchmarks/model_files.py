@@ -61,6 +61,7 @@ VARIANTS = {
     "draws_25": dict(num_draws=25),
     "float16": dict(dtype="float16"),
     "serving_float16": dict(serving=True, dtype="float16"),
+    "compact_float16_draws_45": dict(serving=True, dtype="float16", num_draws=45),
     "compact_float16_draws_30": dict(serving=True, dtype="float16", num_draws=30),
     "compact_float16_draws_25": dict(serving=True, dtype="float16", num_draws=25),
 }
