@@ -586,3 +586,81 @@ class Posterior:
             f"Posterior(method={self.method!r}, rank={self.rank}, chains={self.num_chains}, draws={self.num_draws}, "
             f"users={len(self.user_vocab)}, items={len(self.item_vocab)})"
         )
+
+
+# --- thinning -------------------------------------------------------------------------------
+
+
+def draw_indices(num_draws: int, *, thin: int | None = None, keep: int | None = None) -> np.ndarray:
+    """Indices (within each chain) of the draws that thinning keeps.
+
+    Parameters
+    ----------
+    num_draws : int
+        Draws per chain.
+    thin : int, optional
+        Keep draws ``0, thin, 2 * thin, ...``.
+    keep : int, optional
+        Keep ``keep`` draws evenly spaced over the chain, first and last
+        included (``round(linspace(0, num_draws - 1, keep))``); at most
+        ``num_draws``. At most one of ``thin`` and ``keep``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (k,), int64
+        Increasing indices; all of them when neither is given.
+    """
+    if thin is not None and keep is not None:
+        raise ValueError("give thin or num_draws, not both")
+    if thin is not None:
+        if isinstance(thin, bool) or not isinstance(thin, (int, np.integer)) or thin < 1:
+            raise ValueError(f"thin must be a positive integer (keep every thin-th draw), got {thin!r}")
+        return np.arange(0, num_draws, int(thin), dtype=np.int64)
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= num_draws:
+            raise ValueError(f"num_draws must be an integer from 1 to the draws per chain ({num_draws}), got {keep!r}")
+        if keep == 1:
+            return np.zeros(1, np.int64)
+        return np.round(np.linspace(0, num_draws - 1, int(keep))).astype(np.int64)
+    return np.arange(num_draws, dtype=np.int64)
+
+
+def thinned(posterior, *, thin: int | None = None, num_draws: int | None = None) -> Posterior:
+    """The posterior with the draws :func:`draw_indices` keeps in each chain.
+
+    Per-draw ``stats`` (leading ``(chain, draw)`` axes) are thinned alike;
+    everything else is shared with ``posterior``. This is what
+    :func:`bayesmf.save` writes with ``thin=...`` / ``num_draws=...``.
+
+    Parameters
+    ----------
+    posterior : Posterior
+    thin, num_draws : int, optional
+        See :func:`draw_indices` (``num_draws`` is its ``keep``).
+
+    Returns
+    -------
+    Posterior
+        ``posterior`` itself when neither is given.
+    """
+    if thin is None and num_draws is None:
+        return posterior
+    c, s = posterior.num_chains, posterior.num_draws
+    index = draw_indices(s, thin=thin, keep=num_draws)
+    stats = {
+        k: (np.asarray(v)[:, index] if np.shape(v)[:2] == (c, s) else v) for k, v in posterior.stats.items()
+    }
+    return Posterior(
+        Params(*(np.asarray(x)[:, index] for x in posterior.draws)),
+        posterior.config,
+        posterior.user_vocab,
+        posterior.item_vocab,
+        posterior.scale,
+        method=posterior.method,
+        stats=stats,
+        timing=posterior.timing,
+        train=posterior.train,
+        titles=posterior.titles,
+        info=posterior.info,
+        tracked=posterior.tracked,
+    )
