@@ -309,6 +309,7 @@ class Posterior:
         Components
             ``mean`` and ``sd`` of shape (C * S, n), uniform weights.
         """
+        laplace = check_uncertainty(uncertainty) == "laplace"  # a bad value fails before any work
         flat = self.flat_draws()
         user_index = np.asarray(user_index, np.int32)
         item_index = np.asarray(item_index, np.int32)
@@ -327,7 +328,7 @@ class Posterior:
                     m, v = fn(draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
                     mean[start : start + block, rows] = np.asarray(m)
                     var[start : start + block, rows] = np.asarray(v)
-        if check_uncertainty(uncertainty) == "laplace" and total == 1:
+        if laplace and total == 1:
             var = var + self._laplace_var(user_index, item_index)[None]
         noise_sd = 1.0 / np.sqrt(flat.noise_precision.astype(np.float64))
         return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
@@ -438,6 +439,7 @@ class Posterior:
         -------
         array, shape (n,)
         """
+        laplace = check_uncertainty(uncertainty) == "laplace"
         flat = self.flat_draws()
         num_draws = flat.noise_precision.shape[0]
         key_draw, key_row = jax.random.split(rng_key)
@@ -445,7 +447,7 @@ class Posterior:
         u = int(np.asarray(self.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
         if u >= 0:
             factors = flat.user_factors[s, u]
-            if num_draws == 1 and check_uncertainty(uncertainty) == "laplace":
+            if num_draws == 1 and laplace:
                 factors = factors + self._conditional_noise(key_row, user)
         else:
             chol = jnp.linalg.cholesky(jnp.asarray(flat.user_precision[s]))[None]
