@@ -11,6 +11,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -340,7 +341,7 @@ class BayesMF:
             if init_from is not None:
                 key_start, rng_key = jax.random.split(rng_key)
                 init_params = start_from(key_start, init_from, ratings, self.config)
-            with jax.enable_x64(self.dtype == "float64"):
+            with jax.enable_x64(True) if self.dtype == "float64" else contextlib.nullcontext():
                 result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params)
         timing = dict(result.timing)
         timing["fit_seconds"] = time.perf_counter() - start

@@ -1,0 +1,327 @@
+"""The GPU check: every user-facing path on an accelerator, and the scale figures, in one short run.
+
+Question: do fit, evaluate, predict, fold-in, recommend and save/load work on
+the device jax finds, what do the matmul precision (TF32 is JAX's default for
+float32 on Hopper) and float64 do to RMSE, coverage and time, and how fast and
+how large is the Gibbs sweep at ML-10M, Netflix and high-rank shapes?
+(Issue 18, items 1, 2, 4 and 5.)
+
+Each step runs in its own child process under a watchdog (so each device
+peak is that step's own, and one failure or hang costs only its step); the
+parent writes ``gpu_check.json`` after every step, so a run cut short keeps
+what it measured.
+
+* ``paths`` (ml-100k u1, rank 10, 200 draws after 50; ``--data``):
+  ``BayesMF`` Gibbs fit, ``evaluate``, ``predict`` of 10,000 pairs,
+  ``fold_in_users`` of a new user with 10 ratings, ``recommend`` top 10 for
+  every user, ``save`` / ``load`` and the loaded model's predictions
+  (identical), the tuned MAP fit; per matmul precision (``default``: JAX's
+  choice, TF32 on Ampere and later; ``highest``: full float32).
+* ``scale``: synthetic ratings from a rank-8 model (noise sd 0.9, stars;
+  :func:`bayesmf.synthetic.movielens_like`), random 90/10 split, Gibbs at
+  the given rank: generation, compile and per-sweep seconds, peak device
+  memory against the memory model (:func:`bayesmf.engines.gibbs.memory_plan`),
+  optionally ``evaluate`` on the test ratings and save / load.
+
+Run (the GPU machine runs the package from source; see README, "GPU")::
+
+    python benchmarks/gpu_check.py --data ../shared/data --out results/benchmarks/gpu_check.json
+    python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check.json      # seconds, on any backend (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+TRUTH_RANK, NOISE_SD, TEST_FRACTION = 8, 0.9, 0.1
+TINY_SHAPE = dict(num_users=150, num_items=90, num_ratings=4_000, min_per_user=5)
+
+# (name, child arguments, watchdog seconds), most wanted first: the default plan, under 9 minutes
+# on an H200 even if every step runs into its watchdog.
+PLAN = [
+    ("paths-default", ["paths", "--precision", "default", "--map"], 120),
+    ("ml-10m-d32", ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "20", "--sweeps", "100",
+                    "--evaluate", "--save"], 120),
+    ("netflix-d32", ["engine", "--shape", "netflix", "--rank", "32", "--warmup", "3", "--sweeps", "10"], 150),
+    ("ml-10m-d512", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "1", "--sweeps", "3",
+                     "--no-keep"], 100),
+    ("paths-highest", ["paths", "--precision", "highest"], 45),
+    ("ml-10m-d32-highest", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10",
+                            "--precision", "highest"], 45),
+    ("ml-10m-d32-float64", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10",
+                            "--dtype", "float64"], 60),
+]
+
+
+def _device() -> dict:
+    import jax
+
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - the CPU may report nothing
+        stats = {}
+    peak = stats.get("peak_bytes_in_use")
+    return dict(backend=jax.default_backend(), device_kind=dev.device_kind, jax=jax.__version__,
+                peak_device_mb=None if peak is None else peak / 2**20)
+
+
+def emit(out: dict) -> None:
+    """Print what a child has measured so far (the parent keeps the last line, even after its watchdog)."""
+    print(json.dumps(out), flush=True)
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _summary(table) -> dict:
+    row = table.loc[("all", "all")]
+    return dict(rmse=float(row["rmse"]), coverage_90=float(row["coverage_90"]))
+
+
+def child_paths(args) -> dict:
+    import jax
+
+    if args.precision != "default":
+        jax.config.update("jax_default_matmul_precision", args.precision)
+    import bayesmf
+    from bayesmf.data import read_ratings
+
+    if args.tiny:
+        from bayesmf import split
+        from bayesmf.synthetic import movielens_like
+
+        s = split.random_holdout(movielens_like(0, rank=3, noise_sd=0.5, **TINY_SHAPE).ratings, 0.1, 0)
+        train, test, rank, draws, warmup = s.train, s.test, 4, 20, 10
+    else:
+        home = Path(args.data) / "ml-100k"
+        train, test = read_ratings(home / "u1.base"), read_ratings(home / "u1.test")
+        rank, draws, warmup = 10, 200, 50
+    out = dict(precision=args.precision)
+    model = bayesmf.BayesMF(rank, "gibbs", num_samples=draws, num_warmup=warmup, progress_bar=False)
+    post, out["fit_seconds"] = _timed(model.fit, 0, train)
+    out["compile_seconds"] = post.timing["compile_seconds"]
+    out["seconds_per_sweep"] = post.timing["seconds_per_sample"]
+    emit(out)
+    table, out["evaluate_seconds"] = _timed(post.evaluate, test)
+    out.update(_summary(table))
+    emit(out)
+    if args.precision == "default":
+        n = min(10_000, len(test))
+        users, items = np.asarray(test.user_ids)[:n], np.asarray(test.item_ids)[:n]
+        pred, out["predict_seconds"] = _timed(post.predict, users, items)
+        known = np.asarray(train.item_ids)[:10]
+        new = pd.DataFrame(dict(user=["new"] * 10, item=known, rating=np.asarray(train.rating)[:10]))
+        folded, out["fold_in_seconds"] = _timed(bayesmf.fold_in_users, post, new)
+        folded_pred, out["fold_in_predict_seconds"] = _timed(folded.predict, ["new"] * 5, known[:5])
+        out["fold_in_finite"] = bool(np.isfinite(folded_pred.mean).all())
+        recs, out["recommend_seconds"] = _timed(bayesmf.recommend, post, k=10)
+        out["recommend_rows"] = int(len(recs))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.nc"
+            _, out["save_seconds"] = _timed(bayesmf.save, post, path)
+            loaded, out["load_seconds"] = _timed(bayesmf.load, path)
+            again = loaded.predict(users, items)
+            out["loaded_predictions_identical"] = bool(np.array_equal(again.mean, pred.mean)
+                                                       and np.array_equal(again.sd, pred.sd))
+        emit(out)
+        if args.map:
+            map_model = bayesmf.BayesMF(rank, "map", progress_bar=False)
+            map_post, out["map_fit_seconds"] = _timed(map_model.fit, 0, train)
+            out["map_rmse"] = _summary(map_post.evaluate(test))["rmse"]
+    out.update(_device())
+    return out
+
+
+def child_scale(args) -> dict:
+    import jax
+
+    import bayesmf
+    from bayesmf import split
+    from bayesmf.engines import gibbs
+    from bayesmf.model import ModelConfig, model_data_from_ratings
+    from bayesmf.synthetic import SHAPES, movielens_like
+
+    shape = dict(TINY_SHAPE) if args.tiny else SHAPES[args.shape]._asdict()
+    out = dict(shape=args.shape, rank=args.rank, dtype=args.dtype, warmup=args.warmup, sweeps=args.sweeps, **shape)
+    sim, out["generation_seconds"] = _timed(movielens_like, args.seed, rank=TRUTH_RANK, noise_sd=NOISE_SD, **shape)
+    s, out["split_seconds"] = _timed(split.random_holdout, sim.ratings, TEST_FRACTION, args.seed)
+    del sim
+    emit(out)
+    plan = gibbs.memory_plan(model_data_from_ratings(s.train), ModelConfig(rank=args.rank), num_samples=args.sweeps,
+                             keep_draws=not args.no_keep)
+    out["model_device_mb"] = plan.device_bytes / 2**20
+    out["model_host_mb"] = plan.host_bytes / 2**20
+    model = bayesmf.BayesMF(args.rank, "gibbs", num_samples=args.sweeps, num_warmup=args.warmup, progress_bar=False,
+                            dtype=args.dtype, keep_draws=not args.no_keep)
+    post, out["fit_seconds"] = _timed(model.fit, jax.random.PRNGKey(args.seed), s.train)
+    out["compile_seconds"] = post.timing["compile_seconds"]
+    out["seconds_per_sweep"] = post.timing["seconds_per_sample"]
+    out["train_rmse_last"] = float(np.asarray(post.stats["train_rmse"])[0, -1])
+    out["peak_after_fit"] = _device()
+    emit(out)
+    if args.evaluate:
+        table, out["evaluate_seconds"] = _timed(post.evaluate, s.test)
+        out.update(_summary(table), num_test=len(s.test))
+        emit(out)
+    if args.save:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.nc"
+            _, out["save_seconds"] = _timed(bayesmf.save, post, path)
+            out["file_mb"] = path.stat().st_size / 2**20
+            _, out["load_seconds"] = _timed(bayesmf.load, path)
+    out.update(_device())
+    return out
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed((text or "").strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return {}
+
+
+def fast_pairs(seed: int, num_users: int, num_items: int, num_ratings: int, min_per_user: int):
+    """Timing-only data on the device, in seconds even at 100M ratings: power-law
+    activity and popularity as in :func:`bayesmf.synthetic.sample_pairs`, but
+    movies drawn with replacement (a heavy user may rate a movie twice: the
+    sweep's cost depends on the degrees, not on distinctness), ratings from a
+    rank-8 truth rounded to stars. (:func:`bayesmf.synthetic.movielens_like`
+    took 199 s at the Netflix shape on the loaded 2-core CPU.)
+
+    Returns
+    -------
+    ModelData
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf.model import make_model_data
+
+    rng = np.random.default_rng(seed)
+    p_user = rng.permutation(np.arange(1, num_users + 1) ** -0.8)
+    p_item = rng.permutation(np.arange(1, num_items + 1) ** -0.9)
+    counts = min_per_user + rng.multinomial(num_ratings - min_per_user * num_users, p_user / p_user.sum())
+    users = np.repeat(np.arange(num_users, dtype=np.int32), counts)
+    key_items, key_u, key_v, key_noise = jax.random.split(jax.random.PRNGKey(seed), 4)
+    items = jax.random.choice(key_items, num_items, (num_ratings,), p=jnp.asarray(p_item / p_item.sum()))
+    truth_u = 0.5 * jax.random.normal(key_u, (num_users, TRUTH_RANK))
+    truth_v = 0.5 * jax.random.normal(key_v, (num_items, TRUTH_RANK))
+    users_d = jnp.asarray(users)
+    mean = 3.5 + jnp.sum(truth_u[users_d] * truth_v[items], axis=1)
+    stars = jnp.clip(jnp.round(mean + NOISE_SD * jax.random.normal(key_noise, (num_ratings,))), 1, 5)
+    return make_model_data(users, np.asarray(items, np.int32), np.asarray(stars), num_users, num_items)
+
+
+def child_engine(args) -> dict:
+    """The Gibbs engine alone on :func:`fast_pairs` data (no split, no evaluation)."""
+    import jax
+
+    if args.precision != "default":
+        jax.config.update("jax_default_matmul_precision", args.precision)
+
+    from bayesmf.engines import gibbs
+    from bayesmf.model import ModelConfig
+    from bayesmf.synthetic import SHAPES
+
+    shape = dict(TINY_SHAPE) if args.tiny else SHAPES[args.shape]._asdict()
+    out = dict(shape=args.shape, rank=args.rank, dtype=args.dtype, precision=args.precision, warmup=args.warmup,
+               sweeps=args.sweeps, data="fast_pairs", **shape)
+    with jax.enable_x64(args.dtype == "float64"):
+        data, out["generation_seconds"] = _timed(fast_pairs, args.seed, **shape)
+        if args.dtype == "float64":
+            data = data._replace(**{k: getattr(data, k).astype(np.float64) for k in
+                                    ("rating", "global_mean", "empirical_offsets", "empirical_offset_precision")})
+        config = ModelConfig(rank=args.rank)
+        plan = gibbs.memory_plan(data, config, num_samples=args.sweeps, keep_draws=not args.no_keep)
+        out.update(model_device_mb=plan.device_bytes / 2**20, model_host_mb=plan.host_bytes / 2**20)
+        emit(out)
+        result, out["fit_seconds"] = _timed(gibbs.sample, jax.random.PRNGKey(args.seed), data, config,
+                                            num_samples=args.sweeps, num_warmup=args.warmup,
+                                            keep_draws=not args.no_keep, progress_bar=False)
+    out["compile_seconds"] = result.timing["compile_seconds"]
+    out["seconds_per_sweep"] = result.timing["seconds_per_sample"]
+    out["train_rmse_last"] = float(np.asarray(result.stats["train_rmse"])[0, -1])
+    out["layout"] = result.info["layout"]
+    out.update(_device())
+    return out
+
+
+def run_child(name: str, child_args: list, timeout: float, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *child_args, "--seed", str(args.seed)]
+    if args.data:
+        cmd += ["--data", str(args.data)]
+    if args.tiny:
+        cmd += ["--tiny"]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        return dict(_last_json(text), error=f"watchdog: exceeded {timeout:.0f} s", stderr_tail=err[-600:])
+    out = _last_json(proc.stdout)
+    out["wall_seconds"] = time.perf_counter() - start
+    if proc.returncode != 0:
+        out["error"] = proc.stderr.strip()[-1500:] or f"exit code {proc.returncode}"
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=os.environ.get("BAYESMF_DATA"), help="folder holding ml-100k/")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "gpu_check.json")
+    parser.add_argument("--only", help="comma-separated step names of the plan")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="a few thousand ratings per step (tests)")
+    parser.add_argument("--child", choices=("paths", "scale", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
+    parser.add_argument("--rank", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--sweeps", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--no-keep", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        emit(dict(paths=child_paths, scale=child_scale, engine=child_engine)[args.child](args))
+        return
+    if not args.tiny and not args.data:
+        parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
+    steps = PLAN if not args.only else [p for p in PLAN if p[0] in args.only.split(",")]
+    import scale  # the machine and version records of the scale benchmark
+
+    result = dict(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), machine=scale.machine(),
+                  versions=scale.package_versions(), steps={})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, child_args, timeout in steps:
+        print(f"[{name}] {' '.join(child_args)}", flush=True)
+        result["steps"][name] = run_child(name, child_args, timeout * (0.5 if args.tiny else 1), args)
+        print(json.dumps(result["steps"][name])[:600], flush=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
