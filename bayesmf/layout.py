@@ -91,6 +91,8 @@ class Bucket(NamedTuple):
 
 
 class BucketLayout(NamedTuple):
+    """Buckets in groups (:func:`bucket_plan`): a tuple of tuples of :class:`Bucket`."""
+
     buckets: tuple
     order: Array  # (num_rows,) position of each row in the concatenated (padded) bucket output
 
@@ -125,20 +127,81 @@ def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = No
     return "dense" if small else "bucket"
 
 
-def chunk_rows(width: int, design_width: int | None, chunk_bytes: int, itemsize: int = 4) -> int:
-    """Rows per chunk of a bucket of ``width`` entries per row, so that one
-    chunk's working memory stays within ``chunk_bytes``.
+def row_bytes(width: int, design_width: int | None, itemsize: int = 4) -> int:
+    """Working memory of one row of a bucket of ``width`` entries in :func:`map_rows`.
 
-    Per row: the gathered design rows with the response, ``width (d + 1)``
-    floats; the matmul's ``(d + 1) d``; the precision, its Cholesky factor
-    and the solves' temporaries, ``3 d^2`` (``d`` = ``design_width``).
-    Without ``design_width`` there is no bound (one chunk).
+    The gathered design rows with the response, ``width (d + 1)`` floats;
+    the matmul's ``(d + 1)^2``; the precision, its Cholesky factor and the
+    solves' temporaries, ``3 d^2`` (``d`` = ``design_width``; without it,
+    0: no bound).
     """
     if design_width is None:
-        return np.iinfo(np.int32).max
+        return 0
     d = int(design_width)
-    per_row = itemsize * (width * (d + 1) + (d + 1) * d + 3 * d * d)
-    return max(1, int(chunk_bytes // per_row))
+    return itemsize * (width * (d + 1) + (d + 1) ** 2 + 3 * d * d)
+
+
+class BucketShape(NamedTuple):
+    """One bucket of the plan: ``rows`` rows of ``width`` entries in ``chunks``
+    chunks of ``chunk_rows`` rows, each taking ``working_bytes``."""
+
+    width: int
+    rows: int
+    chunks: int
+    chunk_rows: int
+    working_bytes: int
+
+
+def bucket_plan(degree: np.ndarray, design_width: int | None, chunk_bytes: int,
+                itemsize: int = 4) -> tuple[tuple[BucketShape, ...], ...]:
+    """How :func:`build_layout` cuts rows of these degrees: groups of buckets.
+
+    A bucket whose rows' working memory exceeds ``chunk_bytes`` is cut into
+    the fewest even chunks within it and forms a group of its own (a loop
+    over its chunks); consecutive buckets that fit in one chunk share a
+    group while their sum does (one batched call for all of them: each call
+    site of the Cholesky and its solves adds compile time). So no group
+    holds more than ``chunk_bytes`` of working memory, except a single row
+    wider than it.
+
+    Parameters
+    ----------
+    degree : int array, shape (num_rows,)
+    design_width : int or None
+    chunk_bytes : int
+    itemsize : int
+
+    Returns
+    -------
+    tuple of tuples of BucketShape, in increasing width
+    """
+    widths = bucket_widths(degree)
+    values, counts = np.unique(widths, return_counts=True)
+    groups, current, current_bytes = [], [], 0
+    for width, n_b in zip(values.tolist(), counts.tolist()):
+        per_row = row_bytes(width, design_width, itemsize)
+        most = max(1, chunk_bytes // per_row) if per_row else n_b
+        k = -(-n_b // min(n_b, most))
+        c = -(-n_b // k)
+        shape = BucketShape(width, n_b, k, c, c * per_row)
+        if k > 1 or (current and current_bytes + shape.working_bytes > chunk_bytes):
+            if current:
+                groups.append(tuple(current))
+            current, current_bytes = [], 0
+        if k > 1:
+            groups.append((shape,))
+        else:
+            current.append(shape)
+            current_bytes += shape.working_bytes
+    if current:
+        groups.append(tuple(current))
+    return tuple(groups)
+
+
+def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes: int, itemsize: int = 4) -> int:
+    """The largest group's working memory in :func:`bucket_plan` (what :func:`map_rows` holds at once)."""
+    plan = bucket_plan(degree, design_width, chunk_bytes, itemsize)
+    return max((sum(b.working_bytes for b in group) for group in plan), default=0)
 
 
 def default_chunk_bytes(device=None) -> int:
@@ -161,34 +224,35 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
     degree = np.bincount(rows, minlength=num_rows)
     starts = np.concatenate([[0], np.cumsum(degree)[:-1]])
     width_of_row = bucket_widths(degree)
-    buckets = []
+    groups = []
     position = np.empty(num_rows, dtype=np.int64)
     offset = 0
-    for width in np.unique(width_of_row):
-        members = np.flatnonzero(width_of_row == width)
-        slot = np.arange(width)[None, :]
-        valid = slot < degree[members, None]
-        src = np.where(valid, starts[members, None] + slot, 0)
-        entries = np.where(valid, order[src], nnz)
-        bucket_cols = np.where(valid, cols[np.minimum(entries, nnz - 1)], num_cols)
-        # k chunks of c rows, as even as the bound allows (padding < k rows).
-        n_b = members.size
-        k = -(-n_b // min(n_b, chunk_rows(int(width), design_width, chunk_bytes)))
-        c = -(-n_b // k)
-        pad = k * c - n_b
-        members_p = np.concatenate([members, np.zeros(pad, members.dtype)])
-        cols_p = np.concatenate([bucket_cols, np.full((pad, width), num_cols, bucket_cols.dtype)])
-        entries_p = np.concatenate([entries, np.full((pad, width), nnz, entries.dtype)])
-        buckets.append(
-            Bucket(
-                rows=jnp.asarray(members_p.reshape(k, c), jnp.int32),
-                cols=jnp.asarray(cols_p.reshape(k, c, width), jnp.int32),
-                entries=jnp.asarray(entries_p.reshape(k, c, width), jnp.int32),
+    for group in bucket_plan(degree, design_width, chunk_bytes):
+        buckets = []
+        for shape in group:
+            width, k, c = shape.width, shape.chunks, shape.chunk_rows
+            members = np.flatnonzero(width_of_row == width)
+            slot = np.arange(width)[None, :]
+            valid = slot < degree[members, None]
+            src = np.where(valid, starts[members, None] + slot, 0)
+            entries = np.where(valid, order[src], nnz)
+            bucket_cols = np.where(valid, cols[np.minimum(entries, nnz - 1)], num_cols)
+            # k chunks of c rows (padding < k rows, repeating row 0 with no entries).
+            pad = k * c - members.size
+            members_p = np.concatenate([members, np.zeros(pad, members.dtype)])
+            cols_p = np.concatenate([bucket_cols, np.full((pad, width), num_cols, bucket_cols.dtype)])
+            entries_p = np.concatenate([entries, np.full((pad, width), nnz, entries.dtype)])
+            buckets.append(
+                Bucket(
+                    rows=jnp.asarray(members_p.reshape(k, c), jnp.int32),
+                    cols=jnp.asarray(cols_p.reshape(k, c, width), jnp.int32),
+                    entries=jnp.asarray(entries_p.reshape(k, c, width), jnp.int32),
+                )
             )
-        )
-        position[members] = offset + np.arange(n_b)
-        offset += k * c
-    return BucketLayout(buckets=tuple(buckets), order=jnp.asarray(position, jnp.int32))
+            position[members] = offset + np.arange(members.size)
+            offset += k * c
+        groups.append(tuple(buckets))
+    return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32))
 
 
 def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> DenseLayout:
@@ -268,7 +332,7 @@ def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
     # column). matmul lowers to a faster batched GEMM than the equivalent
     # einsum on XLA:CPU (1.6 vs 2.7 ms per side on MovieLens-100K, d = 10).
     blocks = []
-    for bucket in layout.buckets:
+    for bucket in (b for group in layout.buckets for b in group):
         width = bucket.cols.shape[-1]
         blocks.append(_bucket_stats(design_pad, response_pad, bucket.cols.reshape(-1, width),
                                     bucket.entries.reshape(-1, width))[:, :, :d])
@@ -350,24 +414,19 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
         stats = _bucket_stats(design_pad, response_pad, cols, entries)
         return finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs))
 
-    # Buckets that fit in one chunk share one call of ``fn`` (each call site
-    # of a batched Cholesky and its solves adds compile time: per bucket, it
-    # doubled the compile seconds at ML-1M shape); larger ones loop over
-    # their chunks, one call site per bucket.
-    small = [b for b in layout.buckets if b.rows.shape[0] == 1]
-    parts = {}
-    if small:
-        stats = jnp.concatenate([_bucket_stats(design_pad, response_pad, b.cols[0], b.entries[0]) for b in small])
-        rows = jnp.concatenate([b.rows[0] for b in small])
-        parts["small"] = finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs))
-    out_blocks, small_at = [], 0
-    for bucket in layout.buckets:
-        k, c = bucket.rows.shape
-        if k == 1:
-            out = jax.tree.map(lambda a, at=small_at, n=c: a[at : at + n], parts["small"])
-            small_at += c
-        else:
+    # A group of one-chunk buckets is one call of ``fn`` on their rows
+    # together (each call site of a batched Cholesky and its solves adds
+    # compile time: one per bucket doubled the compile seconds at ML-1M
+    # shape); a bucket of several chunks loops over them (bucket_plan).
+    out_blocks = []
+    for group in layout.buckets:
+        if group[0].rows.shape[0] > 1:
+            bucket = group[0]
+            k, c = bucket.rows.shape
             out = jax.lax.map(chunk, (bucket.cols, bucket.entries, bucket.rows))
-            out = jax.tree.map(lambda a: a.reshape((k * c,) + a.shape[2:]), out)
-        out_blocks.append(out)
+            out_blocks.append(jax.tree.map(lambda a: a.reshape((k * c,) + a.shape[2:]), out))
+            continue
+        stats = jnp.concatenate([_bucket_stats(design_pad, response_pad, b.cols[0], b.entries[0]) for b in group])
+        rows = jnp.concatenate([b.rows[0] for b in group])
+        out_blocks.append(finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs)))
     return jax.tree.map(lambda *blocks: jnp.concatenate(blocks)[layout.order], *out_blocks)

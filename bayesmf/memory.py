@@ -14,7 +14,9 @@ layouts (dense)           ``4 n m + 8 nnz`` per side
 per-rating temporaries    ``3 f nnz`` (responses of a half-sweep)
 per-row state             ``4 f (n + m)(D + 1)`` per chain (state, variates,
                           new rows, one spare)
-row chunks                ``2 chunk_bytes`` (:mod:`bayesmf.layout`)
+row chunks                twice the largest group's working memory
+                          (:func:`bayesmf.layout.peak_working_bytes`: at
+                          most ``chunk_bytes``)
 draws in flight           ``k f (n + m)(D + 1)`` per chain (a driver chunk of
                           ``k`` kept draws before it moves to the host)
 ========================  =====================================================
@@ -77,7 +79,7 @@ def gibbs_plan(
     itemsize: int = 4,
     padded: float | None = None,
     dense_cells: int | None = None,
-    chunk_bytes: int = 0,
+    working_bytes: int = 0,
     num_tracked: int = 0,
 ) -> MemoryPlan:
     """The memory model of a Gibbs fit (see the module docstring).
@@ -96,8 +98,9 @@ def gibbs_plan(
         average; default 2, the bound).
     dense_cells : int, optional
         ``n m`` when the layout is dense (replaces the bucketed indices).
-    chunk_bytes : int
-        Working memory of one chunk of rows.
+    working_bytes : int
+        Working memory of the largest group of rows :func:`bayesmf.layout.map_rows`
+        takes at once (:func:`bayesmf.layout.peak_working_bytes`).
     num_tracked : int
         Tracked pairs (their moments, and per-draw means when kept).
 
@@ -116,7 +119,7 @@ def gibbs_plan(
         layouts=layouts,
         per_rating_temporaries=3 * itemsize * nnz,
         per_row_state=4 * num_chains * rows,
-        row_chunks=2 * chunk_bytes,
+        row_chunks=2 * working_bytes,
         draws_in_flight=min(draws, num_chains * DRAWS_IN_FLIGHT) * rows,
         tracked=(3 + DRAWS_IN_FLIGHT) * num_chains * num_tracked * itemsize,
     )

@@ -66,6 +66,20 @@ PLAN = [
                             "--dtype", "float64"], 60),
 ]
 
+# The second run: chunk budgets on the GPU (1/16 of the memory is the
+# default; 1.0 bounds nothing, the layout of the previous release), and the
+# rank-512 sweep with its kernels timed apart.
+SECOND_PLAN = [
+    ("linalg-d512", ["linalg", "--rank", "512"], 60),
+    ("ml-10m-d32-chunk-1/64", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10",
+                               "--chunk-fraction", "0.015625"], 45),
+    ("ml-10m-d32-chunk-unbounded", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10",
+                                    "--chunk-fraction", "1.0"], 45),
+    ("ml-10m-d32-chunk-1/16", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10"], 45),
+    ("ml-10m-d512-chunk-1/64", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                                "--no-keep", "--chunk-fraction", "0.015625", "--progress"], 150),
+]
+
 
 def _device() -> dict:
     import jax
@@ -203,9 +217,9 @@ def _last_json(text: str) -> dict:
 def fast_pairs(seed: int, num_users: int, num_items: int, num_ratings: int, min_per_user: int):
     """Timing-only data on the device, in seconds even at 100M ratings: power-law
     activity and popularity as in :func:`bayesmf.synthetic.sample_pairs`, but
-    movies drawn with replacement (a heavy user may rate a movie twice: the
-    sweep's cost depends on the degrees, not on distinctness), ratings from a
-    rank-8 truth rounded to stars. (:func:`bayesmf.synthetic.movielens_like`
+    movies drawn with replacement and repeats dropped (heavy users end with
+    fewer ratings than drawn: ``nnz`` is reported), ratings from a rank-8
+    truth rounded to stars. (:func:`bayesmf.synthetic.movielens_like`
     took 199 s at the Netflix shape on the loaded 2-core CPU.)
 
     Returns
@@ -226,10 +240,16 @@ def fast_pairs(seed: int, num_users: int, num_items: int, num_ratings: int, min_
     items = jax.random.choice(key_items, num_items, (num_ratings,), p=jnp.asarray(p_item / p_item.sum()))
     truth_u = 0.5 * jax.random.normal(key_u, (num_users, TRUTH_RANK))
     truth_v = 0.5 * jax.random.normal(key_v, (num_items, TRUTH_RANK))
+    # Distinct pairs (sorted on the device): a repeated pair is no MovieLens
+    # rating, and the dense layout would count it once in the Gram, twice in the rhs.
     users_d = jnp.asarray(users)
+    order = jnp.lexsort((items, users_d))
+    users_d, items = users_d[order], items[order]
+    keep = np.asarray(jnp.concatenate([jnp.ones(1, bool), (users_d[1:] != users_d[:-1]) | (items[1:] != items[:-1])]))
     mean = 3.5 + jnp.sum(truth_u[users_d] * truth_v[items], axis=1)
     stars = jnp.clip(jnp.round(mean + NOISE_SD * jax.random.normal(key_noise, (num_ratings,))), 1, 5)
-    return make_model_data(users, np.asarray(items, np.int32), np.asarray(stars), num_users, num_items)
+    return make_model_data(np.asarray(users_d)[keep], np.asarray(items, np.int32)[keep], np.asarray(stars)[keep],
+                           num_users, num_items)
 
 
 def child_engine(args) -> dict:
@@ -248,16 +268,22 @@ def child_engine(args) -> dict:
                sweeps=args.sweeps, data="fast_pairs", **shape)
     with jax.enable_x64(args.dtype == "float64"):
         data, out["generation_seconds"] = _timed(fast_pairs, args.seed, **shape)
+        out["nnz"] = data.nnz
         if args.dtype == "float64":
             data = data._replace(**{k: getattr(data, k).astype(np.float64) for k in
                                     ("rating", "global_mean", "empirical_offsets", "empirical_offset_precision")})
         config = ModelConfig(rank=args.rank)
-        plan = gibbs.memory_plan(data, config, num_samples=args.sweeps, keep_draws=not args.no_keep)
-        out.update(model_device_mb=plan.device_bytes / 2**20, model_host_mb=plan.host_bytes / 2**20)
+        options = {}
+        if args.chunk_fraction:
+            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 2**30)  # (the CPU reports none)
+            options["chunk_bytes"] = out["chunk_bytes"] = int(limit * args.chunk_fraction)
+        if hasattr(gibbs, "memory_plan"):  # (a baseline run of an older package has none)
+            plan = gibbs.memory_plan(data, config, num_samples=args.sweeps, keep_draws=not args.no_keep, **options)
+            out.update(model_device_mb=plan.device_bytes / 2**20, model_host_mb=plan.host_bytes / 2**20)
         emit(out)
         result, out["fit_seconds"] = _timed(gibbs.sample, jax.random.PRNGKey(args.seed), data, config,
                                             num_samples=args.sweeps, num_warmup=args.warmup,
-                                            keep_draws=not args.no_keep, progress_bar=False)
+                                            keep_draws=not args.no_keep, progress_bar=args.progress, **options)
     out["compile_seconds"] = result.timing["compile_seconds"]
     out["seconds_per_sweep"] = result.timing["seconds_per_sample"]
     out["train_rmse_last"] = float(np.asarray(result.stats["train_rmse"])[0, -1])
@@ -266,7 +292,35 @@ def child_engine(args) -> dict:
     return out
 
 
-def run_child(name: str, child_args: list, timeout: float, args) -> dict:
+def child_linalg(args) -> dict:
+    """The row update's kernels alone at rank ``--rank``: batched Gram
+    (matmul), Cholesky and the two triangular solves, per row."""
+    import jax
+    import jax.numpy as jnp
+
+    d, out = args.rank, dict(rank=args.rank)
+    for n, width in ((8, 16), (32, 16)) if args.tiny else ((256, 128), (2048, 128)):
+        key = jax.random.PRNGKey(n)
+        z = jax.random.normal(key, (n, width, d + 1))
+        gram = jax.jit(lambda z: jnp.matmul(jnp.swapaxes(z, -1, -2), z))
+        p = gram(z)[:, :d, :d] + width * jnp.eye(d)
+        b = jnp.ones((n, d, 1))
+        chol = jax.jit(jnp.linalg.cholesky)
+        c = chol(p)
+        solve = jax.jit(lambda c, b: jax.scipy.linalg.solve_triangular(
+            c, jax.scipy.linalg.solve_triangular(c, b, lower=True), lower=True, trans="T"))
+        for name, fn, fargs in (("gram", gram, (z,)), ("cholesky", chol, (p,)), ("solves", solve, (c, b))):
+            jax.block_until_ready(fn(*fargs))
+            start = time.perf_counter()
+            for _ in range(3):
+                jax.block_until_ready(fn(*fargs))
+            out[f"{name}_ms_per_row_n{n}"] = (time.perf_counter() - start) / 3 / n * 1e3
+        emit(out)
+    out.update(_device())
+    return out
+
+
+def run_child(name: str, child_args: list, timeout: float, args, env: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *child_args, "--seed", str(args.seed)]
     if args.data:
         cmd += ["--data", str(args.data)]
@@ -274,7 +328,8 @@ def run_child(name: str, child_args: list, timeout: float, args) -> dict:
         cmd += ["--tiny"]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              env=None if env is None else {**os.environ, **env})
     except subprocess.TimeoutExpired as exc:
         text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
@@ -293,7 +348,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", help="comma-separated step names of the plan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a few thousand ratings per step (tests)")
-    parser.add_argument("--child", choices=("paths", "scale", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", help="PYTHONPATH of an older package to run the unbounded-chunk step against")
+    parser.add_argument("--child", choices=("paths", "scale", "engine", "linalg"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
@@ -303,22 +359,28 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--no-keep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-fraction", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        emit(dict(paths=child_paths, scale=child_scale, engine=child_engine)[args.child](args))
+        emit(dict(paths=child_paths, scale=child_scale, engine=child_engine, linalg=child_linalg)[args.child](args))
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    steps = PLAN if not args.only else [p for p in PLAN if p[0] in args.only.split(",")]
+    plan = PLAN + SECOND_PLAN
+    if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
+        plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
+                                                "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
+    steps = PLAN if not args.only else [p for p in plan if p[0] in args.only.split(",")]
     import scale  # the machine and version records of the scale benchmark
 
     result = dict(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), machine=scale.machine(),
                   versions=scale.package_versions(), steps={})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for name, child_args, timeout in steps:
+    for name, child_args, timeout, *env in steps:
         print(f"[{name}] {' '.join(child_args)}", flush=True)
-        result["steps"][name] = run_child(name, child_args, timeout * (0.5 if args.tiny else 1), args)
+        result["steps"][name] = run_child(name, child_args, timeout * (0.5 if args.tiny else 1), args, *env)
         print(json.dumps(result["steps"][name])[:600], flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -12,9 +12,11 @@ from bayesmf.layout import (
     DENSE_MAX_WORK,
     BucketLayout,
     DenseLayout,
+    bucket_plan,
     build_layout,
     gram_and_rhs,
     map_rows,
+    peak_working_bytes,
 )
 
 
@@ -95,7 +97,7 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
     for kind in ("dense", "bucket"):
         layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d, chunk_bytes=chunk_bytes)
         if kind == "bucket" and chunk_bytes == 1:
-            assert all(b.rows.shape[1] == 1 for b in layout.buckets)  # one row per chunk
+            assert all(b.rows.shape[1] == 1 for group in layout.buckets for b in group)  # one row per chunk
         x, sse = map_rows(layout, design, response, fn, (z,), residuals=True)
         gram, rhs = gram_and_rhs(layout, design, response)
         # float32 solves of 4 x 4 systems with unit prior: round-off ~1e-6.
@@ -104,3 +106,18 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
         want = np.bincount(rows, residual**2, minlength=num_rows)
         # y^T y - 2 x.h + x^T G x in float32 over <= 9 O(1) terms per row.
         np.testing.assert_allclose(sse, want, atol=1e-3, err_msg=kind)
+
+
+def test_bucket_plan_bounds_each_group_by_the_chunk():
+    rng = np.random.default_rng(0)
+    degree = np.concatenate([rng.integers(1, 300, 2000), [0, 0, 5000]])
+    for chunk_bytes in (2**14, 2**18, 2**22):
+        plan = bucket_plan(degree, 8, chunk_bytes)
+        shapes = [b for group in plan for b in group]
+        assert [b.width for b in shapes] == sorted(b.width for b in shapes)  # increasing width, each once
+        assert sum(b.rows for b in shapes) == degree.size
+        for group in plan:
+            assert len(group) == 1 or all(b.chunks == 1 for b in group)  # several chunks: a group of its own
+            # Only a single row wider than the chunk may exceed it.
+            assert sum(b.working_bytes for b in group) <= chunk_bytes or group[0].chunk_rows == 1
+        assert peak_working_bytes(degree, 8, chunk_bytes) == max(sum(b.working_bytes for b in g) for g in plan)

@@ -19,7 +19,7 @@ def ratings():
 
 
 def test_plan_scales_with_draws_rank_and_ratings():
-    base = dict(num_samples=100, padded=1.5, chunk_bytes=2**24)
+    base = dict(num_samples=100, padded=1.5, working_bytes=2**24)
     plan = memory.gibbs_plan(1000, 500, 50_000, 10, **base)
     # Kept draws on the host: chunks and their concatenation, (n + m)(D + 1) floats each.
     assert plan.host["kept_draws"] == 2 * 100 * 1500 * 11 * 4
@@ -64,6 +64,9 @@ def test_gibbs_plan_reflects_the_layout_and_dtype(ratings):
     config = ModelConfig(rank=4)
     dense = gibbs.memory_plan(data, config, num_samples=10, layout="dense")
     bucket = gibbs.memory_plan(data, config, num_samples=10, layout="bucket", chunk_bytes=2**20)
+    small = gibbs.memory_plan(data, config, num_samples=10, layout="bucket", chunk_bytes=2**12)
     assert dense.device["layouts"] == 2 * (4 * 60 * 40 + 8 * len(ratings))
-    assert bucket.device["row_chunks"] == 2 * 2**20
+    # The working memory is what the groups of rows hold, at most the chunk (900 ratings: far below 1 MB).
+    assert 0 < bucket.device["row_chunks"] < 2 * 2**20
+    assert small.device["row_chunks"] <= 2 * 2**12 < bucket.device["row_chunks"]
     assert bucket.device["layouts"] < dense.device["layouts"]  # 60 x 40 cells dwarf 900 ratings' indices

@@ -42,7 +42,7 @@ from bayesmf.engines import driver
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
 from bayesmf import memory
-from bayesmf.layout import build_layout, default_chunk_bytes, map_rows, padded_fraction, resolve_kind
+from bayesmf.layout import build_layout, default_chunk_bytes, map_rows, padded_fraction, peak_working_bytes, resolve_kind
 from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
 
 Array = jax.Array
@@ -103,14 +103,20 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
     the sizes and degrees alone (nothing is allocated)."""
     kinds = {resolve_kind(layout, data.num_users, data.num_items, config.rank),
              resolve_kind(layout, data.num_items, data.num_users, config.rank + 1)}
-    degrees = np.concatenate([np.asarray(data.user_degree), np.asarray(data.item_degree)])
+    user_degree, item_degree = np.asarray(data.user_degree), np.asarray(data.item_degree)
+    degrees = np.concatenate([user_degree, item_degree])
+    itemsize = np.dtype(data.rating.dtype).itemsize
+    working = 0
+    if "bucket" in kinds:
+        chunk_bytes = default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)
+        working = max(peak_working_bytes(user_degree, config.rank, chunk_bytes, itemsize),
+                      peak_working_bytes(item_degree, config.rank + 1, chunk_bytes, itemsize))
     return memory.gibbs_plan(
         data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
-        keep_draws=keep_draws, itemsize=np.dtype(data.rating.dtype).itemsize,
+        keep_draws=keep_draws, itemsize=itemsize,
         padded=padded_fraction(degrees),
         dense_cells=data.num_users * data.num_items if kinds == {"dense"} else None,
-        chunk_bytes=(default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)) if "bucket" in kinds else 0,
-        num_tracked=num_tracked,
+        working_bytes=working, num_tracked=num_tracked,
     )
 
 
