@@ -80,6 +80,19 @@ SECOND_PLAN = [
                                 "--no-keep", "--chunk-fraction", "0.015625", "--progress"], 150),
 ]
 
+# The third run: where the GPU compile time goes (XLA's GEMM autotuning, and
+# JAX's persistent compilation cache on a second fit of the same shapes).
+_D32 = ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps", "10"]
+_CACHE = {"JAX_COMPILATION_CACHE_DIR": "/tmp/bayesmf-jax-cache", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+THIRD_PLAN = [
+    ("ml-10m-d32-cache-cold", _D32, 45, _CACHE),
+    ("ml-10m-d32-cache-warm", _D32, 45, _CACHE),
+    ("ml-10m-d32-autotune-0", _D32, 45, {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}),
+    ("netflix-d32-autotune-0", ["engine", "--shape", "netflix", "--rank", "32", "--warmup", "3", "--sweeps", "10"],
+     110, {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}),
+]
+
 
 def _device() -> dict:
     import jax
@@ -368,7 +381,7 @@ def main(argv=None) -> None:
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    plan = PLAN + SECOND_PLAN
+    plan = PLAN + SECOND_PLAN + THIRD_PLAN
     if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
         plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
                                                 "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
