@@ -206,13 +206,20 @@ def child_fit(args) -> dict:
         model = bayesmf.BayesMF(rank=args.rank, method="map", progress_bar=False)
     posterior = model.fit(jax.random.PRNGKey(args.seed), train)
     fit_rss = peak_rss_mb()
+    model_mb = None
+    if args.step == "gibbs":  # the memory model's estimate of the same fit, beside the measured peak
+        from bayesmf.engines.gibbs import memory_plan
+        from bayesmf.model import ModelConfig, model_data_from_ratings
+
+        plan = memory_plan(model_data_from_ratings(train), ModelConfig(rank=args.rank), num_samples=args.sweeps)
+        model_mb = dict(device=plan.device_bytes / 2**20, host=plan.host_bytes / 2**20)
     out = dict(timing={k: float(v) for k, v in posterior.timing.items() if isinstance(v, (int, float))})
     out["fit_seconds"] = out["timing"].get("fit_seconds")
     if args.step == "gibbs":
         out["compile_seconds"] = out["timing"].get("compile_seconds")
         out["seconds_per_sweep"] = out["timing"].get("seconds_per_sample")
     scores, eval_seconds = _scores(posterior, test)
-    out.update(scores, evaluate_seconds=eval_seconds, baseline_rss_mb=baseline, peak_rss_fit_mb=fit_rss,
+    out.update(scores, evaluate_seconds=eval_seconds, baseline_rss_mb=baseline, peak_rss_fit_mb=fit_rss, model_mb=model_mb,
                peak_rss_mb=peak_rss_mb(), **_device(), versions=package_versions())
     return out
 
