@@ -145,6 +145,12 @@ class BayesMF:
         MAP only: fraction of the training ratings held out for tuning and for
         the plug-in noise sd.
     progress_bar : bool
+    devices : int, sequence of jax.Device or jax.sharding.Mesh, optional
+        Gibbs only: run the sweep sharded by rows over this many local
+        devices (or these devices, or this mesh; after
+        ``jax.distributed.initialize`` ``jax.devices()`` spans every
+        process): :mod:`bayesmf.engines.sharding`. The draws equal the
+        one-device run's up to float32 reassociation. None: one device.
     **engine_options
         Passed to the engine (e.g. ``layout="bucket"`` for Gibbs,
         ``num_steps`` for SVI, ``max_tree_depth`` for NUTS).
@@ -174,6 +180,7 @@ class BayesMF:
         tune: bool = True,
         validation_fraction: float = 0.1,
         progress_bar: bool = True,
+        devices=None,
         **engine_options,
     ):
         self.rank = rank
@@ -189,13 +196,14 @@ class BayesMF:
         self.tune = tune
         self.validation_fraction = validation_fraction
         self.progress_bar = progress_bar
+        self.devices = devices
         self.engine_options = dict(engine_options)
         self._check()
 
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
         "rank", "method", "offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
-        "tune", "validation_fraction", "progress_bar",
+        "tune", "validation_fraction", "progress_bar", "devices",
     )
 
     def get_params(self, deep: bool = True) -> dict:
@@ -234,6 +242,8 @@ class BayesMF:
             isinstance(self.num_warmup, bool) or not isinstance(self.num_warmup, (int, np.integer)) or self.num_warmup < 0
         ):
             raise ValueError(f"num_warmup must be an integer >= 0 or None, got {self.num_warmup!r}")
+        if self.devices is not None and self.method != "gibbs":
+            raise ValueError(f"devices= shards the Gibbs sweep only; method={self.method!r} runs on one device")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         self.config  # checks offsets, priors and the prior settings
@@ -377,6 +387,8 @@ class BayesMF:
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 
+            if self.devices is not None:
+                chains.update(devices=self.devices)
             return gibbs.sample(rng_key, data, self.config, **chains, **common)
         from bayesmf.engines import nuts
 

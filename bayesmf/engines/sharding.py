@@ -1,0 +1,267 @@
+"""The Gibbs sweep on a mesh of devices: the same step, its data sharded by rows.
+
+No second copy of the mathematics: :func:`bayesmf.engines.gibbs.step` runs
+unchanged under ``jax.jit``; only where its arguments live changes. Each
+bucket of the per-user layout (:class:`bayesmf.layout.BucketLayout`: rows of
+one degree class padded to one width) is split evenly over the ``"rows"`` axis
+of a :class:`jax.sharding.Mesh`, and so is each bucket of the per-item layout:
+the ratings are kept in both orders, each device holding its rows' ratings.
+XLA's SPMD partitioner (GSPMD) then splits the Gram products of every bucket
+over the devices and inserts the collectives the step needs (the
+sufficient statistics of the hyperparameter and noise draws are reductions
+over rows, which it partitions with an all-reduce). The model state and the
+small arrays (ratings, offsets) are replicated, so every kept draw is
+already on every device and every process: process 0 writes the files and
+evaluation, fold-in and storage work on the result unchanged.
+
+Load balance: rows within a bucket have degrees within a factor of 2 of each
+other, so an even split of every bucket gives each device the same number of
+padded slots per bucket, and a number of ratings within that factor per
+bucket (:func:`ratings_per_shard` counts them; the test suite and
+``benchmarks/sharding.py`` report them). A bucket's row count is padded to a
+multiple of the number of devices; padding rows point at the zero design row
+and the dummy rating (as the layout's own width padding does), and the
+layout's ``order`` never selects them, so their output is dropped.
+
+Random draws: every variate of a sweep comes from one ``jax.random`` call over
+a flat array (:func:`bayesmf.engines.gibbs.sweep_variates`); with
+``jax_threefry_partitionable`` (JAX's default) its values do not depend on how
+the output is sharded, so a run on N devices draws the same variates as the
+one-device run and its states differ only by float32 reassociation.
+
+What the partitioner communicates with today's step: the step builds the
+per-row Grams of all buckets, reorders them to row order (a gather through
+``layout.order``) and then draws every row. That gather is not local to a
+shard, so GSPMD sums the Grams with an all-reduce (``d (d + 1) + d`` floats
+per row and half-sweep) instead of all-gathering the drawn factors (``d``
+floats per row), and every device then draws all rows.
+:func:`collective_bytes` counts these bytes from the compiled program
+(``benchmarks/sharding.py``; ``docs/scaling.md`` has the figures and what a
+per-bucket draw would change).
+
+Multi-host: after ``jax.distributed.initialize`` (:func:`initialize`),
+``jax.devices()`` lists every process's devices; the mesh spans them and
+:func:`place` builds global arrays with ``jax.make_array_from_callback`` from
+the host copy every process holds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bayesmf.layout import Bucket, BucketLayout, DenseLayout
+
+Array = jax.Array
+
+#: Name of the mesh axis the rows (users for the user half-sweep, movies for
+#: the movie half-sweep) are split over.
+ROWS = "rows"
+
+# Collective ops whose result sizes :func:`collective_bytes` adds up.
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
+    """A one-axis (``"rows"``) mesh.
+
+    Parameters
+    ----------
+    devices : int, sequence of jax.Device, Mesh or None
+        The first ``devices`` of ``jax.devices()`` (every process's devices
+        after ``jax.distributed.initialize``), these devices, a mesh with a
+        ``"rows"`` axis (returned as is) or None for all devices.
+
+    Examples
+    --------
+    >>> make_mesh(1).shape["rows"]
+    1
+    """
+    if isinstance(devices, Mesh):
+        if ROWS not in devices.axis_names:
+            raise ValueError(f"the mesh needs a {ROWS!r} axis, got axes {devices.axis_names}")
+        return devices
+    available = jax.devices()
+    if devices is None:
+        chosen = available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= int(devices) <= len(available):
+            raise ValueError(f"devices={devices} but {len(available)} device(s) are available: {available}")
+        chosen = available[: int(devices)]
+    else:
+        chosen = list(devices)
+        if not chosen:
+            raise ValueError("devices is an empty sequence")
+    return Mesh(np.asarray(chosen), (ROWS,))
+
+
+def place(x, sharding: NamedSharding) -> Array:
+    """``x`` (the same host value on every process) as a global array with ``sharding``."""
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: int) -> BucketLayout:
+    """Every bucket's row count padded to a multiple of ``multiple``.
+
+    Padding rows have row id 0, columns ``num_cols`` (the zero design row) and
+    entries ``nnz`` (the dummy rating), so their Grams are zero; ``order`` is
+    remapped to the padded concatenation and never points at them.
+
+    Parameters
+    ----------
+    layout : BucketLayout
+    multiple : int
+        Number of devices the buckets are split over.
+    num_cols, nnz : int
+        The layout's padding values (columns of the other side, ratings).
+
+    Returns
+    -------
+    BucketLayout (NumPy arrays)
+    """
+    buckets, new_positions, offset = [], [], 0
+    for bucket in layout.buckets:
+        rows, cols, entries = (np.asarray(x) for x in bucket)
+        n, width = cols.shape
+        extra = -n % multiple
+        buckets.append(
+            Bucket(
+                rows=np.concatenate([rows, np.zeros(extra, rows.dtype)]),
+                cols=np.concatenate([cols, np.full((extra, width), num_cols, cols.dtype)]),
+                entries=np.concatenate([entries, np.full((extra, width), nnz, entries.dtype)]),
+            )
+        )
+        new_positions.append(offset + np.arange(n))
+        offset += n + extra
+    order = np.concatenate(new_positions)[np.asarray(layout.order)].astype(np.int32)
+    return BucketLayout(buckets=tuple(buckets), order=order)
+
+
+def _shard_layout(layout, mesh: Mesh, num_cols: int, nnz: int):
+    rows, replicated = NamedSharding(mesh, PartitionSpec(ROWS)), NamedSharding(mesh, PartitionSpec())
+    if isinstance(layout, DenseLayout):
+        extra = -layout.mask.shape[0] % mesh.shape[ROWS]
+        if extra:
+            raise ValueError(
+                f"the dense layout's {layout.mask.shape[0]} rows do not split over {mesh.shape[ROWS]} devices; "
+                "use layout='bucket'"
+            )
+        return DenseLayout(mask=place(layout.mask, rows), rows=place(layout.rows, replicated),
+                           cols=place(layout.cols, replicated))
+    padded = pad_bucket_layout(layout, mesh.shape[ROWS], num_cols, nnz)
+    return BucketLayout(
+        buckets=tuple(Bucket(*(place(x, rows) for x in bucket)) for bucket in padded.buckets),
+        order=place(padded.order, replicated),
+    )
+
+
+def shard_context(ctx, mesh: Mesh):
+    """A :class:`bayesmf.engines.gibbs.GibbsContext` placed on ``mesh``.
+
+    Layout blocks are split by rows over the ``"rows"`` axis (buckets padded
+    by :func:`pad_bucket_layout`); the ratings and the per-row vectors are
+    replicated.
+
+    Parameters
+    ----------
+    ctx : GibbsContext
+        From :func:`bayesmf.engines.gibbs.build_context` (host or device arrays).
+    mesh : Mesh
+        With a ``"rows"`` axis (:func:`make_mesh`).
+
+    Returns
+    -------
+    GibbsContext
+        Same structure, global arrays.
+    """
+    data = ctx.data
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return type(ctx)(
+        data=jax.tree_util.tree_map(lambda x: place(x, replicated), data),
+        user_layout=_shard_layout(ctx.user_layout, mesh, data.num_items, data.nnz),
+        item_layout=_shard_layout(ctx.item_layout, mesh, data.num_users, data.nnz),
+    )
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of ``tree`` replicated on ``mesh`` (global arrays)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(lambda x: place(x, replicated), tree)
+
+
+def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.ndarray:
+    """Ratings each device holds when ``layout``'s buckets are split evenly.
+
+    Parameters
+    ----------
+    layout : BucketLayout
+        Unpadded (from :func:`bayesmf.layout.build_layout`).
+    num_shards : int
+    nnz : int
+        Number of ratings (the layout's entry padding value).
+
+    Returns
+    -------
+    int array, shape (num_shards,)
+    """
+    counts = np.zeros(num_shards, np.int64)
+    for bucket in layout.buckets:
+        entries = np.asarray(bucket.entries)
+        entries = np.concatenate([entries, np.full((-entries.shape[0] % num_shards, entries.shape[1]), nnz)])
+        per_row = (entries < nnz).sum(axis=1)
+        counts += per_row.reshape(num_shards, -1).sum(axis=1)
+    return counts
+
+
+def collective_bytes(compiled) -> dict:
+    """Bytes of the results of the collectives in a compiled program, by op.
+
+    Parameters
+    ----------
+    compiled : jax.stages.Compiled
+
+    Returns
+    -------
+    dict of str -> int
+        ``{op: bytes}`` over :data:`COLLECTIVES` (result size of each op
+        instance as written in the optimized HLO; a collective inside a
+        loop body counts once per iteration of the program text, not per
+        trip).
+    """
+    import re
+
+    sizes = {"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "f16": 2, "bf16": 2, "pred": 1, "u8": 1, "s8": 1}
+    out = {op: 0 for op in COLLECTIVES}
+    pattern = re.compile(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+    for dtype, dims, op in pattern.findall(compiled.as_text()):
+        count = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
+        out[op] += count * sizes.get(dtype, 4)
+    return out
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run (``jax.distributed.initialize``), CPU collectives through gloo.
+
+    Call before anything else touches JAX's devices.
+
+    Parameters
+    ----------
+    coordinator : str
+        ``HOST:PORT`` of process 0's coordinator.
+    num_processes, process_id : int
+    """
+    # Cross-process collectives of the CPU backend (a no-op for GPU runs).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def on_mesh(engine, mesh: Mesh):
+    """``engine`` (a :class:`bayesmf.engines.driver.Engine`) with its initial
+    states replicated on ``mesh``, so the driver's compiled chunks take and
+    return states of one sharding."""
+    init_fn = engine.init_fn
+    return engine._replace(init_fn=lambda chain_key: replicate(init_fn(chain_key), mesh))
