@@ -17,10 +17,11 @@ evaluation, fold-in and storage work on the result unchanged.
 Load balance: rows within a bucket have degrees within a factor of 2 of each
 other, so an even split of every bucket gives each device the same number of
 padded slots per bucket, and a number of ratings within that factor per
-bucket (:func:`ratings_per_shard` counts them; the test suite and
-``benchmarks/sharding.py`` report them). A bucket's row count is padded to a
-multiple of the number of devices; padding rows point at the zero design row
-and the dummy rating (as the layout's own width padding does), and the
+bucket; dealing each bucket's rows to the devices by decreasing degree,
+the heaviest to the least loaded device so far, evens that out further (:func:`ratings_per_shard` counts them;
+the test suite and ``benchmarks/sharding.py`` report them). A bucket's row
+count is padded to a multiple of the number of devices; padding rows point
+at the zero design row and the dummy rating (as the layout's own width padding does), and the
 layout's ``order`` never selects them, so their output is dropped.
 
 Random draws: every variate of a sweep comes from one ``jax.random`` call over
@@ -105,11 +106,17 @@ def place(x, sharding: NamedSharding) -> Array:
 
 
 def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: int) -> BucketLayout:
-    """Every bucket's row count padded to a multiple of ``multiple``.
+    """Every bucket's row count padded to a multiple of ``multiple``, its rows
+    arranged so that ``multiple`` equal contiguous slices hold similar numbers
+    of ratings.
 
-    Padding rows have row id 0, columns ``num_cols`` (the zero design row) and
-    entries ``nnz`` (the dummy rating), so their Grams are zero; ``order`` is
-    remapped to the padded concatenation and never points at them.
+    Within a bucket the rows are dealt to the slices by decreasing degree,
+    one row per slice a round, the heaviest of a round to the slice with the
+    fewest ratings so far (over all buckets), padding rows last; each row's
+    Gram is computed as before, only its position in the bucket
+    changes. Padding rows have row id 0, columns ``num_cols`` (the zero design
+    row) and entries ``nnz`` (the dummy rating), so their Grams are zero;
+    ``order`` is remapped to the new positions and never points at them.
 
     Parameters
     ----------
@@ -123,22 +130,68 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
     -------
     BucketLayout (NumPy arrays)
     """
+    load = np.zeros(multiple, np.int64)
+    arranged_of = {}
+    # The widest (heaviest) buckets first, so the many light rows of the
+    # narrow ones even out what their few heavy rows leave.
+    for b in reversed(range(len(layout.buckets))):
+        entries = np.asarray(layout.buckets[b].entries)
+        n = entries.shape[0]
+        padded = n + (-n % multiple)
+        # Rows by decreasing degree, padding last, dealt in rounds of one row
+        # per shard, the heaviest row of a round to the least loaded shard
+        # so far: slot j of round r goes to place r of that shard's slice.
+        degree = np.concatenate([(entries < nnz).sum(axis=1), np.zeros(padded - n, np.int64)])
+        source = np.argsort(-degree, kind="stable")
+        per_shard = padded // multiple
+        target = np.empty(padded, np.int64)
+        for r in range(per_shard):
+            members = source[r * multiple : (r + 1) * multiple]
+            shards = np.argsort(load, kind="stable")
+            target[r * multiple : (r + 1) * multiple] = shards * per_shard + r
+            load[shards] += degree[members]
+        arranged = np.empty(padded, np.int64)
+        arranged[target] = source
+        arranged_of[b] = arranged
     buckets, new_positions, offset = [], [], 0
-    for bucket in layout.buckets:
+    for b, bucket in enumerate(layout.buckets):
         rows, cols, entries = (np.asarray(x) for x in bucket)
         n, width = cols.shape
-        extra = -n % multiple
-        buckets.append(
-            Bucket(
-                rows=np.concatenate([rows, np.zeros(extra, rows.dtype)]),
-                cols=np.concatenate([cols, np.full((extra, width), num_cols, cols.dtype)]),
-                entries=np.concatenate([entries, np.full((extra, width), nnz, entries.dtype)]),
-            )
-        )
-        new_positions.append(offset + np.arange(n))
-        offset += n + extra
+        arranged = arranged_of[b]
+        padded = arranged.size
+        rows = np.concatenate([rows, np.zeros(padded - n, rows.dtype)])
+        cols = np.concatenate([cols, np.full((padded - n, width), num_cols, cols.dtype)])
+        entries = np.concatenate([entries, np.full((padded - n, width), nnz, entries.dtype)])
+        new_of_old = np.empty(padded, np.int64)
+        new_of_old[arranged] = np.arange(padded)
+        buckets.append(Bucket(rows=rows[arranged], cols=cols[arranged], entries=entries[arranged]))
+        new_positions.append(offset + new_of_old[:n])
+        offset += padded
     order = np.concatenate(new_positions)[np.asarray(layout.order)].astype(np.int32)
     return BucketLayout(buckets=tuple(buckets), order=order)
+
+
+def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.ndarray:
+    """Ratings each device holds when ``layout``'s buckets are split over
+    ``num_shards`` devices (after :func:`pad_bucket_layout`).
+
+    Parameters
+    ----------
+    layout : BucketLayout
+        Unpadded (from :func:`bayesmf.layout.build_layout`).
+    num_shards : int
+    nnz : int
+        Number of ratings (the layout's entry padding value).
+
+    Returns
+    -------
+    int array, shape (num_shards,)
+    """
+    padded = pad_bucket_layout(layout, num_shards, 0, nnz)
+    counts = np.zeros(num_shards, np.int64)
+    for bucket in padded.buckets:
+        counts += (np.asarray(bucket.entries) < nnz).sum(axis=1).reshape(num_shards, -1).sum(axis=1)
+    return counts
 
 
 def _shard_layout(layout, mesh: Mesh, num_cols: int, nnz: int):
@@ -191,30 +244,6 @@ def replicate(tree, mesh: Mesh):
     """Every leaf of ``tree`` replicated on ``mesh`` (global arrays)."""
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.tree_util.tree_map(lambda x: place(x, replicated), tree)
-
-
-def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.ndarray:
-    """Ratings each device holds when ``layout``'s buckets are split evenly.
-
-    Parameters
-    ----------
-    layout : BucketLayout
-        Unpadded (from :func:`bayesmf.layout.build_layout`).
-    num_shards : int
-    nnz : int
-        Number of ratings (the layout's entry padding value).
-
-    Returns
-    -------
-    int array, shape (num_shards,)
-    """
-    counts = np.zeros(num_shards, np.int64)
-    for bucket in layout.buckets:
-        entries = np.asarray(bucket.entries)
-        entries = np.concatenate([entries, np.full((-entries.shape[0] % num_shards, entries.shape[1]), nnz)])
-        per_row = (entries < nnz).sum(axis=1)
-        counts += per_row.reshape(num_shards, -1).sum(axis=1)
-    return counts
 
 
 def collective_bytes(compiled) -> dict:
