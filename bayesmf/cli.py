@@ -394,7 +394,7 @@ def _start_devices(args) -> None:
         raise CLIError(f"--devices and --coordinator shard the Gibbs sweep: use --method gibbs, not {args.method}")
     if (args.coordinator is None) != (args.num_processes is None) or (args.coordinator is None) != (args.process_id is None):
         raise CLIError("multi-process runs need --coordinator HOST:PORT, --num-processes P and --process-id K together")
-    if args.devices is not None and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    if (args.devices or 1) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}").strip()
     if args.coordinator is not None:
         if not 0 <= args.process_id < args.num_processes:

@@ -31,6 +31,13 @@ Run::
     python benchmarks/sharding.py                               # ml-10m, rank 32, 1/2/4/8 devices
     python benchmarks/sharding.py --shape ml-1m --devices 1,2
     python benchmarks/sharding.py --tiny --out /tmp/sharding.json  # seconds, for tests
+    python benchmarks/sharding.py --probe      # collective bytes: today's step vs per-bucket row solves
+
+``--probe`` compiles, on a 300 x 200 problem at rank 4 and 2, 4 and 8
+devices, today's step and a stand-in for a per-bucket row update (each
+bucket's rows solved in bucket order and scattered into the factors; not a
+sampler) and writes the bytes of their collectives to
+``sharding_probe.json`` beside the output.
 
 Writes ``results/benchmarks/sharding.json``.
 """
@@ -91,6 +98,60 @@ print(json.dumps(dict(
 """
 
 
+PROBE = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from bayesmf import synthetic
+from bayesmf.engines import gibbs, sharding
+from bayesmf.model import ModelConfig, model_data_from_ratings
+
+# Not a sampler: a probe of what GSPMD communicates when each bucket's rows
+# are solved in bucket order and scattered into the factors (the per-bucket
+# row update a chunked step would do), against today's step.
+num_devices, rank = int(sys.argv[1]), int(sys.argv[2])
+data = model_data_from_ratings(synthetic.movielens_like(0, num_users=300, num_items=200, num_ratings=6000,
+                                                        min_per_user=5).ratings)
+mesh = sharding.make_mesh(num_devices)
+placed = sharding.shard_context(gibbs.build_context(data, "bucket", rank), mesh)
+replicated = NamedSharding(mesh, PartitionSpec())
+
+def half(layout, design, response, n):
+    design_pad = jnp.concatenate([design, jnp.zeros((1, design.shape[1]))])
+    response_pad = jnp.concatenate([response, jnp.zeros(1)])
+    out = jnp.zeros((n, design.shape[1]))
+    for b in layout.buckets:
+        z = design_pad[b.cols]
+        gram = jnp.einsum("rwi,rwj->rij", z, z) + jnp.eye(design.shape[1])
+        rhs = jnp.einsum("rwi,rw->ri", z, response_pad[b.entries])
+        out = out.at[b.rows].set(jnp.linalg.solve(gram, rhs[..., None])[..., 0])
+    return jax.lax.with_sharding_constraint(out, replicated)
+
+def per_bucket(items, c):
+    users = half(c.user_layout, items, c.data.rating, c.data.num_users)
+    return half(c.item_layout, users, c.data.rating, c.data.num_items)
+
+items = sharding.replicate(jnp.ones((data.num_items, rank)), mesh)
+probe = jax.jit(per_bucket).lower(items, placed).compile()
+config = ModelConfig(rank=rank)
+state = sharding.replicate(gibbs.init(jax.random.PRNGKey(0), data, config), mesh)
+step = jax.jit(lambda k, s, c: gibbs.step(k, s, c, config)).lower(jax.random.PRNGKey(0), state, placed).compile()
+print(json.dumps(dict(num_devices=num_devices, rank=rank, num_users=data.num_users, num_items=data.num_items,
+                      factor_bytes=(data.num_users + data.num_items) * rank * 4,
+                      per_bucket_collective_bytes=sharding.collective_bytes(probe),
+                      step_collective_bytes=sharding.collective_bytes(step))))
+"""
+
+
+def run_probe(devices: int, rank: int, timeout: float) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    done = subprocess.run([sys.executable, "-c", PROBE, str(devices), str(rank)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        return dict(num_devices=devices, error=done.stderr.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_child(shape: str, rank: int, sweeps: int, devices: int, seed: int, timeout: float) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     start = time.perf_counter()
@@ -115,8 +176,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900.0, help="watchdog per child (seconds)")
     parser.add_argument("--tiny", action="store_true", help="a 300 x 200 problem with 6,000 ratings, 1 and 2 devices")
+    parser.add_argument("--probe", action="store_true",
+                        help="only the communication probe: today's step against per-bucket row solves (small problem)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    if args.probe:
+        rows = [run_probe(n, 4, args.timeout) for n in (2, 4, 8)]
+        for row in rows:
+            print(json.dumps(row))
+        path = args.out.with_name(args.out.stem + "_probe.json")
+        path.write_text(json.dumps(dict(command="python benchmarks/sharding.py --probe", rows=rows), indent=1) + "\n")
+        print(f"wrote {path}")
+        return 0
     shape, counts = args.shape, [int(x) for x in args.devices.split(",")]
     if args.tiny:
         shape = json.dumps(dict(num_users=300, num_items=200, num_ratings=6000, min_per_user=5))

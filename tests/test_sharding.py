@@ -85,6 +85,10 @@ for n in [2, 4, 8]:
         user_ratings=sharding.ratings_per_shard(ctx.user_layout, n, data.nnz).tolist(),
         item_ratings=sharding.ratings_per_shard(ctx.item_layout, n, data.nnz).tolist(),
     )
+# Chains on a second mesh axis: 2 groups of 4 devices, one chain each.
+r = run(sharding.make_mesh(8, chains=2))
+out["chains_mesh"] = dict(num_devices=r.info["num_devices"],
+                          max_draw_diff=float(np.abs(r.tracked.draw_means - ref.tracked.draw_means).max()))
 # jax.random's values do not depend on the sharding of its output.
 mesh = sharding.make_mesh(8)
 key = jax.random.PRNGKey(3)
@@ -110,6 +114,14 @@ def test_sharded_draws_equal_one_device(synthetic_runs):
         assert run["num_devices"] == n
         assert run["max_draw_diff"] < DRAW_TOL, (n, run)
         assert run["max_noise_rel_diff"] < DRAW_TOL, (n, run)
+
+
+def test_chains_on_a_second_mesh_axis(synthetic_runs):
+    """A (chains=2, rows=4) mesh: each chain on its own group of 4 devices,
+    the same draws as one device."""
+    run = synthetic_runs["chains_mesh"]
+    assert run["num_devices"] == 8
+    assert run["max_draw_diff"] < DRAW_TOL, run
 
 
 def test_random_values_do_not_depend_on_sharding(synthetic_runs):
@@ -162,6 +174,8 @@ def test_devices_are_checked():
         sharding.make_mesh(len(jax.devices()) + 1)
     with pytest.raises(ValueError, match="Gibbs"):
         BayesMF(method="map", devices=2)
+    with pytest.raises(ValueError, match="chains"):
+        sharding.make_mesh(1, chains=2)
 
 
 def test_cli_device_flags_are_checked(capsys):

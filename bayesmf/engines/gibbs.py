@@ -484,7 +484,8 @@ def sample(
     devices : int, sequence of jax.Device or Mesh, optional
         Run the same sweep sharded by rows over these devices
         (:mod:`bayesmf.engines.sharding`; ``layout="auto"`` then means
-        ``"bucket"``); the draws equal the one-device run's up to float32
+        ``"bucket"``; a mesh with a ``"chains"`` axis also splits the
+        chains); the draws equal the one-device run's up to float32
         reassociation. None: one device, as before.
 
     Returns
@@ -499,6 +500,8 @@ def sample(
         check_pairs(track_pairs)
     t0 = time.perf_counter()
     mesh = None if devices is None else sharding.make_mesh(devices)
+    if checkpoint is not None and jax.process_count() > 1:
+        raise ValueError("checkpoints are written by one process: a multi-process run takes no checkpoint")
     ctx = build_context(data, "bucket" if mesh is not None and layout == "auto" else layout, config.rank)
     gibbs_engine = engine(data, config, init_params)
     if mesh is not None:

@@ -33,12 +33,16 @@ one-device run and its states differ only by float32 reassociation.
 What the partitioner communicates with today's step: the step builds the
 per-row Grams of all buckets, reorders them to row order (a gather through
 ``layout.order``) and then draws every row. That gather is not local to a
-shard, so GSPMD sums the Grams with an all-reduce (``d (d + 1) + d`` floats
+shard, so GSPMD sums the Grams with an all-reduce (and all-gathers) (``d (d + 1) + d`` floats
 per row and half-sweep) instead of all-gathering the drawn factors (``d``
 floats per row), and every device then draws all rows.
 :func:`collective_bytes` counts these bytes from the compiled program
 (``benchmarks/sharding.py``; ``docs/scaling.md`` has the figures and what a
 per-bucket draw would change).
+
+Chains: a mesh with a second axis, ``("chains", "rows")``
+(``make_mesh(devices, chains=C)``), splits the driver's vmapped chain axis
+over ``C`` groups of devices, each group splitting its chains' rows.
 
 Multi-host: after ``jax.distributed.initialize`` (:func:`initialize`),
 ``jax.devices()`` lists every process's devices; the mesh spans them and
@@ -61,13 +65,15 @@ Array = jax.Array
 #: Name of the mesh axis the rows (users for the user half-sweep, movies for
 #: the movie half-sweep) are split over.
 ROWS = "rows"
+#: Name of the optional mesh axis the chains are split over.
+CHAINS = "chains"
 
 # Collective ops whose result sizes :func:`collective_bytes` adds up.
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 
 
-def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
-    """A one-axis (``"rows"``) mesh.
+def make_mesh(devices: int | Sequence | Mesh | None = None, chains: int = 1) -> Mesh:
+    """A ``("rows",)`` mesh, or ``("chains", "rows")`` with ``chains > 1``.
 
     Parameters
     ----------
@@ -75,6 +81,10 @@ def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
         The first ``devices`` of ``jax.devices()`` (every process's devices
         after ``jax.distributed.initialize``), these devices, a mesh with a
         ``"rows"`` axis (returned as is) or None for all devices.
+    chains : int
+        Size of the ``"chains"`` axis: the devices form a (chains, rows)
+        grid, each group of ``len(devices) / chains`` devices running its
+        share of the chains with their rows split over it.
 
     Examples
     --------
@@ -96,7 +106,11 @@ def make_mesh(devices: int | Sequence | Mesh | None = None) -> Mesh:
         chosen = list(devices)
         if not chosen:
             raise ValueError("devices is an empty sequence")
-    return Mesh(np.asarray(chosen), (ROWS,))
+    if chains == 1:
+        return Mesh(np.asarray(chosen), (ROWS,))
+    if isinstance(chains, bool) or chains < 1 or len(chosen) % chains:
+        raise ValueError(f"chains={chains} does not divide the {len(chosen)} devices into equal groups")
+    return Mesh(np.asarray(chosen).reshape(chains, -1), (CHAINS, ROWS))
 
 
 def place(x, sharding: NamedSharding) -> Array:
@@ -288,9 +302,25 @@ def initialize(coordinator: str, num_processes: int, process_id: int) -> None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
+def place_chains(tree, mesh: Mesh):
+    """Leaves of ``tree`` (leading chain axis) split over the mesh's
+    ``"chains"`` axis where it has one and it divides the chain count;
+    replicated otherwise."""
+    width = mesh.shape.get(CHAINS, 1)
+
+    def one(x):
+        split = width > 1 and np.ndim(x) > 0 and np.shape(x)[0] % width == 0
+        return place(x, NamedSharding(mesh, PartitionSpec(CHAINS) if split else PartitionSpec()))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def on_mesh(engine, mesh: Mesh):
-    """``engine`` (a :class:`bayesmf.engines.driver.Engine`) with its initial
-    states replicated on ``mesh``, so the driver's compiled chunks take and
-    return states of one sharding."""
+    """``engine`` (a :class:`bayesmf.engines.driver.Engine`) with its states
+    placed on ``mesh``: each chain's initial state replicated, the driver's
+    stacked states and accumulators split over the ``"chains"`` axis
+    (:func:`place_chains`), so its compiled chunks take and return arrays of
+    one sharding."""
     init_fn = engine.init_fn
-    return engine._replace(init_fn=lambda chain_key: replicate(init_fn(chain_key), mesh))
+    return engine._replace(init_fn=lambda chain_key: replicate(init_fn(chain_key), mesh),
+                           place_fn=lambda tree: place_chains(tree, mesh))
