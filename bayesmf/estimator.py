@@ -99,6 +99,9 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
     return draw._replace(user_factors=users, item_factors=items, item_offsets=offsets)
 
 
+# Floating-point types of the samplers' arithmetic (BayesMF(dtype=...)).
+DTYPES = ("float32", "float64")
+
 # Samplers' warm-up when num_warmup is left at None.
 DEFAULT_WARMUP = 50
 
@@ -145,6 +148,15 @@ class BayesMF:
         MAP only: fraction of the training ratings held out for tuning and for
         the plug-in noise sd.
     progress_bar : bool
+    dtype : {"float32", "float64"}
+        Floating-point type of the samplers' arithmetic (Gibbs, NUTS, SVI).
+        float64 runs the fit with JAX's 64-bit mode on for its duration
+        (``jax.enable_x64``) and keeps float64 draws; it costs about 2x the
+        time and memory on the CPU and far more on most GPUs
+        (``benchmarks/scale.py --dtype float64``). For ill-conditioned
+        problems (high rank, weak priors) where float32 Cholesky factors
+        fail. Predictions from the draws are formed in float32 unless 64-bit
+        mode is on.
     devices : int, sequence of jax.Device or jax.sharding.Mesh, optional
         Gibbs only: run the sweep sharded by rows over this many local
         devices (or these devices, or this mesh; after
@@ -180,6 +192,7 @@ class BayesMF:
         tune: bool = True,
         validation_fraction: float = 0.1,
         progress_bar: bool = True,
+        dtype: str = "float32",
         devices=None,
         **engine_options,
     ):
@@ -196,6 +209,7 @@ class BayesMF:
         self.tune = tune
         self.validation_fraction = validation_fraction
         self.progress_bar = progress_bar
+        self.dtype = dtype
         self.devices = devices
         self.engine_options = dict(engine_options)
         self._check()
@@ -203,7 +217,7 @@ class BayesMF:
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
         "rank", "method", "offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
-        "tune", "validation_fraction", "progress_bar", "devices",
+        "tune", "validation_fraction", "progress_bar", "dtype", "devices",
     )
 
     def get_params(self, deep: bool = True) -> dict:
@@ -242,6 +256,11 @@ class BayesMF:
             isinstance(self.num_warmup, bool) or not isinstance(self.num_warmup, (int, np.integer)) or self.num_warmup < 0
         ):
             raise ValueError(f"num_warmup must be an integer >= 0 or None, got {self.num_warmup!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype != "float32" and self.method in MAP_METHODS:
+            raise ValueError(f"dtype={self.dtype!r} is for the samplers (gibbs, nuts, svi); method={self.method!r} "
+                             "runs in float32")
         if self.devices is not None and self.method != "gibbs":
             raise ValueError(f"devices= shards the Gibbs sweep only; method={self.method!r} runs on one device")
         if not 0.0 < self.validation_fraction < 1.0:
@@ -331,7 +350,8 @@ class BayesMF:
             if init_from is not None:
                 key_start, rng_key = jax.random.split(rng_key)
                 init_params = start_from(key_start, init_from, ratings, self.config)
-            result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params)
+            with jax.enable_x64(self.dtype == "float64"):
+                result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params)
         timing = dict(result.timing)
         timing["fit_seconds"] = time.perf_counter() - start
         self.posterior_ = Posterior(
@@ -363,7 +383,7 @@ class BayesMF:
                         f"method='svi' takes no {name} (got {value}): it fits one guide and draws num_samples "
                         f"independent draws from it; set its optimizer steps with num_steps"
                     )
-        data = model_data_from_ratings(ratings)
+        data = model_data_from_ratings(ratings, dtype=np.dtype(self.dtype))
         track_pairs = None
         if track is not None:
             u = ratings.user_vocab.index(np.asarray(track[0]), missing="flag")

@@ -121,10 +121,11 @@ def half(layout, design, response, n):
     response_pad = jnp.concatenate([response, jnp.zeros(1)])
     out = jnp.zeros((n, design.shape[1]))
     for b in layout.buckets:
-        z = design_pad[b.cols]
-        gram = jnp.einsum("rwi,rwj->rij", z, z) + jnp.eye(design.shape[1])
-        rhs = jnp.einsum("rwi,rw->ri", z, response_pad[b.entries])
-        out = out.at[b.rows].set(jnp.linalg.solve(gram, rhs[..., None])[..., 0])
+        for i in range(b.rows.shape[0]):  # chunks of rows
+            z = design_pad[b.cols[i]]
+            gram = jnp.einsum("rwi,rwj->rij", z, z) + jnp.eye(design.shape[1])
+            rhs = jnp.einsum("rwi,rw->ri", z, response_pad[b.entries[i]])
+            out = out.at[b.rows[i]].set(jnp.linalg.solve(gram, rhs[..., None])[..., 0])
     return jax.lax.with_sharding_constraint(out, replicated)
 
 def per_bucket(items, c):

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bayesmf.layout import DENSE_MAX_CELLS, DENSE_MAX_WORK, BucketLayout, DenseLayout, build_layout, gram_and_rhs
+from bayesmf.layout import (
+    DENSE_MAX_CELLS,
+    DENSE_MAX_WORK,
+    BucketLayout,
+    DenseLayout,
+    build_layout,
+    gram_and_rhs,
+    map_rows,
+)
 
 
 def reference(rows, cols, num_rows, design, response):
@@ -59,3 +67,40 @@ def test_auto_weighs_size_and_width():
 def test_unknown_layout_is_rejected():
     with pytest.raises(ValueError, match="unknown layout"):
         build_layout([0], [0], 1, 1, "sparse")
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    num_rows=st.integers(1, 40),
+    num_cols=st.integers(1, 9),
+    fill=st.floats(0.0, 1.0),
+    d=st.integers(1, 4),
+    chunk_bytes=st.sampled_from([1, 200, 2_000, 10**9]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, fill, d, chunk_bytes, seed):
+    """map_rows hands fn each row's own Gram and rhs whatever the chunks (one
+    row per chunk at chunk_bytes=1, one chunk per bucket at 1e9), and the
+    residual sums from the statistics equal the residuals' squares."""
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(num_rows * num_cols)[: max(1, int(fill * num_rows * num_cols))]
+    rows, cols = np.divmod(cells, num_cols)
+    design = jnp.asarray(rng.normal(size=(num_cols, d)), jnp.float32)
+    response = jnp.asarray(rng.normal(size=rows.size), jnp.float32)
+    z = jnp.asarray(rng.normal(size=(num_rows, d)), jnp.float32)
+
+    def fn(gram, rhs, z):  # row-wise: a solve per row plus that row's own input
+        return jnp.linalg.solve(gram + jnp.eye(d), rhs[..., None])[..., 0] + z
+
+    for kind in ("dense", "bucket"):
+        layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d, chunk_bytes=chunk_bytes)
+        if kind == "bucket" and chunk_bytes == 1:
+            assert all(b.rows.shape[1] == 1 for b in layout.buckets)  # one row per chunk
+        x, sse = map_rows(layout, design, response, fn, (z,), residuals=True)
+        gram, rhs = gram_and_rhs(layout, design, response)
+        # float32 solves of 4 x 4 systems with unit prior: round-off ~1e-6.
+        np.testing.assert_allclose(x, fn(gram, rhs, z), atol=1e-4, err_msg=kind)
+        residual = np.asarray(response) - np.sum(np.asarray(design)[cols] * np.asarray(x)[rows], axis=1)
+        want = np.bincount(rows, residual**2, minlength=num_rows)
+        # y^T y - 2 x.h + x^T G x in float32 over <= 9 O(1) terms per row.
+        np.testing.assert_allclose(sse, want, atol=1e-3, err_msg=kind)

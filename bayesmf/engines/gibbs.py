@@ -41,7 +41,8 @@ from bayesmf.conjugate import row_draw_from, standard_normal
 from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
-from bayesmf.layout import build_layout, gram_and_rhs
+from bayesmf import memory
+from bayesmf.layout import build_layout, default_chunk_bytes, map_rows, padded_fraction, resolve_kind
 from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
 
 Array = jax.Array
@@ -77,18 +78,39 @@ class GibbsContext(NamedTuple):
     item_layout: object
 
 
-def build_context(data: ModelData, layout: str = "auto", rank: int | None = None) -> GibbsContext:
+def build_context(data: ModelData, layout: str = "auto", rank: int | None = None,
+                  chunk_bytes: int | None = None) -> GibbsContext:
     """Precompute the per-user and per-item layouts of the training ratings.
 
-    ``rank`` lets ``layout="auto"`` weigh the dense layout's cost
+    ``rank`` lets ``layout="auto"`` weigh the dense layout's cost and bounds
+    the bucketed layout's chunks of rows to ``chunk_bytes``
     (:func:`bayesmf.layout.build_layout`); without it only the size counts.
     """
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
+    item_width = None if rank is None else rank + 1
     return GibbsContext(
         data=data,
-        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank),
-        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=None if rank is None else rank + 1),
+        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank, chunk_bytes=chunk_bytes),
+        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=item_width, chunk_bytes=chunk_bytes),
+    )
+
+
+def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_chains: int = 1,
+                keep_draws: bool = True, layout: str = "auto", chunk_bytes: int | None = None,
+                num_tracked: int = 0) -> memory.MemoryPlan:
+    """What :func:`sample` will hold in memory (:mod:`bayesmf.memory`), from
+    the sizes and degrees alone (nothing is allocated)."""
+    kinds = {resolve_kind(layout, data.num_users, data.num_items, config.rank),
+             resolve_kind(layout, data.num_items, data.num_users, config.rank + 1)}
+    degrees = np.concatenate([np.asarray(data.user_degree), np.asarray(data.item_degree)])
+    return memory.gibbs_plan(
+        data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
+        keep_draws=keep_draws, itemsize=np.dtype(data.rating.dtype).itemsize,
+        padded=padded_fraction(degrees),
+        dense_cells=data.num_users * data.num_items if kinds == {"dense"} else None,
+        chunk_bytes=(default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)) if "bucket" in kinds else 0,
+        num_tracked=num_tracked,
     )
 
 
@@ -311,9 +333,13 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     hyper = config.priors == "hyper"
 
     # Users | items, offsets.
+    # Each row's Gram and rhs exist only for its chunk of rows (map_rows).
     response = data.rating - state.item_offsets[data.item_index]
-    gram, rhs = gram_and_rhs(ctx.user_layout, state.item_factors, response)
-    user_factors = row_draw_from(normals["users"], state.user_precision, state.user_mean, gram, rhs, state.noise_precision)
+    user_factors = map_rows(
+        ctx.user_layout, state.item_factors, response,
+        lambda gram, rhs, z: row_draw_from(z, state.user_precision, state.user_mean, gram, rhs, state.noise_precision),
+        (normals["users"],),
+    )
     bad = _code(1, user_factors)
 
     # Items (and offsets, as one block) | users.
@@ -322,18 +348,25 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_precision = jnp.zeros((d + 1, d + 1), dtype)
         prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
-        gram, rhs = gram_and_rhs(ctx.item_layout, design, data.rating)
-        block = row_draw_from(normals["items"], prior_precision, prior_mean, gram, rhs, state.noise_precision)
+        block, row_sse = map_rows(
+            ctx.item_layout, design, data.rating,
+            lambda gram, rhs, z: row_draw_from(z, prior_precision, prior_mean, gram, rhs, state.noise_precision),
+            (normals["items"],), residuals=True,
+        )
         item_factors, item_offsets = block[:, :d], block[:, d]
     else:
         item_offsets = state.item_offsets
-        gram, rhs = gram_and_rhs(ctx.item_layout, user_factors, data.rating - item_offsets[data.item_index])
-        item_factors = row_draw_from(normals["items"], state.item_precision, state.item_mean, gram, rhs, state.noise_precision)
+        item_factors, row_sse = map_rows(
+            ctx.item_layout, user_factors, data.rating - item_offsets[data.item_index],
+            lambda gram, rhs, z: row_draw_from(z, state.item_precision, state.item_mean, gram, rhs, state.noise_precision),
+            (normals["items"],), residuals=True,
+        )
     bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
 
     new = state._replace(user_factors=user_factors, item_factors=item_factors, item_offsets=item_offsets)
-    residual = data.rating - predict_mean(new, data.user_index, data.item_index)
-    sse = jnp.sum(residual**2)
+    # The residual sum of squares from the item side's statistics under the
+    # new state (no nnz x rank gather of both sides' factors).
+    sse = jnp.sum(row_sse)
 
     if hyper:
         h = config.hyper
@@ -437,6 +470,8 @@ def sample(
     init_params: Params | None = None,
     checkpoint=None,
     checkpoint_every: int | None = None,
+    chunk_bytes: int | None = None,
+    check_memory: bool = True,
     progress_bar: bool = True,
     devices=None,
 ) -> EngineResult:
@@ -479,6 +514,15 @@ def sample(
     checkpoint_every : int, optional
         Sweeps (warm-up and thinned ones included) between saves, rounded
         up to the driver's chunk (``info["chunk"]`` draws).
+    chunk_bytes : int, optional
+        Working memory of one chunk of rows in the bucketed layout
+        (:func:`bayesmf.layout.build_layout`; default
+        :func:`bayesmf.layout.default_chunk_bytes`: 16 MB on the CPU, 1/16 of
+        an accelerator's memory).
+    check_memory : bool
+        Stop with a ``MemoryError`` that says what the fit needs, what there
+        is and what to change, before allocating, when :func:`memory_plan`
+        does not fit in the free device (and host) memory.
     progress_bar : bool
         Sweeps done, sweeps per second and the time left.
     devices : int, sequence of jax.Device or Mesh, optional
@@ -502,7 +546,13 @@ def sample(
     mesh = None if devices is None else sharding.make_mesh(devices)
     if checkpoint is not None and jax.process_count() > 1:
         raise ValueError("checkpoints are written by one process: a multi-process run takes no checkpoint")
-    ctx = build_context(data, "bucket" if mesh is not None and layout == "auto" else layout, config.rank)
+    if mesh is not None and layout == "auto":
+        layout = "bucket"
+    if check_memory:
+        memory.check(memory_plan(data, config, num_samples=num_samples, num_chains=num_chains, keep_draws=keep_draws,
+                                 layout=layout, chunk_bytes=chunk_bytes,
+                                 num_tracked=0 if track_pairs is None else len(track_pairs[0])))
+    ctx = build_context(data, layout, config.rank, chunk_bytes)
     gibbs_engine = engine(data, config, init_params)
     if mesh is not None:
         ctx, gibbs_engine = sharding.shard_context(ctx, mesh), sharding.on_mesh(gibbs_engine, mesh)

@@ -120,23 +120,27 @@ def place(x, sharding: NamedSharding) -> Array:
 
 
 def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: int) -> BucketLayout:
-    """Every bucket's row count padded to a multiple of ``multiple``, its rows
-    arranged so that ``multiple`` equal contiguous slices hold similar numbers
-    of ratings.
+    """Every bucket's chunks widened to a multiple of ``multiple`` rows, the
+    rows arranged so that the ``multiple`` equal slices of each chunk (one
+    per device) hold similar numbers of ratings.
 
-    Within a bucket the rows are dealt to the slices by decreasing degree,
-    one row per slice a round, the heaviest of a round to the slice with the
-    fewest ratings so far (over all buckets), padding rows last; each row's
-    Gram is computed as before, only its position in the bucket
-    changes. Padding rows have row id 0, columns ``num_cols`` (the zero design
-    row) and entries ``nnz`` (the dummy rating), so their Grams are zero;
-    ``order`` is remapped to the new positions and never points at them.
+    A bucket of ``k`` chunks of ``c`` rows (:class:`bayesmf.layout.Bucket`)
+    holding ``n`` rows becomes ``k'`` chunks of ``c'`` rows, ``c'`` the
+    multiple of ``multiple`` at or above ``n / k`` and ``k' = ceil(n / c')``
+    (so a device's slice of a chunk is about ``c / multiple`` rows). The rows
+    are dealt by decreasing degree in rounds of one row per device, the
+    heaviest row of a round to the device with the fewest ratings so far
+    (widest buckets first, over all buckets), padding rows last; each row's
+    update is computed as before, only its position changes. Padding rows
+    have row id 0, columns ``num_cols`` (the zero design row) and entries
+    ``nnz`` (the dummy rating); ``order`` is remapped to the new positions
+    and never points at them.
 
     Parameters
     ----------
     layout : BucketLayout
     multiple : int
-        Number of devices the buckets are split over.
+        Number of devices the chunks' rows are split over.
     num_cols, nnz : int
         The layout's padding values (columns of the other side, ratings).
 
@@ -144,49 +148,63 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
     -------
     BucketLayout (NumPy arrays)
     """
+    order = np.asarray(layout.order)
+    sizes = [int(np.prod(np.shape(bucket.rows))) for bucket in layout.buckets]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    real = np.zeros(starts[-1], bool)
+    real[order] = True
     load = np.zeros(multiple, np.int64)
-    arranged_of = {}
+    plans = {}
     # The widest (heaviest) buckets first, so the many light rows of the
     # narrow ones even out what their few heavy rows leave.
     for b in reversed(range(len(layout.buckets))):
-        entries = np.asarray(layout.buckets[b].entries)
-        n = entries.shape[0]
-        padded = n + (-n % multiple)
-        # Rows by decreasing degree, padding last, dealt in rounds of one row
-        # per shard, the heaviest row of a round to the least loaded shard
-        # so far: slot j of round r goes to place r of that shard's slice.
-        degree = np.concatenate([(entries < nnz).sum(axis=1), np.zeros(padded - n, np.int64)])
-        source = np.argsort(-degree, kind="stable")
-        per_shard = padded // multiple
-        target = np.empty(padded, np.int64)
-        for r in range(per_shard):
-            members = source[r * multiple : (r + 1) * multiple]
-            shards = np.argsort(load, kind="stable")
-            target[r * multiple : (r + 1) * multiple] = shards * per_shard + r
-            load[shards] += degree[members]
-        arranged = np.empty(padded, np.int64)
-        arranged[target] = source
-        arranged_of[b] = arranged
-    buckets, new_positions, offset = [], [], 0
+        bucket = layout.buckets[b]
+        k = np.shape(bucket.rows)[0]
+        width = np.shape(bucket.cols)[-1]
+        members = np.flatnonzero(real[starts[b] : starts[b + 1]])  # flat positions of real rows
+        n = members.size
+        # At least two chunks when split: map_rows fuses the one-chunk
+        # buckets into one batch by concatenating their statistics, which
+        # the partitioner can only re-shard by all-gathering them ((d + 1)^2
+        # floats per row); a bucket of several chunks is updated chunk by
+        # chunk where its rows live and only the drawn rows are gathered.
+        k = max(k, 2) if multiple > 1 else k
+        per_chunk = -(-max(-(-n // k), 1) // multiple) * multiple
+        chunks = max(-(-n // per_chunk), 2 if multiple > 1 else 1)
+        share = per_chunk // multiple  # rows of one device in one chunk
+        degree = (np.asarray(bucket.entries).reshape(-1, width)[members] < nnz).sum(axis=1)
+        by_degree = np.argsort(-degree, kind="stable")
+        rounds = chunks * share
+        target = np.full(rounds * multiple, -1, np.int64)  # new flat slot of each member (by degree)
+        for r in range(rounds):
+            picked = by_degree[r * multiple : (r + 1) * multiple]
+            devices = np.argsort(load, kind="stable")[: picked.size]
+            chunk, place = divmod(r, share)
+            target[r * multiple : r * multiple + picked.size] = chunk * per_chunk + devices * share + place
+            load[devices] += degree[picked]
+        slot_of = np.empty(n, np.int64)
+        slot_of[by_degree] = target[:n]
+        plans[b] = (members, slot_of, chunks, per_chunk)
+    buckets, new_position, offset = [], np.empty(starts[-1], np.int64), 0
     for b, bucket in enumerate(layout.buckets):
-        rows, cols, entries = (np.asarray(x) for x in bucket)
-        n, width = cols.shape
-        arranged = arranged_of[b]
-        padded = arranged.size
-        rows = np.concatenate([rows, np.zeros(padded - n, rows.dtype)])
-        cols = np.concatenate([cols, np.full((padded - n, width), num_cols, cols.dtype)])
-        entries = np.concatenate([entries, np.full((padded - n, width), nnz, entries.dtype)])
-        new_of_old = np.empty(padded, np.int64)
-        new_of_old[arranged] = np.arange(padded)
-        buckets.append(Bucket(rows=rows[arranged], cols=cols[arranged], entries=entries[arranged]))
-        new_positions.append(offset + new_of_old[:n])
-        offset += padded
-    order = np.concatenate(new_positions)[np.asarray(layout.order)].astype(np.int32)
-    return BucketLayout(buckets=tuple(buckets), order=order)
+        members, slot_of, chunks, per_chunk = plans[b]
+        width = np.shape(bucket.cols)[-1]
+        total = chunks * per_chunk
+        rows = np.zeros(total, np.int32)
+        cols = np.full((total, width), num_cols, np.int32)
+        entries = np.full((total, width), nnz, np.int32)
+        rows[slot_of] = np.asarray(bucket.rows).reshape(-1)[members]
+        cols[slot_of] = np.asarray(bucket.cols).reshape(-1, width)[members]
+        entries[slot_of] = np.asarray(bucket.entries).reshape(-1, width)[members]
+        buckets.append(Bucket(rows=rows.reshape(chunks, per_chunk), cols=cols.reshape(chunks, per_chunk, width),
+                              entries=entries.reshape(chunks, per_chunk, width)))
+        new_position[starts[b] + members] = offset + slot_of
+        offset += total
+    return BucketLayout(buckets=tuple(buckets), order=new_position[order].astype(np.int32))
 
 
 def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.ndarray:
-    """Ratings each device holds when ``layout``'s buckets are split over
+    """Ratings each device holds when ``layout``'s chunks are split over
     ``num_shards`` devices (after :func:`pad_bucket_layout`).
 
     Parameters
@@ -204,12 +222,15 @@ def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.nda
     padded = pad_bucket_layout(layout, num_shards, 0, nnz)
     counts = np.zeros(num_shards, np.int64)
     for bucket in padded.buckets:
-        counts += (np.asarray(bucket.entries) < nnz).sum(axis=1).reshape(num_shards, -1).sum(axis=1)
+        k, c, width = np.shape(bucket.entries)
+        valid = np.asarray(bucket.entries).reshape(k, num_shards, c // num_shards, width) < nnz
+        counts += valid.sum(axis=(0, 2, 3))
     return counts
 
 
 def _shard_layout(layout, mesh: Mesh, num_cols: int, nnz: int):
     rows, replicated = NamedSharding(mesh, PartitionSpec(ROWS)), NamedSharding(mesh, PartitionSpec())
+    chunk_rows = NamedSharding(mesh, PartitionSpec(None, ROWS))  # (chunks, rows of a chunk, ...)
     if isinstance(layout, DenseLayout):
         extra = -layout.mask.shape[0] % mesh.shape[ROWS]
         if extra:
@@ -221,7 +242,7 @@ def _shard_layout(layout, mesh: Mesh, num_cols: int, nnz: int):
                            cols=place(layout.cols, replicated))
     padded = pad_bucket_layout(layout, mesh.shape[ROWS], num_cols, nnz)
     return BucketLayout(
-        buckets=tuple(Bucket(*(place(x, rows) for x in bucket)) for bucket in padded.buckets),
+        buckets=tuple(Bucket(*(place(x, chunk_rows) for x in bucket)) for bucket in padded.buckets),
         order=place(padded.order, replicated),
     )
 

@@ -1,0 +1,206 @@
+"""What a Gibbs fit needs in memory, and a check before it allocates.
+
+The memory model counts the arrays a fit holds, in bytes (``f`` = bytes per
+float: 4 in float32, 8 in float64; ``D`` = rank; ``n``, ``m`` = users,
+movies; ``p`` = the bucketed layout's padded entries per rating, between 1 and
+2, computed from the degrees by :func:`bayesmf.layout.padded_fraction`):
+
+========================  =====================================================
+on the device             bytes
+========================  =====================================================
+ratings                   ``(8 + f) nnz`` (two int32 indices and the rating)
+layouts (bucketed)        ``16 p nnz`` (column and entry indices, both orders)
+layouts (dense)           ``4 n m + 8 nnz`` per side
+per-rating temporaries    ``3 f nnz`` (responses of a half-sweep)
+per-row state             ``4 f (n + m)(D + 1)`` per chain (state, variates,
+                          new rows, one spare)
+row chunks                ``2 chunk_bytes`` (:mod:`bayesmf.layout`)
+draws in flight           ``k f (n + m)(D + 1)`` per chain (a driver chunk of
+                          ``k`` kept draws before it moves to the host)
+========================  =====================================================
+
+On the host, the kept draws, ``2 C S f (n + m)(D + 1)`` for ``C`` chains of
+``S`` draws (the chunks and their concatenation, at the end), plus the
+process itself (:data:`RUNTIME_BYTES`: Python, JAX, XLA's compiler). On the
+CPU, host and device are one memory and the two sums add.
+
+``benchmarks/scale.py`` records this estimate beside the measured peak at
+every shape it runs, so the model is checked where it is used.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+# The process before any data: Python, NumPy, pandas, JAX with XLA:CPU and
+# the package (~280 MB measured), and XLA's compiler working memory for a
+# sweep program at scale (~250-300 MB at ML-1M shape, rank 32).
+RUNTIME_BYTES = 600 * 2**20
+
+# Draws a driver chunk keeps on the device before moving them to the host
+# (bayesmf.engines.driver.DEFAULT_CHUNK).
+DRAWS_IN_FLIGHT = 10
+
+
+class MemoryPlan(NamedTuple):
+    """Bytes a fit needs, by part.
+
+    Attributes
+    ----------
+    device : dict of str -> int
+    host : dict of str -> int
+    """
+
+    device: dict
+    host: dict
+
+    @property
+    def device_bytes(self) -> int:
+        return int(sum(self.device.values()))
+
+    @property
+    def host_bytes(self) -> int:
+        return int(sum(self.host.values()))
+
+
+def gibbs_plan(
+    num_users: int,
+    num_items: int,
+    nnz: int,
+    rank: int,
+    *,
+    num_samples: int,
+    num_chains: int = 1,
+    keep_draws: bool = True,
+    itemsize: int = 4,
+    padded: float | None = None,
+    dense_cells: int | None = None,
+    chunk_bytes: int = 0,
+    num_tracked: int = 0,
+) -> MemoryPlan:
+    """The memory model of a Gibbs fit (see the module docstring).
+
+    Parameters
+    ----------
+    num_users, num_items, nnz, rank : int
+    num_samples, num_chains : int
+        Kept draws per chain and chains.
+    keep_draws : bool
+        Without kept draws only the last one is returned.
+    itemsize : int
+        Bytes per float (4 or 8).
+    padded : float, optional
+        Padded entries per rating of the bucketed layout (both sides'
+        average; default 2, the bound).
+    dense_cells : int, optional
+        ``n m`` when the layout is dense (replaces the bucketed indices).
+    chunk_bytes : int
+        Working memory of one chunk of rows.
+    num_tracked : int
+        Tracked pairs (their moments, and per-draw means when kept).
+
+    Returns
+    -------
+    MemoryPlan
+    """
+    rows = (num_users + num_items) * (rank + 1) * itemsize
+    if dense_cells is not None:
+        layouts = 2 * (4 * dense_cells + 8 * nnz)
+    else:
+        layouts = 16 * (2.0 if padded is None else padded) * nnz
+    draws = num_chains * num_samples if keep_draws else num_chains
+    device = dict(
+        ratings=(8 + itemsize) * nnz,
+        layouts=layouts,
+        per_rating_temporaries=3 * itemsize * nnz,
+        per_row_state=4 * num_chains * rows,
+        row_chunks=2 * chunk_bytes,
+        draws_in_flight=min(draws, num_chains * DRAWS_IN_FLIGHT) * rows,
+        tracked=(3 + DRAWS_IN_FLIGHT) * num_chains * num_tracked * itemsize,
+    )
+    host = dict(
+        runtime=RUNTIME_BYTES,
+        kept_draws=2 * draws * rows,
+        tracked_draws=2 * draws * num_tracked * itemsize,
+    )
+    return MemoryPlan(device={k: int(v) for k, v in device.items()}, host={k: int(v) for k, v in host.items()})
+
+
+def host_available() -> int | None:
+    """Bytes the host can still give (``MemAvailable`` of ``/proc/meminfo``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def device_available(device=None) -> int | None:
+    """Free bytes of an accelerator that reports its memory (``bytes_limit -
+    bytes_in_use``); None on the CPU (the host's memory) or when unknown."""
+    device = device if device is not None else jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return None
+    if "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def _gb(x: float) -> str:
+    return f"{x / 2**30:.2f} GB"
+
+
+def _parts(parts: dict) -> str:
+    big = sorted(parts.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name.replace('_', ' ')} {_gb(v)}" for name, v in big if v >= 2**20)
+
+
+ADVICE = ("lower the rank, keep fewer draws (num_samples, or thin more), pass keep_draws=False (the last draw "
+          "only), run fewer chains, or pass a smaller chunk_bytes")
+
+
+def check(plan: MemoryPlan, device=None, *, host_free: int | None = None, device_free: int | None = None) -> None:
+    """Raise ``MemoryError`` before allocating when ``plan`` cannot fit.
+
+    On an accelerator the device part is checked against its free memory and
+    the host part against the host's; on the CPU their sum is checked against
+    the host's. Unknown free memory is not checked.
+
+    Parameters
+    ----------
+    plan : MemoryPlan
+    device : jax.Device, optional
+        Default: the first device.
+    host_free, device_free : int, optional
+        Free bytes (default: :func:`host_available`, :func:`device_available`).
+    """
+    device = device if device is not None else jax.devices()[0]
+    host_free = host_available() if host_free is None else host_free
+    if device.platform == "cpu":
+        need = plan.device_bytes + plan.host_bytes
+        if host_free is not None and need > host_free:
+            raise MemoryError(
+                f"this fit needs about {_gb(need)} of memory ({_parts({**plan.device, **plan.host})}) but the "
+                f"host has {_gb(host_free)} available; {ADVICE}"
+            )
+        return
+    device_free = device_available(device) if device_free is None else device_free
+    if device_free is not None and plan.device_bytes > device_free:
+        raise MemoryError(
+            f"this fit needs about {_gb(plan.device_bytes)} of {device.platform.upper()} memory "
+            f"({_parts(plan.device)}) but {device} has {_gb(device_free)} free; {ADVICE}"
+        )
+    if host_free is not None and plan.host_bytes > host_free:
+        raise MemoryError(
+            f"this fit needs about {_gb(plan.host_bytes)} of host memory ({_parts(plan.host)}) but the host has "
+            f"{_gb(host_free)} available; {ADVICE}"
+        )

@@ -1,0 +1,69 @@
+"""The memory model and the check before allocation: a fit that cannot fit
+stops at once with an error that says what it needs, what there is and what
+to change; the model's parts scale as documented."""
+
+import numpy as np
+import pytest
+
+import bayesmf
+from bayesmf import memory
+from bayesmf.engines import gibbs
+from bayesmf.layout import padded_fraction
+from bayesmf.model import ModelConfig, model_data_from_ratings
+from bayesmf.synthetic import movielens_like
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    return movielens_like(0, rank=2, noise_sd=0.5, num_users=60, num_items=40, num_ratings=900, min_per_user=3).ratings
+
+
+def test_plan_scales_with_draws_rank_and_ratings():
+    base = dict(num_samples=100, padded=1.5, chunk_bytes=2**24)
+    plan = memory.gibbs_plan(1000, 500, 50_000, 10, **base)
+    # Kept draws on the host: chunks and their concatenation, (n + m)(D + 1) floats each.
+    assert plan.host["kept_draws"] == 2 * 100 * 1500 * 11 * 4
+    assert memory.gibbs_plan(1000, 500, 50_000, 10, **{**base, "num_samples": 200}).host["kept_draws"] == 2 * plan.host["kept_draws"]
+    assert memory.gibbs_plan(1000, 500, 50_000, 10, keep_draws=False, **base).host["kept_draws"] == 2 * 1500 * 11 * 4
+    assert memory.gibbs_plan(1000, 500, 50_000, 10, itemsize=8, **base).host["kept_draws"] == 2 * plan.host["kept_draws"]
+    # Ratings and layouts grow with nnz alone.
+    more = memory.gibbs_plan(1000, 500, 100_000, 10, **base)
+    assert more.device["ratings"] == 2 * plan.device["ratings"]
+    assert more.device["layouts"] == 2 * plan.device["layouts"] == 2 * int(16 * 1.5 * 50_000)
+
+
+def test_padded_fraction_is_between_one_and_two():
+    assert padded_fraction(np.array([1, 2, 4, 8])) == 1.0
+    assert padded_fraction(np.array([3])) == pytest.approx(4 / 3)
+    assert padded_fraction(np.array([0, 5, 9])) == pytest.approx((8 + 16) / 14)
+    assert 1.0 <= padded_fraction(np.random.default_rng(0).integers(1, 1000, 500)) <= 2.0
+
+
+def test_check_names_need_have_and_advice():
+    plan = memory.gibbs_plan(10**6, 10**5, 10**8, 512, num_samples=1000)
+    with pytest.raises(MemoryError) as info:
+        memory.check(plan, host_free=2**30)
+    text = str(info.value)
+    assert "needs about" in text and "1.00 GB available" in text
+    assert "kept draws" in text and "lower the rank" in text and "keep_draws=False" in text
+    memory.check(memory.gibbs_plan(100, 100, 1000, 2, num_samples=10), host_free=2**40)  # fits: no error
+
+
+def test_fit_that_cannot_fit_stops_before_allocating(ratings, monkeypatch):
+    monkeypatch.setattr(memory, "host_available", lambda: 10 * 2**20)  # 10 MB free
+    model = bayesmf.BayesMF(4, "gibbs", num_samples=20, num_warmup=5, progress_bar=False)
+    with pytest.raises(MemoryError, match="host has 0.01 GB available"):
+        model.fit(0, ratings)
+    # The check can be turned off (an engine option) and the same fit runs.
+    post = bayesmf.BayesMF(4, "gibbs", num_samples=20, num_warmup=5, progress_bar=False, check_memory=False).fit(0, ratings)
+    assert np.isfinite(post.draws.user_factors).all()
+
+
+def test_gibbs_plan_reflects_the_layout_and_dtype(ratings):
+    data = model_data_from_ratings(ratings)
+    config = ModelConfig(rank=4)
+    dense = gibbs.memory_plan(data, config, num_samples=10, layout="dense")
+    bucket = gibbs.memory_plan(data, config, num_samples=10, layout="bucket", chunk_bytes=2**20)
+    assert dense.device["layouts"] == 2 * (4 * 60 * 40 + 8 * len(ratings))
+    assert bucket.device["row_chunks"] == 2 * 2**20
+    assert bucket.device["layouts"] < dense.device["layouts"]  # 60 x 40 cells dwarf 900 ratings' indices
