@@ -2,11 +2,12 @@
 
 No second copy of the mathematics: :func:`bayesmf.engines.gibbs.step` runs
 unchanged under ``jax.jit``; only where its arguments live changes. Each
-bucket of the per-user layout (:class:`bayesmf.layout.BucketLayout`: rows of
-one degree class padded to one width) is split evenly over the ``"rows"`` axis
-of a :class:`jax.sharding.Mesh`, and so is each bucket of the per-item layout:
+chunk of rows of each bucket of the per-user layout
+(:class:`bayesmf.layout.BucketLayout`: rows of one degree class padded to one
+width, in chunks) is split evenly over the ``"rows"`` axis of a
+:class:`jax.sharding.Mesh`, and so is each of the per-item layout:
 the ratings are kept in both orders, each device holding its rows' ratings.
-XLA's SPMD partitioner (GSPMD) then splits the Gram products of every bucket
+XLA's SPMD partitioner (GSPMD) then splits the row updates of every chunk
 over the devices and inserts the collectives the step needs (the
 sufficient statistics of the hyperparameter and noise draws are reductions
 over rows, which it partitions with an all-reduce). The model state and the
@@ -15,13 +16,13 @@ already on every device and every process: process 0 writes the files and
 evaluation, fold-in and storage work on the result unchanged.
 
 Load balance: rows within a bucket have degrees within a factor of 2 of each
-other, so an even split of every bucket gives each device the same number of
-padded slots per bucket, and a number of ratings within that factor per
-bucket; dealing each bucket's rows to the devices by decreasing degree,
-the heaviest to the least loaded device so far, evens that out further (:func:`ratings_per_shard` counts them;
-the test suite and ``benchmarks/sharding.py`` report them). A bucket's row
-count is padded to a multiple of the number of devices; padding rows point
-at the zero design row and the dummy rating (as the layout's own width padding does), and the
+other, and each bucket's rows are dealt to the devices by decreasing
+degree, the heaviest to the device with the fewest ratings so far, so
+devices hold similar numbers of ratings, not just of rows
+(:func:`ratings_per_shard` counts them; the test suite and
+``benchmarks/sharding.py`` report them). A chunk's row count is padded to a
+multiple of the number of devices; padding rows point at the zero design
+row and the dummy rating (as the layout's own width padding does), and the
 layout's ``order`` never selects them, so their output is dropped.
 
 Random draws: every variate of a sweep comes from one ``jax.random`` call over
@@ -30,15 +31,17 @@ a flat array (:func:`bayesmf.engines.gibbs.sweep_variates`); with
 the output is sharded, so a run on N devices draws the same variates as the
 one-device run and its states differ only by float32 reassociation.
 
-What the partitioner communicates with today's step: the step builds the
-per-row Grams of all buckets, reorders them to row order (a gather through
-``layout.order``) and then draws every row. That gather is not local to a
-shard, so GSPMD sums the Grams with an all-reduce (and all-gathers) (``d (d + 1) + d`` floats
-per row and half-sweep) instead of all-gathering the drawn factors (``d``
-floats per row), and every device then draws all rows.
-:func:`collective_bytes` counts these bytes from the compiled program
-(``benchmarks/sharding.py``; ``docs/scaling.md`` has the figures and what a
-per-bucket draw would change).
+What the partitioner communicates: the step updates rows a chunk at a time
+(:func:`bayesmf.layout.map_rows`) and each chunk's rows are split over the
+devices, so a device builds the statistics of its own rows, draws them, and
+only the drawn rows (with an int32 row id each, and the movies' residual
+sums) are all-gathered: about ``(N d + M (d + 1)) x 4`` bytes per sweep.
+:func:`pad_bucket_layout` gives every bucket at least two chunks, because
+``map_rows`` fuses one-chunk buckets by concatenating their statistics,
+which the partitioner could only re-shard by all-gathering them.
+:func:`collective_bytes` counts the bytes from the compiled program
+(``benchmarks/sharding.py``, ``tests/test_sharding.py``; ``docs/scaling.md``
+has the figures).
 
 Chains: a mesh with a second axis, ``("chains", "rows")``
 (``make_mesh(devices, chains=C)``), splits the driver's vmapped chain axis
