@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -159,6 +160,8 @@ def _model(args):
     from bayesmf import BayesMF
 
     options = dict(rank=args.rank, method=args.method, offsets=args.offsets, progress_bar=not args.no_progress)
+    if args.devices is not None or args.coordinator is not None:
+        options.update(devices=_mesh_devices(args))
     if args.method in SAMPLERS:
         options.update(num_samples=args.num_samples, num_warmup=args.num_warmup, num_chains=args.num_chains)
     elif args.method == "svi":
@@ -202,6 +205,7 @@ def _evaluate(args) -> tuple[dict, object]:
         num_cold_users=table.attrs["num_cold_users"],
         num_cold_items=table.attrs["num_cold_items"],
         num_cold_rows=table.attrs["num_cold_rows"],
+        **_device_counts(posterior),
     )
     if args.method in SAMPLERS:
         out.update(
@@ -224,6 +228,8 @@ def _warn_rhat(out: dict, posterior, as_json: bool) -> None:
 
 def cmd_evaluate(args):
     out, posterior = _evaluate(args)
+    if not _is_writer():
+        return
     text = (
         f"{out['method']} rank {out['rank']} ({out['split']}): RMSE {out['rmse']:.4f}  MAE {out['mae']:.4f}  "
         f"NLL {out['nll']:.4f}  CRPS {out['crps']:.4f}  90% coverage {out['coverage_90']:.3f}  "
@@ -298,9 +304,11 @@ def cmd_fit(args):
             raise CLIError(f"cannot resume from {args.resume!r}: {exc}; resume with the data, --seed and model "
                            "options of the run that wrote it") from None
         raise
+    if not _is_writer():
+        return
     storage.save(posterior, args.out)
     out = dict(model=str(args.out), method=args.method, rank=args.rank, num_train=len(train),
-               fit_seconds=posterior.timing["fit_seconds"])
+               fit_seconds=posterior.timing["fit_seconds"], **_device_counts(posterior))
     _emit(out, args.json, f"saved {args.method} rank-{args.rank} model fitted on {len(train)} ratings to {args.out}")
 
 
@@ -373,6 +381,55 @@ def cmd_similar(args):
     _table(frame, args.json)
 
 
+# --- devices and processes ------------------------------------------------------------------------
+
+
+def _start_devices(args) -> None:
+    """Before JAX starts its backends: ``--devices N`` local CPU devices (XLA's
+    forced host device count; GPUs are unaffected) and, with
+    ``--coordinator``, ``jax.distributed.initialize``."""
+    if getattr(args, "devices", None) is None and getattr(args, "coordinator", None) is None:
+        return
+    if args.method != "gibbs":
+        raise CLIError(f"--devices and --coordinator shard the Gibbs sweep: use --method gibbs, not {args.method}")
+    if (args.coordinator is None) != (args.num_processes is None) or (args.coordinator is None) != (args.process_id is None):
+        raise CLIError("multi-process runs need --coordinator HOST:PORT, --num-processes P and --process-id K together")
+    if (args.devices or 1) > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}").strip()
+    if args.coordinator is not None:
+        if not 0 <= args.process_id < args.num_processes:
+            raise CLIError(f"--process-id must be in [0, {args.num_processes}), got {args.process_id}")
+        from bayesmf.engines import sharding
+
+        sharding.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _mesh_devices(args) -> list:
+    """The first ``--devices`` local devices of every process (all when not given)."""
+    import jax
+
+    devices = []
+    for process in range(jax.process_count()):
+        local = [d for d in jax.devices() if d.process_index == process]
+        if args.devices is not None and args.devices > len(local):
+            raise CLIError(f"--devices {args.devices} but process {process} has {len(local)} device(s)")
+        devices += local[: args.devices]
+    return devices
+
+
+def _device_counts(posterior) -> dict:
+    import jax
+
+    return dict(num_devices=int(posterior.info.get("num_devices", 1)), num_processes=jax.process_count())
+
+
+def _is_writer() -> bool:
+    """Process 0 writes the files and the output of a multi-process run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 
@@ -426,6 +483,14 @@ def _add_model_args(p):
                    help="MAP methods: keep the default precisions instead of tuning them on a validation split")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    g = p.add_argument_group("devices (gibbs): the sweep sharded over a device mesh")
+    g.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                   help="shard the sweep over N local devices (per process; on a CPU, N forced host devices)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="multi-process run: address of process 0's jax.distributed coordinator")
+    g.add_argument("--num-processes", type=_positive_int, default=None, metavar="P", help="multi-process run: processes")
+    g.add_argument("--process-id", type=int, default=None, metavar="K",
+                   help="multi-process run: this process (0 writes the files and the output)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -500,6 +565,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _start_devices(args)
         args.func(args)
     except (CLIError, ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

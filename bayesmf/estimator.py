@@ -158,6 +158,12 @@ class BayesMF:
         problems (high rank, weak priors) where float32 Cholesky factors
         fail. Predictions from the draws are formed in float32 unless 64-bit
         mode is on.
+    devices : int, sequence of jax.Device or jax.sharding.Mesh, optional
+        Gibbs only: run the sweep sharded by rows over this many local
+        devices (or these devices, or this mesh; after
+        ``jax.distributed.initialize`` ``jax.devices()`` spans every
+        process): :mod:`bayesmf.engines.sharding`. The draws equal the
+        one-device run's up to float32 reassociation. None: one device.
     **engine_options
         Passed to the engine (e.g. ``layout="bucket"`` for Gibbs,
         ``num_steps`` for SVI, ``max_tree_depth`` for NUTS).
@@ -188,6 +194,7 @@ class BayesMF:
         validation_fraction: float = 0.1,
         progress_bar: bool = True,
         dtype: str = "float32",
+        devices=None,
         **engine_options,
     ):
         self.rank = rank
@@ -204,13 +211,14 @@ class BayesMF:
         self.validation_fraction = validation_fraction
         self.progress_bar = progress_bar
         self.dtype = dtype
+        self.devices = devices
         self.engine_options = dict(engine_options)
         self._check()
 
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
         "rank", "method", "offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
-        "tune", "validation_fraction", "progress_bar", "dtype",
+        "tune", "validation_fraction", "progress_bar", "dtype", "devices",
     )
 
     def get_params(self, deep: bool = True) -> dict:
@@ -254,6 +262,8 @@ class BayesMF:
         if self.dtype != "float32" and self.method in MAP_METHODS:
             raise ValueError(f"dtype={self.dtype!r} is for the samplers (gibbs, nuts, svi); method={self.method!r} "
                              "runs in float32")
+        if self.devices is not None and self.method != "gibbs":
+            raise ValueError(f"devices= shards the Gibbs sweep only; method={self.method!r} runs on one device")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         self.config  # checks offsets, priors and the prior settings
@@ -398,6 +408,8 @@ class BayesMF:
         if self.method == "gibbs":
             from bayesmf.engines import gibbs
 
+            if self.devices is not None:
+                chains.update(devices=self.devices)
             return gibbs.sample(rng_key, data, self.config, **chains, **common)
         from bayesmf.engines import nuts
 

@@ -72,6 +72,10 @@ def _identity_draw(state, context):
     return state
 
 
+def _identity(tree):
+    return tree
+
+
 def _last_info(infos):
     """Info of ``thin`` steps (leading axis) -> one: the last value of every
     field, the worst ``nonfinite`` code."""
@@ -113,6 +117,10 @@ class Engine(NamedTuple):
     unit : str
         What the progress bar counts (one ``step_fn`` call: a sweep, a NUTS
         step), shown with its rate and the time left.
+    place_fn : callable
+        Places a group's stacked states and accumulators (leading chain
+        axis) on devices before its first chunk (a device mesh:
+        :func:`bayesmf.engines.sharding.on_mesh`); default as they are.
     """
 
     name: str
@@ -126,6 +134,7 @@ class Engine(NamedTuple):
     hint: str = ""
     phases: tuple = ("warmup draw", "sampling draw")
     unit: str = "it"
+    place_fn: Callable = _identity
 
 
 class Run(NamedTuple):
@@ -483,8 +492,9 @@ def sample(
     jax.block_until_ready(states)
     init_seconds = time.perf_counter() - t0
     groups = [[c] for c in range(num_chains)] if chain_method == "sequential" else [list(range(num_chains))]
-    starts = [stack_chains([states[c] for c in group]) for group in groups]
-    accs = [jax.vmap(lambda _: welford_init(pairs[0].shape[0], track_dtype))(jnp.arange(len(g))) for g in groups]
+    starts = [engine.place_fn(stack_chains([states[c] for c in group])) for group in groups]
+    accs = [engine.place_fn(jax.vmap(lambda _: welford_init(pairs[0].shape[0], track_dtype))(jnp.arange(len(g))))
+            for g in groups]
 
     def keys_for(group: int, index: int, length: int):
         return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, index), length))(run_keys[np.asarray(groups[group])])
@@ -549,7 +559,7 @@ def sample(
     last_save, since_save = time.perf_counter(), 0
     try:
         for g in range(run.group, len(groups)):
-            state, acc = (starts[g], accs[g]) if run.state is None else (run.state, run.acc)
+            state, acc = (starts[g], accs[g]) if run.state is None else (engine.place_fn(run.state), engine.place_fn(run.acc))
             done = {"warmup": sum(n for phase, n in plan[: run.chunk] if phase == "warmup"),
                     "sampling": sum(n for phase, n in plan[: run.chunk] if phase == "sampling")}
             for k in range(run.chunk, len(plan)):

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.conjugate import row_draw_from, standard_normal
-from bayesmf.engines import driver
+from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
 from bayesmf import memory
@@ -479,6 +479,7 @@ def sample(
     chunk_bytes: int | None = None,
     check_memory: bool = True,
     progress_bar: bool = True,
+    devices=None,
 ) -> EngineResult:
     """Run blocked Gibbs on ``num_chains`` chains (vmapped) through the driver.
 
@@ -530,23 +531,37 @@ def sample(
         does not fit in the free device (and host) memory.
     progress_bar : bool
         Sweeps done, sweeps per second and the time left.
+    devices : int, sequence of jax.Device or Mesh, optional
+        Run the same sweep sharded by rows over these devices
+        (:mod:`bayesmf.engines.sharding`; ``layout="auto"`` then means
+        ``"bucket"``; a mesh with a ``"chains"`` axis also splits the
+        chains); the draws equal the one-device run's up to float32
+        reassociation. None: one device, as before.
 
     Returns
     -------
     EngineResult
         ``timing``: ``compile_seconds``, ``sampling_seconds``,
         ``seconds_per_sample`` (per sweep; vectorized chains count once),
-        ``fit_seconds``.
+        ``fit_seconds``. ``info["num_devices"]``: devices the sweep ran on.
     """
     num_samples, num_warmup, num_chains, thin = check_counts(num_samples, num_warmup, num_chains, thin)
     if track_pairs is not None:
         check_pairs(track_pairs)
     t0 = time.perf_counter()
+    mesh = None if devices is None else sharding.make_mesh(devices)
+    if checkpoint is not None and jax.process_count() > 1:
+        raise ValueError("checkpoints are written by one process: a multi-process run takes no checkpoint")
+    if mesh is not None and layout == "auto":
+        layout = "bucket"
     if check_memory:
         memory.check(memory_plan(data, config, num_samples=num_samples, num_chains=num_chains, keep_draws=keep_draws,
                                  layout=layout, chunk_bytes=chunk_bytes,
                                  num_tracked=0 if track_pairs is None else len(track_pairs[0])))
     ctx = build_context(data, layout, config.rank, chunk_bytes)
+    gibbs_engine = engine(data, config, init_params)
+    if mesh is not None:
+        ctx, gibbs_engine = sharding.shard_context(ctx, mesh), sharding.on_mesh(gibbs_engine, mesh)
     if checkpoint is not None:
         settings = dict(num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, thin=thin,
                         layout=type(ctx.user_layout).__name__, keep_draws=bool(keep_draws),
@@ -555,7 +570,7 @@ def sample(
         checkpoint = (checkpoint, driver.signature(rng_key, settings, data, start))
     run = driver.sample(
         chain_keys(rng_key, num_chains),
-        engine(data, config, init_params),
+        gibbs_engine,
         ctx,
         num_samples=num_samples,
         num_warmup=num_warmup,
@@ -582,5 +597,6 @@ def sample(
         stats={"train_rmse": np.asarray(run.infos.train_rmse)},
         timing=timing,
         tracked=tracked,
-        info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=run.chunk),
+        info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=run.chunk,
+                  num_devices=1 if mesh is None else int(mesh.devices.size)),
     )
