@@ -57,6 +57,7 @@ class MemoryPlan(NamedTuple):
 
     device: dict
     host: dict
+    num_devices: int = 1
 
     @property
     def device_bytes(self) -> int:
@@ -81,6 +82,7 @@ def gibbs_plan(
     dense_cells: int | None = None,
     working_bytes: int = 0,
     num_tracked: int = 0,
+    num_devices: int = 1,
 ) -> MemoryPlan:
     """The memory model of a Gibbs fit (see the module docstring).
 
@@ -103,6 +105,10 @@ def gibbs_plan(
         takes at once (:func:`bayesmf.layout.peak_working_bytes`).
     num_tracked : int
         Tracked pairs (their moments, and per-draw means when kept).
+    num_devices : int
+        Devices a sharded sweep runs on (:mod:`bayesmf.engines.sharding`):
+        the layouts and the row chunks split over them, the ratings, the
+        state and the draws are replicated; ``device`` is per device.
 
     Returns
     -------
@@ -116,10 +122,10 @@ def gibbs_plan(
     draws = num_chains * num_samples if keep_draws else num_chains
     device = dict(
         ratings=(8 + itemsize) * nnz,
-        layouts=layouts,
+        layouts=layouts / num_devices,
         per_rating_temporaries=3 * itemsize * nnz,
         per_row_state=4 * num_chains * rows,
-        row_chunks=2 * working_bytes,
+        row_chunks=2 * working_bytes / num_devices,
         draws_in_flight=min(draws, num_chains * DRAWS_IN_FLIGHT) * rows,
         tracked=(3 + DRAWS_IN_FLIGHT) * num_chains * num_tracked * itemsize,
     )
@@ -128,7 +134,8 @@ def gibbs_plan(
         kept_draws=2 * draws * rows,
         tracked_draws=2 * draws * num_tracked * itemsize,
     )
-    return MemoryPlan(device={k: int(v) for k, v in device.items()}, host={k: int(v) for k, v in host.items()})
+    return MemoryPlan(device={k: int(v) for k, v in device.items()}, host={k: int(v) for k, v in host.items()},
+                      num_devices=int(num_devices))
 
 
 def host_available() -> int | None:
@@ -174,8 +181,9 @@ ADVICE = ("lower the rank, keep fewer draws (num_samples, or thin more), pass ke
 def check(plan: MemoryPlan, device=None, *, host_free: int | None = None, device_free: int | None = None) -> None:
     """Raise ``MemoryError`` before allocating when ``plan`` cannot fit.
 
-    On an accelerator the device part is checked against its free memory and
-    the host part against the host's; on the CPU their sum is checked against
+    On an accelerator the device part (per device) is checked against the
+    first device's free memory and the host part against the host's; on the
+    CPU the devices' parts and the host part together are checked against
     the host's. Unknown free memory is not checked.
 
     Parameters
@@ -188,8 +196,8 @@ def check(plan: MemoryPlan, device=None, *, host_free: int | None = None, device
     """
     device = device if device is not None else jax.devices()[0]
     host_free = host_available() if host_free is None else host_free
-    if device.platform == "cpu":
-        need = plan.device_bytes + plan.host_bytes
+    if device.platform == "cpu":  # host memory holds every (forced) CPU device's share
+        need = plan.num_devices * plan.device_bytes + plan.host_bytes
         if host_free is not None and need > host_free:
             raise MemoryError(
                 f"this fit needs about {_gb(need)} of memory ({_parts({**plan.device, **plan.host})}) but the "

@@ -70,3 +70,16 @@ def test_gibbs_plan_reflects_the_layout_and_dtype(ratings):
     assert 0 < bucket.device["row_chunks"] < 2 * 2**20
     assert small.device["row_chunks"] <= 2 * 2**12 < bucket.device["row_chunks"]
     assert bucket.device["layouts"] < dense.device["layouts"]  # 60 x 40 cells dwarf 900 ratings' indices
+
+
+def test_sharded_plan_splits_layouts_and_chunks_over_devices():
+    one = memory.gibbs_plan(1000, 500, 50_000, 10, num_samples=10, padded=1.5, working_bytes=2**20)
+    four = memory.gibbs_plan(1000, 500, 50_000, 10, num_samples=10, padded=1.5, working_bytes=2**20, num_devices=4)
+    assert four.device["layouts"] == one.device["layouts"] // 4
+    assert four.device["row_chunks"] == one.device["row_chunks"] // 4
+    assert four.device["ratings"] == one.device["ratings"]  # replicated
+    # On the CPU the host holds every device's share.
+    need = 4 * four.device_bytes + four.host_bytes
+    with pytest.raises(MemoryError):
+        memory.check(four, host_free=need - 1)
+    memory.check(four, host_free=need)

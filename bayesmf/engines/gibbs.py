@@ -98,9 +98,10 @@ def build_context(data: ModelData, layout: str = "auto", rank: int | None = None
 
 def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_chains: int = 1,
                 keep_draws: bool = True, layout: str = "auto", chunk_bytes: int | None = None,
-                num_tracked: int = 0) -> memory.MemoryPlan:
+                num_tracked: int = 0, num_devices: int = 1) -> memory.MemoryPlan:
     """What :func:`sample` will hold in memory (:mod:`bayesmf.memory`), from
-    the sizes and degrees alone (nothing is allocated)."""
+    the sizes and degrees alone (nothing is allocated); per device when the
+    sweep is sharded over ``num_devices``."""
     kinds = {resolve_kind(layout, data.num_users, data.num_items, config.rank),
              resolve_kind(layout, data.num_items, data.num_users, config.rank + 1)}
     user_degree, item_degree = np.asarray(data.user_degree), np.asarray(data.item_degree)
@@ -116,7 +117,7 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
         keep_draws=keep_draws, itemsize=itemsize,
         padded=padded_fraction(degrees),
         dense_cells=data.num_users * data.num_items if kinds == {"dense"} else None,
-        working_bytes=working, num_tracked=num_tracked,
+        working_bytes=working, num_tracked=num_tracked, num_devices=num_devices,
     )
 
 
@@ -557,7 +558,9 @@ def sample(
     if check_memory:
         memory.check(memory_plan(data, config, num_samples=num_samples, num_chains=num_chains, keep_draws=keep_draws,
                                  layout=layout, chunk_bytes=chunk_bytes,
-                                 num_tracked=0 if track_pairs is None else len(track_pairs[0])))
+                                 num_tracked=0 if track_pairs is None else len(track_pairs[0]),
+                                 num_devices=1 if mesh is None else int(mesh.shape[sharding.ROWS])),
+                     device=None if mesh is None else mesh.devices.flat[0])
     ctx = build_context(data, layout, config.rank, chunk_bytes)
     gibbs_engine = engine(data, config, init_params)
     if mesh is not None:
