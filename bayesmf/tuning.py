@@ -5,9 +5,10 @@ mode at given precisions): it decides which precisions, on which ratings.
 
 :func:`tune` picks ``lambda_L / alpha = lambda_R / alpha`` (or the two
 separately) and ``tau_m / alpha`` by validation RMSE on a log scale: a coarse
-grid, then a finer coordinate search around the best point, each fit
-warm-started from a nearby earlier solution, all through one compiled loop
-(:func:`bayesmf.engines.map.make_solver`). Separate user and item ratios
+grid, then parabolic interpolation of the factor ratio around the best point,
+each fit warm-started from a nearby earlier solution, all through one
+compiled loop (:func:`bayesmf.engines.map.make_solver`) that the refit of
+:func:`fit_ratings` shares. Separate user and item ratios
 rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
 ``lambda_L -> lambda_L / c^2, lambda_R -> lambda_R c^2``, so the MAP
 predictions depend on the product ``lambda_L lambda_R`` only.
@@ -50,16 +51,32 @@ Array = jax.Array
 
 # Precision ratios searched by tune (rho = lambda / alpha, in units of
 # squared error): a coarse log grid per coordinate, extended past an end while
-# the best point is on it (at most MAX_EXTENSIONS times), then a coordinate
-# search with steps of spacing^(1/2), ^(1/4) and ^(1/8) around the best. On
-# MovieLens-100K (rank 10) the validation RMSE varies by ~0.001 between factor
-# ratios 3^(1/4) apart near the optimum (~11-13), hence the last, finer step;
-# the offset ratio matters less (0.3 to 30 within 0.0025). Finer steps still
-# would chase differences below what float32 convergence resolves on the
-# validation RMSE (~1e-4).
+# the best point is on it (at most MAX_EXTENSIONS times): the offset ratio at
+# the middle factor ratio, then the factor ratio at the best offset ratio;
+# then REFINE_STEPS steps of successive parabolic interpolation of the
+# validation RMSE in the log factor ratio. On MovieLens-100K (rank 10) the
+# validation RMSE varies by ~0.001 between factor ratios 3^(1/4) apart near
+# the optimum (~11-13), which a parabola through three grid points resolves;
+# the offset ratio matters less (0.3 to 30 within 0.0025) and keeps its coarse
+# grid. A finer search would chase differences below what the tuning
+# tolerance (TUNE_FTOL) resolves on the validation RMSE (~5e-4).
 COARSE_GRIDS = {"factor": (3.0, 10.0, 30.0), "offset": (0.3, 3.0, 30.0)}
-REFINE_POWERS = (0.5, 0.25, 0.125)
+REFINE_STEPS = 2
 MAX_EXTENSIONS = 3
+# Stopping tolerances of the tuned path (the objective per rating fell by less
+# than this per iteration over the last FTOL_WINDOW iterations; data of the
+# compiled loop, so the tuning fits and the refit share one compilation).
+# Tuning fits only rank the points: on MovieLens-100K u1 at rank 10 a
+# warm-started fit stops after ~50 iterations at 1e-5 against ~120 at 1e-6
+# and ~500 at 1e-7 (DEFAULT_FTOL), its validation RMSE within ~1e-3 of theirs,
+# the spread of fits to 1e-7 from two initializations. The refit runs to the
+# same tolerance, so that the model returned is stopped where the fits that
+# chose its precisions were: further iterations need not help, and on the
+# ML-1M shape (rank 32 on a rank-8 truth) they hurt -- at ratio 30 the
+# validation RMSE goes from 0.960 after 200 iterations to 0.984 after 800
+# (benchmarks/map_speed.py).
+TUNE_FTOL = 1e-5
+REFIT_FTOL = TUNE_FTOL
 # A rank direction counts as switched off by the regularization when its
 # singular value is below this fraction of the largest (switched-off
 # directions shrink to ~1e-3 of it and below in float32).
@@ -107,6 +124,24 @@ def _all_components_alive(latent: dict) -> bool:
     return True
 
 
+def _padded(data: ModelData, pairs, ratings) -> tuple[ModelData, Array]:
+    """``data`` with the validation ratings appended at weight 0, and the weights (nnz + n_valid,).
+
+    The objective with these weights is that of ``data`` (the statistics the
+    model reads from the data -- degrees, means -- stay those of ``data``),
+    and the arrays have the shapes of all the ratings, so the tuning fits and
+    the refit on all ratings share one compiled loop.
+    """
+    dtype = data.rating.dtype
+    padded = data._replace(
+        user_index=jnp.concatenate([data.user_index, jnp.asarray(pairs[0], data.user_index.dtype)]),
+        item_index=jnp.concatenate([data.item_index, jnp.asarray(pairs[1], data.item_index.dtype)]),
+        rating=jnp.concatenate([data.rating, jnp.asarray(ratings, dtype)]),
+    )
+    weights = jnp.concatenate([jnp.ones(data.nnz, dtype), jnp.zeros(len(ratings), dtype)])
+    return padded, weights
+
+
 class _Tuner:
     """Fits at precision ratios on one data set, cached, each warm-started
     from the nearest evaluated point (on a log scale) that cannot trap it.
@@ -119,11 +154,11 @@ class _Tuner:
     when its factor regularization is no stronger than the target's
     (shrinkage only switches directions off as the ratio grows)."""
 
-    def __init__(self, rng_key, data, config, solver, pairs, ratings, progress_bar):
+    def __init__(self, init, data, config, solver, pairs, ratings, progress_bar):
         self.data, self.config, self.solver = data, config, solver
         self.pairs = (jnp.asarray(pairs[0], jnp.int32), jnp.asarray(pairs[1], jnp.int32))
         self.ratings = jnp.asarray(ratings, data.rating.dtype)
-        self.init = map_engine.init_latent(rng_key, data, config)
+        self.init = init
         self.fits: dict = {}
         self.rows: list = []
         self.bar = tqdm(desc="map tune", unit="fit", leave=False, disable=None if progress_bar else True)
@@ -164,6 +199,9 @@ class _Tuner:
     def best(self) -> dict:
         return min(self.fits.values(), key=lambda fit: fit["rmse"])
 
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
+
 
 def _with(point: _Point, coordinate: str, value: float) -> _Point:
     if coordinate == "factor":
@@ -197,18 +235,58 @@ def _line_search(tuner: _Tuner, point: _Point, coordinate: str, grid) -> _Point:
     return _with(point, coordinate, values[best])
 
 
+def _parabolic_step(tuner: _Tuner, point: _Point, coordinate: str) -> _Point:
+    """One step of successive parabolic interpolation along ``coordinate``.
+
+    Through the best evaluated point on this line (the other coordinates as in
+    ``point``) and its nearest evaluated neighbours on either side, a parabola
+    in the log ratio; its vertex (which lies between the neighbours when the
+    middle point is the lowest) is evaluated, unless it is within
+    :data:`_MIN_LOG_STEP` of a point already evaluated. Returns the best point
+    on the line afterwards."""
+    line = {}
+    for fit in tuner.fits.values():
+        if _with(fit["point"], coordinate, 1.0) == _with(point, coordinate, 1.0):
+            line[math.log(_get(fit["point"], coordinate))] = fit["rmse"]
+    xs = sorted(line)
+    best = min(range(len(xs)), key=lambda k: line[xs[k]])
+    if 0 < best < len(xs) - 1:
+        (x0, y0), (x1, y1), (x2, y2) = ((xs[k], line[xs[k]]) for k in (best - 1, best, best + 1))
+        numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+        denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+        if denominator != 0:
+            vertex = x1 - 0.5 * numerator / denominator
+            if min(abs(vertex - x) for x in xs) > _MIN_LOG_STEP:
+                tuner(_with(point, coordinate, math.exp(vertex)))
+                line[vertex] = tuner.fits[_with(point, coordinate, math.exp(vertex)).key()]["rmse"]
+    return _with(point, coordinate, math.exp(min(line, key=line.get)))
+
+
+# Parabolic steps closer than this (in log ratio) to an evaluated point are
+# not taken: ratios 3^(1/16) apart differ by less than the tuning tolerance
+# resolves on MovieLens-100K.
+_MIN_LOG_STEP = math.log(3.0) / 16
+
+
 def _adaptive_search(tuner: _Tuner, start: _Point, coordinates: tuple) -> None:
-    # Coarse: the factor ratio (shared) over its grid, then the offset ratio.
-    point = _line_search(tuner, start, "factor", COARSE_GRIDS["factor"])
+    # Coarse: the offset ratio over its grid at the middle factor ratio, then
+    # the factor ratio(s) at the best offset ratio (the offset ratio matters
+    # least, so the factor line is searched last, where it is refined).
+    point = start
     if "offset" in coordinates:
         point = _line_search(tuner, point, "offset", COARSE_GRIDS["offset"])
-    # Refine: a coordinate search with shrinking multiplicative steps.
-    for power in REFINE_POWERS:
-        for coordinate in coordinates:
-            grid = COARSE_GRIDS["offset" if coordinate == "offset" else "factor"]
-            step = (grid[1] / grid[0]) ** power
+    point = _line_search(tuner, point, "factor", COARSE_GRIDS["factor"])
+    factors = [c for c in coordinates if c != "offset"]
+    if factors != ["factor"]:
+        # Separate user and item ratios: a line of three around the shared best, each.
+        step = math.sqrt(COARSE_GRIDS["factor"][1] / COARSE_GRIDS["factor"][0])
+        for coordinate in factors:
             value = _get(point, coordinate)
             point = _line_search(tuner, point, coordinate, (value / step, value, value * step))
+    # Refine the factor ratio(s) by successive parabolic interpolation.
+    for _ in range(REFINE_STEPS):
+        for coordinate in factors:
+            point = _parabolic_step(tuner, point, coordinate)
 
 
 def _grid_points(grid: dict, start: _Point, estimated: bool) -> list:
@@ -245,7 +323,7 @@ def tune(
     optimizer=None,
     max_iters: int | None = None,
     tol: float = map_engine.DEFAULT_TOL,
-    ftol: float = map_engine.DEFAULT_FTOL,
+    ftol: float = TUNE_FTOL,
     layout: str = "auto",
     progress_bar: bool = False,
 ) -> dict:
@@ -254,12 +332,16 @@ def tune(
     The MAP depends on the precisions only through the ratios
     ``rho = lambda / alpha``; the search runs over ``rho_L`` and ``rho_R``
     (equal when ``shared``) and ``rho_m`` on a log scale. Without ``grid`` it
-    is a coarse grid (:data:`COARSE_GRIDS`: the factor ratio, then the offset
-    ratio at the best factor ratio), extended past an end while the best
-    point sits on it, then a coordinate search with steps of the grid spacing
-    to the powers :data:`REFINE_POWERS`; every fit is warm-started from the
-    nearest evaluated point with weaker factor regularization, and one
-    compiled loop serves all of them. Typically 15-20 fits.
+    is a coarse grid (:data:`COARSE_GRIDS`: the offset ratio at the middle
+    factor ratio, then the factor ratio at the best offset ratio), extended
+    past an end while the best point sits on it, then :data:`REFINE_STEPS`
+    steps of successive parabolic interpolation in the log factor ratio;
+    every fit is warm-started from the nearest evaluated point with weaker
+    factor regularization, and one compiled loop serves all of them (with
+    ``"lbfgs"`` and ``"adam"`` the training ratings are padded with the
+    validation ratings at weight 0, so that the loop has the shapes of the
+    refit on all of them in :func:`fit_ratings`). Typically 6-8 fits, at the
+    tolerance :data:`TUNE_FTOL`.
 
     ``shared=False`` also searches ``rho_L`` and ``rho_R`` separately, which
     rarely pays: the objective is invariant under ``L -> cL, R -> R/c`` with
@@ -287,8 +369,10 @@ def tune(
         ``{"user": [...], "item": [...], "offset": [...]}``.
     shared : bool
         Tie ``rho_L = rho_R`` in the adaptive search.
-    optimizer, max_iters, tol, ftol, layout
+    optimizer, max_iters, tol, layout
         As in :func:`bayesmf.engines.map.fit`.
+    ftol : float
+        As in :func:`bayesmf.engines.map.fit`; default :data:`TUNE_FTOL`.
     progress_bar : bool
         A ``tqdm.auto`` bar with one tick per fit (no output when stderr is
         not a terminal).
@@ -311,6 +395,33 @@ def tune(
     >>> out["priors"], out["table"].head()  # doctest: +SKIP
     """
     start_time = time.perf_counter()
+    tuner = _search(
+        rng_key, data, valid_pairs, valid_ratings, config, solver=solver, grid=grid, shared=shared,
+        options=dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout),
+        progress_bar=progress_bar,
+    )
+    best = tuner.best()
+    priors = best["point"].priors(1.0 / best["rmse"] ** 2, config.fixed.mean_precision)
+    result = map_engine.make_result(
+        best["latent"], data, config.replace(fixed=priors), solver, dict(best["info"]), time.perf_counter() - start_time
+    )
+    return dict(
+        priors=priors,
+        ratios=best["point"]._asdict(),
+        validation_rmse=best["rmse"],
+        table=tuner.table(),
+        result=result,
+    )
+
+
+def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, shared, options, progress_bar,
+            pad_to=None) -> _Tuner:
+    """The search of :func:`tune`; returns the tuner with every fit.
+
+    ``pad_to``: the ``(num_users, num_items)`` of the data the caller will
+    refit on; the training ratings are padded (:func:`_padded`) when the
+    solver takes rating weights and these match ``data``'s (always, without
+    ``pad_to``)."""
     map_engine.check_config(config)
     map_engine.check_solver(solver)
     valid_u = np.asarray(valid_pairs[0])
@@ -320,9 +431,14 @@ def tune(
         raise ValueError("valid_pairs and valid_ratings must be non-empty 1-D arrays of one length")
     if valid_u.min() < 0 or valid_u.max() >= data.num_users or valid_i.min() < 0 or valid_i.max() >= data.num_items:
         raise ValueError("validation pairs must index users and items of the training data (no cold rows)")
-    compiled = map_engine.make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout)
+    init = map_engine.init_latent(rng_key, data, config)
+    if solver != "als" and (pad_to is None or pad_to == (data.num_users, data.num_items)):
+        padded, weights = _padded(data, (valid_u, valid_i), valid_r)
+        compiled = map_engine.make_solver(padded, config, solver, weights=weights, **options)
+    else:
+        compiled = map_engine.make_solver(data, config, solver, **options)
     estimated = config.offsets == "estimated"
-    tuner = _Tuner(rng_key, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar)
+    tuner = _Tuner(init, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar)
     middle = {name: grid[len(grid) // 2] for name, grid in COARSE_GRIDS.items()}
     start = _Point(middle["factor"], middle["factor"], middle["offset"] if estimated else _ratios(config.fixed).offset)
     try:
@@ -335,20 +451,7 @@ def tune(
             _adaptive_search(tuner, start, coordinates)
     finally:
         tuner.bar.close()
-    best = tuner.best()
-    noise_precision = 1.0 / best["rmse"] ** 2
-    priors = best["point"].priors(noise_precision, config.fixed.mean_precision)
-    table = pd.DataFrame(tuner.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
-    result = map_engine.make_result(
-        best["latent"], data, config.replace(fixed=priors), solver, dict(best["info"]), time.perf_counter() - start_time
-    )
-    return dict(
-        priors=priors,
-        ratios=best["point"]._asdict(),
-        validation_rmse=best["rmse"],
-        table=table,
-        result=result,
-    )
+    return tuner
 
 
 # -- fit on ratings: validation split, plug-in noise, refit --------------------------------------
@@ -371,24 +474,26 @@ def _transfer(latent: dict, source_vocabs, target_vocabs, base: dict) -> dict:
 
 
 def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, solver, grid, shared, progress_bar,
-                   options) -> tuple:
+                   options, pad_to) -> tuple:
     """Steps 2 and 3 of :func:`fit_ratings` on the sub-train data: the
     precisions (tuned ratios, or those of ``config``, times the validation
-    noise precision), the sub-train fit's draws, the tuning table and the
-    validation RMSE."""
+    noise precision), the sub-train fit's latent sites, the tuning table and
+    the validation RMSE."""
     if tuned:
-        out = tune(
+        tuner = _search(
             rng_key, sub_data, pairs, valid_rating, config,
-            solver=solver, grid=grid, shared=shared, progress_bar=progress_bar, **options,
+            solver=solver, grid=grid, shared=shared, options=options, progress_bar=progress_bar, pad_to=pad_to,
         )
-        return out["priors"], out["result"].draws, out["table"], out["validation_rmse"]
+        best = tuner.best()
+        priors = best["point"].priors(1.0 / best["rmse"] ** 2, config.fixed.mean_precision)
+        return priors, best["latent"], tuner.table(), best["rmse"]
     sub_fit = map_engine.fit(rng_key, sub_data, config, solver=solver, progress_bar=progress_bar, **options)
     latent = {k: jnp.asarray(getattr(sub_fit.draws, k)[0, 0]) for k in latent_sites(config)}
     validation_rmse = _validation_rmse(
         latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid_rating)
     )
     priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision)
-    return priors, sub_fit.draws, pd.DataFrame(), validation_rmse
+    return priors, latent, pd.DataFrame(), validation_rmse
 
 
 def fit_ratings(
@@ -406,8 +511,9 @@ def fit_ratings(
     optimizer=None,
     max_iters: int | None = None,
     tol: float = map_engine.DEFAULT_TOL,
-    ftol: float = map_engine.DEFAULT_FTOL,
+    ftol: float | None = None,
     layout: str = "auto",
+    tune_ftol: float | None = None,
 ) -> EngineResult:
     """MAP fit of :class:`bayesmf.data.Ratings` with validation-tuned precisions.
 
@@ -423,7 +529,9 @@ def fit_ratings(
        a predictive sd from them would be far too narrow (with the
        validation estimate, 90% intervals cover 89.8% of the u1 test set).
     4. Refit on all of ``ratings`` at the same ratios, warm-started from the
-       sub-train fit.
+       sub-train fit. With ``tune`` and ``"lbfgs"`` / ``"adam"`` the refit
+       runs the tuning fits' compiled loop (:func:`tune` pads the sub-train
+       ratings to the shapes of all of them), so a tuned fit compiles once.
 
     The returned precisions are the ratios times the estimated noise
     precision, so that ``Params`` and ``info["config"]`` describe one
@@ -446,8 +554,16 @@ def fit_ratings(
         Seed of the validation split.
     grid, shared
         Passed to :func:`tune`.
-    optimizer, max_iters, tol, ftol, layout
+    optimizer, max_iters, tol, layout
         Passed to :func:`bayesmf.engines.map.fit` and :func:`tune`.
+    ftol : float, optional
+        ``ftol`` of the refit (and of the sub-train fit without ``tune``);
+        default :data:`REFIT_FTOL` with ``tune``,
+        :data:`bayesmf.engines.map.DEFAULT_FTOL` without.
+    tune_ftol : float, optional
+        ``ftol`` of the tuning fits (default :data:`TUNE_FTOL`): they only
+        rank the points. The tolerance is data of the compiled loop, so the
+        refit at ``ftol`` compiles nothing new.
 
     Returns
     -------
@@ -468,7 +584,10 @@ def fit_ratings(
     start_time = time.perf_counter()
     map_engine.check_config(config)
     map_engine.check_solver(solver)
+    if ftol is None:
+        ftol = REFIT_FTOL if tune else map_engine.DEFAULT_FTOL
     options = dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout)
+    tune_options = dict(options, ftol=TUNE_FTOL if tune_ftol is None else tune_ftol)
     key_tune, key_refit = jax.random.split(rng_key)
     split = validation_split(ratings, validation_fraction, seed)
     sub, valid = split.train, split.test
@@ -476,19 +595,22 @@ def fit_ratings(
     pairs = (sub.user_vocab.index(valid.user_ids), sub.item_vocab.index(valid.item_ids))
     priors, sub_latent, table, validation_rmse = _fit_sub_train(
         key_tune, sub_data, pairs, valid.rating, config,
-        tuned=tune, solver=solver, grid=grid, shared=shared, progress_bar=progress_bar, options=options,
+        tuned=tune, solver=solver, grid=grid, shared=shared, progress_bar=progress_bar,
+        options=tune_options if tune else options, pad_to=(ratings.num_users, ratings.num_items),
     )
     tune_seconds = time.perf_counter() - start_time
 
     final_config = config.replace(fixed=priors)
     data = model_data_from_ratings(ratings)
-    sub_latent = {k: jnp.asarray(getattr(sub_latent, k)[0, 0]) for k in latent_sites(config)}
     init = _transfer(
         sub_latent, (sub.user_vocab, sub.item_vocab), (ratings.user_vocab, ratings.item_vocab),
         map_engine.init_latent(key_refit, data, final_config),
     )
+    # Unit weights: the same objective as none, and the tuning fits' compiled loop.
+    weights = jnp.ones(data.nnz, data.rating.dtype) if tune and solver != "als" else None
     result = map_engine.fit(
-        key_refit, data, final_config, solver=solver, init_params=init, progress_bar=progress_bar, **options
+        key_refit, data, final_config, solver=solver, init_params=init, progress_bar=progress_bar, weights=weights,
+        **options,
     )
     info = dict(
         result.info,

@@ -297,3 +297,53 @@ def test_bad_input(data):
         map_engine.fit(key, data, CONFIG, solver="als", optimizer=optax.adam(0.1))
     with pytest.raises(ValueError, match="init_params"):
         map_engine.fit(key, data, CONFIG, init_params={"user_factors": np.zeros((2, RANK))})
+
+
+# --- rating weights and tolerances as data of the compiled loop ---------------------------------
+
+
+def test_weighted_objective_drops_zero_weight_ratings(data):
+    """Ratings of weight 0 (padding) leave the objective and its gradient
+    those of the data without them: the same sums, divided by the weights'
+    sum. Tolerance: float32 sums over 900 vs 1,200 terms in another order
+    (relative round-off ~1e-6)."""
+    extra = 300
+    rng = np.random.default_rng(1)
+    padded = data._replace(
+        user_index=jnp.concatenate([data.user_index, jnp.asarray(rng.integers(0, data.num_users, extra), jnp.int32)]),
+        item_index=jnp.concatenate([data.item_index, jnp.asarray(rng.integers(0, data.num_items, extra), jnp.int32)]),
+        rating=jnp.concatenate([data.rating, jnp.asarray(rng.uniform(1, 5, extra), data.rating.dtype)]),
+    )
+    weights = jnp.concatenate([jnp.ones(data.nnz), jnp.zeros(extra)])
+    latent = map_engine.init_latent(jax.random.PRNGKey(3), data, CONFIG, scale=0.5)
+    precisions = map_engine._precision_vector(PRIORS, data.rating.dtype)
+    plain = jax.value_and_grad(map_engine._objective_fn(data, CONFIG, precisions))(latent)
+    weighted = jax.value_and_grad(map_engine._objective_fn(padded, CONFIG, precisions, weights))(latent)
+    np.testing.assert_allclose(weighted[0], plain[0], rtol=1e-6)
+    for name in latent:
+        np.testing.assert_allclose(weighted[1][name], plain[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_weights_need_an_optax_solver_and_the_data_shape(data):
+    with pytest.raises(ValueError, match="weights need"):
+        map_engine.make_solver(data, CONFIG, "als", weights=jnp.ones(data.nnz))
+    with pytest.raises(ValueError, match="shape"):
+        map_engine.make_solver(data, CONFIG, "lbfgs", weights=jnp.ones(data.nnz + 1))
+
+
+def test_ftol_is_data_of_the_compiled_loop(data):
+    """solve(..., ftol=x) on a loop made with another ftol is the fit of a loop
+    made with x (identical iterates), and compiles nothing new."""
+    start = map_engine.init_latent(jax.random.PRNGKey(0), data, CONFIG)
+    loose = map_engine.make_solver(data, CONFIG, "lbfgs", ftol=1e-5)
+    tight = map_engine.make_solver(data, CONFIG, "lbfgs", ftol=1e-7)
+    assert loose.run is tight.run
+    latent_tight, info_tight = map_engine.solve(tight, start, PRIORS)
+    compiled = loose.run._cache_size()
+    latent_override, info_override = map_engine.solve(loose, start, PRIORS, ftol=1e-7)
+    assert loose.run._cache_size() == compiled
+    assert info_override["iterations"] == info_tight["iterations"]
+    for name in latent_tight:
+        np.testing.assert_array_equal(latent_override[name], latent_tight[name])
+    _, info_loose = map_engine.solve(loose, start, PRIORS)
+    assert info_loose["iterations"] < info_tight["iterations"]

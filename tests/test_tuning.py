@@ -194,3 +194,66 @@ def test_ml100k_u1_rmse_band(ml100k_dir):
     rmse = float(np.sqrt(np.mean((prediction.mean - split.test.rating) ** 2)))
     assert rmse <= ML100K_RMSE_MAX
     assert prediction.noise_sd[0] > posterior.stats["train_rmse"][0, 0]
+
+
+# --- one compiled loop, the padded tuning fits, the parabolic refinement --------------------------
+
+
+def test_a_tuned_fit_compiles_one_loop(sim):
+    """The tuning fits (sub-train ratings padded with the validation ratings
+    at weight 0) and the refit on all ratings (weight 1) run one compiled
+    loop, at two tolerances (data of the loop). A max_iters no other test
+    uses gives a fresh jitted loop to count the compilations of."""
+    from bayesmf.engines import map as map_engine
+
+    config = CONFIG.replace(fixed=PRIORS._replace(mean_precision=2.0))
+    result = tuning.fit_ratings(jax.random.PRNGKey(0), sim.ratings, config, validation_fraction=VALIDATION_FRACTION,
+                                max_iters=777)
+    run = map_engine.make_solver(model_data_from_ratings(sim.ratings), config, "lbfgs", max_iters=777).run
+    assert run._cache_size() == 1
+    assert len(result.info["tuning"]) >= 5 and result.info["iterations"] > 0
+
+
+def test_padded_tuning_fits_are_the_unpadded_ones(validation):
+    """Padding changes only the arrays' shapes: on a grid, fits to the same
+    objective value and validation RMSE. Tolerances: the sums run in another
+    order, and round-off moves the L-BFGS iterates along the flat directions
+    of the weakly regularized fits (ratio 0.3: 300 parameters on 720
+    ratings); even run to the gradient tolerance (ftol 0) their validation
+    RMSEs then differ by ~1e-4, at objective values equal to ~1e-6."""
+    sub_data, pairs, valid_rating = validation
+    grid = {"factor": [0.3, 1.0, 3.0], "offset": [0.1, 1.0]}
+    common = dict(solver="lbfgs", grid=grid, shared=True, options=dict(ftol=0.0), progress_bar=False)
+    padded = tuning._search(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, **common)
+    plain = tuning._search(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, pad_to=(-1, -1), **common)
+    assert padded.solver.ctx.weights is not None and plain.solver.ctx.weights is None
+    assert padded.solver.ctx.data.nnz == sub_data.nnz + len(valid_rating) and plain.solver.ctx.data.nnz == sub_data.nnz
+    assert padded.fits.keys() == plain.fits.keys() and len(padded.fits) == 6
+    for key, fit in padded.fits.items():
+        other = plain.fits[key]
+        np.testing.assert_allclose(fit["info"]["final_value"], other["info"]["final_value"], rtol=1e-5)
+        np.testing.assert_allclose(fit["rmse"], other["rmse"], atol=3e-4)
+
+
+class _QuadraticTuner:
+    """Stands in for tuning._Tuner: the score is a parabola in the log factor ratio."""
+
+    def __init__(self, minimum):
+        self.minimum, self.fits = minimum, {}
+
+    def __call__(self, point):
+        rmse = 1.0 + (np.log(point.user) - np.log(self.minimum)) ** 2
+        self.fits[point.key()] = dict(point=point, rmse=rmse)
+        return rmse
+
+
+def test_parabolic_step_lands_on_the_vertex_of_a_parabola():
+    tuner = _QuadraticTuner(minimum=13.0)
+    for ratio in (3.0, 10.0, 30.0):
+        tuner(tuning._Point(ratio, ratio, 3.0))
+    point = tuning._parabolic_step(tuner, tuning._Point(10.0, 10.0, 3.0), "factor")
+    assert point.user == pytest.approx(13.0) and point.item == point.user and point.offset == 3.0
+    assert len(tuner.fits) == 4
+    # The next step stops: the vertex is already evaluated.
+    tuning._parabolic_step(tuner, point, "factor")
+    assert len(tuner.fits) == 4

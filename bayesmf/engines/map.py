@@ -172,11 +172,12 @@ class MapState(NamedTuple):
 
 
 class MapContext(NamedTuple):
-    """Device-side data a fit needs (arguments of the compiled loop)."""
+    """Device-side data a fit needs (arguments of the compiled loop); ``weights``: see :func:`make_solver`."""
 
     data: ModelData
     user_layout: Any
     item_layout: Any
+    weights: Any = None
 
 
 def check_config(config: ModelConfig) -> None:
@@ -277,14 +278,15 @@ def _unit_config(config: ModelConfig) -> ModelConfig:
     return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0, config.fixed.mean_precision))
 
 
-def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array):
+def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating_weights=None):
     """``f(latent)`` at the precisions ``[lambda_L, lambda_R, tau_m, alpha]`` (traced).
 
     The model at unit precisions with each site's log density multiplied by
     its precision: for a Gaussian site, ``w log N(x; mu, 1)`` is
     ``log N(x; mu, 1/w)`` up to a constant, so this equals
     :func:`neg_log_joint` at those precisions up to an additive constant (the
-    normalizers) and has the same gradient (tested).
+    normalizers) and has the same gradient (tested). ``rating_weights``
+    (nnz,): each rating's term times its weight, over the weights' sum.
     """
     unit = _unit_config(config)
     weights = {
@@ -293,13 +295,14 @@ def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array):
         "user_mean": precisions[0],  # N(0, 1/beta) at unit precision: beta * lambda_L after scaling
         "item_mean": precisions[1],
         "item_offsets": precisions[2],
-        "obs": precisions[3],
+        "obs": precisions[3] if rating_weights is None else precisions[3] * rating_weights,
     }
     model = _scaled_unit_model(numpyro_model, weights)
+    count = data.nnz if rating_weights is None else jnp.sum(rating_weights)
 
     def objective(latent):
         value, _ = log_density(model, (data, unit), {}, latent)
-        return -value / data.nnz
+        return -value / count
 
     return objective
 
@@ -422,12 +425,17 @@ def _initial_state(latent: dict, optimizer, max_iters: int, dtype) -> MapState:
     )
 
 
-def _continuing(state: MapState, max_iters: int, tol: float, ftol: float) -> Array:
+def _stop_thresholds(tol: float, ftol: float, dtype) -> Array:
+    """``[tol, FTOL_WINDOW * ftol]``, shape (2,): data of the loop (one compilation, any tolerance)."""
+    return jnp.asarray([tol, FTOL_WINDOW * ftol], dtype)
+
+
+def _continuing(state: MapState, max_iters: int, thresholds: Array) -> Array:
     # Objective FTOL_WINDOW iterations ago (inf until there is one).
     k = state.count - 1 - FTOL_WINDOW
     earlier = jnp.where(k >= 0, state.trace[jnp.maximum(k, 0)], jnp.inf)
-    moving = ~(earlier - state.value <= FTOL_WINDOW * ftol)
-    return (state.count == 0) | ((state.count < max_iters) & (state.grad_norm > tol) & moving)
+    moving = ~(earlier - state.value <= thresholds[1])
+    return (state.count == 0) | ((state.count < max_iters) & (state.grad_norm > thresholds[0]) & moving)
 
 
 def _record(state: MapState, latent, opt_state, value, grad_norm) -> MapState:
@@ -510,24 +518,26 @@ def _als_step_fn(ctx: MapContext, config: ModelConfig, precisions: Array, object
     return step
 
 
-def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, tol: float, ftol: float):
-    """Build ``run(latent, precisions, ctx) -> (MapState, value, grad_norm)``, jitted.
+def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int):
+    """Build ``run(latent, precisions, ctx, thresholds) -> (MapState, value, grad_norm)``, jitted.
 
-    ``precisions`` is ``[lambda_L, lambda_R, tau_m, alpha]`` (traced), so one
-    compilation serves every precision of a tuning grid on one data shape.
+    ``precisions`` is ``[lambda_L, lambda_R, tau_m, alpha]`` and
+    ``thresholds`` the stopping rule's (:func:`_stop_thresholds`), both
+    traced, so one compilation serves every precision of a tuning grid and
+    every tolerance on one data shape.
     ``config`` should be the unit-precision config (:func:`_unit_config`):
     the loop does not read its precisions, and the cache of
     :func:`_cached_run_fn` then serves every fit with the same static settings.
     """
 
-    def run(latent, precisions, ctx):
-        objective = _objective_fn(ctx.data, config, precisions)
+    def run(latent, precisions, ctx, thresholds):
+        objective = _objective_fn(ctx.data, config, precisions, ctx.weights)
         if solver == "als":
             step = _als_step_fn(ctx, config, precisions, objective)
         else:
             step = _optax_step_fn(optimizer, objective)
         state = _initial_state(latent, optimizer, max_iters, ctx.data.rating.dtype)
-        state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, tol, ftol), step, state)
+        state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, thresholds), step, state)
         final_value, final_grad = jax.value_and_grad(objective)(state.latent)
         return state, final_value, optax.tree_utils.tree_norm(final_grad)
 
@@ -551,9 +561,11 @@ def _default_optimizer(solver: str, optimizer):
     return _default_optimizer_for(solver) if optimizer is None else optimizer
 
 
-def _build_context(data: ModelData, solver: str, layout: str = "auto", rank: int | None = None) -> MapContext:
+def _build_context(
+    data: ModelData, solver: str, layout: str = "auto", rank: int | None = None, weights=None
+) -> MapContext:
     if solver != "als":
-        return MapContext(data=data, user_layout=None, item_layout=None)
+        return MapContext(data=data, user_layout=None, item_layout=None, weights=weights)
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
     return MapContext(
@@ -569,17 +581,22 @@ class Solver(NamedTuple):
     Attributes
     ----------
     run : callable
-        ``run(latent, precisions, ctx) -> (MapState, value, grad_norm)``,
-        jitted; ``precisions`` is ``[lambda_L, lambda_R, tau_m, alpha]``.
+        ``run(latent, precisions, ctx, thresholds) -> (MapState, value,
+        grad_norm)``, jitted; ``precisions`` is ``[lambda_L, lambda_R, tau_m,
+        alpha]``, ``thresholds`` ``[tol, FTOL_WINDOW * ftol]``.
     ctx : MapContext
     config : ModelConfig
     solver : str
+    tol, ftol : float
+        The stopping rule's (:func:`solve` can override ``ftol``).
     """
 
     run: Any
     ctx: MapContext
     config: ModelConfig
     solver: str
+    tol: float = DEFAULT_TOL
+    ftol: float = DEFAULT_FTOL
 
 
 def _max_iters(solver: str, max_iters) -> int:
@@ -599,13 +616,15 @@ def make_solver(
     tol: float = DEFAULT_TOL,
     ftol: float = DEFAULT_FTOL,
     layout: str = "auto",
+    weights=None,
 ) -> Solver:
     """Compile (or reuse) the loop of one solver for one data set.
 
     The precisions are arguments of the compiled loop, not constants in it,
     so one :class:`Solver` serves every precision of a tuning grid
     (:func:`solve`); loops are cached across calls with the same static
-    settings (a hashable ``optimizer``).
+    settings (a hashable ``optimizer``), and the data are arguments too, so
+    two data sets of the same shapes share one compiled loop.
 
     Parameters
     ----------
@@ -614,6 +633,11 @@ def make_solver(
         ``priors="fixed"`` (its precisions are not read here).
     solver, optimizer, max_iters, tol, ftol, layout
         As in :func:`fit`.
+    weights : float array, shape (nnz,), optional
+        Per-rating likelihood weights (``"lbfgs"``, ``"adam"``): the weighted
+        sum over the weights' sum, so ratings of weight 0 drop out
+        (:func:`bayesmf.tuning.tune` pads its ratings with them to the shapes
+        of the refit on all ratings, which has weights 1: one compiled loop).
 
     Returns
     -------
@@ -626,16 +650,23 @@ def make_solver(
         raise ValueError(f"tol and ftol must be >= 0, got {tol} and {ftol}")
     if solver == "als" and optimizer is not None:
         raise ValueError("solver='als' takes no optimizer (its steps are exact block solves)")
+    if weights is not None:
+        if solver == "als":
+            raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")
+        weights = jnp.asarray(weights, data.rating.dtype)
+        if weights.shape != (data.nnz,):
+            raise ValueError(f"weights must have shape ({data.nnz},), got {tuple(weights.shape)}")
     optimizer = _default_optimizer(solver, optimizer)
-    args = (_unit_config(config), solver, optimizer, int(max_iters), float(tol), float(ftol))
+    args = (_unit_config(config), solver, optimizer, int(max_iters))
     try:
         run = _cached_run_fn(*args)
     except TypeError:  # an unhashable optimizer: compile for this fit only
         run = _run_fn(*args)
-    return Solver(run=run, ctx=_build_context(data, solver, layout, config.rank), config=config, solver=solver)
+    ctx = _build_context(data, solver, layout, config.rank, weights)
+    return Solver(run=run, ctx=ctx, config=config, solver=solver, tol=float(tol), ftol=float(ftol))
 
 
-def solve(solver: Solver, latent: dict, priors: FixedPriors) -> tuple[dict, dict]:
+def solve(solver: Solver, latent: dict, priors: FixedPriors, ftol: float | None = None) -> tuple[dict, dict]:
     """Run one fit of a compiled loop from ``latent`` at the precisions ``priors``.
 
     Parameters
@@ -645,6 +676,8 @@ def solve(solver: Solver, latent: dict, priors: FixedPriors) -> tuple[dict, dict
     latent : dict of str -> array
         Starting point (the latent sites, as from :func:`init_latent`).
     priors : FixedPriors
+    ftol : float, optional
+        This fit's ``ftol`` (default ``solver.ftol``); compiles nothing.
 
     Returns
     -------
@@ -654,8 +687,12 @@ def solve(solver: Solver, latent: dict, priors: FixedPriors) -> tuple[dict, dict
         Host values: ``iterations``, ``objective_trace`` (iterations,),
         ``grad_norm`` and ``final_value`` at the solution.
     """
-    precisions = _precision_vector(priors, solver.ctx.data.rating.dtype)
-    state, final_value, final_grad_norm = solver.run(latent, precisions, solver.ctx)
+    dtype = solver.ctx.data.rating.dtype
+    ftol = solver.ftol if ftol is None else float(ftol)
+    if not ftol >= 0:
+        raise ValueError(f"ftol must be >= 0, got {ftol}")
+    thresholds = _stop_thresholds(solver.tol, ftol, dtype)
+    state, final_value, final_grad_norm = solver.run(latent, _precision_vector(priors, dtype), solver.ctx, thresholds)
     count = int(state.count)
     return state.latent, dict(
         iterations=count,
@@ -702,6 +739,7 @@ def fit(
     init_params=None,
     layout: str = "auto",
     progress_bar: bool = False,
+    weights=None,
 ) -> EngineResult:
     """MAP estimate of the fixed-precision model.
 
@@ -733,6 +771,8 @@ def fit(
         terminal) while the loop runs: the fit is one compiled loop with no
         host synchronization, so it reports when it is done, with the
         iteration count.
+    weights : float array, shape (nnz,), optional
+        Per-rating likelihood weights (:func:`make_solver`).
 
     Returns
     -------
@@ -749,7 +789,7 @@ def fit(
     >>> result.stats["objective"]  # doctest: +SKIP
     """
     start = time.perf_counter()
-    compiled = make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout)
+    compiled = make_solver(data, config, solver, optimizer, max_iters, tol, ftol, layout, weights)
     latent = _start_latent(rng_key, data, config, init_params)
     with tqdm(total=1, desc=f"map {solver}", unit="fit", leave=False, disable=None if progress_bar else True) as bar:
         latent, info = solve(compiled, latent, config.fixed)
