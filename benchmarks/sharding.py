@@ -120,7 +120,7 @@ def half(layout, design, response, n):
     design_pad = jnp.concatenate([design, jnp.zeros((1, design.shape[1]))])
     response_pad = jnp.concatenate([response, jnp.zeros(1)])
     out = jnp.zeros((n, design.shape[1]))
-    for b in layout.buckets:
+    for (b,) in layout.buckets:  # (sharded: one bucket per group)
         for i in range(b.rows.shape[0]):  # chunks of rows
             z = design_pad[b.cols[i]]
             gram = jnp.einsum("rwi,rwj->rij", z, z) + jnp.eye(design.shape[1])

@@ -164,7 +164,7 @@ def test_padded_layout_gives_the_same_grams():
     design = jax.random.normal(jax.random.PRNGKey(0), (data.num_items, 3))
     padded = sharding.pad_bucket_layout(ctx.user_layout, 4, data.num_items, data.nnz)
     # (chunks, rows of a chunk): rows split 4 ways, at least two chunks.
-    assert all(np.shape(b.rows)[1] % 4 == 0 and np.shape(b.rows)[0] >= 2 for b in padded.buckets)
+    assert all(np.shape(b.rows)[1] % 4 == 0 and np.shape(b.rows)[0] >= 2 for (b,) in padded.buckets)
     want = gram_and_rhs(ctx.user_layout, design, data.rating)
     got = gram_and_rhs(jax.tree_util.tree_map(jax.numpy.asarray, padded), design, data.rating)
     for w, g in zip(want, got):

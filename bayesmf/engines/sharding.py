@@ -152,7 +152,8 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
     BucketLayout (NumPy arrays)
     """
     order = np.asarray(layout.order)
-    sizes = [int(np.prod(np.shape(bucket.rows))) for bucket in layout.buckets]
+    flat = [bucket for group in layout.buckets for bucket in group]  # (groups: bayesmf.layout.bucket_plan)
+    sizes = [int(np.prod(np.shape(bucket.rows))) for bucket in flat]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     real = np.zeros(starts[-1], bool)
     real[order] = True
@@ -160,8 +161,8 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
     plans = {}
     # The widest (heaviest) buckets first, so the many light rows of the
     # narrow ones even out what their few heavy rows leave.
-    for b in reversed(range(len(layout.buckets))):
-        bucket = layout.buckets[b]
+    for b in reversed(range(len(flat))):
+        bucket = flat[b]
         k = np.shape(bucket.rows)[0]
         width = np.shape(bucket.cols)[-1]
         members = np.flatnonzero(real[starts[b] : starts[b + 1]])  # flat positions of real rows
@@ -189,7 +190,7 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
         slot_of[by_degree] = target[:n]
         plans[b] = (members, slot_of, chunks, per_chunk)
     buckets, new_position, offset = [], np.empty(starts[-1], np.int64), 0
-    for b, bucket in enumerate(layout.buckets):
+    for b, bucket in enumerate(flat):
         members, slot_of, chunks, per_chunk = plans[b]
         width = np.shape(bucket.cols)[-1]
         total = chunks * per_chunk
@@ -203,7 +204,9 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
                               entries=entries.reshape(chunks, per_chunk, width)))
         new_position[starts[b] + members] = offset + slot_of
         offset += total
-    return BucketLayout(buckets=tuple(buckets), order=new_position[order].astype(np.int32))
+    # Each bucket a group of its own: split, every bucket has several chunks
+    # and map_rows loops over them where their rows live.
+    return BucketLayout(buckets=tuple((bucket,) for bucket in buckets), order=new_position[order].astype(np.int32))
 
 
 def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.ndarray:
@@ -224,7 +227,7 @@ def ratings_per_shard(layout: BucketLayout, num_shards: int, nnz: int) -> np.nda
     """
     padded = pad_bucket_layout(layout, num_shards, 0, nnz)
     counts = np.zeros(num_shards, np.int64)
-    for bucket in padded.buckets:
+    for (bucket,) in padded.buckets:
         k, c, width = np.shape(bucket.entries)
         valid = np.asarray(bucket.entries).reshape(k, num_shards, c // num_shards, width) < nnz
         counts += valid.sum(axis=(0, 2, 3))
@@ -245,7 +248,7 @@ def _shard_layout(layout, mesh: Mesh, num_cols: int, nnz: int):
                            cols=place(layout.cols, replicated))
     padded = pad_bucket_layout(layout, mesh.shape[ROWS], num_cols, nnz)
     return BucketLayout(
-        buckets=tuple(Bucket(*(place(x, chunk_rows) for x in bucket)) for bucket in padded.buckets),
+        buckets=tuple((Bucket(*(place(x, chunk_rows) for x in bucket)),) for (bucket,) in padded.buckets),
         order=place(padded.order, replicated),
     )
 
