@@ -69,6 +69,13 @@ LAYOUTS = ("auto", "bucket", "dense")
 CHUNK_BYTES = 16 * 2**20
 # Fraction of an accelerator's memory one chunk may take.
 DEVICE_CHUNK_FRACTION = 1 / 16
+# Largest buffer of every row's statistics (n (d + 1)^2 floats) for which
+# :func:`map_rows` runs in two stages (the buckets' statistics first, then
+# the row update over even chunks of rows: one call site of the Cholesky and
+# its solves, each of which costs ~0.35 s of XLA:CPU compile time, instead
+# of one per group): 512 MB on the CPU, 1/32 of an accelerator's memory.
+STATS_BYTES = 512 * 2**20
+DEVICE_STATS_FRACTION = 1 / 32
 
 
 class Bucket(NamedTuple):
@@ -91,10 +98,19 @@ class Bucket(NamedTuple):
 
 
 class BucketLayout(NamedTuple):
-    """Buckets in groups (:func:`bucket_plan`): a tuple of tuples of :class:`Bucket`."""
+    """Buckets in groups (:func:`bucket_plan`): a tuple of tuples of :class:`Bucket`.
+
+    With ``stage_index`` (two stages, :func:`stage_rows`), :func:`map_rows`
+    computes every bucket's statistics first and then updates the rows in
+    even chunks: ``stage_index`` (chunks, rows) holds each chunk's positions
+    in the concatenated statistics (padding: one past the end, a zero row)
+    and ``stage_order`` (num_rows,) each row's position in the chunks' output.
+    """
 
     buckets: tuple
     order: Array  # (num_rows,) position of each row in the concatenated (padded) bucket output
+    stage_index: Array | None = None
+    stage_order: Array | None = None
 
 
 class DenseLayout(NamedTuple):
@@ -198,10 +214,38 @@ def bucket_plan(degree: np.ndarray, design_width: int | None, chunk_bytes: int,
     return tuple(groups)
 
 
-def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes: int, itemsize: int = 4) -> int:
-    """The largest group's working memory in :func:`bucket_plan` (what :func:`map_rows` holds at once)."""
+def stage_rows(plan: tuple, design_width: int | None, chunk_bytes: int, stats_bytes: int,
+               itemsize: int = 4) -> int | None:
+    """Rows per chunk of the second stage of :func:`map_rows`, or None for one stage.
+
+    Two stages when there is more than one group (so one call site of the
+    row update replaces several) and every row's statistics, padding
+    included, fit in ``stats_bytes``; a chunk of rows then takes
+    ``chunk_bytes`` of working memory for the row update.
+    """
+    if design_width is None or len(plan) < 2:
+        return None
+    d = int(design_width)
+    rows = sum(b.chunks * b.chunk_rows for group in plan for b in group)
+    if rows * (d + 1) ** 2 * itemsize > stats_bytes:
+        return None
+    return max(1, chunk_bytes // row_bytes(0, d, itemsize))
+
+
+def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes: int, itemsize: int = 4,
+                       stats_bytes: int | None = None) -> int:
+    """What :func:`map_rows` holds at once: the largest group's working memory
+    in :func:`bucket_plan`; with two stages (:func:`stage_rows`), every row's
+    statistics plus the larger of that and a second-stage chunk."""
     plan = bucket_plan(degree, design_width, chunk_bytes, itemsize)
-    return max((sum(b.working_bytes for b in group) for group in plan), default=0)
+    group_bytes = max((sum(b.working_bytes for b in group) for group in plan), default=0)
+    stats_bytes = STATS_BYTES if stats_bytes is None else stats_bytes
+    per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes, itemsize)
+    if per_chunk is None:
+        return group_bytes
+    d = int(design_width)
+    rows = sum(b.chunks * b.chunk_rows for group in plan for b in group)
+    return rows * (d + 1) ** 2 * itemsize + max(group_bytes, per_chunk * row_bytes(0, d, itemsize))
 
 
 def default_chunk_bytes(device=None) -> int:
@@ -217,8 +261,22 @@ def default_chunk_bytes(device=None) -> int:
     return int(limit * DEVICE_CHUNK_FRACTION) if limit else 16 * CHUNK_BYTES
 
 
+def default_stats_bytes(device=None) -> int:
+    """:data:`STATS_BYTES` on the CPU; on an accelerator that reports its
+    memory, :data:`DEVICE_STATS_FRACTION` of it."""
+    device = device if device is not None else jax.devices()[0]
+    if device.platform == "cpu":
+        return STATS_BYTES
+    try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        limit = None
+    return int(limit * DEVICE_STATS_FRACTION) if limit else STATS_BYTES
+
+
 def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int,
-                   design_width: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> BucketLayout:
+                   design_width: int | None = None, chunk_bytes: int = CHUNK_BYTES,
+                   stats_bytes: int = STATS_BYTES) -> BucketLayout:
     nnz = rows.size
     order = np.argsort(rows, kind="stable")
     degree = np.bincount(rows, minlength=num_rows)
@@ -227,7 +285,8 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
     groups = []
     position = np.empty(num_rows, dtype=np.int64)
     offset = 0
-    for group in bucket_plan(degree, design_width, chunk_bytes):
+    plan = bucket_plan(degree, design_width, chunk_bytes)
+    for group in plan:
         buckets = []
         for shape in group:
             width, k, c = shape.width, shape.chunks, shape.chunk_rows
@@ -252,7 +311,21 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
             position[members] = offset + np.arange(members.size)
             offset += k * c
         groups.append(tuple(buckets))
-    return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32))
+    per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes)
+    if per_chunk is None:
+        return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32))
+    # Second stage: the rows in the first stage's order, in even chunks
+    # (padding points one past the statistics, at a zero row).
+    real = np.sort(position)
+    chunks = -(-real.size // min(real.size, per_chunk))
+    per_chunk = -(-real.size // chunks)
+    index = np.full(chunks * per_chunk, offset, np.int64)
+    index[: real.size] = real
+    stage_order = np.empty(num_rows, np.int64)
+    stage_order[np.argsort(position, kind="stable")] = np.arange(num_rows)
+    return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32),
+                        stage_index=jnp.asarray(index.reshape(chunks, per_chunk), jnp.int32),
+                        stage_order=jnp.asarray(stage_order, jnp.int32))
 
 
 def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> DenseLayout:
@@ -262,7 +335,7 @@ def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: i
 
 
 def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None,
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, stats_bytes: int | None = None):
     """Layout of the entries ``(rows[j], cols[j])`` grouped by row.
 
     Parameters
@@ -278,6 +351,9 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     chunk_bytes : int, optional
         Working memory of one chunk of rows in :func:`map_rows`; default
         :func:`default_chunk_bytes`.
+    stats_bytes : int, optional
+        Largest buffer of every row's statistics for the two-stage row
+        update (:func:`stage_rows`); default :func:`default_stats_bytes`.
 
     Returns
     -------
@@ -290,7 +366,9 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
         return _dense_layout(rows, cols, num_rows, num_cols)
     if chunk_bytes is None:
         chunk_bytes = default_chunk_bytes()
-    return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes))
+    if stats_bytes is None:
+        stats_bytes = default_stats_bytes()
+    return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes))
 
 
 def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
@@ -414,6 +492,8 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
         stats = _bucket_stats(design_pad, response_pad, cols, entries)
         return finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs))
 
+    if layout.stage_index is not None:
+        return _two_stage(layout, design_pad, response_pad, finish, row_inputs)
     # A group of one-chunk buckets is one call of ``fn`` on their rows
     # together (each call site of a batched Cholesky and its solves adds
     # compile time: one per bucket doubled the compile seconds at ML-1M
@@ -430,3 +510,35 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
         rows = jnp.concatenate([b.rows[0] for b in group])
         out_blocks.append(finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs)))
     return jax.tree.map(lambda *blocks: jnp.concatenate(blocks)[layout.order], *out_blocks)
+
+
+def _two_stage(layout: BucketLayout, design_pad: Array, response_pad: Array, finish, row_inputs: tuple):
+    """:func:`map_rows` in two stages: every bucket's statistics, then the
+    row update (``finish``) over the layout's even chunks of rows."""
+    stats, rows = [], []
+    for group in layout.buckets:
+        for bucket in group:
+            k, c, width = bucket.cols.shape
+            if k == 1:
+                block = _bucket_stats(design_pad, response_pad, bucket.cols[0], bucket.entries[0])
+            else:
+                block = jax.lax.map(lambda a: _bucket_stats(design_pad, response_pad, *a), (bucket.cols, bucket.entries))
+                block = block.reshape((k * c,) + block.shape[2:])
+            stats.append(block)
+            rows.append(bucket.rows.reshape(-1))
+    w = stats[0].shape[-1]
+    stats = jnp.concatenate(stats + [jnp.zeros((1, w, w), stats[0].dtype)])
+    rows = jnp.concatenate(rows + [jnp.zeros((1,), jnp.int32)])
+    d = w - 1
+
+    def chunk(index):
+        s = stats[index]
+        return finish(s[:, :d, :d], s[:, d, :d], s[:, d, d], tuple(x[rows[index]] for x in row_inputs))
+
+    index = layout.stage_index
+    if index.shape[0] == 1:
+        out = chunk(index[0])
+    else:
+        out = jax.lax.map(chunk, index)
+        out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+    return jax.tree.map(lambda a: a[layout.stage_order], out)

@@ -78,12 +78,15 @@ def test_unknown_layout_is_rejected():
     fill=st.floats(0.0, 1.0),
     d=st.integers(1, 4),
     chunk_bytes=st.sampled_from([1, 200, 2_000, 10**9]),
+    stats_bytes=st.sampled_from([0, 10**9]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, fill, d, chunk_bytes, seed):
+def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, fill, d, chunk_bytes, stats_bytes,
+                                                            seed):
     """map_rows hands fn each row's own Gram and rhs whatever the chunks (one
-    row per chunk at chunk_bytes=1, one chunk per bucket at 1e9), and the
-    residual sums from the statistics equal the residuals' squares."""
+    row per chunk at chunk_bytes=1, one chunk per bucket at 1e9) and in one
+    or two stages (stats_bytes), and the residual sums from the statistics
+    equal the residuals' squares."""
     rng = np.random.default_rng(seed)
     cells = rng.permutation(num_rows * num_cols)[: max(1, int(fill * num_rows * num_cols))]
     rows, cols = np.divmod(cells, num_cols)
@@ -95,7 +98,10 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
         return jnp.linalg.solve(gram + jnp.eye(d), rhs[..., None])[..., 0] + z
 
     for kind in ("dense", "bucket"):
-        layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d, chunk_bytes=chunk_bytes)
+        layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d, chunk_bytes=chunk_bytes,
+                              stats_bytes=stats_bytes)
+        if kind == "bucket" and stats_bytes == 0:
+            assert layout.stage_index is None  # no room for every row's statistics: one stage
         if kind == "bucket" and chunk_bytes == 1:
             assert all(b.rows.shape[1] == 1 for group in layout.buckets for b in group)  # one row per chunk
         x, sse = map_rows(layout, design, response, fn, (z,), residuals=True)
@@ -120,4 +126,23 @@ def test_bucket_plan_bounds_each_group_by_the_chunk():
             assert len(group) == 1 or all(b.chunks == 1 for b in group)  # several chunks: a group of its own
             # Only a single row wider than the chunk may exceed it.
             assert sum(b.working_bytes for b in group) <= chunk_bytes or group[0].chunk_rows == 1
-        assert peak_working_bytes(degree, 8, chunk_bytes) == max(sum(b.working_bytes for b in g) for g in plan)
+        # One stage (no room for the statistics): the largest group; two: the statistics on top.
+        assert peak_working_bytes(degree, 8, chunk_bytes, stats_bytes=0) == max(
+            sum(b.working_bytes for b in g) for g in plan)
+        if len(plan) > 1:
+            assert peak_working_bytes(degree, 8, chunk_bytes, stats_bytes=10**12) > degree.size * 9**2 * 4
+
+
+def test_two_stages_when_the_statistics_fit_and_there_are_several_groups():
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 300, 5000)
+    cols = rng.integers(0, 50, 5000)
+    two = build_layout(rows, cols, 300, 50, "bucket", width=3, chunk_bytes=2_000, stats_bytes=10**9)
+    one = build_layout(rows, cols, 300, 50, "bucket", width=3, chunk_bytes=2_000, stats_bytes=10)
+    assert len(two.buckets) > 1 and two.stage_index is not None and one.stage_index is None
+    # Every row once in the second stage, padding one past the statistics.
+    index = np.asarray(two.stage_index).ravel()
+    total = sum(b.rows.size for group in two.buckets for b in group)
+    assert np.array_equal(np.sort(index[index < total]), np.sort(np.asarray(two.order)))
+    assert np.all(index[index >= total] == total)
+    assert np.array_equal(index[np.asarray(two.stage_order)], np.asarray(two.order))

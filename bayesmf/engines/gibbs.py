@@ -42,7 +42,15 @@ from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
 from bayesmf import memory
-from bayesmf.layout import build_layout, default_chunk_bytes, map_rows, padded_fraction, peak_working_bytes, resolve_kind
+from bayesmf.layout import (
+    build_layout,
+    default_chunk_bytes,
+    default_stats_bytes,
+    map_rows,
+    padded_fraction,
+    peak_working_bytes,
+    resolve_kind,
+)
 from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
 
 Array = jax.Array
@@ -110,8 +118,9 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
     working = 0
     if "bucket" in kinds:
         chunk_bytes = default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)
-        working = max(peak_working_bytes(user_degree, config.rank, chunk_bytes, itemsize),
-                      peak_working_bytes(item_degree, config.rank + 1, chunk_bytes, itemsize))
+        stats_bytes = default_stats_bytes()
+        working = max(peak_working_bytes(user_degree, config.rank, chunk_bytes, itemsize, stats_bytes),
+                      peak_working_bytes(item_degree, config.rank + 1, chunk_bytes, itemsize, stats_bytes))
     return memory.gibbs_plan(
         data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
         keep_draws=keep_draws, itemsize=itemsize,
