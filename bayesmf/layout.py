@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmf.memory import device_limit
+
 Array = jax.Array
 
 # Largest n * m for which the automatic choice is the dense layout. The
@@ -251,26 +253,14 @@ def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes
 def default_chunk_bytes(device=None) -> int:
     """:data:`CHUNK_BYTES` on the CPU; on an accelerator that reports its
     memory, :data:`DEVICE_CHUNK_FRACTION` of it."""
-    device = device if device is not None else jax.devices()[0]
-    if device.platform == "cpu":
-        return CHUNK_BYTES
-    try:
-        limit = (device.memory_stats() or {}).get("bytes_limit")
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        limit = None
-    return int(limit * DEVICE_CHUNK_FRACTION) if limit else 16 * CHUNK_BYTES
+    limit = device_limit(device)
+    return int(limit * DEVICE_CHUNK_FRACTION) if limit else CHUNK_BYTES
 
 
 def default_stats_bytes(device=None) -> int:
     """:data:`STATS_BYTES` on the CPU; on an accelerator that reports its
     memory, :data:`DEVICE_STATS_FRACTION` of it."""
-    device = device if device is not None else jax.devices()[0]
-    if device.platform == "cpu":
-        return STATS_BYTES
-    try:
-        limit = (device.memory_stats() or {}).get("bytes_limit")
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        limit = None
+    limit = device_limit(device)
     return int(limit * DEVICE_STATS_FRACTION) if limit else STATS_BYTES
 
 

@@ -150,16 +150,25 @@ def host_available() -> int | None:
     return None
 
 
+def _accelerator_stats(device) -> dict:
+    if device.platform == "cpu":
+        return {}
+    try:
+        return device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return {}
+
+
+def device_limit(device=None) -> int | None:
+    """Memory an accelerator lets JAX use (``bytes_limit``); None on the CPU or when unknown."""
+    limit = _accelerator_stats(device if device is not None else jax.devices()[0]).get("bytes_limit")
+    return None if limit is None else int(limit)
+
+
 def device_available(device=None) -> int | None:
     """Free bytes of an accelerator that reports its memory (``bytes_limit -
     bytes_in_use``); None on the CPU (the host's memory) or when unknown."""
-    device = device if device is not None else jax.devices()[0]
-    if device.platform == "cpu":
-        return None
-    try:
-        stats = device.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - a backend without memory statistics
-        return None
+    stats = _accelerator_stats(device if device is not None else jax.devices()[0])
     if "bytes_limit" not in stats:
         return None
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
