@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bayesmf.data import features as features_module
 from bayesmf.data import (
@@ -281,3 +283,41 @@ def test_ml100k_features(ml100k_dir):
         x = encode_features(item_encoder, items)
     assert x.shape == (1682, 20) and x[items.index.get_loc(267), -1] == 0.0
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=FLOAT32_TOL)
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+@st.composite
+def feature_tables(draw):
+    """A table of 2-12 rows: a categorical and a numeric column, either with NaNs, and a training subset."""
+    n = draw(st.integers(2, 12))
+    levels = st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))
+    numbers = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False))
+    frame = pd.DataFrame(
+        {"cat": pd.Series(draw(st.lists(levels, min_size=n, max_size=n)), dtype=object),
+         "num": pd.Series(draw(st.lists(numbers, min_size=n, max_size=n)), dtype=np.float64)},
+        index=pd.Index(draw(st.permutations(range(100, 100 + n))), name="user"),
+    )
+    train = draw(st.lists(st.sampled_from(frame.index.tolist()), min_size=1, max_size=n, unique=True))
+    return frame, train
+
+
+@settings(max_examples=60, deadline=None)
+@given(feature_tables())
+def test_any_table_is_centred_on_its_training_rows_and_round_trips(table):
+    frame, train = table
+    try:
+        encoder = fit_features(frame, train, categorical=["cat"], numeric=["num"])
+    except ValueError as error:  # a numeric column with no training value is refused
+        assert "no value on the training rows" in str(error) and frame.loc[train, "num"].isna().all()
+        return
+    x = encode_features(encoder, frame, train)
+    assert x.shape == (len(train), encoder.num_features) and np.isfinite(x).all()
+    # Standardised values are within sqrt(n) of 0, so float32 rounding of each is a few ulps of sqrt(12).
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=10 * FLOAT32_TOL)
+    # A row whose every value is missing gets exactly x = 0: the mean-based prior.
+    empty = pd.DataFrame({"cat": [None], "num": [np.nan]}, index=[1])
+    np.testing.assert_array_equal(encode_features(encoder, empty), 0.0)
+    restored = encoder_from_dict(json.loads(json.dumps(encoder_to_dict(encoder))))
+    np.testing.assert_array_equal(encode_features(restored, frame, train), x)
