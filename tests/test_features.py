@@ -1,4 +1,4 @@
-"""Side features (bayesmf.data.features): encoding by hand, centring, imperfect data, storage, ml-100k."""
+"""Side features (bayesmf.data.features): encoding by hand, centring, imperfect data, storage, ml-100k and ml-1m."""
 
 from __future__ import annotations
 
@@ -256,11 +256,34 @@ def test_reads_small_files_in_the_ml100k_formats(small_ml100k):
     assert read_item_features(small_ml100k / "u.item").equals(items)
 
 
+def test_reads_small_files_in_the_ml1m_formats(tmp_path):
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::0::55117\n")
+    (tmp_path / "movies.dat").write_text(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Misérables, Les (1935)::Drama\n"
+        "3::Untitled::Western\n", encoding="latin-1")
+    users, items = load_movielens_features(tmp_path)
+    assert users.index.tolist() == [1, 2, 3]
+    assert users["age"].astype(str).tolist() == ["under 18", "56+", "25-34"]
+    assert users["occupation"].tolist() == ["K-12 student", "self-employed", "other"]
+    assert list(items.columns) == [*GENRES[1:], "year"]
+    np.testing.assert_allclose(items.loc[1, ["Animation", "Children's", "Comedy"]], 1 / 3)
+    assert items.loc[2, "Drama"] == 1.0 and items["year"].tolist()[:2] == [1995.0, 1935.0]
+    assert np.isnan(items.loc[3, "year"])  # no year in the title
+    (tmp_path / "users.dat").write_text("1::F::3::10::48067\n")
+    with pytest.raises(ValueError, match="outside ML-1M's"):
+        read_user_features(tmp_path / "users.dat")
+    (tmp_path / "movies.dat").write_text("1::A (1990)::Noir\n")
+    with pytest.raises(ValueError, match="not ML-1M's"):
+        read_item_features(tmp_path / "movies.dat")
+
+
 def test_loader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="u.user"):
         load_movielens_features(tmp_path)
-    with pytest.raises(ValueError, match="ml-100k only"):
+    with pytest.raises(FileNotFoundError, match="no features files"):
         load_movielens_features("ml-1m", tmp_path)
+    with pytest.raises(ValueError, match="ml-100k and ml-1m only"):
+        load_movielens_features("ml-10m", tmp_path)
 
 
 def test_ml100k_features(ml100k_dir):
@@ -282,6 +305,19 @@ def test_ml100k_features(ml100k_dir):
         warnings.simplefilter("error")  # the missing year is imputed silently
         x = encode_features(item_encoder, items)
     assert x.shape == (1682, 20) and x[items.index.get_loc(267), -1] == 0.0
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=FLOAT32_TOL)
+
+
+def test_ml1m_features(data_dir):
+    if not (data_dir / "ml-1m" / "users.dat").is_file():
+        pytest.skip(f"MovieLens 1M's users.dat not found under {data_dir} (set BAYESMF_DATA to the data directory)")
+    users, items = load_movielens_features("ml-1m", data_dir)
+    assert users.shape == (6040, 3) and items.shape == (3883, 19)
+    # ML-1M's README age groups: 222, 1103, 2096, 1193, 550, 496 and 380 users.
+    assert users["age"].value_counts(sort=False).tolist() == [222, 1103, 2096, 1193, 550, 496, 380]
+    assert not items["year"].isna().any()
+    x = encode_features(fit_features(users), users)
+    assert x.shape == (6040, 30)
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=FLOAT32_TOL)
 
 

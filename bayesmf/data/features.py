@@ -45,7 +45,8 @@ Handling of imperfect data (every case is tested):
 JSON-safe values and back, for the model file; the round trip encodes
 identically.
 
-:func:`load_movielens_features` reads ml-100k's ``u.user`` and ``u.item``.
+:func:`load_movielens_features` reads ml-100k's ``u.user`` and ``u.item``, or ml-1m's
+``users.dat`` and ``movies.dat``.
 
 >>> import pandas as pd
 >>> frame = pd.DataFrame({"gender": ["F", "M", "M", "M"], "age": [20.0, 30.0, 40.0, 50.0]},
@@ -68,7 +69,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from bayesmf.data.movielens import CHECKSUMS, find_dataset, verify_checksums
+from bayesmf.data.movielens import CHECKSUMS, verify_checksums
+from bayesmf.data.movielens import data_home as movielens_home
 from bayesmf.data.vocabulary import Vocabulary, examples, normalize_ids
 
 __all__ = [
@@ -406,79 +408,139 @@ def encoder_from_dict(d: dict) -> FeatureEncoder:
     )
 
 
-# --- MovieLens 100K --------------------------------------------------------------------
+# --- MovieLens 100K and 1M -------------------------------------------------------------
 
 # ML-1M's age groups (its README), applied to ml-100k's ages in years.
 AGE_BUCKETS = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 _AGE_EDGES = (-np.inf, 17, 24, 34, 44, 49, 55, np.inf)
+# ml-1m's users.dat codes each group by its lower bound (1 for under 18).
+_AGE_CODES = dict(zip((1, 18, 25, 35, 45, 50, 56), AGE_BUCKETS))
 
-# ml-100k's 19 genre flags in file order (u.genre).
+# ml-100k's 19 genre flags in file order (u.genre); ml-1m uses the last 18 (no "unknown").
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
+# ml-1m's occupation codes 0-20 (its README).
+_OCCUPATIONS_1M = ("other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+                   "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+                   "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist", "self-employed",
+                   "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+
+
+def _is_dat(path) -> bool:
+    return Path(path).suffix == ".dat"
+
+
+def _read_dat(path, names: list) -> pd.DataFrame:
+    return pd.read_csv(path, sep="::", engine="python", header=None, names=names, dtype=str,
+                       encoding="latin-1", quoting=csv.QUOTE_NONE)
+
 
 def read_user_features(path) -> pd.DataFrame:
-    """ml-100k's ``u.user`` (``user id | age | gender | occupation | zip code``) as user features.
+    """User features from ml-100k's ``u.user`` or ml-1m's ``users.dat``.
+
+    ``u.user`` is ``user id | age | gender | occupation | zip code``, the age
+    in years; ``users.dat`` (any ``.dat`` file) is
+    ``UserID::Gender::Age::Occupation::Zip-code``, the age and occupation as
+    ML-1M's codes.
 
     Returns
     -------
     DataFrame, shape (num_users, 3), indexed by ``user`` (int64)
         ``age``: ordered categorical of :data:`AGE_BUCKETS` (ML-1M's groups);
-        ``gender`` and ``occupation``: strings. The zip code is not used.
+        ``gender`` and ``occupation`` (ml-1m: the README's names): strings.
+        The zip code is not used.
     """
-    frame = pd.read_csv(path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
-                        dtype={"user": np.int64, "age": np.int64, "gender": str, "occupation": str, "zip": str},
-                        encoding="latin-1", quoting=csv.QUOTE_NONE)
-    age = pd.cut(frame["age"], bins=list(_AGE_EDGES), labels=list(AGE_BUCKETS), right=True)
+    if _is_dat(path):
+        frame = _read_dat(path, ["user", "gender", "age", "occupation", "zip"])
+        age = frame["age"].astype(np.int64).map(_AGE_CODES)
+        code = frame["occupation"].astype(np.int64)
+        bad = ~code.between(0, len(_OCCUPATIONS_1M) - 1) | age.isna()
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} users have an age or occupation code outside ML-1M's, "
+                             f"e.g. users {examples(frame['user'][bad])}")
+        occupation = code.map(dict(enumerate(_OCCUPATIONS_1M)))
+    else:
+        frame = pd.read_csv(path, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
+                            dtype={"user": np.int64, "age": np.int64, "gender": str, "occupation": str, "zip": str},
+                            encoding="latin-1", quoting=csv.QUOTE_NONE)
+        age = pd.cut(frame["age"], bins=list(_AGE_EDGES), labels=list(AGE_BUCKETS), right=True)
+        occupation = frame["occupation"]
     out = pd.DataFrame({"age": age.astype(pd.CategoricalDtype(AGE_BUCKETS, ordered=True)),
-                        "gender": frame["gender"], "occupation": frame["occupation"]})
-    out.index = pd.Index(frame["user"].to_numpy(), name="user")
+                        "gender": frame["gender"].astype(str), "occupation": occupation.astype(str)})
+    out.index = pd.Index(frame["user"].astype(np.int64).to_numpy(), name="user")
     return out
 
 
 def read_item_features(path) -> pd.DataFrame:
-    """ml-100k's ``u.item`` (Latin-1, ``movie id | title | release date | video release date | URL | 19 genre flags``).
+    """Movie features from ml-100k's ``u.item`` or ml-1m's ``movies.dat``.
+
+    ``u.item`` (Latin-1) is ``movie id | title | release date (dd-Mon-yyyy) |
+    video release date | URL | 19 genre flags``; ``movies.dat`` (any ``.dat``
+    file, Latin-1) is ``MovieID::Title (year)::Genre|Genre|...``.
 
     Returns
     -------
-    DataFrame, shape (num_items, 20), indexed by ``item`` (int64)
-        One column per genre of :data:`GENRES`: the movie's flag divided by
-        its number of genres (a row sums to 1; a movie with no flag at all
-        would be all zeros, and none in ml-100k is: the one without a title,
-        267, is flagged ``unknown``); ``year``: the release date's year as a
-        float, NaN where the date is missing (movie 267).
+    DataFrame, indexed by ``item`` (int64)
+        One column per genre: :data:`GENRES` for ml-100k (shape
+        (num_items, 20)), the 18 after ``"unknown"`` for ml-1m (shape
+        (num_items, 19)). Each is the movie's flag divided by its number of
+        genres, so a row sums to 1; a movie with no genre would be all zeros
+        (none in ml-100k, where the one untitled movie, 267, is flagged
+        ``unknown``, nor in ml-1m). ``year``: the release date's year (ml-1m:
+        the year in the title) as a float, NaN where it is missing (ml-100k's
+        movie 267).
     """
-    names = ["item", "title", "release", "video", "url", *GENRES]
-    frame = pd.read_csv(path, sep="|", header=None, names=names, encoding="latin-1", quoting=csv.QUOTE_NONE,
-                        dtype={"item": np.int64, "title": str, "release": str, "video": str, "url": str},
-                        index_col=False)
-    flags = frame[list(GENRES)].to_numpy(dtype=np.float64)
+    if _is_dat(path):
+        frame = _read_dat(path, ["item", "title", "genres"])
+        genres = GENRES[1:]
+        flags = frame["genres"].fillna("").str.get_dummies(sep="|")
+        unknown = sorted(set(flags.columns) - set(genres))
+        if unknown:
+            raise ValueError(f"{path}: genres {unknown} are not ML-1M's")
+        flags = flags.reindex(columns=list(genres), fill_value=0)
+        year = frame["title"].str.extract(r"\((\d{4})\)\s*$")[0].astype(np.float64)
+    else:
+        genres = GENRES
+        names = ["item", "title", "release", "video", "url", *genres]
+        frame = pd.read_csv(path, sep="|", header=None, names=names, encoding="latin-1", quoting=csv.QUOTE_NONE,
+                            dtype={"item": np.int64, "title": str, "release": str, "video": str, "url": str},
+                            index_col=False)
+        flags = frame[list(genres)]
+        year = pd.to_datetime(frame["release"], format="%d-%b-%Y").dt.year.astype(np.float64)
+    flags = flags.to_numpy(dtype=np.float64)
     count = flags.sum(axis=1, keepdims=True)
     shares = np.divide(flags, count, out=np.zeros_like(flags), where=count > 0)
-    out = pd.DataFrame(shares, columns=list(GENRES))
-    out["year"] = pd.to_datetime(frame["release"], format="%d-%b-%Y").dt.year.astype(np.float64).to_numpy()
-    out.index = pd.Index(frame["item"].to_numpy(), name="item")
+    out = pd.DataFrame(shares, columns=list(genres))
+    out["year"] = year.to_numpy()
+    out.index = pd.Index(frame["item"].astype(np.int64).to_numpy(), name="item")
     return out
 
 
+# The features files of each layout: (users, movies).
+_FEATURE_FILES = (("u.user", "u.item"), ("users.dat", "movies.dat"))
+
+
 def load_movielens_features(name_or_path="ml-100k", data_home=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ml-100k's user and movie features in one call.
+    """User and movie features of ml-100k or ml-1m in one call.
 
     Parameters
     ----------
     name_or_path : str or Path
-        ``"ml-100k"`` (found under ``data_home``, ``$BAYESMF_DATA`` or the
-        cache, as :func:`~bayesmf.data.movielens.find_dataset`), or a
-        directory holding ``u.user`` and ``u.item``. A directory named
-        ``ml-100k`` has the two files' md5 verified.
+        ``"ml-100k"`` or ``"ml-1m"``, found at ``<data_home>/<name>`` (see
+        :func:`~bayesmf.data.movielens.data_home`: the argument,
+        ``$BAYESMF_DATA`` or the cache), or a directory holding ``u.user``
+        and ``u.item`` (ml-100k) or ``users.dat`` and ``movies.dat`` (ml-1m).
+        A directory named ``ml-100k`` or ``ml-1m`` has the two files' md5
+        verified. Only the features files are read: no ratings are needed.
     data_home : str or Path, optional
 
     Returns
     -------
-    users : DataFrame, shape (943, 3)
-        See :func:`read_user_features`.
-    items : DataFrame, shape (1682, 20)
-        See :func:`read_item_features`.
+    users : DataFrame
+        See :func:`read_user_features`; ml-100k: shape (943, 3).
+    items : DataFrame
+        See :func:`read_item_features`; ml-100k: shape (1682, 20).
 
     Examples
     --------
@@ -488,14 +550,17 @@ def load_movielens_features(name_or_path="ml-100k", data_home=None) -> tuple[pd.
     30
     """
     if isinstance(name_or_path, str) and name_or_path.startswith("ml-") and not Path(name_or_path).is_dir():
-        if name_or_path != "ml-100k":
-            raise ValueError(f"features are read for ml-100k only, not {name_or_path!r}")
-        directory = find_dataset(name_or_path, data_home)
+        if name_or_path not in ("ml-100k", "ml-1m"):
+            raise ValueError(f"features are read for ml-100k and ml-1m only, not {name_or_path!r}")
+        directory = movielens_home(data_home) / name_or_path
     else:
         directory = Path(name_or_path).expanduser()
-    for filename in ("u.user", "u.item"):
-        if not (directory / filename).is_file():
-            raise FileNotFoundError(f"no {filename} in {directory}: features need ml-100k's u.user and u.item")
+    for files in _FEATURE_FILES:
+        if all((directory / f).is_file() for f in files):
+            break
+    else:
+        raise FileNotFoundError(f"no features files in {directory}: expected ml-100k's u.user and u.item, or "
+                                "ml-1m's users.dat and movies.dat (set BAYESMF_DATA or pass data_home=)")
     if directory.name in CHECKSUMS:
-        verify_checksums(directory, directory.name, files=["u.user", "u.item"])
-    return read_user_features(directory / "u.user"), read_item_features(directory / "u.item")
+        verify_checksums(directory, directory.name, files=list(files))
+    return read_user_features(directory / files[0]), read_item_features(directory / files[1])
