@@ -46,6 +46,10 @@ _EXPORTS = {
     "Vocabulary": "bayesmf.data",
     "load_movielens": "bayesmf.data",
     "read_ratings": "bayesmf.data",
+    "FeatureEncoder": "bayesmf.data",
+    "fit_features": "bayesmf.data",
+    "encode_features": "bayesmf.data",
+    "load_movielens_features": "bayesmf.data",
     "cross_validate": "bayesmf.crossval",
     "compare": "bayesmf.crossval",
 }

@@ -1,6 +1,6 @@
 """Ratings data: the data model, file readers and the MovieLens data sets.
 
-Imports flow vocabulary <- ratings <- readers <- movielens.
+Imports flow vocabulary <- ratings <- readers <- movielens <- features.
 
 * :mod:`bayesmf.data.vocabulary`: :class:`Vocabulary` (external ids and
   their indices);
@@ -10,7 +10,10 @@ Imports flow vocabulary <- ratings <- readers <- movielens.
   :func:`read_item_ratings` (delimited files, the MovieLens layouts);
 * :mod:`bayesmf.data.movielens`: :func:`load_movielens`,
   :func:`find_dataset` (cache and download), :func:`verify_checksums`,
-  :func:`load_titles`.
+  :func:`load_titles`;
+* :mod:`bayesmf.data.features`: :func:`fit_features`,
+  :func:`encode_features` and :class:`FeatureEncoder` (side features of
+  users or movies, centred on the training rows), :func:`load_movielens_features`.
 
 Every name is re-exported here, so ``from bayesmf.data import Ratings`` and
 ``bayesmf.data.load_movielens`` work as before.
@@ -20,6 +23,20 @@ Every name is re-exported here, so ``from bayesmf.data import Ratings`` and
 3
 """
 
+from bayesmf.data.features import (
+    AGE_BUCKETS,
+    ENCODER_FORMAT,
+    GENRES,
+    FeatureEncoder,
+    FeatureWarning,
+    encode_features,
+    encoder_from_dict,
+    encoder_to_dict,
+    fit_features,
+    load_movielens_features,
+    read_item_features,
+    read_user_features,
+)
 from bayesmf.data.movielens import (
     ARCHIVE_CHECKSUMS,
     CHECKSUMS,
@@ -50,12 +67,15 @@ from bayesmf.data.readers import (
 from bayesmf.data.vocabulary import IdTypeWarning, Vocabulary
 
 __all__ = [
+    "AGE_BUCKETS",
     "ARCHIVE_CHECKSUMS",
     "CHECKSUMS",
     "DATASETS",
     "DOWNLOAD_URL",
     "DUPLICATE_POLICIES",
+    "ENCODER_FORMAT",
     "FORMATS",
+    "GENRES",
     "ITEM_COLUMNS",
     "RATING_COLUMNS",
     "ROLES",
@@ -63,6 +83,8 @@ __all__ = [
     "SEPARATORS",
     "TIMESTAMP_COLUMNS",
     "USER_COLUMNS",
+    "FeatureEncoder",
+    "FeatureWarning",
     "IdTypeWarning",
     "RatingScale",
     "Ratings",
@@ -70,11 +92,18 @@ __all__ = [
     "as_pairs",
     "as_ratings",
     "data_home",
+    "encode_features",
+    "encoder_from_dict",
+    "encoder_to_dict",
     "find_dataset",
+    "fit_features",
     "load_movielens",
+    "load_movielens_features",
     "load_titles",
     "read_dataset_dir",
+    "read_item_features",
     "read_item_ratings",
     "read_ratings",
+    "read_user_features",
     "verify_checksums",
 ]
