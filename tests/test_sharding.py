@@ -111,7 +111,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def synthetic_runs():
-    return _child(SYNTHETIC)
+    # Five sampler runs (1, 2, 4, 8 devices and a chains mesh), each compiled for its
+    # mesh: ~60 s on a quiet 2-core machine, over 120 s when it is shared (CI run here).
+    return _child(SYNTHETIC, timeout=300)
 
 
 def test_sharded_draws_equal_one_device(synthetic_runs):
