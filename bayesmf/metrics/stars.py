@@ -43,6 +43,7 @@ None and the scoring functions then add no star rows or columns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,6 +51,8 @@ from numpy.typing import ArrayLike
 from scipy import special
 
 from bayesmf.metrics.scores import CHUNK_CELLS
+
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 # Masses handed to star_rows must sum to 1 within this per row (float32 models included).
 MASS_TOL = 1e-6
@@ -108,8 +111,10 @@ def mixture_masses(mu, sd, weights, cuts: Sequence[float], *, xp=np):
 
     Each component's cell mass is a difference of Normal cdfs, taken from the
     upper tail (``Phi(-z_lo) - Phi(-z_hi)``) for a cell above the component's
-    mean so that far-tail masses keep their relative precision; the mixture
-    mass is ``sum_s w_s`` of them.
+    mean and from the lower tail otherwise, both from the one tail
+    probability ``Phi(-|z|) = erfc(|z| / sqrt 2) / 2`` per cut point (one
+    special-function evaluation; far-tail masses keep their relative
+    precision); the mixture mass is ``sum_s w_s`` of them.
 
     Parameters
     ----------
@@ -126,22 +131,26 @@ def mixture_masses(mu, sd, weights, cuts: Sequence[float], *, xp=np):
     array, shape (n, K)
     """
     if xp is np:
-        ndtr = special.ndtr
+        erfc = special.erfc
     else:
         import jax.scipy.special
 
-        ndtr = jax.scipy.special.ndtr
-    n = mu.shape[1]
-    c = xp.asarray(cuts, dtype=mu.dtype).reshape(-1, 1, 1)
-    z = (c - mu[None]) / sd[None]  # (K-1, S, n)
-    shape = (1, *mu.shape)
-    zero, one = xp.zeros(shape, mu.dtype), xp.ones(shape, mu.dtype)
-    below = xp.concatenate([zero, ndtr(z), one])  # P(X <= c_k), k = -1..K-1
-    above = xp.concatenate([one, ndtr(-z), zero])  # P(X > c_k)
-    lower_z = xp.concatenate([xp.full(shape, -np.inf, mu.dtype), z])  # each cell's lower end, standardised
-    cell = xp.where(lower_z > 0, above[:-1] - above[1:], below[1:] - below[:-1])  # (K, S, n)
-    out = xp.einsum("s,ksn->nk", weights, cell)
-    return out.reshape(n, len(cuts) + 1)
+        erfc = jax.scipy.special.erfc
+    z = [(c - mu) / sd for c in cuts]  # per cut point, (S, n)
+    tail = [0.5 * erfc(xp.abs(zk) * _INV_SQRT_2) for zk in z]  # Phi(-|z|)
+    below = [xp.where(zk < 0, tk, 1.0 - tk) for zk, tk in zip(z, tail)]  # P(X <= c)
+    above = [xp.where(zk > 0, tk, 1.0 - tk) for zk, tk in zip(z, tail)]  # P(X > c)
+    num_stars = len(cuts) + 1
+    masses = []
+    for k in range(num_stars):
+        if k == 0:
+            cell = below[0] if cuts else xp.ones_like(mu)
+        elif k == num_stars - 1:
+            cell = above[k - 1]
+        else:
+            cell = xp.where(z[k - 1] > 0, above[k - 1] - above[k], below[k] - below[k - 1])
+        masses.append(weights @ cell)
+    return xp.stack(masses, axis=1)
 
 
 def star_masses(mu: ArrayLike, sd: ArrayLike, cuts: Sequence[float], weights: ArrayLike | None = None) -> np.ndarray:
