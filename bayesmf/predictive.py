@@ -306,12 +306,18 @@ def mixture_interval(comps: Components, prob: float) -> tuple[np.ndarray, np.nda
 
 
 def score_rows(y: np.ndarray, comps: Components, levels, *, scale=None) -> dict:
-    """Per-row scores of ratings ``y`` (n,) under the mixture (see :func:`bayesmf.metrics.score_rows`; star scores on a star ``scale``)."""
+    """Per-row scores of ratings ``y`` (n,) under the mixture (see :func:`bayesmf.metrics.score_rows`).
+
+    On a star ``scale`` (a :class:`bayesmf.data.RatingScale` with a step) the
+    star scores too.
+    """
     if comps.weights is None:
         return metrics.score_rows(y, comps.mean, comps.sd, levels=levels, scale=scale)
     rows = {}
     for cols, w in _weight_groups(comps.weights):
-        part = metrics.score_rows(y[cols], comps.mean[:, cols], comps.sd[:, cols], weights=w, levels=levels, scale=scale)
+        part = metrics.score_rows(
+            y[cols], comps.mean[:, cols], comps.sd[:, cols], weights=w, levels=levels, scale=scale
+        )
         for name, values in part.items():
             rows.setdefault(name, np.empty(y.shape[0]))[cols] = values
     return rows

@@ -99,7 +99,8 @@ def test_rps_times_step_is_the_crps_of_the_star_distribution():
     y = rng.choice(stars_values, 50)
     rps = metrics.star_rows(y, masses, cuts, (0.5,))["rps"]
     gap = np.abs(stars_values[:, None] - stars_values[None, :])
-    crps = np.sum(masses * np.abs(stars_values[None] - y[:, None]), 1) - 0.5 * np.einsum("ni,ij,nj->n", masses, gap, masses)
+    first = np.sum(masses * np.abs(stars_values[None] - y[:, None]), 1)
+    crps = first - 0.5 * np.einsum("ni,ij,nj->n", masses, gap, masses)
     np.testing.assert_allclose(0.5 * rps, crps, rtol=1e-12, atol=1e-14)
 
 

@@ -182,7 +182,8 @@ def test_evaluate_star_scores_equal_the_host_path(posterior):
     expected = metrics.summarize(rows).iloc[0]
     table = posterior.evaluate(test, levels=LEVELS, by="cold", expect_cold=True)
     got = table.loc[("all", "all")]
-    star_columns = ["star_nll", "rps", *(f"set_{kind}_{100 * p:g}" for p in LEVELS for kind in ("coverage", "mass", "size"))]
+    kinds = ("coverage", "mass", "size")
+    star_columns = ["star_nll", "rps", *(f"set_{kind}_{100 * p:g}" for p in LEVELS for kind in kinds)]
     assert list(table.columns[-len(star_columns):]) == star_columns and list(got.index) == list(expected.index)
     for key in star_columns:
         if key.startswith(("set_coverage", "set_size")):

@@ -262,7 +262,8 @@ def level_tags(levels: Sequence[float]) -> list[str]:
 
 def star_row_keys(levels: Sequence[float]) -> list[str]:
     """The keys of :func:`star_rows`, in its order."""
-    return ["star_nll", "rps", *(f"set_{kind}_{tag}" for tag in level_tags(levels) for kind in ("covered", "mass", "size"))]
+    kinds = ("covered", "mass", "size")
+    return ["star_nll", "rps", *(f"set_{kind}_{tag}" for tag in level_tags(levels) for kind in kinds)]
 
 
 def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Sequence[float]) -> dict[str, np.ndarray]:
@@ -298,7 +299,9 @@ def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Se
     c = np.asarray(cuts, np.float64)
     y = np.asarray(y, np.float64)
     if m.ndim != 2 or m.shape != (y.shape[0], c.size + 1) or y.ndim != 1:
-        raise ValueError(f"mismatched shapes: y {y.shape}, masses {m.shape}, {c.size} cuts (expected (n, {c.size + 1}))")
+        raise ValueError(
+            f"mismatched shapes: y {y.shape}, masses {m.shape}, {c.size} cuts (expected (n, {c.size + 1}))"
+        )
     if not np.all(np.isfinite(m) & (m >= 0)) or np.any(np.abs(m.sum(axis=1) - 1.0) > MASS_TOL):
         raise ValueError(f"masses must be finite, >= 0 and sum to 1 (within {MASS_TOL}) in every row")
     if not np.all(np.isfinite(y)):
