@@ -498,8 +498,14 @@ class Posterior:
             One row per group, indexed by ``(by, group)``: the overall row
             ``("all", "all")`` first, then each breakdown's groups in order.
             Columns ``count``, ``rmse``, ``mae``, ``nll``, ``crps``,
-            ``coverage_<100p>`` and ``width_<100p>``. ``frame.attrs`` holds
-            ``num_cold_rows``, ``num_cold_users`` and ``num_cold_items``.
+            ``coverage_<100p>`` and ``width_<100p>``; on a star scale
+            (``self.scale.step`` set) then the scores of the star masses
+            (:mod:`bayesmf.metrics.stars`): ``star_nll``, ``rps`` and per
+            level ``set_coverage_<100p>``, ``set_mass_<100p>``,
+            ``set_size_<100p>`` of the shortest run of stars with mass at
+            least ``p``; a continuous scale has none of these columns.
+            ``frame.attrs`` holds ``num_cold_rows``, ``num_cold_users`` and
+            ``num_cold_items``.
 
         Notes
         -----
@@ -556,6 +562,7 @@ class Posterior:
             parts.append((rows, _draws_cold, jax.tree.map(jnp.asarray, params)))
         rows = stream_score_rows(
             jax.random.PRNGKey(CRPS_SEED), flat, user_index, item_index, np.asarray(test.rating, np.float64), parts, levels,
+            scale=self.scale,
         )
         frames = {"all": metrics.summarize(rows)}
         frames.update({name: metrics.summarize(rows, labels) for name, labels in groups.items()})

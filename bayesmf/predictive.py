@@ -305,27 +305,35 @@ def mixture_interval(comps: Components, prob: float) -> tuple[np.ndarray, np.nda
     return lower, upper
 
 
-def score_rows(y: np.ndarray, comps: Components, levels) -> dict:
-    """Per-row scores of ratings ``y`` (n,) under the mixture (see :func:`bayesmf.metrics.score_rows`)."""
+def score_rows(y: np.ndarray, comps: Components, levels, *, scale=None) -> dict:
+    """Per-row scores of ratings ``y`` (n,) under the mixture (see :func:`bayesmf.metrics.score_rows`).
+
+    On a star ``scale`` (a :class:`bayesmf.data.RatingScale` with a step) the
+    star scores too.
+    """
     if comps.weights is None:
-        return metrics.score_rows(y, comps.mean, comps.sd, levels=levels)
+        return metrics.score_rows(y, comps.mean, comps.sd, levels=levels, scale=scale)
     rows = {}
     for cols, w in _weight_groups(comps.weights):
-        part = metrics.score_rows(y[cols], comps.mean[:, cols], comps.sd[:, cols], weights=w, levels=levels)
+        part = metrics.score_rows(
+            y[cols], comps.mean[:, cols], comps.sd[:, cols], weights=w, levels=levels, scale=scale
+        )
         for name, values in part.items():
             rows.setdefault(name, np.empty(y.shape[0]))[cols] = values
     return rows
 
 
-def _score_chunk(params, user_index, item_index, y, rng_key, *, moments_fn, levels, num_shifts, tol):
+def _score_chunk(params, user_index, item_index, y, rng_key, *, moments_fn, levels, num_shifts, tol, cuts):
     """Form a chunk's components on the device with ``moments_fn`` and score them (uniform weights)."""
     mean, var = moments_fn(params, user_index, item_index)  # (S, c) each
     mean, var = mean.astype(y.dtype), var.astype(y.dtype)  # score in float64, as the host reference does
     w = jnp.full(mean.shape[0], 1.0 / mean.shape[0], y.dtype)
-    return streaming.chunk_scores(y, mean, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol)
+    return streaming.chunk_scores(
+        y, mean, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol, cuts=cuts
+    )
 
 
-_score_chunk_jit = jax.jit(_score_chunk, static_argnames=("moments_fn", "levels", "num_shifts", "tol"))
+_score_chunk_jit = jax.jit(_score_chunk, static_argnames=("moments_fn", "levels", "num_shifts", "tol", "cuts"))
 
 
 def stream_score_rows(
@@ -340,6 +348,7 @@ def stream_score_rows(
     max_pairs: int | None = metrics.MAX_PAIRS,
     tol: float = metrics.QUANTILE_TOL,
     chunk_cells: int = streaming.CHUNK_CELLS,
+    scale=None,
 ) -> dict:
     """Per-row scores of ratings ``y`` under a uniform mixture over draws, streamed over the pairs on the device.
 
@@ -375,12 +384,17 @@ def stream_score_rows(
     tol : float
         Absolute tolerance of the mixture quantiles.
     chunk_cells : int
+    scale : bayesmf.data.RatingScale, optional
+        On a star scale the star masses are formed on the device too (``K``
+        floats per row come back) and scored on the host as
+        :func:`score_rows` scores them.
 
     Returns
     -------
     dict of str to array, shape (n,)
     """
     levels = streaming.check_levels(levels)
+    cuts = metrics.star_cuts(scale)
     y = np.asarray(y, np.float64)
     n = y.shape[0]
     num_draws = params.noise_precision.shape[0]
@@ -402,16 +416,18 @@ def stream_score_rows(
                 part = _score_chunk_jit(
                     part_params, jnp.asarray(user_index[take], jnp.int32), jnp.asarray(item_index[take], jnp.int32),
                     jnp.asarray(y[take]), jax.random.fold_in(rng_key, len(pending)),
-                    moments_fn=moments_fn, levels=levels, num_shifts=num_shifts, tol=float(tol),
+                    moments_fn=moments_fn, levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
                 )
                 # Collected after every chunk is dispatched: the device (or the CPU client's
                 # threads) runs chunks back to back while Python prepares the next.
                 pending.append((rows[start : start + c], part))
         out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
+        if cuts is not None:
+            out["star_mass"] = np.empty((n, len(cuts) + 1))
         for keep, part in pending:
             for name, values in part.items():
                 out[name][keep] = np.asarray(values)[: keep.size]
-    return out
+    return streaming.add_star_rows(out, y, cuts, levels)
 
 
 @dataclasses.dataclass(frozen=True)

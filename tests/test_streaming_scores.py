@@ -171,6 +171,33 @@ def test_evaluate_equals_the_host_path(posterior, monkeypatch):
     assert table.loc["cold", "count"].sum() == len(test)
 
 
+def test_evaluate_star_scores_equal_the_host_path(posterior):
+    """The star columns (bayesmf.metrics.stars) of the streamed evaluate are those of the in-memory path."""
+    import copy
+
+    test = make_ratings(7, 400)
+    pairs = posterior.pairs(test.user_ids, test.item_ids)
+    comps = posterior.components(pairs.user_index, pairs.item_index)
+    rows = score_rows(np.asarray(test.rating, np.float64), comps, LEVELS, scale=posterior.scale)
+    expected = metrics.summarize(rows).iloc[0]
+    table = posterior.evaluate(test, levels=LEVELS, by="cold", expect_cold=True)
+    got = table.loc[("all", "all")]
+    kinds = ("coverage", "mass", "size")
+    star_columns = ["star_nll", "rps", *(f"set_{kind}_{100 * p:g}" for p in LEVELS for kind in kinds)]
+    assert list(table.columns[-len(star_columns):]) == star_columns and list(got.index) == list(expected.index)
+    for key in star_columns:
+        if key.startswith(("set_coverage", "set_size")):
+            assert got[key] == expected[key], key
+        else:
+            assert got[key] == pytest.approx(expected[key], rel=0, abs=EVALUATE_ATOL), key
+    # A continuous scale has no stars: evaluate has no star columns, and the others are unchanged.
+    continuous = copy.copy(posterior)
+    continuous.scale = RatingScale(1.0, 5.0, None)
+    plain = continuous.evaluate(test, levels=LEVELS, by="cold", expect_cold=True)
+    assert list(plain.columns) == list(table.columns[: -len(star_columns)])
+    pd.testing.assert_frame_equal(plain, table[plain.columns], check_exact=True)
+
+
 def test_stream_score_rows_is_the_same_in_any_chunking(posterior):
     test = make_ratings(9, 300)
     pairs = posterior.pairs(test.user_ids, test.item_ids)

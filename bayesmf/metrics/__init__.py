@@ -14,6 +14,10 @@ one-component mixture, with a closed-form fast path inside each function.
   :func:`coverage`, :func:`moments`, :func:`cdf`, :func:`quantile`,
   :func:`interval`, :func:`nll` / :func:`nll_per_row`, :func:`crps` /
   :func:`crps_per_row`, :func:`crps_samples` / :func:`crps_samples_per_row`.
+- :mod:`~bayesmf.metrics.stars`: :func:`star_cuts`, :func:`star_index`,
+  :func:`star_masses` (the mass of each star of a discrete scale),
+  :func:`star_rows` (log score, ranked probability score and prediction sets
+  from any model's star masses), :func:`prediction_set`.
 - :mod:`~bayesmf.metrics.summary`: :func:`score_rows` (the one scoring
   pass), :func:`summarize` (the one aggregation: a table per group, or one
   row ``all``), :func:`activity_bucket` (an ordered categorical).
@@ -48,6 +52,7 @@ from bayesmf.metrics.scores import (
     quantile,
     rmse,
 )
+from bayesmf.metrics.stars import prediction_set, star_cuts, star_index, star_masses, star_rows
 from bayesmf.metrics.summary import (
     DEFAULT_EDGES,
     DEFAULT_LEVELS,
@@ -79,9 +84,14 @@ __all__ = [
     "nll",
     "nll_per_row",
     "precision_at_k",
+    "prediction_set",
     "quantile",
     "recall_at_k",
     "rmse",
     "score_rows",
+    "star_cuts",
+    "star_index",
+    "star_masses",
+    "star_rows",
     "summarize",
 ]

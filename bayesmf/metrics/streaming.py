@@ -32,7 +32,13 @@ The scores are those of the reference, step for step:
   stops when every row of the chunk has converged (at most the reference's
   ``2 ceil(log2(width / tol)) + 4`` iterations, so it jits with one compile
   per chunk shape). Converged rows are frozen, not dropped. A Gaussian
-  (``S = 1``) takes the closed form.
+  (``S = 1``) takes the closed form;
+- on a star scale (``cuts`` given), the star masses of the mixture by the
+  reference's own kernel (:func:`bayesmf.metrics.stars.mixture_masses` with
+  ``jax.numpy``), returned as ``star_mass`` of shape ``(c, K)``; the star
+  scores are computed from them on the host by
+  :func:`bayesmf.metrics.star_rows` (:func:`add_star_rows`), the one home of
+  that math, for the streamed and the in-memory path alike.
 
 Dtype: the functions compute in the dtype of ``mu``. Under
 ``jax.enable_x64(True)`` with float64 components every score equals the
@@ -54,6 +60,7 @@ from jax.scipy.special import ndtri
 from numpy.typing import ArrayLike
 
 from bayesmf.metrics.scores import BRACKET_SDS, MAX_PAIRS, QUANTILE_TOL
+from bayesmf.metrics.stars import mixture_masses, star_cuts, star_rows
 
 Array = jax.Array
 
@@ -207,6 +214,7 @@ def chunk_scores(
     num_shifts: int | None,
     rng_key: Array | None = None,
     tol: float = QUANTILE_TOL,
+    cuts: tuple[float, ...] | None = None,
 ) -> dict[str, Array]:
     """Per-row scores of one chunk of mixtures (pure JAX; jit it with its caller).
 
@@ -226,11 +234,15 @@ def chunk_scores(
         Needed when ``num_shifts`` is set.
     tol : float (static)
         Absolute tolerance of the mixture quantiles.
+    cuts : tuple of float (static), optional
+        Star cut points (:func:`bayesmf.metrics.star_cuts`): also return
+        ``star_mass``.
 
     Returns
     -------
     dict of str to array, shape (c,)
-        The keys of :func:`bayesmf.metrics.score_rows`, in its order.
+        The keys of :func:`bayesmf.metrics.score_rows` without star scores,
+        in its order; with ``cuts`` also ``star_mass``, shape (c, K).
     """
     num_components = mu.shape[0]
     sd = jnp.sqrt(var)
@@ -261,14 +273,23 @@ def chunk_scores(
     for j, tag in enumerate(level_tags(levels)):
         rows[f"covered_{tag}"] = ((lower[j] <= y) & (y <= upper[j])).astype(mu.dtype)
         rows[f"width_{tag}"] = upper[j] - lower[j]
+    if cuts is not None:
+        rows["star_mass"] = mixture_masses(mu, sd, w, cuts, xp=jnp)
     return rows
 
 
-def _host_chunk(y, mu, var, w, rng_key, *, levels, num_shifts, tol):
-    return chunk_scores(y, mu, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol)
+def add_star_rows(rows: dict, y: np.ndarray, cuts: tuple[float, ...] | None, levels: Sequence[float]) -> dict:
+    """Replace a streamed ``star_mass`` (n, K) by the star scores of :func:`bayesmf.metrics.star_rows` (in place)."""
+    if cuts is not None:
+        rows.update(star_rows(y, rows.pop("star_mass"), cuts, levels))
+    return rows
 
 
-_host_chunk_jit = jax.jit(_host_chunk, static_argnames=("levels", "num_shifts", "tol"))
+def _host_chunk(y, mu, var, w, rng_key, *, levels, num_shifts, tol, cuts):
+    return chunk_scores(y, mu, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol, cuts=cuts)
+
+
+_host_chunk_jit = jax.jit(_host_chunk, static_argnames=("levels", "num_shifts", "tol", "cuts"))
 
 
 def chunk_rows(num_components: int, chunk_cells: int = CHUNK_CELLS) -> int:
@@ -287,6 +308,7 @@ def score_rows(
     max_pairs: int | None = MAX_PAIRS,
     tol: float = QUANTILE_TOL,
     chunk_cells: int = CHUNK_CELLS,
+    scale=None,
 ) -> dict[str, np.ndarray]:
     """:func:`bayesmf.metrics.score_rows` of host arrays, chunked and jitted (float64).
 
@@ -304,6 +326,8 @@ def score_rows(
         The reference's budget; None: always the exact pair term.
     tol : float
     chunk_cells : int
+    scale : bayesmf.data.RatingScale, optional
+        As in :func:`bayesmf.metrics.score_rows`: star scores on a star scale.
 
     Returns
     -------
@@ -328,15 +352,18 @@ def score_rows(
     num_shifts = num_shifts_for(num_components, n, max_pairs)
     key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     size = min(n, chunk_rows(num_components, chunk_cells))
+    cuts = star_cuts(scale)
     out = {name: np.empty(n) for name in row_keys(levels)}  # the reference's order (jit returns keys sorted)
+    if cuts is not None:
+        out["star_mass"] = np.empty((n, len(cuts) + 1))
     with jax.enable_x64(True):
         for start in range(0, n, size):
             stop = min(start + size, n)
             take = np.minimum(np.arange(start, start + size), n - 1)  # pad the last chunk with its last row
             part = _host_chunk_jit(
                 jnp.asarray(y[take]), jnp.asarray(m[:, take]), jnp.asarray(s[:, take] ** 2), jnp.asarray(w),
-                jax.random.fold_in(key, start), levels=levels, num_shifts=num_shifts, tol=float(tol),
+                jax.random.fold_in(key, start), levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
             )
             for name, values in part.items():
                 out[name][start:stop] = np.asarray(values)[: stop - start]
-    return out
+    return add_star_rows(out, y, cuts, levels)

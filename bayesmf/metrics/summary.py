@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bayesmf.metrics.scores import MAX_PAIRS, crps_per_row, interval, moments, nll_per_row
+from bayesmf.metrics.stars import star_cuts, star_masses, star_rows
 
 # Default central-interval probabilities scored by score_rows.
 DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -42,8 +43,9 @@ def score_rows(
     levels: Sequence[float] = DEFAULT_LEVELS,
     max_pairs: int = MAX_PAIRS,
     seed: int | np.random.Generator = 0,
+    scale=None,
 ) -> dict[str, np.ndarray]:
-    """Point, probabilistic and interval scores of the predictive, per row.
+    """Point, probabilistic, interval and (on a star scale) star scores of the predictive, per row.
 
     Parameters
     ----------
@@ -59,6 +61,11 @@ def score_rows(
         Central-interval probabilities, in (0, 1).
     max_pairs, seed
         As in :func:`bayesmf.metrics.crps_per_row`.
+    scale : bayesmf.data.RatingScale, optional
+        With a discrete scale (``step`` set) the star scores of
+        :func:`bayesmf.metrics.star_rows` are added, from the star masses of
+        the predictive (:func:`bayesmf.metrics.star_masses`), with the
+        prediction sets at ``levels``; None or a continuous scale adds none.
 
     Returns
     -------
@@ -66,7 +73,9 @@ def score_rows(
         ``squared_error`` and ``absolute_error`` of the predictive mean
         (:func:`bayesmf.metrics.moments`), ``nll``, ``crps``, and per level
         ``p`` ``covered_<100p>`` (1.0 inside the central interval, ends
-        included, else 0.0) and ``width_<100p>``.
+        included, else 0.0) and ``width_<100p>``; then, on a star scale,
+        ``star_nll``, ``rps`` and per level ``set_covered_<100p>``,
+        ``set_mass_<100p>``, ``set_size_<100p>``.
 
     Examples
     --------
@@ -97,6 +106,9 @@ def score_rows(
         tag = f"{100 * p:g}"
         rows[f"covered_{tag}"] = ((lower <= y) & (y <= upper)).astype(np.float64)
         rows[f"width_{tag}"] = upper - lower
+    cuts = star_cuts(scale)
+    if cuts is not None:
+        rows.update(star_rows(y, star_masses(mu, sd, cuts, weights), cuts, levels))
     return rows
 
 
@@ -124,7 +136,11 @@ def summarize(rows: dict[str, np.ndarray], groups: ArrayLike | None = None, *, o
         One row per group (index name ``group``); columns ``count``,
         ``rmse`` (root of the mean squared error), ``mae``, ``nll``,
         ``crps``, and per level ``coverage_<100p>`` and ``width_<100p>``
-        (means over the group's rows).
+        (means over the group's rows); when ``rows`` has star scores
+        (:func:`score_rows` with a star scale) also ``star_nll``, ``rps`` and
+        per level ``set_coverage_<100p>``, ``set_mass_<100p>`` (mean
+        predicted mass of the prediction set; calibrated when within 0.01 of
+        the coverage) and ``set_size_<100p>`` (mean number of stars).
 
     Examples
     --------
@@ -141,10 +157,13 @@ def summarize(rows: dict[str, np.ndarray], groups: ArrayLike | None = None, *, o
     if missing:
         raise ValueError(f"rows lacks {missing} (expected the output of score_rows)")
     tags = [key[len("covered_"):] for key in rows if key.startswith("covered_")]
+    set_tags = [key[len("set_covered_"):] for key in rows if key.startswith("set_covered_")]
+    star_keys = [key for key in ("star_nll", "rps") if key in rows]
+    star_keys += [f"set_{kind}_{tag}" for tag in set_tags for kind in ("covered", "mass", "size")]
     n = len(rows["squared_error"])
     if n == 0:
         raise ValueError("rows is empty (no rows to summarize)")
-    for key in (*_ROW_KEYS, *(f"{kind}_{tag}" for tag in tags for kind in ("covered", "width"))):
+    for key in (*_ROW_KEYS, *(f"{kind}_{tag}" for tag in tags for kind in ("covered", "width")), *star_keys):
         if np.shape(rows[key]) != (n,):
             raise ValueError(f"mismatched shapes: rows[{key!r}] {np.shape(rows[key])}, expected ({n},)")
 
@@ -175,6 +194,8 @@ def summarize(rows: dict[str, np.ndarray], groups: ArrayLike | None = None, *, o
         for tag in tags:
             entry[f"coverage_{tag}"] = mean(f"covered_{tag}", idx)
             entry[f"width_{tag}"] = mean(f"width_{tag}", idx)
+        for key in star_keys:
+            entry[key.replace("set_covered_", "set_coverage_")] = mean(key, idx)
         table.append(entry)
     out = pd.DataFrame(table, index=pd.Index(labels, name="group"))
     out["count"] = out["count"].astype(np.int64)
