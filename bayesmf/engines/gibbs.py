@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmf import memory
 from bayesmf.conjugate import row_draw_from, standard_normal
 from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
-from bayesmf import memory
 from bayesmf.layout import (
     build_layout,
     default_chunk_bytes,
