@@ -14,8 +14,9 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     chunks of rows (``chunk_bytes``) that :func:`map_rows` takes one at a
     time, so the gathered design rows (``width x d`` floats per row) and the
     per-row ``d x d`` matrices exist for one chunk at once, never for all
-    ``nnz`` ratings: the peak working memory is about ``chunk_bytes`` per
-    bucket whatever the data size.
+    ``nnz`` ratings: the peak working memory is about ``chunk_bytes``
+    whatever the data size (plus every row's ``(d + 1)^2`` statistics when
+    they fit in ``stats_bytes`` and the row update runs in two stages).
 ``"dense"`` (memory O(n m + nnz + m d^2))
     A 0/1 mask ``W`` (n, m): all Grams at once as one GEMM ``W @ (z ⊗ z)``
     over the ``d (d + 1) / 2`` distinct entries of each symmetric outer
@@ -65,9 +66,10 @@ LAYOUTS = ("auto", "bucket", "dense")
 # (the gathered design rows and the per-row d x d matrices), bytes. At the
 # ML-1M shape, rank 32 (2 cores, loaded), XLA's temporary buffers per sweep
 # were 213 MB with 64 MB chunks, 49 MB with 16 MB and 19 MB with 4 MB, at
-# seconds per sweep within the machine's noise; 16 MB keeps the row loops few. On an accelerator the
-# chunk is a fraction of the device's memory instead
-# (:func:`default_chunk_bytes`): large chunks keep its batched kernels full.
+# seconds per sweep within the machine's noise; 16 MB keeps the row loops
+# few. On an accelerator the chunk is a fraction of the device's memory
+# instead (:func:`default_chunk_bytes`): large chunks keep its batched
+# kernels full.
 CHUNK_BYTES = 16 * 2**20
 # Fraction of an accelerator's memory one chunk may take.
 DEVICE_CHUNK_FRACTION = 1 / 16
@@ -228,8 +230,7 @@ def stage_rows(plan: tuple, design_width: int | None, chunk_bytes: int, stats_by
     if design_width is None or len(plan) < 2:
         return None
     d = int(design_width)
-    rows = sum(b.chunks * b.chunk_rows for group in plan for b in group)
-    if rows * (d + 1) ** 2 * itemsize > stats_bytes:
+    if _padded_rows(plan) * (d + 1) ** 2 * itemsize > stats_bytes:
         return None
     return max(1, chunk_bytes // row_bytes(0, d, itemsize))
 
@@ -246,8 +247,12 @@ def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes
     if per_chunk is None:
         return group_bytes
     d = int(design_width)
-    rows = sum(b.chunks * b.chunk_rows for group in plan for b in group)
-    return rows * (d + 1) ** 2 * itemsize + max(group_bytes, per_chunk * row_bytes(0, d, itemsize))
+    return _padded_rows(plan) * (d + 1) ** 2 * itemsize + max(group_bytes, per_chunk * row_bytes(0, d, itemsize))
+
+
+def _padded_rows(plan: tuple) -> int:
+    """Rows of a :func:`bucket_plan`, chunk padding included."""
+    return sum(b.chunks * b.chunk_rows for group in plan for b in group)
 
 
 def default_chunk_bytes(device=None) -> int:
@@ -266,7 +271,7 @@ def default_stats_bytes(device=None) -> int:
 
 def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int,
                    design_width: int | None = None, chunk_bytes: int = CHUNK_BYTES,
-                   stats_bytes: int = STATS_BYTES) -> BucketLayout:
+                   stats_bytes: int = STATS_BYTES, itemsize: int = 4) -> BucketLayout:
     nnz = rows.size
     order = np.argsort(rows, kind="stable")
     degree = np.bincount(rows, minlength=num_rows)
@@ -275,7 +280,7 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
     groups = []
     position = np.empty(num_rows, dtype=np.int64)
     offset = 0
-    plan = bucket_plan(degree, design_width, chunk_bytes)
+    plan = bucket_plan(degree, design_width, chunk_bytes, itemsize)
     for group in plan:
         buckets = []
         for shape in group:
@@ -301,7 +306,7 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
             position[members] = offset + np.arange(members.size)
             offset += k * c
         groups.append(tuple(buckets))
-    per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes)
+    per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes, itemsize)
     if per_chunk is None:
         return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32))
     # Second stage: the rows in the first stage's order, in even chunks
@@ -325,7 +330,7 @@ def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: i
 
 
 def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None,
-                 chunk_bytes: int | None = None, stats_bytes: int | None = None):
+                 chunk_bytes: int | None = None, stats_bytes: int | None = None, itemsize: int = 4):
     """Layout of the entries ``(rows[j], cols[j])`` grouped by row.
 
     Parameters
@@ -344,6 +349,9 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     stats_bytes : int, optional
         Largest buffer of every row's statistics for the two-stage row
         update (:func:`stage_rows`); default :func:`default_stats_bytes`.
+    itemsize : int
+        Bytes per float of the design rows the layout will be used with (4 or
+        8): the chunks' sizes count them.
 
     Returns
     -------
@@ -358,7 +366,7 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
         chunk_bytes = default_chunk_bytes()
     if stats_bytes is None:
         stats_bytes = default_stats_bytes()
-    return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes))
+    return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes), int(itemsize))
 
 
 def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:

@@ -97,10 +97,11 @@ def build_context(data: ModelData, layout: str = "auto", rank: int | None = None
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
     item_width = None if rank is None else rank + 1
+    sizes = dict(chunk_bytes=chunk_bytes, itemsize=np.dtype(data.rating.dtype).itemsize)
     return GibbsContext(
         data=data,
-        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank, chunk_bytes=chunk_bytes),
-        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=item_width, chunk_bytes=chunk_bytes),
+        user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank, **sizes),
+        item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=item_width, **sizes),
     )
 
 
