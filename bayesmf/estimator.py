@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS
+from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS, SAMPLERS
 from bayesmf.data import as_ratings
 from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, Params, model_data_from_ratings
 from bayesmf.posterior import Posterior
@@ -63,7 +63,6 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
         rank), ``item_offsets`` (num_items,) over ``ratings``' vocabularies.
     """
     from bayesmf.conjugate import row_draw
-    from bayesmf.model import make_model_data
 
     old = posterior.config
     for name in ("rank", "offsets", "priors"):
@@ -91,9 +90,7 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
     items = rows(key_items, draw.item_factors, ratings.item_vocab, posterior.item_vocab, draw.item_mean,
                  draw.item_precision)
     if config.offsets == "empirical":
-        data = make_model_data(ratings.user_index, ratings.item_index, ratings.rating, ratings.num_users,
-                               ratings.num_items, dtype=dtype)
-        offsets = np.asarray(data.empirical_offsets)
+        offsets = np.asarray(model_data_from_ratings(ratings, dtype=dtype).empirical_offsets)
     else:
         offsets = rows(key_offsets, draw.item_offsets[:, None], ratings.item_vocab, posterior.item_vocab,
                        np.reshape(draw.offset_mean, (1,)), np.reshape(draw.offset_precision, (1, 1)))[:, 0]
@@ -327,13 +324,13 @@ class BayesMF:
             Also stored as ``self.posterior_``.
         """
         rng_key = as_key(rng_key)
-        if (checkpoint is not None or checkpoint_every is not None) and self.method not in ("gibbs", "nuts"):
+        if (checkpoint is not None or checkpoint_every is not None) and self.method not in SAMPLERS:
             raise ValueError(
                 f"method={self.method!r} takes no checkpoint: only the samplers (gibbs, nuts) save and resume runs"
             )
         if checkpoint_every is not None and checkpoint is None:
             raise ValueError("checkpoint_every needs a checkpoint file: pass checkpoint=PATH")
-        if init_from is not None and self.method not in ("gibbs", "nuts"):
+        if init_from is not None and self.method not in SAMPLERS:
             raise ValueError(f"method={self.method!r} takes no init_from: only the samplers (gibbs, nuts) continue a model")
         ratings = as_ratings(ratings)
         if len(ratings) == 0:

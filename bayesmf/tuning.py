@@ -199,6 +199,11 @@ class _Tuner:
     def best(self) -> dict:
         return min(self.fits.values(), key=lambda fit: fit["rmse"])
 
+    def best_priors(self) -> tuple[dict, FixedPriors]:
+        """The best fit and its precisions, the noise from its validation RMSE."""
+        best = self.best()
+        return best, best["point"].priors(1.0 / best["rmse"] ** 2, self.config.fixed.mean_precision)
+
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
 
@@ -257,8 +262,7 @@ def _parabolic_step(tuner: _Tuner, point: _Point, coordinate: str) -> _Point:
         if denominator != 0:
             vertex = x1 - 0.5 * numerator / denominator
             if min(abs(vertex - x) for x in xs) > _MIN_LOG_STEP:
-                tuner(_with(point, coordinate, math.exp(vertex)))
-                line[vertex] = tuner.fits[_with(point, coordinate, math.exp(vertex)).key()]["rmse"]
+                line[vertex] = tuner(_with(point, coordinate, math.exp(vertex)))
     return _with(point, coordinate, math.exp(min(line, key=line.get)))
 
 
@@ -400,8 +404,7 @@ def tune(
         options=dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout),
         progress_bar=progress_bar,
     )
-    best = tuner.best()
-    priors = best["point"].priors(1.0 / best["rmse"] ** 2, config.fixed.mean_precision)
+    best, priors = tuner.best_priors()
     result = map_engine.make_result(
         best["latent"], data, config.replace(fixed=priors), solver, dict(best["info"]), time.perf_counter() - start_time
     )
@@ -484,8 +487,7 @@ def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, sol
             rng_key, sub_data, pairs, valid_rating, config,
             solver=solver, grid=grid, shared=shared, options=options, progress_bar=progress_bar, pad_to=pad_to,
         )
-        best = tuner.best()
-        priors = best["point"].priors(1.0 / best["rmse"] ** 2, config.fixed.mean_precision)
+        best, priors = tuner.best_priors()
         return priors, best["latent"], tuner.table(), best["rmse"]
     sub_fit = map_engine.fit(rng_key, sub_data, config, solver=solver, progress_bar=progress_bar, **options)
     latent = {k: jnp.asarray(getattr(sub_fit.draws, k)[0, 0]) for k in latent_sites(config)}

@@ -291,11 +291,17 @@ def _unflat(prefix: str, arrays: dict, like):
     return jax.tree_util.tree_unflatten(treedef, [arrays[f"{prefix}/{i}"] for i in range(treedef.num_leaves)])
 
 
+def _partial_path(path) -> Path:
+    """Where :func:`write_checkpoint` writes before replacing ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
 def write_checkpoint(path, arrays: dict) -> None:
     """Write ``arrays`` with ``numpy.savez`` to ``path`` atomically (temporary
     file in the same directory, then ``os.replace``)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _partial_path(path)
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
@@ -609,10 +615,10 @@ def sample(
             draw_means=out["tracked"] if keep_track_draws else None,
         )
     sampling_seconds = run.warmup_seconds + run.draw_seconds
-    iterations = len(groups) * (num_warmup + num_samples * thin)
+    iterations = len(groups) * per_chain
     if path is not None:
         # The checkpoint, and a partial write a kill may have left beside it.
-        for leftover in (Path(path), Path(path).with_name(Path(path).name + ".tmp")):
+        for leftover in (Path(path), _partial_path(path)):
             if leftover.exists():
                 os.remove(leftover)
     return Run(

@@ -273,9 +273,8 @@ def shard_context(ctx, mesh: Mesh):
         Same structure, global arrays.
     """
     data = ctx.data
-    replicated = NamedSharding(mesh, PartitionSpec())
     return type(ctx)(
-        data=jax.tree_util.tree_map(lambda x: place(x, replicated), data),
+        data=replicate(data, mesh),
         user_layout=_shard_layout(ctx.user_layout, mesh, data.num_items, data.nnz),
         item_layout=_shard_layout(ctx.item_layout, mesh, data.num_users, data.nnz),
     )
