@@ -260,12 +260,6 @@ def level_tags(levels: Sequence[float]) -> list[str]:
     return [f"{100 * p:g}" for p in levels]
 
 
-def star_row_keys(levels: Sequence[float]) -> list[str]:
-    """The keys of :func:`star_rows`, in its order."""
-    kinds = ("covered", "mass", "size")
-    return ["star_nll", "rps", *(f"set_{kind}_{tag}" for tag in level_tags(levels) for kind in kinds)]
-
-
 def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Sequence[float]) -> dict[str, np.ndarray]:
     """Per-row star scores of observed ratings under predicted star masses (any model's).
 

@@ -60,7 +60,7 @@ from jax.scipy.special import ndtri
 from numpy.typing import ArrayLike
 
 from bayesmf.metrics.scores import BRACKET_SDS, MAX_PAIRS, QUANTILE_TOL
-from bayesmf.metrics.stars import mixture_masses, star_cuts, star_rows
+from bayesmf.metrics.stars import level_tags, mixture_masses, star_cuts, star_rows
 
 Array = jax.Array
 
@@ -72,11 +72,6 @@ CHUNK_CELLS = 2**19
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def level_tags(levels: Sequence[float]) -> list[str]:
-    """The ``covered_<tag>`` / ``width_<tag>`` tags of :func:`bayesmf.metrics.score_rows`."""
-    return [f"{100 * p:g}" for p in levels]
 
 
 def row_keys(levels: Sequence[float]) -> list[str]:
