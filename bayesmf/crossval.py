@@ -40,9 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from bayesmf.data import Ratings
 from bayesmf.metrics import DEFAULT_LEVELS
 from bayesmf.split import Split, kfold
 
@@ -151,8 +149,6 @@ def _splits(ratings, folds, seed: int, split) -> list[Split]:
     if isinstance(split, str):
         if split != "kfold":
             raise ValueError(f"unknown split {split!r}: pass 'kfold' or a sequence of bayesmf.split.Split")
-        if not isinstance(ratings, (Ratings, pd.DataFrame)):
-            raise TypeError(f"expected bayesmf.data.Ratings or a pandas DataFrame, got {type(ratings).__name__}")
         return kfold(ratings, 5 if folds is None else folds, seed)
     if ratings is not None:
         raise ValueError("pass either ratings (split into k folds) or a sequence of splits, not both")

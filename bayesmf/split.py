@@ -224,7 +224,9 @@ def kfold(ratings: Ratings, k: int, seed) -> list[Split]:
     list of Split, length k
         Named ``"kfold-<i>-of-<k>"``.
     """
-    return [_fold(ratings, k, seed, i) for i in range(_check_int(k, "k", 2))]
+    k = _check_int(k, "k", 2)
+    ratings = _check_ratings(ratings)  # once: a DataFrame is converted here, not per fold
+    return [_fold(ratings, k, seed, i) for i in range(k)]
 
 
 def _fold(ratings: Ratings, k: int, seed, fold: int) -> Split:

@@ -262,10 +262,9 @@ class Vocabulary:
         """Query ids converted to the vocabulary's id type where they are of the other one (see :meth:`index`)."""
         if len(self) == 0:
             return flat
-        strings = flat.dtype == object and pd.api.types.infer_dtype(flat, skipna=False) == "string"
-        integers = flat.dtype.kind in "iu" or (
-            flat.dtype == object and pd.api.types.infer_dtype(flat, skipna=False) == "integer"
-        )
+        inferred = pd.api.types.infer_dtype(flat, skipna=False) if flat.dtype == object else None
+        strings = inferred == "string"
+        integers = flat.dtype.kind in "iu" or inferred == "integer"
         if not self.is_string and strings:
             exact = np.fromiter((_INTEGER.fullmatch(v) is not None for v in flat), bool, flat.size)
             if not exact.all():
