@@ -288,7 +288,9 @@ def child_engine(args) -> dict:
         config = ModelConfig(rank=args.rank)
         options = {}
         if args.chunk_fraction:
-            limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 2**30)  # (the CPU reports none)
+            from bayesmf.memory import device_limit
+
+            limit = device_limit() or 2**30  # (the CPU reports none)
             options["chunk_bytes"] = out["chunk_bytes"] = int(limit * args.chunk_fraction)
         if hasattr(gibbs, "memory_plan"):  # (a baseline run of an older package has none)
             plan = gibbs.memory_plan(data, config, num_samples=args.sweeps, keep_draws=not args.no_keep, **options)

@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     import bayesmf
     from bayesmf import split, storage, synthetic
 
-    shape = dict(num_users=6_040, num_items=3_706, num_ratings=1_000_000, min_per_user=20)
+    shape = synthetic.SHAPES["ml-1m"]._asdict()
     if args.tiny:
         shape = dict(num_users=300, num_items=200, num_ratings=12_000, min_per_user=10)
         args.rank, args.draws, args.warmup, args.users = 4, 40, 5, 50
