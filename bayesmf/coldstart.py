@@ -72,7 +72,7 @@ import pandas as pd
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_ratings
-from bayesmf.model import Params
+from bayesmf.model import Params, user_row_prior
 from bayesmf.posterior import Posterior
 from bayesmf.predictive import (
     Components,
@@ -126,7 +126,7 @@ _DEVICE_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _device_draws(posterior: Posterior) -> Params:
     cached = _DEVICE_DRAWS.get(posterior)
     if cached is None or cached[0] is not posterior.draws:
-        cached = (posterior.draws, Params(*(jnp.asarray(x) for x in posterior.flat_draws())))
+        cached = (posterior.draws, jax.tree.map(jnp.asarray, posterior.flat_draws()))
         _DEVICE_DRAWS[posterior] = cached
     return cached[1]
 
@@ -186,26 +186,36 @@ def _fold_one_draw(prior_precision, prior_mean, design, response, mask, noise_pr
 _fold_draws = jax.vmap(_fold_one_draw, in_axes=(0, 0, 0, 0, None, 0))
 
 
-@jax.jit
-def _fold_users(prior_precision, prior_mean, item_factors, item_offsets, idx, ratings, mask, noise_precision):
+@functools.partial(jax.jit, static_argnames="with_one")
+def _fold_users(prior_precision, prior_mean, item_factors, item_offsets, idx, ratings, mask, noise_precision,
+                with_one=False):
     """All draws: users with ratings of movies ``idx`` (B, K); design ``R_v``, response ``r - m_v``.
+
+    ``with_one``: the design is ``(R_v, 1)`` (a model with user offsets folds
+    in ``(L, b)``; :func:`bayesmf.model.user_design`), the 1 appended after
+    the gather rather than to every movie of every draw.
 
     The design is gathered once for all draws (``take`` along the movie axis:
     several times faster on XLA:CPU than a gather inside the vmap).
     """
     num_draws = item_factors.shape[0]
     design = jnp.take(item_factors, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape + item_factors.shape[-1:])
+    if with_one:
+        design = jnp.concatenate([design, jnp.ones(design.shape[:-1] + (1,), design.dtype)], axis=-1)
     offsets = jnp.take(item_offsets, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape)
     return _fold_draws(prior_precision, prior_mean, design, ratings - offsets, mask, noise_precision)
 
 
 @jax.jit
-def _fold_items(prior_precision, prior_mean, user_factors, idx, ratings, mask, noise_precision):
-    """All draws: movies with ratings by users ``idx`` (B, K); design ``(L_u, 1)``, response ``r``."""
+def _fold_items(prior_precision, prior_mean, user_factors, user_offsets, idx, ratings, mask, noise_precision):
+    """All draws: movies with ratings by users ``idx`` (B, K); design ``(L_u, 1)``, response ``r`` (``r - b_u``
+    when the model has user offsets, ``user_offsets`` (S, N); else None)."""
     num_draws = user_factors.shape[0]
     factors = jnp.take(user_factors, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape + user_factors.shape[-1:])
     design = jnp.concatenate([factors, jnp.ones(factors.shape[:-1] + (1,), factors.dtype)], axis=-1)
     response = jnp.broadcast_to(ratings, design.shape[:-1])
+    if user_offsets is not None:
+        response = response - jnp.take(user_offsets, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape)
     return _fold_draws(prior_precision, prior_mean, design, response, mask, noise_precision)
 
 
@@ -386,7 +396,7 @@ def _row_moments(mean, cov, flat: Params, other_index, side: str):
     mean, var : array, shape (S, n)
         Noise ``1/alpha`` included.
     """
-    row = row_side(mean, cov, side)
+    row = row_side(mean, cov, side, flat.user_offsets is not None)
     if side == "user":
         m, v = product_moments(row, item_side(flat, other_index))
     else:
@@ -785,11 +795,13 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
     flat = _device_draws(posterior)
     num_draws, d = flat.user_mean.shape
     if side == "user":
-        fold_fn, args, dim = _fold_users, (flat.user_precision, flat.user_mean, flat.item_factors, flat.item_offsets), d
+        offsets = flat.user_offsets is not None
+        fold_fn = functools.partial(_fold_users, with_one=offsets)
+        args, dim = (*user_row_prior(flat), flat.item_factors, flat.item_offsets), d + int(offsets)
     else:
         prior = jnp.zeros((num_draws, d + 1, d + 1), flat.item_mean.dtype)
         prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
         prior_mean = jnp.concatenate([flat.item_mean, flat.offset_mean[:, None]], axis=1)
-        fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors), d + 1
+        fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors, flat.user_offsets), d + 1
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
     return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels)

@@ -141,6 +141,7 @@ def _draw_means(posterior, user_index: np.ndarray, item_index: np.ndarray) -> np
         factors_l = d.user_factors.reshape((c * s,) + d.user_factors.shape[2:])
         factors_r = d.item_factors.reshape((c * s,) + d.item_factors.shape[2:])
         offsets = d.item_offsets.reshape(c * s, -1)
+        user_offsets = None if d.user_offsets is None else d.user_offsets.reshape(c * s, -1)
         cells = (rows_u.size + rows_i.size + 2 * u.shape[0]) * posterior.rank  # rows, then the gathered pairs
         block = max(1, BLOCK_CELLS // max(cells, 1))
         with jax.enable_x64(True):
@@ -150,7 +151,8 @@ def _draw_means(posterior, user_index: np.ndarray, item_index: np.ndarray) -> np
                     jnp.asarray(factors_l[part][:, rows_u], jnp.float64),
                     jnp.asarray(factors_r[part][:, rows_i], jnp.float64),
                     jnp.asarray(offsets[part][:, rows_i], jnp.float64),
-                    *([None] * (len(Params._fields) - 3)),  # the mean needs no hyperparameters
+                    *([None] * 7),  # the mean needs no hyperparameters
+                    user_offsets=None if user_offsets is None else jnp.asarray(user_offsets[part][:, rows_u], jnp.float64),
                 )
                 out[part, known] = np.asarray(_block_means(params, jnp.asarray(u), jnp.asarray(i)))
     if (~known).any():
@@ -210,6 +212,10 @@ def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset,
     values["item_offsets"] = (sample + ("item",), d.item_offsets.astype(np.float64), "item_offsets")
     values["offset_mean"] = (sample, d.offset_mean.astype(np.float64), "offset_mean")
     values["offset_sd"] = (sample, 1.0 / np.sqrt(d.offset_precision.astype(np.float64)), "offset_precision")
+    if d.user_offsets is not None:
+        values["user_offsets"] = (sample + ("user",), d.user_offsets.astype(np.float64), "user_offsets")
+        values["user_offset_sd"] = (sample, 1.0 / np.sqrt(d.user_offset_precision.astype(np.float64)),
+                                    "user_offset_precision")
     for side in ("user", "item"):
         trace, eig, norm = _prior_summaries(getattr(d, f"{side}_mean"), getattr(d, f"{side}_precision"))
         values[f"{side}_prior_trace_cov"] = (sample, trace, f"{side}_precision")
@@ -226,6 +232,7 @@ def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset,
 
     coords = dict(
         item=np.asarray(posterior.item_vocab.ids),
+        user=np.asarray(posterior.user_vocab.ids),
         factor=np.arange(posterior.rank),
         probe=np.arange(u.shape[0]),
         probe_user=("probe", probe_users),

@@ -65,13 +65,13 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
     from bayesmf.conjugate import row_draw
 
     old = posterior.config
-    for name in ("rank", "offsets", "priors"):
+    for name in ("rank", "offsets", "priors", "user_offsets"):
         if getattr(old, name) != getattr(config, name):
             raise ValueError(
                 f"init_from: the model has {name}={getattr(old, name)!r}, this fit {name}={getattr(config, name)!r}; "
                 "continue with the model's settings"
             )
-    draw = Params(*(np.asarray(x[0, -1]) for x in posterior.draws))
+    draw = jax.tree.map(lambda x: np.asarray(x[0, -1]), posterior.draws)
     dtype = draw.user_factors.dtype
     key_users, key_items, key_offsets = jax.random.split(rng_key, 3)
 
@@ -94,7 +94,11 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
     else:
         offsets = rows(key_offsets, draw.item_offsets[:, None], ratings.item_vocab, posterior.item_vocab,
                        np.reshape(draw.offset_mean, (1,)), np.reshape(draw.offset_precision, (1, 1)))[:, 0]
-    return draw._replace(user_factors=users, item_factors=items, item_offsets=offsets)
+    user_offsets = draw.user_offsets
+    if user_offsets is not None:  # b_u ~ N(0, 1/tau_b) for a new user
+        user_offsets = rows(jax.random.fold_in(key_users, 1), draw.user_offsets[:, None], ratings.user_vocab,
+                            posterior.user_vocab, np.zeros(1, dtype), np.reshape(draw.user_offset_precision, (1, 1)))[:, 0]
+    return draw._replace(user_factors=users, item_factors=items, item_offsets=offsets, user_offsets=user_offsets)
 
 
 # Floating-point types of the samplers' arithmetic (BayesMF(dtype=...)).
@@ -125,6 +129,10 @@ class BayesMF:
         mean-field variational inference (AutoNormal). Default ``"gibbs"``,
         as on the command line (:data:`bayesmf.choices.DEFAULT_METHOD`).
     offsets : {"estimated", "empirical"}
+    user_offsets : bool
+        Give each user an offset ``b_u ~ N(0, 1/tau_b)`` as well
+        (:class:`bayesmf.model.ModelConfig`); off by default (the plain model).
+        MAP holds ``tau_b`` at ``fixed.user_offset_precision`` (not tuned).
     priors : {"hyper", "fixed"} or None
         None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
         ``"hyper"`` (BPMF) for the samplers and SVI.
@@ -180,6 +188,7 @@ class BayesMF:
         method: str = DEFAULT_METHOD,
         *,
         offsets: str = "estimated",
+        user_offsets: bool = False,
         priors: str | None = None,
         fixed: FixedPriors | None = None,
         hyper: HyperPriors | None = None,
@@ -197,6 +206,7 @@ class BayesMF:
         self.rank = rank
         self.method = method
         self.offsets = offsets
+        self.user_offsets = user_offsets
         self.priors = priors
         self.fixed = fixed
         self.hyper = hyper
@@ -214,7 +224,7 @@ class BayesMF:
 
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
-        "rank", "method", "offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
+        "rank", "method", "offsets", "user_offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
         "tune", "validation_fraction", "progress_bar", "dtype", "devices",
     )
 
@@ -272,7 +282,7 @@ class BayesMF:
         priors = self.priors if self.priors is not None else ("fixed" if map_like else "hyper")
         fixed = self.fixed if self.fixed is not None else (MAP_FIXED_PRIORS if map_like else FixedPriors())
         return ModelConfig(rank=self.rank, offsets=self.offsets, priors=priors, fixed=fixed,
-                           hyper=self.hyper or HyperPriors())
+                           hyper=self.hyper or HyperPriors(), user_offsets=self.user_offsets)
 
     def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None, checkpoint=None,
             checkpoint_every: int | None = None, init_from: Posterior | None = None) -> Posterior:

@@ -324,8 +324,10 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
 
 
 def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> DenseLayout:
+    # Counts, not ones: a repeated (row, col) pair counts in the Gram as often
+    # as in the rhs and y'y (as it does in the bucketed layout).
     mask = np.zeros((num_rows, num_cols), np.float32)
-    mask[rows, cols] = 1.0
+    np.add.at(mask, (rows, cols), 1.0)
     return DenseLayout(mask=jnp.asarray(mask), rows=jnp.asarray(rows, jnp.int32), cols=jnp.asarray(cols, jnp.int32))
 
 

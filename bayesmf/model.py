@@ -7,6 +7,16 @@
     R_v \\sim \\mathcal N(\\mu_R, \\Lambda_R^{-1}) \\\\
     m_v &\\sim \\mathcal N(\\mu_0, \\tau_m^{-1})
 
+With ``ModelConfig(user_offsets=True)`` each user also gets an offset,
+:math:`r_{uv} \\sim \\mathcal N(\\langle L_u, R_v\\rangle + m_v + b_u, \\alpha^{-1})`,
+:math:`b_u \\sim \\mathcal N(0, \\tau_b^{-1})`. Its mean is zero: the global
+level stays in the movie offsets' :math:`\\mu_0` (a free mean would not be
+identified: adding c to every :math:`m_v` and subtracting it from every
+:math:`b_u` changes no rating). :math:`\\tau_b \\sim \\mathrm{Gamma}` in the
+``"hyper"`` mode, fixed (``FixedPriors.user_offset_precision``) in the
+``"fixed"`` mode. A new user keeps the mean-based prior
+:math:`m_v + \\mu_L \\cdot R_v`; its variance gains :math:`1/\\tau_b`.
+
 Priors come in two modes:
 
 ``"hyper"`` (BPMF, Salakhutdinov & Mnih 2008)
@@ -70,6 +80,7 @@ class FixedPriors(NamedTuple):
     offset_precision: float = 4.0
     noise_precision: float = 1.0
     mean_precision: float = 0.0
+    user_offset_precision: float = 4.0
 
     @property
     def learns_means(self) -> bool:
@@ -93,6 +104,8 @@ class HyperPriors(NamedTuple):
     offset_mean_sd: float = 1.0
     offset_shape: float = 1.0
     offset_rate: float = 0.1
+    user_offset_shape: float = 1.0
+    user_offset_rate: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +124,9 @@ class ModelConfig:
         Precisions used when ``priors == "fixed"``.
     hyper : HyperPriors
         Hyperprior constants used when ``priors == "hyper"``.
+    user_offsets : bool
+        Give each user an offset ``b_u ~ Normal(0, 1/tau_b)`` (see the module
+        docstring). Off by default: the plain model.
     """
 
     rank: int = 10
@@ -118,6 +134,7 @@ class ModelConfig:
     priors: str = "hyper"
     fixed: FixedPriors = FixedPriors()
     hyper: HyperPriors = HyperPriors()
+    user_offsets: bool = False
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)):
@@ -126,6 +143,8 @@ class ModelConfig:
             raise ValueError(f"rank must be > 0, got {self.rank}")
         if self.offsets not in OFFSET_MODES:
             raise ValueError(f"unknown offsets mode {self.offsets!r}; expected one of {OFFSET_MODES}")
+        if not isinstance(self.user_offsets, (bool, np.bool_)):
+            raise TypeError(f"user_offsets must be True or False, got {self.user_offsets!r}")
         if self.priors not in PRIOR_MODES:
             raise ValueError(f"unknown priors mode {self.priors!r}; expected one of {PRIOR_MODES}")
         for name, value in self.fixed._asdict().items():
@@ -255,6 +274,15 @@ class Params(NamedTuple):
     item_precision : array, shape (rank, rank)
     offset_mean : array, shape ()
     offset_precision : array, shape ()
+    user_offsets : array, shape (num_users,), or None
+        ``b_u``; None unless ``config.user_offsets`` (the plain model has no
+        such field, so its arrays, files and results are unchanged).
+    user_offset_precision : array, shape (), or None
+        ``tau_b``; None unless ``config.user_offsets``.
+
+    Fields that are None are empty pytree nodes: ``jax.tree.map`` (and so
+    every transform) skips them. Convert a whole Params with
+    ``jax.tree.map(fn, params)``, never field by field.
     """
 
     user_factors: Array
@@ -267,6 +295,17 @@ class Params(NamedTuple):
     item_precision: Array
     offset_mean: Array
     offset_precision: Array
+    user_offsets: Array | None = None
+    user_offset_precision: Array | None = None
+
+
+# Fields that exist only when the config switches them on (None otherwise).
+OPTIONAL_FIELDS = ("user_offsets", "user_offset_precision")
+
+
+def present_fields(config: ModelConfig) -> tuple[str, ...]:
+    """Fields of :class:`Params` that hold arrays under ``config``."""
+    return tuple(name for name in Params._fields if name not in OPTIONAL_FIELDS or config.user_offsets)
 
 
 # Sites of the NumPyro model that are latent in each mode.
@@ -280,6 +319,10 @@ def latent_sites(config: ModelConfig) -> tuple[str, ...]:
             sites += ["offset_mean", "offset_precision"]
     elif config.fixed.learns_means:
         sites += ["user_mean", "item_mean"]
+    if config.user_offsets:
+        sites.append("user_offsets")
+        if config.priors == "hyper":
+            sites.append("user_offset_precision")
     return tuple(sites)
 
 
@@ -299,6 +342,8 @@ def fixed_values(data: ModelData, config: ModelConfig) -> dict:
         )
         if config.offsets == "estimated":
             out.update(offset_mean=data.global_mean, offset_precision=jnp.asarray(f.offset_precision, dtype))
+        if config.user_offsets:
+            out.update(user_offset_precision=jnp.asarray(f.user_offset_precision, dtype))
     if config.offsets == "empirical":
         out.update(
             item_offsets=data.empirical_offsets,
@@ -317,7 +362,7 @@ def params_from_sites(sites: dict, data: ModelData, config: ModelConfig) -> Para
     fixed = fixed_values(data, config)
     batch = jnp.shape(sites["user_factors"])[:-2]
     full = {}
-    for name in Params._fields:
+    for name in present_fields(config):
         if name in sites:
             full[name] = jnp.asarray(sites[name])
         else:
@@ -326,9 +371,70 @@ def params_from_sites(sites: dict, data: ModelData, config: ModelConfig) -> Para
     return Params(**full)
 
 
+def user_row_prior(params: Params) -> tuple[Array, Array]:
+    """Prior precision and mean of a user's row in a row update (Gibbs, ALS, fold-in).
+
+    The row is ``L_u ~ N(mu_L, Lambda_L^-1)``, or with user offsets the
+    ``(rank + 1)``-row ``(L_u, b_u) ~ N((mu_L, 0), blockdiag(Lambda_L, tau_b)^-1)``,
+    whose design rows are :func:`user_design`.
+
+    Parameters
+    ----------
+    params : Params
+        One draw, or draws with leading axes.
+
+    Returns
+    -------
+    precision : array, shape (..., k, k)
+    mean : array, shape (..., k)
+        ``k = rank`` or ``rank + 1``.
+    """
+    if params.user_offsets is None:
+        return params.user_precision, params.user_mean
+    precision, mean = params.user_precision, params.user_mean
+    d = precision.shape[-1]
+    out = jnp.zeros(precision.shape[:-2] + (d + 1, d + 1), precision.dtype)
+    out = out.at[..., :d, :d].set(precision).at[..., d, d].set(params.user_offset_precision)
+    return out, jnp.concatenate([mean, jnp.zeros(mean.shape[:-1] + (1,), mean.dtype)], axis=-1)
+
+
+def user_design(params: Params) -> Array:
+    """Design rows of the users' row update: ``R_v``, or ``(R_v, 1)`` with user offsets.
+
+    Returns
+    -------
+    array, shape (..., num_items, k)
+    """
+    factors = params.item_factors
+    if params.user_offsets is None:
+        return factors
+    return jnp.concatenate([factors, jnp.ones(factors.shape[:-1] + (1,), factors.dtype)], axis=-1)
+
+
+def augmented_factors(params: Params) -> tuple[Array, Array]:
+    """User and movie factors with the user offsets folded in as one more column.
+
+    ``L' = (L, b)`` and ``R' = (R, 1)``, so that ``L'_u . R'_v + m_v`` is the
+    model's mean ``L_u . R_v + m_v + b_u``: code that scores many pairs by
+    matrix products needs no separate offset term. Without user offsets the
+    factors themselves.
+
+    Returns
+    -------
+    user_factors : array, shape (..., num_users, k)
+    item_factors : array, shape (..., num_items, k)
+        ``k = rank``, or ``rank + 1`` with user offsets.
+    """
+    if params.user_offsets is None:
+        return params.user_factors, params.item_factors
+    users = jnp.concatenate([params.user_factors, params.user_offsets[..., None]], axis=-1)
+    return users, user_design(params)
+
+
 def predict_mean(params: Params, user_index: Array, item_index: Array) -> Array:
-    """Mean rating ``<L_u, R_v> + m_v`` for index pairs, shape (n,)."""
-    return pair_mean(params.user_factors, params.item_factors, params.item_offsets, user_index, item_index)
+    """Mean rating ``<L_u, R_v> + m_v (+ b_u)`` for index pairs, shape (n,)."""
+    return pair_mean(params.user_factors, params.item_factors, params.item_offsets, user_index, item_index,
+                     params.user_offsets)
 
 
 # The gradient of ``pair_mean`` goes through a dense n x m matrix when the rank
@@ -345,8 +451,9 @@ DENSE_GRAD_MAX_CELLS = 4_000_000
 DENSE_GRAD_MAX_FILL = 64
 
 
-def pair_mean(user_factors: Array, item_factors: Array, item_offsets: Array, user_index: Array, item_index: Array) -> Array:
-    """``<L_u, R_v> + m_v`` from the arrays themselves, shape (n,).
+def pair_mean(user_factors: Array, item_factors: Array, item_offsets: Array, user_index: Array, item_index: Array,
+              user_offsets: Array | None = None) -> Array:
+    """``<L_u, R_v> + m_v (+ b_u)`` from the arrays themselves, shape (n,).
 
     The row dot products are a matvec with ones, not ``jnp.sum(axis=-1)``:
     XLA:CPU reduces a short last axis element by element; the matvec took
@@ -362,7 +469,11 @@ def pair_mean(user_factors: Array, item_factors: Array, item_offsets: Array, use
     item_offsets : array, shape (num_items,)
     user_index, item_index : int array, shape (n,)
         In range (not checked).
+    user_offsets : array, shape (num_users,), optional
+        ``b_u`` (models with user offsets); None adds nothing.
     """
+    if user_offsets is not None:
+        return pair_mean(user_factors, item_factors, item_offsets, user_index, item_index) + user_offsets[user_index]
     (num_users, rank), num_items = user_factors.shape, item_factors.shape[0]
     cells = num_users * num_items
     if (
@@ -420,7 +531,9 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
     (num_items, rank), ``item_offsets`` (num_items,) when estimated,
     hyperparameters when ``priors == "hyper"`` (with fixed priors, only
     ``user_mean`` and ``item_mean`` (rank,) when
-    ``config.fixed.mean_precision > 0``), and ``obs`` (nnz,).
+    ``config.fixed.mean_precision > 0``), ``user_offsets`` (num_users,) and
+    (hyper mode) ``user_offset_precision`` () when ``config.user_offsets``,
+    and ``obs`` (nnz,).
     """
     d = config.rank
     dtype = data.rating.dtype
@@ -458,8 +571,20 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
         if config.offsets == "estimated":
             offset_mean, offset_precision = fixed["offset_mean"], fixed["offset_precision"]
 
+    user_offsets = None
+    if config.user_offsets:
+        if config.priors == "hyper":
+            user_offset_precision = numpyro.sample(
+                "user_offset_precision", dist.Gamma(config.hyper.user_offset_shape, config.hyper.user_offset_rate)
+            )
+        else:
+            user_offset_precision = fixed["user_offset_precision"]
     with numpyro.plate("users", num_users, dim=-1):
         user_factors = numpyro.sample("user_factors", dist.MultivariateNormal(user_mean, precision_matrix=user_precision))
+        if config.user_offsets:
+            user_offsets = numpyro.sample(
+                "user_offsets", dist.Normal(jnp.zeros((), dtype), jax.lax.rsqrt(user_offset_precision))
+            )
     with numpyro.plate("items", num_items, dim=-1):
         item_factors = numpyro.sample("item_factors", dist.MultivariateNormal(item_mean, precision_matrix=item_precision))
         if config.offsets == "estimated":
@@ -468,7 +593,7 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
             )
         else:
             item_offsets = fixed["item_offsets"]
-    mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index)
+    mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index, user_offsets)
     with numpyro.plate("ratings", data.nnz, dim=-1):
         numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
 

@@ -48,7 +48,7 @@ from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_pairs, as_ratings
 from bayesmf.layout import build_layout, gram_and_rhs
-from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean
+from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_design, user_row_prior
 from bayesmf.predictive import (
     Components,
     Pairs,
@@ -108,12 +108,15 @@ class DrawMinor(NamedTuple):
     item_factors : array, shape (num_items * S, D)
     item_offsets : array, shape (num_items * S,)
     noise_precision : array, shape (S,)
+    user_offsets : array, shape (num_users * S,), or None
+        Without user offsets in the model, None.
     """
 
     user_factors: Array
     item_factors: Array
     item_offsets: Array
     noise_precision: Array
+    user_offsets: Array | None = None
 
 
 @jax.jit
@@ -122,8 +125,9 @@ def _rows_draw_minor(x: Array) -> Array:
     return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
 
-def draw_minor(user_factors, item_factors, item_offsets, noise_precision) -> DrawMinor:
-    """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,), transposed on the device.
+def draw_minor(user_factors, item_factors, item_offsets, noise_precision, user_offsets=None) -> DrawMinor:
+    """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,) (and (S, N) or None),
+    transposed on the device.
 
     One field at a time, so that only one field's draw-major copy is on the
     device beside the result.
@@ -133,6 +137,7 @@ def draw_minor(user_factors, item_factors, item_offsets, noise_precision) -> Dra
         _rows_draw_minor(jnp.asarray(item_factors)),
         _rows_draw_minor(jnp.asarray(item_offsets)),
         jnp.asarray(noise_precision).reshape(-1),
+        None if user_offsets is None else _rows_draw_minor(jnp.asarray(user_offsets)),
     )
 
 
@@ -154,7 +159,8 @@ def cold_draws(flat: Params, user_index: np.ndarray, item_index: np.ndarray) -> 
     u = np.where(user_index >= 0, np.searchsorted(users, user_index), -1)
     i = np.where(item_index >= 0, np.searchsorted(items, item_index), -1)
     params = flat._replace(user_factors=flat.user_factors[:, users], item_factors=flat.item_factors[:, items],
-                           item_offsets=flat.item_offsets[:, items])
+                           item_offsets=flat.item_offsets[:, items],
+                           user_offsets=None if flat.user_offsets is None else flat.user_offsets[:, users])
     return params, u, i
 
 
@@ -171,7 +177,7 @@ def known_moments_draw_minor(draws: DrawMinor, user_index: Array, item_index: Ar
     s = jnp.arange(num_draws, dtype=jnp.int64)
     users = (user_index.astype(jnp.int64)[:, None] * num_draws + s).reshape(-1)
     items = (item_index.astype(jnp.int64)[:, None] * num_draws + s).reshape(-1)
-    mean = pair_mean(draws.user_factors, draws.item_factors, draws.item_offsets, users, items)
+    mean = pair_mean(draws.user_factors, draws.item_factors, draws.item_offsets, users, items, draws.user_offsets)
     mean = mean.reshape(-1, num_draws).T
     return mean, jnp.broadcast_to((1.0 / draws.noise_precision)[:, None], mean.shape)
 
@@ -243,7 +249,7 @@ class Posterior:
         info: dict | None = None,
         tracked=None,
     ):
-        self.draws = Params(*(np.asarray(x) for x in draws))
+        self.draws = jax.tree.map(np.asarray, Params(*draws))
         if self.draws.user_factors.ndim != 4:
             raise ValueError("draws must have leading (chain, draw) axes: user_factors of shape (C, S, N, D)")
         self.config = config
@@ -273,7 +279,7 @@ class Posterior:
 
     def flat_draws(self) -> Params:
         """Draws with ``(chain, draw)`` merged into one axis of length C * S."""
-        return Params(*(x.reshape((-1,) + x.shape[2:]) for x in self.draws))
+        return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), self.draws)
 
     # -- the Predictor protocol -----------------------------------------------
     def pairs(self, users, items) -> Pairs:
@@ -322,7 +328,7 @@ class Posterior:
         var = np.empty((total, n), np.float64)
         block = max(1, DRAW_BLOCK_CELLS // max(n, 1))
         for start in range(0, total, block):
-            draws = Params(*(jnp.asarray(x[start : start + block]) for x in flat))
+            draws = jax.tree.map(lambda x: jnp.asarray(x[start : start + block]), flat)
             for rows, fn in parts:
                 if rows.size:
                     m, v = fn(draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
@@ -387,7 +393,7 @@ class Posterior:
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
 
     def _point(self) -> Params:
-        return Params(*(jnp.asarray(x[0, 0]) for x in self.draws))
+        return jax.tree.map(lambda x: jnp.asarray(x[0, 0]), self.draws)
 
     def _laplace_var(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """``R_v^T P_u^{-1} R_v`` for known pairs of a point estimate (0 elsewhere)."""
@@ -396,10 +402,11 @@ class Posterior:
         p = self._point()
         layout = build_layout(self.train.user_index, self.train.item_index, self.train.num_users, self.train.num_items, "bucket")
         response = jnp.zeros(len(self.train), p.item_factors.dtype)
-        gram, rhs = gram_and_rhs(layout, p.item_factors, response)
-        cov = np.asarray(row_covariance(row_posterior(p.user_precision, p.user_mean, gram, rhs, p.noise_precision)))
+        design = user_design(p)  # R_v, or (R_v, 1) with user offsets
+        gram, rhs = gram_and_rhs(layout, design, response)
+        cov = np.asarray(row_covariance(row_posterior(*user_row_prior(p), gram, rhs, p.noise_precision)))
         known = (u >= 0) & (i >= 0)
-        rv = np.asarray(p.item_factors)[np.where(known, i, 0)]
+        rv = np.asarray(design)[np.where(known, i, 0)]
         var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
         return np.where(known, var, 0.0)
 
@@ -445,17 +452,22 @@ class Posterior:
         key_draw, key_row = jax.random.split(rng_key)
         s = int(jax.random.randint(key_draw, (), 0, num_draws))
         u = int(np.asarray(self.user_vocab.index(np.atleast_1d(np.asarray(user)), missing="flag"))[0])
+        draw = jax.tree.map(lambda x: x[s], flat)
         if u >= 0:
-            factors = flat.user_factors[s, u]
+            # The user's row: L_u, or (L_u, b_u) with user offsets.
+            factors = np.asarray(flat.user_factors[s, u])
+            if flat.user_offsets is not None:
+                factors = np.append(factors, flat.user_offsets[s, u])
             if num_draws == 1 and laplace:
                 factors = factors + self._conditional_noise(key_row, user)
         else:
-            chol = jnp.linalg.cholesky(jnp.asarray(flat.user_precision[s]))[None]
-            factors = np.asarray(draw_from(key_row, RowPosterior(jnp.asarray(flat.user_mean[s])[None], chol)))[0]
+            precision, mean = user_row_prior(jax.tree.map(jnp.asarray, draw))
+            chol = jnp.linalg.cholesky(precision)[None]
+            factors = np.asarray(draw_from(key_row, RowPosterior(mean[None], chol)))[0]
         return sampled_means(flat, s, factors, item_index)
 
     def _conditional_noise(self, rng_key: Array, user) -> np.ndarray:
-        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user, shape (d,).
+        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user, shape (d,) (``d + 1`` with user offsets).
 
         ``P_u = Lambda_L + alpha sum_v R_v R_v^T`` over the user's training
         movies: the precision of the user's conditional given the movies
@@ -463,10 +475,11 @@ class Posterior:
         """
         p = self._point()
         items, _ = self._train_rows(user)
-        r = p.item_factors[jnp.asarray(self.item_vocab.index(items), jnp.int32)]
+        r = user_design(p)[jnp.asarray(self.item_vocab.index(items), jnp.int32)]
         gram = (r.T @ r)[None]
         rhs = jnp.zeros((1, r.shape[1]), r.dtype)
-        post = row_posterior(p.user_precision, jnp.zeros_like(p.user_mean), gram, rhs, p.noise_precision)
+        precision, mean = user_row_prior(p)
+        post = row_posterior(precision, jnp.zeros_like(mean), gram, rhs, p.noise_precision)
         # The key stream of the fold-in this replaced: (choice of draw, row draw).
         _, key_row = jax.random.split(rng_key)
         return np.asarray(draw_from(key_row, RowPosterior(jnp.zeros_like(post.mean), post.chol)))[0]
@@ -551,7 +564,8 @@ class Posterior:
         user_index, item_index = pairs.user_index.copy(), pairs.item_index.copy()
         parts = []
         if not cold.all():
-            known = draw_minor(flat.user_factors, flat.item_factors, flat.item_offsets, flat.noise_precision)
+            known = draw_minor(flat.user_factors, flat.item_factors, flat.item_offsets, flat.noise_precision,
+                               flat.user_offsets)
             # Known pairs in movie order: a chunk reads few movies' draws, which stay in cache
             # (the scores are put back in the test set's order).
             rows = np.flatnonzero(~cold)
@@ -660,7 +674,7 @@ def thinned(posterior, *, thin: int | None = None, num_draws: int | None = None)
         k: (np.asarray(v)[:, index] if np.shape(v)[:2] == (c, s) else v) for k, v in posterior.stats.items()
     }
     return Posterior(
-        Params(*(np.asarray(x)[:, index] for x in posterior.draws)),
+        jax.tree.map(lambda x: np.asarray(x)[:, index], posterior.draws),
         posterior.config,
         posterior.user_vocab,
         posterior.item_vocab,

@@ -183,8 +183,26 @@ def _inverse(precision: Array) -> Array:
     return jnp.linalg.solve(precision, jnp.broadcast_to(eye, precision.shape))
 
 
+def _insert_one(vec: Array, cov: Array) -> tuple[Array, Array]:
+    """``(x, m) -> (x, 1, m)`` and its covariance with a zero row and column for the 1.
+
+    vec (..., k), cov (..., k, k) -> (..., k + 1), (..., k + 1, k + 1): the
+    movie side's augmented vector when users have offsets.
+    """
+    d = vec.shape[-1] - 1
+    vec = jnp.concatenate([_with_one(vec[..., :d], 1.0), vec[..., d:]], axis=-1)
+    out = jnp.zeros(cov.shape[:-2] + (d + 2, d + 2), cov.dtype)
+    keep = np.r_[0:d, d + 1]
+    out = out.at[..., keep[:, None], keep[None, :]].set(cov)
+    return vec, out
+
+
 def user_side(params: Params, user_index: Array) -> Side:
     """``(L_u, 1)`` for known users, the prior ``N((mu_L, 1), blockdiag(Lambda_L^-1, 0))`` for ``-1``.
+
+    With user offsets the vector is ``(L_u, b_u, 1)``, and the prior
+    ``N((mu_L, 0, 1), blockdiag(Lambda_L^-1, 1/tau_b, 0))`` (matched by
+    :func:`item_side`'s ``(R_v, 1, m_v)``).
 
     Parameters
     ----------
@@ -193,37 +211,56 @@ def user_side(params: Params, user_index: Array) -> Side:
     user_index : int array, shape (n,)
     """
     known = user_index >= 0
-    factors = jnp.take(params.user_factors, jnp.where(known, user_index, 0), axis=-2)
-    vec = jnp.where(known[:, None], _with_one(factors, 1.0), _with_one(params.user_mean, 1.0)[..., None, :])
-    cov = _pad_cov(_inverse(params.user_precision), jnp.zeros_like(params.offset_precision))
+    index = jnp.where(known, user_index, 0)
+    factors = jnp.take(params.user_factors, index, axis=-2)
+    cov = _inverse(params.user_precision)
+    mean = params.user_mean
+    if params.user_offsets is not None:
+        factors = jnp.concatenate([factors, jnp.take(params.user_offsets, index, axis=-1)[..., None]], axis=-1)
+        mean = _with_one(mean, 0.0)
+        cov = _pad_cov(cov, 1.0 / params.user_offset_precision)
+    vec = jnp.where(known[:, None], _with_one(factors, 1.0), _with_one(mean, 1.0)[..., None, :])
+    cov = _pad_cov(cov, jnp.zeros_like(params.offset_precision))
     return Side(vec, cov, ~known)
 
 
 def item_side(params: Params, item_index: Array) -> Side:
-    """``(R_v, m_v)`` for known movies, ``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))`` for ``-1``."""
+    """``(R_v, m_v)`` for known movies, ``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))`` for ``-1``.
+
+    With user offsets, ``(R_v, 1, m_v)`` and ``N((mu_R, 1, mu_0), blockdiag(Lambda_R^-1, 0, 1/tau_m))``.
+    """
     known = item_index >= 0
     i = jnp.where(known, item_index, 0)
     factors = jnp.take(params.item_factors, i, axis=-2)
     offsets = jnp.take(params.item_offsets, i, axis=-1)
     vec_known = jnp.concatenate([factors, offsets[..., None]], axis=-1)
     vec_new = jnp.concatenate([params.item_mean, params.offset_mean[..., None]], axis=-1)[..., None, :]
+    vec = jnp.where(known[:, None], vec_known, vec_new)
     cov = _pad_cov(_inverse(params.item_precision), 1.0 / params.offset_precision)
-    return Side(jnp.where(known[:, None], vec_known, vec_new), cov, ~known)
+    if params.user_offsets is not None:
+        vec, cov = _insert_one(vec, cov)
+    return Side(vec, cov, ~known)
 
 
-def row_side(mean: Array, cov: Array, side: str) -> Side:
+def row_side(mean: Array, cov: Array, side: str, user_offsets: bool = False) -> Side:
     """A folded-in row's conditional ``N(mean, cov)`` under each draw as a :class:`Side`.
 
     Parameters
     ----------
     mean : array, shape (S, k)
         ``k = d`` for a user (its side is ``(L, 1)``), ``d + 1`` for a movie
-        (``(R, m)``, the offset last).
+        (``(R, m)``, the offset last). With user offsets a user's row is
+        ``(L, b)`` (``k = d + 1``; side ``(L, b, 1)``) and a movie's side
+        becomes ``(R, 1, m)``.
     cov : array, shape (S, k, k)
     side : {"user", "item"}
+    user_offsets : bool
+        Whether the model has user offsets.
     """
     if side == "user":
         return Side(_with_one(mean, 1.0)[:, None, :], _pad_cov(cov, jnp.zeros(cov.shape[:-2], cov.dtype)), jnp.array(True))
+    if user_offsets:
+        mean, cov = _insert_one(mean, cov)
     return Side(mean[:, None, :], cov, jnp.array(True))
 
 
@@ -246,14 +283,15 @@ def pair_moments(params: Params, user_index: Array, item_index: Array) -> tuple[
 
 
 def sampled_means(flat: Params, draw: int, factors, item_index) -> np.ndarray:
-    """``<L, R_j> + m_j`` under posterior draw ``draw`` for one user's sampled factors ``L``.
+    """``<L, R_j> + m_j (+ b)`` under posterior draw ``draw`` for one user's sampled row.
 
     Parameters
     ----------
     flat : Params
         Draws with one leading axis.
     draw : int
-    factors : array, shape (d,)
+    factors : array, shape (d,), or (d + 1,) with user offsets
+        ``L``, or ``(L, b)`` when the model has user offsets.
     item_index : int array, shape (n,)
         Known movies.
 
@@ -262,9 +300,11 @@ def sampled_means(flat: Params, draw: int, factors, item_index) -> np.ndarray:
     array, shape (n,)
     """
     item_index = jnp.asarray(item_index, jnp.int32)
-    user = jnp.asarray(factors, flat.item_factors.dtype)[None]
-    mean = pair_mean(user, jnp.asarray(flat.item_factors[draw]), jnp.asarray(flat.item_offsets[draw]),
-                     jnp.zeros_like(item_index), item_index)
+    factors = jnp.asarray(factors, flat.item_factors.dtype)
+    d = flat.item_factors.shape[-1]
+    offset = None if flat.user_offsets is None else factors[d:]
+    mean = pair_mean(factors[None, :d], jnp.asarray(flat.item_factors[draw]), jnp.asarray(flat.item_offsets[draw]),
+                     jnp.zeros_like(item_index), item_index, offset)
     return np.asarray(mean, np.float64)
 
 

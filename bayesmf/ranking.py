@@ -81,7 +81,7 @@ from scipy.special import ndtr
 
 from bayesmf import metrics
 from bayesmf.choices import SIMILARITY_METRICS, SPREADS, STRATEGIES
-from bayesmf.model import pair_mean
+from bayesmf.model import augmented_factors, pair_mean
 from bayesmf.posterior import Posterior, check_uncertainty
 from bayesmf.predictive import Components, mixture_moments
 
@@ -361,8 +361,11 @@ class _Draws(NamedTuple):
 
 def _device_draws(posterior, user_index) -> _Draws:
     flat = posterior.flat_draws()
-    r, m = (jnp.asarray(x, jnp.float32) for x in (flat.item_factors, flat.item_offsets))
-    users = jnp.asarray(np.swapaxes(flat.user_factors[:, user_index], 0, 1), jnp.float32)
+    # With user offsets, (L, b) . (R, 1) + m: the blocks need no offset term of their own.
+    user_factors, item_factors = augmented_factors(flat._replace(user_factors=flat.user_factors[:, user_index],
+        user_offsets=None if flat.user_offsets is None else flat.user_offsets[:, user_index]))
+    r, m = (jnp.asarray(x, jnp.float32) for x in (item_factors, flat.item_offsets))
+    users = jnp.asarray(np.swapaxes(np.asarray(user_factors), 0, 1), jnp.float32)
     return _Draws(users, r, m, jnp.swapaxes(r, 0, 1), m.T, jnp.asarray(flat.noise_precision, jnp.float32))
 
 
@@ -437,9 +440,10 @@ def _thompson_exact(posterior, draw, user_index, item_index) -> np.ndarray:
     """``<L_u^s, R_j^s> + m_j^s`` of pairs under each pair's draw ``s`` (the arithmetic of
     :func:`bayesmf.predictive.sampled_means`), float64 (n,)."""
     flat = posterior.flat_draws()
-    num_items, rank = flat.item_factors.shape[1:]
-    factors = jnp.asarray(flat.user_factors[draw, user_index], flat.item_factors.dtype)
-    mean = pair_mean(factors, jnp.asarray(flat.item_factors.reshape(-1, rank)), jnp.asarray(flat.item_offsets.reshape(-1)),
+    user_factors, item_factors = (np.asarray(x) for x in augmented_factors(flat))
+    num_items, rank = item_factors.shape[1:]
+    factors = jnp.asarray(user_factors[draw, user_index], item_factors.dtype)
+    mean = pair_mean(factors, jnp.asarray(item_factors.reshape(-1, rank)), jnp.asarray(flat.item_offsets.reshape(-1)),
                      jnp.arange(draw.shape[0], dtype=jnp.int32), jnp.asarray(draw * num_items + item_index, jnp.int32))
     return np.asarray(mean, np.float64)
 

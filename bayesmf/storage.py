@@ -82,7 +82,7 @@ import xarray as xr
 from bayesmf.data import RatingScale, Ratings, Vocabulary
 from bayesmf.diagnostics import identifiable_quantities, label_probes
 from bayesmf.encoding import to_jsonable
-from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
+from bayesmf.model import OPTIONAL_FIELDS, FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
 from bayesmf.posterior import Posterior, draw_indices, thinned
 
 FORMAT = "bayesmf-posterior"
@@ -103,10 +103,12 @@ PARAM_DIMS = dict(
     item_precision=("factor", "factor_col"),
     offset_mean=(),
     offset_precision=(),
+    user_offsets=("user",),
+    user_offset_precision=(),
 )
 SAMPLE_DIMS = ("chain", "draw")
 # Identifiable quantities already carry these names (same values) in the posterior group.
-_SHARED_NAMES = ("item_offsets", "offset_mean")
+_SHARED_NAMES = ("item_offsets", "offset_mean", "user_offsets")
 # Ids of the probe pairs, kept beside the (labelled) probe_pred in constant_data.
 _PROBE_IDS = ("probe_user", "probe_item")
 
@@ -228,6 +230,8 @@ def to_datatree(posterior, pairs=None, observed=None, *, keep_factors: bool = Fa
             if name in _SHARED_NAMES:
                 continue
             value = getattr(d, name)
+            if value is None:  # a field this model does not have (bayesmf.model.OPTIONAL_FIELDS)
+                continue
             if name in latent:
                 raw_sampled[name] = (SAMPLE_DIMS + dims, value)
             else:
@@ -341,6 +345,7 @@ def _config_from_json(text: str) -> ModelConfig:
         priors=raw["priors"],
         fixed=FixedPriors(**raw["fixed"]),
         hyper=HyperPriors(**raw["hyper"]),
+        user_offsets=bool(raw.get("user_offsets", False)),  # files before user offsets have none
     )
 
 
@@ -456,6 +461,8 @@ def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool
     )
     fields = {}
     for name in Params._fields:
+        if getattr(posterior.draws, name) is None:  # a field this model does not have
+            continue
         value, attrs = np.asarray(getattr(posterior.draws, name)), {}
         if factor_dtype is not None and name in FACTOR_FIELDS:
             value, attrs = _narrow_factors(name, value, factor_dtype)
@@ -674,7 +681,8 @@ def _restored(var: xr.DataArray) -> np.ndarray:
 def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
     attrs = tree.attrs
     draws_ds, user_ids, item_ids = _draws_and_ids(tree, version)
-    draws = Params(*(_restored(draws_ds[name]) for name in Params._fields))
+    draws = Params(**{name: _restored(draws_ds[name]) for name in Params._fields
+                      if name in draws_ds or name not in OPTIONAL_FIELDS})
     user_vocab = Vocabulary(_decode_ids(user_ids.values, user_ids.attrs["kind"]))
     item_vocab = Vocabulary(_decode_ids(item_ids.values, item_ids.attrs["kind"]))
     scale_fields = json.loads(attrs["scale"])

@@ -93,10 +93,13 @@ class _Point(NamedTuple):
     item: float
     offset: float
 
-    def priors(self, noise_precision: float = 1.0, mean_precision: float = 0.0) -> FixedPriors:
+    def priors(self, noise_precision: float = 1.0, mean_precision: float = 0.0,
+               user_offset: float = FixedPriors().user_offset_precision) -> FixedPriors:
+        """The precisions at noise precision ``noise_precision``; ``user_offset`` is the ratio
+        ``tau_b / alpha`` of the user offsets' precision, which is held, not tuned."""
         return FixedPriors(
             self.user * noise_precision, self.item * noise_precision, self.offset * noise_precision, noise_precision,
-            mean_precision,
+            mean_precision, user_offset * noise_precision,
         )
 
     def key(self) -> tuple:
@@ -108,9 +111,15 @@ def _ratios(priors: FixedPriors) -> _Point:
     return _Point(priors.user_precision / a, priors.item_precision / a, priors.offset_precision / a)
 
 
+def _user_offset_ratio(priors: FixedPriors) -> float:
+    """``tau_b / alpha``: the user offsets' precision relative to the noise, held while tuning."""
+    return priors.user_offset_precision / priors.noise_precision
+
+
 def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings) -> float:
     offsets = latent.get("item_offsets", data.empirical_offsets)
-    mean = pair_mean(latent["user_factors"], latent["item_factors"], offsets, pairs[0], pairs[1])
+    mean = pair_mean(latent["user_factors"], latent["item_factors"], offsets, pairs[0], pairs[1],
+                     latent.get("user_offsets"))
     return float(jnp.sqrt(jnp.mean((ratings - mean) ** 2)))
 
 
@@ -178,7 +187,8 @@ class _Tuner:
         key = point.key()
         if key not in self.fits:
             start = time.perf_counter()
-            latent, info = map_engine.solve(self.solver, self._start(point), point.priors())
+            latent, info = map_engine.solve(self.solver, self._start(point),
+                                            point.priors(user_offset=_user_offset_ratio(self.config.fixed)))
             rmse = _validation_rmse(latent, self.data, self.config, self.pairs, self.ratings)
             seconds = time.perf_counter() - start
             self.fits[key] = dict(point=point, latent=latent, rmse=rmse, info=info, alive=_all_components_alive(latent))
@@ -202,7 +212,8 @@ class _Tuner:
     def best_priors(self) -> tuple[dict, FixedPriors]:
         """The best fit and its precisions, the noise from its validation RMSE."""
         best = self.best()
-        return best, best["point"].priors(1.0 / best["rmse"] ** 2, self.config.fixed.mean_precision)
+        return best, best["point"].priors(1.0 / best["rmse"] ** 2, self.config.fixed.mean_precision,
+                                          _user_offset_ratio(self.config.fixed))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
@@ -494,7 +505,8 @@ def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, sol
     validation_rmse = _validation_rmse(
         latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid_rating)
     )
-    priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision)
+    priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision,
+                                          _user_offset_ratio(config.fixed))
     return priors, latent, pd.DataFrame(), validation_rmse
 
 

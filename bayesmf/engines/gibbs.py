@@ -51,7 +51,16 @@ from bayesmf.layout import (
     peak_working_bytes,
     resolve_kind,
 )
-from bayesmf.model import ModelConfig, ModelData, Params, fixed_values, predict_mean
+from bayesmf.model import (
+    ModelConfig,
+    ModelData,
+    Params,
+    fixed_values,
+    predict_mean,
+    present_fields,
+    user_design,
+    user_row_prior,
+)
 
 Array = jax.Array
 
@@ -159,9 +168,11 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
         item_precision=jnp.eye(d, dtype=dtype),
         offset_mean=data.global_mean,
         offset_precision=data.empirical_offset_precision,
+        user_offsets=jnp.zeros(data.num_users, dtype),
+        user_offset_precision=jnp.asarray(config.hyper.user_offset_shape / config.hyper.user_offset_rate, dtype),
     )
     state.update(fixed)
-    return Params(**{k: jnp.asarray(state[k], dtype) for k in Params._fields})
+    return Params(**{k: jnp.asarray(state[k], dtype) for k in present_fields(config)})
 
 
 _init_jit = jax.jit(init, static_argnums=(2,))
@@ -287,10 +298,11 @@ def _variate_shapes(data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
     """Shapes of the standard normals and uniforms one sweep consumes (static)."""
     d = config.rank
     width = d + 1 if config.offsets == "estimated" else d
-    normals = {"users": (data.num_users, d), "items": (data.num_items, width)}
+    user_width = d + 1 if config.user_offsets else d
+    normals = {"users": (data.num_users, user_width), "items": (data.num_items, width)}
     uniforms = {}
     if config.priors == "hyper":
-        num_gammas = 2 * d + 2
+        num_gammas = 2 * d + 2 + int(config.user_offsets)
         normals.update(user_hyper=(d * d + d,), item_hyper=(d * d + d,), offset_mean=(), gamma=(GAMMA_PROPOSALS, num_gammas))
         uniforms["gamma"] = (GAMMA_PROPOSALS + 1, num_gammas)
     elif config.fixed.learns_means:
@@ -352,12 +364,17 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     # Users | items, offsets.
     # Each row's Gram and rhs exist only for its chunk of rows (map_rows).
     response = data.rating - state.item_offsets[data.item_index]
-    user_factors = map_rows(
-        ctx.user_layout, state.item_factors, response,
-        lambda gram, rhs, z: row_draw_from(z, state.user_precision, state.user_mean, gram, rhs, state.noise_precision),
+    # With user offsets a user's row is (L_u, b_u), its design (R_v, 1) (model.user_row_prior).
+    user_prior, user_prior_mean = user_row_prior(state)
+    block = map_rows(
+        ctx.user_layout, user_design(state), response,
+        lambda gram, rhs, z: row_draw_from(z, user_prior, user_prior_mean, gram, rhs, state.noise_precision),
         (normals["users"],),
     )
-    bad = _code(1, user_factors)
+    bad = _code(1, block)
+    user_factors, user_offsets = (block[:, :d], block[:, d]) if config.user_offsets else (block, None)
+    # The items' response: the ratings less the users' offsets (when the model has them).
+    rating = data.rating if user_offsets is None else data.rating - user_offsets[data.user_index]
 
     # Items (and offsets, as one block) | users.
     if estimated:
@@ -366,7 +383,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
         block, row_sse = map_rows(
-            ctx.item_layout, design, data.rating,
+            ctx.item_layout, design, rating,
             lambda gram, rhs, z: row_draw_from(z, prior_precision, prior_mean, gram, rhs, state.noise_precision),
             (normals["items"],), residuals=True,
         )
@@ -374,13 +391,14 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     else:
         item_offsets = state.item_offsets
         item_factors, row_sse = map_rows(
-            ctx.item_layout, user_factors, data.rating - item_offsets[data.item_index],
+            ctx.item_layout, user_factors, rating - item_offsets[data.item_index],
             lambda gram, rhs, z: row_draw_from(z, state.item_precision, state.item_mean, gram, rhs, state.noise_precision),
             (normals["items"],), residuals=True,
         )
     bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
 
-    new = state._replace(user_factors=user_factors, item_factors=item_factors, item_offsets=item_offsets)
+    new = state._replace(user_factors=user_factors, item_factors=item_factors, item_offsets=item_offsets,
+                         user_offsets=user_offsets)
     # The residual sum of squares from the item side's statistics under the
     # new state (no nnz x rank gather of both sides' factors).
     sse = jnp.sum(row_sse)
@@ -393,6 +411,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
                 wishart_chi2_shapes(config.nu0 + data.num_users, d),
                 wishart_chi2_shapes(config.nu0 + data.num_items, d),
                 [h.offset_shape + 0.5 * data.num_items, h.noise_shape + 0.5 * data.nnz],
+                [h.user_offset_shape + 0.5 * data.num_users] if config.user_offsets else [],
             ]
         )
         gammas = gamma_from(normals["gamma"], uniforms["gamma"], jnp.asarray(shapes, dtype))
@@ -414,8 +433,12 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
             offset_mean = post_mean + normals["offset_mean"] * jax.lax.rsqrt(post_prec)
             rate = h.offset_rate + 0.5 * jnp.sum((m - offset_mean) ** 2)
             new = new._replace(offset_mean=offset_mean, offset_precision=gammas[2 * d] / rate)
+        if config.user_offsets:
+            # tau_b | b ~ Gamma(a_b + N/2, b_b + sum b_u^2 / 2).
+            new = new._replace(user_offset_precision=gammas[2 * d + 2] / (h.user_offset_rate + 0.5 * jnp.sum(user_offsets**2)))
         hyper_values = jnp.concatenate(
-            [user_mean, user_precision.ravel(), item_mean, item_precision.ravel(), new.offset_mean[None], new.offset_precision[None]]
+            [user_mean, user_precision.ravel(), item_mean, item_precision.ravel(), new.offset_mean[None],
+             new.offset_precision[None]] + ([new.user_offset_precision[None]] if config.user_offsets else [])
         )
         bad = jnp.where(bad > 0, bad, _code(3, hyper_values))
         noise_precision = gammas[2 * d + 1] / (h.noise_rate + 0.5 * sse)
@@ -454,7 +477,7 @@ def engine(data: ModelData, config: ModelConfig, init_params: Params | None = No
             return _init_jit(jax.random.split(chain_key)[0], data, config)
 
     else:
-        start = Params(*(jnp.asarray(x) for x in init_params))
+        start = jax.tree.map(jnp.asarray, Params(*init_params))
 
         def init_fn(chain_key):
             return start
@@ -579,7 +602,7 @@ def sample(
         settings = dict(num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, thin=thin,
                         layout=type(ctx.user_layout).__name__, keep_draws=bool(keep_draws),
                         keep_track_draws=bool(keep_track_draws), dtype=str(data.rating.dtype), config=config)
-        start = None if init_params is None else Params(*(np.asarray(x) for x in init_params))
+        start = None if init_params is None else jax.tree.map(np.asarray, Params(*init_params))
         checkpoint = (checkpoint, driver.signature(rng_key, settings, data, start))
     run = driver.sample(
         chain_keys(rng_key, num_chains),

@@ -197,9 +197,10 @@ def check_solver(solver: str) -> None:
 
 
 def _precision_vector(priors: FixedPriors, dtype) -> Array:
-    """``[lambda_L, lambda_R, tau_m, alpha]`` as one array, shape (4,)."""
+    """``[lambda_L, lambda_R, tau_m, alpha, tau_b]`` as one array, shape (5,)."""
     return jnp.asarray(
-        [priors.user_precision, priors.item_precision, priors.offset_precision, priors.noise_precision], dtype
+        [priors.user_precision, priors.item_precision, priors.offset_precision, priors.noise_precision,
+         priors.user_offset_precision], dtype
     )
 
 
@@ -275,11 +276,11 @@ class _scaled_unit_model(Messenger):
 
 def _unit_config(config: ModelConfig) -> ModelConfig:
     # mean_precision is relative to the factor precisions, so it stays.
-    return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0, config.fixed.mean_precision))
+    return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0, config.fixed.mean_precision, 1.0))
 
 
 def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating_weights=None):
-    """``f(latent)`` at the precisions ``[lambda_L, lambda_R, tau_m, alpha]`` (traced).
+    """``f(latent)`` at the precisions ``[lambda_L, lambda_R, tau_m, alpha, tau_b]`` (traced).
 
     The model at unit precisions with each site's log density multiplied by
     its precision: for a Gaussian site, ``w log N(x; mu, 1)`` is
@@ -295,6 +296,7 @@ def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array, ratin
         "user_mean": precisions[0],  # N(0, 1/beta) at unit precision: beta * lambda_L after scaling
         "item_mean": precisions[1],
         "item_offsets": precisions[2],
+        "user_offsets": precisions[4],
         "obs": precisions[3] if rating_weights is None else precisions[3] * rating_weights,
     }
     model = _scaled_unit_model(numpyro_model, weights)
@@ -337,6 +339,8 @@ def init_latent(rng_key: Array, data: ModelData, config: ModelConfig, scale: flo
     if config.fixed.learns_means:
         latent["user_mean"] = jnp.zeros(config.rank, dtype)
         latent["item_mean"] = jnp.zeros(config.rank, dtype)
+    if config.user_offsets:
+        latent["user_offsets"] = jnp.zeros(data.num_users, dtype)
     return latent
 
 
@@ -350,7 +354,8 @@ def _latent_from(init_params, data: ModelData, config: ModelConfig) -> dict:
             raise ValueError(f"init_params lacks the latent site {name!r}")
         value = jnp.asarray(init_params[name], data.rating.dtype)
         expected = {"user_factors": (data.num_users, config.rank), "item_factors": (data.num_items, config.rank),
-                    "item_offsets": (data.num_items,), "user_mean": (config.rank,), "item_mean": (config.rank,)}[name]
+                    "item_offsets": (data.num_items,), "user_mean": (config.rank,), "item_mean": (config.rank,),
+                    "user_offsets": (data.num_users,)}[name]
         value = value.reshape(value.shape[-len(expected):]) if value.size == math.prod(expected) else value
         if value.shape != expected:
             raise ValueError(f"init_params[{name!r}] has shape {tuple(value.shape)}, expected {expected}")
@@ -650,6 +655,8 @@ def make_solver(
         raise ValueError(f"tol and ftol must be >= 0, got {tol} and {ftol}")
     if solver == "als" and optimizer is not None:
         raise ValueError("solver='als' takes no optimizer (its steps are exact block solves)")
+    if solver == "als" and config.user_offsets:
+        raise ValueError("solver='als' has no user-offset block; use solver='lbfgs' or 'adam' with user_offsets=True")
     if weights is not None:
         if solver == "als":
             raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")

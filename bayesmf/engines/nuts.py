@@ -434,7 +434,7 @@ def sample(
     init_params = None
     if isinstance(init, Params):
         dtype = data.rating.dtype
-        init_params = Params(*(jnp.asarray(x, dtype) for x in init))
+        init_params = jax.tree.map(lambda x: jnp.asarray(x, dtype), Params(*init))
     settings = dict(
         num_samples=num_samples,
         num_warmup=num_warmup,
