@@ -159,7 +159,8 @@ def _titles(args) -> dict:
 def _model(args):
     from bayesmf import BayesMF
 
-    options = dict(rank=args.rank, method=args.method, offsets=args.offsets, progress_bar=not args.no_progress)
+    options = dict(rank=args.rank, method=args.method, offsets=args.offsets, user_offsets=args.user_offsets,
+                   progress_bar=not args.no_progress)
     if args.devices is not None or args.coordinator is not None:
         options.update(devices=_mesh_devices(args))
     if args.method in SAMPLERS:
@@ -475,6 +476,8 @@ def _add_model_args(p):
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="inference engine")
     p.add_argument("--rank", type=_positive_int, default=10, help="number of latent factors")
     p.add_argument("--offsets", choices=("estimated", "empirical"), default="estimated", help="movie offsets")
+    p.add_argument("--user-offsets", action="store_true",
+                   help="give each user an offset b_u ~ N(0, 1/tau_b) as well (MAP holds tau_b, it does not tune it)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--num-samples", type=_positive_int, default=200, help="kept draws (samplers and SVI)")
     p.add_argument("--num-warmup", type=int, default=50, help="warm-up sweeps (samplers)")

@@ -29,12 +29,14 @@ FIGURES = {
     "cold_start": ("cold_start.png", "cold_start_nll.png"),
     "cold_start_session": ("cumulative_regret.png",),
     "recommend_offline": ("ranking.png",),
+    "model_variants": ("rmse_by_variant.png",),
 }
 KEY_COLUMNS = {
     "map_vs_mcmc": ("fold", "method", "rank", "bucket"),
     "cold_start": ("side", "k", "method", "bucket"),
     "cold_start_session": ("strategy", "step", "bucket"),
     "recommend_offline": ("method", "strategy", "repeat", "bucket"),
+    "model_variants": ("fold", "rank", "method", "variant", "seed", "bucket"),
 }
 # Extra arguments that keep each tiny run to a few seconds once compiled.
 TINY_ARGS = {
@@ -42,6 +44,7 @@ TINY_ARGS = {
     "cold_start": [],
     "cold_start_session": [],
     "recommend_offline": [],
+    "model_variants": [],
 }
 
 
@@ -95,6 +98,12 @@ def test_expected_rows(tiny_run):
             k0 = a[(a["side"] == side) & (a["k"] == 0)].set_index("method")
             assert k0.loc["foldin-gibbs", "rmse"] == pytest.approx(k0.loc["prior-gibbs", "rmse"], rel=1e-9)
             assert k0.loc["foldin-map", "rmse"] == pytest.approx(k0.loc["prior-map", "rmse"], rel=1e-9)
+    elif name == "model_variants":
+        module = _module(name)
+        # Every (fold, method, variant) cell once, and the summary pairs each variant with plain.
+        assert set(frame["variant"]) == set(module.VARIANTS) and set(frame["method"]) == set(module.METHODS)
+        assert not frame.duplicated(list(module.KEYS)).any() and len(frame) == 2 * len(module.METHODS) * len(module.VARIANTS)
+        assert "Paired difference" in (out / "summary.md").read_text()
     elif name == "recommend_offline":
         module = _module(name)
         assert set(frame["method"]) == set(module.METHODS)
