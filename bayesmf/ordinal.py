@@ -96,8 +96,9 @@ PROPOSAL_DF = 8
 # Largest Newton move per step in each log increment (a factor e^3 in a cell's width): a bound against a
 # wild step from a start far in the tail; it never binds near the mode.
 MAX_NEWTON_STEP = 3.0
-# The damped Newton step tries these fractions of the Newton step (values only, one batched pass) and
-# keeps the best: far from the mode (a sparse star, a start in the tail) the full step can overshoot.
+# The damped Newton step takes the full step when it raises the log posterior, else the best of the
+# shorter fractions (values only, one batched pass): far from the mode (a sparse star, a start in the
+# tail) the full step can overshoot; without this SBC at 300 ratings failed (chains stuck at the start).
 STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
 # Below this log-probability the normal quantile is found from the log-probability itself (asymptotic
 # start, Newton steps on log_ndtr) instead of ndtri(exp(.)): exp(.) stays a normal float32 number above it.
@@ -312,17 +313,25 @@ def star_masses(cuts: Array, eta: Array) -> Array:
 
 
 def _ndtri_log(log_p):
-    """Standard normal quantile of ``exp(log_p)``, accurate for ``log_p`` far below float underflow."""
+    """Standard normal quantile of ``exp(log_p)``, accurate for ``log_p`` far below float underflow.
+
+    The far-tail branch runs (``lax.cond``) only when some ``log_p`` needs it.
+    """
     direct = ndtri(jnp.exp(jnp.maximum(log_p, _LOG_P_DIRECT)))
-    # Phi(x) ~ phi(x)/|x| gives x^2 ~ t - log(2 pi t), t = -2 log p; then Newton on log_ndtr(x) = log p
-    # (log_ndtr is concave: after the first step the iterates approach the root from below, quadratically).
-    t = -2.0 * jnp.minimum(log_p, _LOG_P_DIRECT)
-    x = -jnp.sqrt(t - jnp.log(2.0 * math.pi * t))
-    for _ in range(_NEWTON_QUANTILE_STEPS):
-        log_cdf = log_ndtr(x)
-        slope = jnp.exp(-0.5 * x**2 - _HALF_LOG_2PI - log_cdf)
-        x = x - (log_cdf - jnp.minimum(log_p, _LOG_P_DIRECT)) / slope
-    return jnp.where(log_p > _LOG_P_DIRECT, direct, x)
+
+    def tail(_):
+        # Phi(x) ~ phi(x)/|x| gives x^2 ~ t - log(2 pi t), t = -2 log p; then Newton on log_ndtr(x) = log p
+        # (log_ndtr is concave: after the first step the iterates approach the root from below, quadratically).
+        target = jnp.minimum(log_p, _LOG_P_DIRECT)
+        t = -2.0 * target
+        x = -jnp.sqrt(t - jnp.log(2.0 * math.pi * t))
+        for _ in range(_NEWTON_QUANTILE_STEPS):
+            log_cdf = log_ndtr(x)
+            slope = jnp.exp(-0.5 * x**2 - _HALF_LOG_2PI - log_cdf)
+            x = x - (log_cdf - target) / slope
+        return jnp.where(log_p > _LOG_P_DIRECT, direct, x)
+
+    return jax.lax.cond(jnp.any(log_p <= _LOG_P_DIRECT), tail, lambda _: direct, None)
 
 
 def latent_draw_from(u: Array, cuts: Array, eta: Array, star: Array) -> Array:
@@ -396,13 +405,34 @@ class _Laplace(NamedTuple):
     eigenvalues: Array  # (m,) > 0
 
 
+def _damped(value_fn, point, value, step, fractions):
+    """``point + f * step`` for the first fraction ``f`` whose value beats ``value`` (``point`` if none).
+
+    The full step is evaluated alone; the shorter ones only when it does not
+    improve (``lax.cond``: near the mode one value evaluation per step).
+    """
+
+    def value_or_worst(t):
+        v = value_fn(t)
+        return jnp.where(jnp.isnan(v), -jnp.inf, v)
+
+    def shorter(_):
+        candidates = point + fractions[1:, None] * step
+        values = jax.vmap(value_or_worst)(candidates)
+        best = jnp.argmax(values)
+        return jnp.where(values[best] > value, candidates[best], point)
+
+    full = point + step
+    return jax.lax.cond(value_or_worst(full) > value, lambda _: full, shorter, None)
+
+
 def _laplace(free, eta, star, prior, mask, num_newton):
     """Damped Newton steps from ``free``; the proposal's centre and precision (eigen-form) and the start's value.
 
     Each step evaluates the value, gradient and Hessian at the current point,
-    then the value at the Newton point scaled by each of ``STEP_FRACTIONS``,
-    and moves to the best of them if it beats the current value (else
-    stays). The precision is the last Hessian's (see
+    then moves to the full Newton point if its value is higher, else to the
+    best of the shorter ``STEP_FRACTIONS`` of the step if that is higher,
+    else stays. The precision is the last Hessian's (see
     :func:`cutpoint_step_from`); the centre is the last point reached.
     """
     floor = 1.0 / prior.log_increment_sd**2
@@ -424,11 +454,7 @@ def _laplace(free, eta, star, prior, mask, num_newton):
         eigenvalues, vectors = jnp.linalg.eigh(-0.5 * (hessian + hessian.T))
         eigenvalues = jnp.maximum(jnp.abs(eigenvalues), floor)
         step = jnp.clip(vectors @ ((vectors.T @ grad) / eigenvalues), -MAX_NEWTON_STEP, MAX_NEWTON_STEP)
-        candidates = point + fractions[:, None] * step
-        values = jax.vmap(value_fn)(candidates)
-        values = jnp.where(jnp.isnan(values), -jnp.inf, values)
-        best = jnp.argmax(values)
-        point = jnp.where(values[best] > v, candidates[best], point)
+        point = _damped(value_fn, point, v, step, fractions)
     return _Laplace(value, point, vectors, eigenvalues)
 
 
