@@ -46,7 +46,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 if __package__ in (None, ""):

@@ -17,7 +17,7 @@ from bayesmf.conjugate import row_covariance, row_posterior
 from bayesmf.data import RatingScale, Ratings
 from bayesmf.engines import gibbs
 from bayesmf.layout import build_layout, gram_and_rhs
-from bayesmf.model import ModelConfig, Params, model_data_from_ratings
+from bayesmf.model import ModelConfig, model_data_from_ratings
 from bayesmf.posterior import Posterior
 
 # 4 standard errors: a two-sided false-alarm rate of 6e-5 per compared number.
@@ -61,7 +61,7 @@ def posterior():
 @pytest.fixture(scope="module")
 def map_posterior(posterior):
     """A point estimate: the last Gibbs draw as a (1, 1) posterior."""
-    draws = Params(*(x[:, -1:] for x in posterior.draws))
+    draws = jax.tree.map(lambda x: x[:, -1:], posterior.draws)
     return Posterior(
         draws, posterior.config, posterior.user_vocab, posterior.item_vocab, posterior.scale, method="map",
         train=posterior.train,
@@ -147,7 +147,7 @@ def test_predictive_components_are_the_closed_form(posterior):
     """Per draw: mean m_j + R_j . mean_s, variance 1/alpha + R_j^T P_s^-1 R_j (known
     movie); for an unseen movie the new-movie prior given the user's conditional."""
     fold = coldstart.fold_in_users(posterior, [([1, 2, 3, 4], [5.0, 4.0, 2.0, 1.0])])
-    flat = Params(*(np.asarray(x, np.float64) for x in posterior.flat_draws()))
+    flat = jax.tree.map(lambda x: np.asarray(x, np.float64), posterior.flat_draws())
     items = np.array([7, 1, 9999])
     pred = fold.predict(None, items, keep_components=True)
     j = posterior.item_vocab.index(items[:2], missing="flag")
@@ -179,7 +179,7 @@ def test_posterior_components_cover_known_and_cold_pairs(posterior):
     m_v + mu_L . R_v (+ R_v^T Lambda_L^-1 R_v); new movie mu_m + L_u . mu_R
     (+ 1/tau + L_u^T Lambda_R^-1 L_u); both new mu_m + mu_L . mu_R (+ 1/tau +
     mu_L^T Lambda_R^-1 mu_L + mu_R^T Lambda_L^-1 mu_R + tr(Lambda_L^-1 Lambda_R^-1))."""
-    flat = Params(*(np.asarray(x, np.float64) for x in posterior.flat_draws()))
+    flat = jax.tree.map(lambda x: np.asarray(x, np.float64), posterior.flat_draws())
     u = np.array([0, -1, 3, -1, 5, 2])
     i = np.array([1, 4, -1, -1, 0, 7])
     comps = posterior.components(u, i)
@@ -231,7 +231,7 @@ def test_log_evidence_is_the_gaussian_marginal_likelihood(posterior):
     """y ~ N(m + R mu_L, R Lambda_L^-1 R^T + I/alpha), directly in float64."""
     items, y = np.array([3, 8, 12, 20]), np.array([4.0, 2.0, 5.0, 3.0])
     fold = coldstart.fold_in_users(posterior, [(items, y)])
-    flat = Params(*(np.asarray(x, np.float64) for x in posterior.flat_draws()))
+    flat = jax.tree.map(lambda x: np.asarray(x, np.float64), posterior.flat_draws())
     j = posterior.item_vocab.index(items, missing="flag")
     for s in (0, 50, 99):
         r = flat.item_factors[s, j]
@@ -244,7 +244,7 @@ def test_log_evidence_is_the_gaussian_marginal_likelihood(posterior):
 def test_item_log_evidence_is_the_gaussian_marginal_likelihood(posterior):
     users, y = posterior.user_vocab.ids[[0, 3, 9]], np.array([4.0, 2.0, 5.0])
     fold = coldstart.fold_in_items(posterior, [(users, y)])
-    flat = Params(*(np.asarray(x, np.float64) for x in posterior.flat_draws()))
+    flat = jax.tree.map(lambda x: np.asarray(x, np.float64), posterior.flat_draws())
     u = posterior.user_vocab.index(users, missing="flag")
     for s in (0, 99):
         z = np.concatenate([flat.user_factors[s, u], np.ones((3, 1))], axis=1)
@@ -323,7 +323,7 @@ def test_weighted_interval_is_the_weighted_mixture_quantile(posterior):
 def test_map_fold_in_is_the_ridge_solution(map_posterior):
     items, y = np.array([2, 4, 6, 8, 10]), np.array([5.0, 1.0, 4.0, 3.0, 2.0])
     fold = coldstart.fold_in_users(map_posterior, [(items, y)])
-    p = Params(*(np.asarray(x[0, 0], np.float64) for x in map_posterior.draws))
+    p = jax.tree.map(lambda x: np.asarray(x[0, 0], np.float64), map_posterior.draws)
     j = map_posterior.item_vocab.index(items, missing="flag")
     r = p.item_factors[j]
     precision = p.user_precision + p.noise_precision * r.T @ r

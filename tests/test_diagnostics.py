@@ -73,7 +73,7 @@ def iid_draws(seed=0, num_chains=4, num_draws=1000, dtype=np.float64) -> Params:
         offset_mean=3.0 + 0.05 * rng.normal(size=(c, s)),
         offset_precision=4.0 + 0.2 * rng.normal(size=(c, s)),
     )
-    return Params(*(np.asarray(x, dtype) for x in draws))
+    return jax.tree.map(lambda x: np.asarray(x, dtype), draws)
 
 
 def make_posterior(draws, ratings=None, config=None, method="gibbs"):
@@ -243,7 +243,7 @@ def test_max_rhat_is_the_largest_r_hat_of_the_summary(num_chains):
 
 def rotate(draws: Params, chain: int, draw: int, q: np.ndarray) -> Params:
     """Rotate one draw's latent space: L -> LQ, R -> RQ, mu -> Q^T mu, Lambda -> Q^T Lambda Q."""
-    out = Params(*(x.copy() for x in draws))
+    out = jax.tree.map(lambda x: x.copy(), draws)
     out.user_factors[chain, draw] = draws.user_factors[chain, draw] @ q
     out.item_factors[chain, draw] = draws.item_factors[chain, draw] @ q
     out.user_mean[chain, draw] = q.T @ draws.user_mean[chain, draw]

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from bayesmf.engines import map as map_engine
-from bayesmf.model import FixedPriors, ModelConfig, Params, make_model_data, model_data_from_ratings, predict_mean
+from bayesmf.model import FixedPriors, ModelConfig, make_model_data, model_data_from_ratings, predict_mean
 
 RANK = 3
 # Precisions with ratios lambda / alpha = 0.5 (factors) and 0.25 (offsets):
@@ -56,7 +56,7 @@ def fits(data):
 
 def all_pairs_mean(result) -> np.ndarray:
     """Predicted mean of every (user, movie) cell: rotation-invariant."""
-    params = Params(*(jnp.asarray(x[0, 0]) for x in result.draws))
+    params = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), result.draws)
     users, items = np.meshgrid(
         np.arange(params.user_factors.shape[0]), np.arange(params.item_factors.shape[0]), indexing="ij"
     )
@@ -163,7 +163,8 @@ def test_result_contract(fits, data):
     assert result.draws.item_factors.shape == (1, 1, data.num_items, RANK)
     assert result.draws.item_offsets.shape == (1, 1, data.num_items)
     assert result.draws.noise_precision.shape == (1, 1)
-    assert all(isinstance(x, np.ndarray) and np.all(np.isfinite(x)) for x in result.draws)
+    assert all(isinstance(x, np.ndarray) and np.all(np.isfinite(x)) for x in jax.tree.leaves(result.draws))
+    assert result.draws.user_offsets is None  # the plain model has no user offsets
     assert result.stats["objective"].shape == (1, 1)
     assert result.info["solver"] == "lbfgs"
     assert result.info["converged"]

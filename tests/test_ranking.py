@@ -17,7 +17,7 @@ from scipy import stats
 from bayesmf import coldstart, metrics
 from bayesmf.data import RatingScale, Ratings
 from bayesmf.engines import gibbs
-from bayesmf.model import ModelConfig, Params, model_data_from_ratings
+from bayesmf.model import ModelConfig, model_data_from_ratings
 from bayesmf.posterior import Posterior
 from bayesmf.ranking import STRATEGIES, evaluate_ranking, recommend, similar_items
 
@@ -63,7 +63,7 @@ def posterior():
 
 @pytest.fixture(scope="module")
 def map_posterior(posterior):
-    return with_draws(posterior, Params(*(x[:, -1:] for x in posterior.draws)), method="map")
+    return with_draws(posterior, jax.tree.map(lambda x: x[:, -1:], posterior.draws), method="map")
 
 
 def seen_items(posterior, user_id):

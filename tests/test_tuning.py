@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bayesmf import tuning
-from bayesmf.model import FixedPriors, ModelConfig, Params, model_data_from_ratings, predict_mean
+from bayesmf.model import FixedPriors, ModelConfig, model_data_from_ratings, predict_mean
 from bayesmf.split import validation_split
 
 RANK = 3
@@ -62,7 +62,7 @@ def test_tune_picks_a_finite_best_and_the_noise_from_validation(validation):
     assert priors.mean_precision == CONFIG.fixed.mean_precision
     # The noise precision is 1 / mean(validation residual^2) of the best fit,
     # recomputed here from its draws.
-    params = Params(*(jnp.asarray(x[0, 0]) for x in out["result"].draws))
+    params = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), out["result"].draws)
     residual = np.asarray(valid_rating) - np.asarray(predict_mean(params, jnp.asarray(pairs[0]), jnp.asarray(pairs[1])))
     np.testing.assert_allclose(priors.noise_precision, 1.0 / np.mean(residual**2), rtol=1e-5)
     # The ratios (hence the mode) are the tuned ones.
