@@ -36,7 +36,7 @@ _EXPORTS = {
     "fold_in_users": "bayesmf.coldstart",
     "fold_in_items": "bayesmf.coldstart",
     "recommend": "bayesmf.ranking",
-    "similar_items": "bayesmf.ranking",
+    "similar_items": "bayesmf.similar",
     "evaluate_ranking": "bayesmf.ranking",
     "save": "bayesmf.storage",
     "load": "bayesmf.storage",

@@ -374,11 +374,11 @@ def cmd_recommend(args):
 
 
 def cmd_similar(args):
-    from bayesmf import ranking
+    from bayesmf import similar
 
     posterior = _load_model(args.model)
     item = _parse_id(posterior.item_vocab, args.item)
-    frame = ranking.similar_items(posterior, item, args.k, metric=args.metric)
+    frame = similar.similar_items(posterior, item, args.k, metric=args.metric)
     _table(frame, args.json)
 
 

@@ -158,10 +158,9 @@ def _fold_one_draw(prior_precision, prior_mean, design, response, mask, noise_pr
     """
     d = design.shape[-1]
     masked = design * mask[..., None]
-    # sum_k z_k [z_k y_k]: the Gram (first d columns) and the right-hand side
-    # (last column) as one fused multiply-and-reduce. On XLA:CPU this is
-    # several times faster than a batched matmul / einsum of these tiny
-    # (d x K) blocks, and the (B, K, d, d + 1) product is never materialized.
+    # sum_k z_k [z_k y_k]: the Gram (first d columns) and the right-hand side (last column) as one fused
+    # multiply-and-reduce. On XLA:CPU this is several times faster than a batched matmul / einsum of these
+    # tiny (d x K) blocks, and the (B, K, d, d + 1) product is never materialized.
     zy = jnp.concatenate([design, response[..., None]], axis=-1)
     products = jnp.sum(masked[..., :, None] * zy[..., None, :], axis=-3)
     gram, rhs = products[..., :d], products[..., d]
@@ -187,13 +186,9 @@ _fold_draws = jax.vmap(_fold_one_draw, in_axes=(0, 0, 0, 0, None, 0))
 
 
 @functools.partial(jax.jit, static_argnames="with_one")
-def _fold_users(prior_precision, prior_mean, item_factors, item_offsets, idx, ratings, mask, noise_precision,
-                with_one=False):
-    """All draws: users with ratings of movies ``idx`` (B, K); design ``R_v``, response ``r - m_v``.
-
-    ``with_one``: the design is ``(R_v, 1)`` (a model with user offsets folds
-    in ``(L, b)``; :func:`bayesmf.model.user_design`), the 1 appended after
-    the gather rather than to every movie of every draw.
+def _fold_users(prior_precision, prior_mean, item_factors, item_offsets, idx, ratings, mask, noise_precision, with_one):
+    """All draws: users with ratings of movies ``idx`` (B, K); design ``R_v`` (``with_one``: ``(R_v, 1)``, the
+    row ``(L, b)`` of a model with user offsets), response ``r - m_v``.
 
     The design is gathered once for all draws (``take`` along the movie axis:
     several times faster on XLA:CPU than a gather inside the vmap).
@@ -209,13 +204,12 @@ def _fold_users(prior_precision, prior_mean, item_factors, item_offsets, idx, ra
 @jax.jit
 def _fold_items(prior_precision, prior_mean, user_factors, user_offsets, idx, ratings, mask, noise_precision):
     """All draws: movies with ratings by users ``idx`` (B, K); design ``(L_u, 1)``, response ``r`` (``r - b_u``
-    when the model has user offsets, ``user_offsets`` (S, N); else None)."""
+    with ``user_offsets`` (S, N), else None)."""
     num_draws = user_factors.shape[0]
     factors = jnp.take(user_factors, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape + user_factors.shape[-1:])
     design = jnp.concatenate([factors, jnp.ones(factors.shape[:-1] + (1,), factors.dtype)], axis=-1)
-    response = jnp.broadcast_to(ratings, design.shape[:-1])
-    if user_offsets is not None:
-        response = response - jnp.take(user_offsets, idx.reshape(-1), axis=1).reshape((num_draws,) + idx.shape)
+    offsets = 0.0 if user_offsets is None else jnp.take(user_offsets, idx.reshape(-1), axis=1).reshape(design.shape[:-1])
+    response = jnp.broadcast_to(ratings - offsets, design.shape[:-1])
     return _fold_draws(prior_precision, prior_mean, design, response, mask, noise_precision)
 
 
@@ -795,9 +789,8 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
     flat = _device_draws(posterior)
     num_draws, d = flat.user_mean.shape
     if side == "user":
-        offsets = flat.user_offsets is not None
-        fold_fn = functools.partial(_fold_users, with_one=offsets)
-        args, dim = (*user_row_prior(flat), flat.item_factors, flat.item_offsets), d + int(offsets)
+        fold_fn = functools.partial(_fold_users, with_one=flat.user_offsets is not None)  # (L, b) with user offsets
+        args, dim = (*user_row_prior(flat), flat.item_factors, flat.item_offsets), user_row_prior(flat)[1].shape[-1]
     else:
         prior = jnp.zeros((num_draws, d + 1, d + 1), flat.item_mean.dtype)
         prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)

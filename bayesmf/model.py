@@ -411,7 +411,7 @@ def user_design(params: Params) -> Array:
     return jnp.concatenate([factors, jnp.ones(factors.shape[:-1] + (1,), factors.dtype)], axis=-1)
 
 
-def augmented_factors(params: Params) -> tuple[Array, Array]:
+def augmented_factors(params: Params, user_index=None) -> tuple[Array, Array]:
     """User and movie factors with the user offsets folded in as one more column.
 
     ``L' = (L, b)`` and ``R' = (R, 1)``, so that ``L'_u . R'_v + m_v`` is the
@@ -419,16 +419,24 @@ def augmented_factors(params: Params) -> tuple[Array, Array]:
     matrix products needs no separate offset term. Without user offsets the
     factors themselves.
 
+    Parameters
+    ----------
+    params : Params
+        One draw, or draws with leading axes.
+    user_index : int array, shape (n,), optional
+        Only these users' rows (all users by default).
+
     Returns
     -------
-    user_factors : array, shape (..., num_users, k)
+    user_factors : array, shape (..., num_users or n, k)
     item_factors : array, shape (..., num_items, k)
         ``k = rank``, or ``rank + 1`` with user offsets.
     """
+    users = params.user_factors if user_index is None else params.user_factors[..., user_index, :]
     if params.user_offsets is None:
-        return params.user_factors, params.item_factors
-    users = jnp.concatenate([params.user_factors, params.user_offsets[..., None]], axis=-1)
-    return users, user_design(params)
+        return users, params.item_factors
+    offsets = params.user_offsets if user_index is None else params.user_offsets[..., user_index]
+    return jnp.concatenate([users, offsets[..., None]], axis=-1), user_design(params)
 
 
 def predict_mean(params: Params, user_index: Array, item_index: Array) -> Array:

@@ -41,8 +41,9 @@ def test_repr_shows_what_differs_from_the_defaults():
     assert repr(bayesmf.BayesMF()) == "BayesMF(rank=10)"
     assert repr(bayesmf.BayesMF(rank=5, method="map", fixed=FixedPriors())) == (
         "BayesMF(rank=5, method='map', fixed=FixedPriors(user_precision=20.0, item_precision=20.0, "
-        "offset_precision=4.0, noise_precision=1.0, mean_precision=0.0))"
+        "offset_precision=4.0, noise_precision=1.0, mean_precision=0.0, user_offset_precision=4.0))"
     )
+    assert repr(bayesmf.BayesMF(user_offsets=True)) == "BayesMF(rank=10, user_offsets=True)"
 
 
 def test_fit_takes_a_seed_or_a_key_and_returns_the_posterior(ratings):

@@ -65,7 +65,7 @@ def test_same_seed_same_draws_and_chain0_independent_of_num_chains(problem, nuts
     kwargs = dict(num_samples=10, num_warmup=NUM_WARMUP, num_chains=1, progress_bar=False)
     first = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
     again = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, **kwargs)
-    for a, b, c in zip(first.draws, again.draws, nuts_run.draws):
+    for a, b, c in zip(jax.tree.leaves(first.draws), jax.tree.leaves(again.draws), jax.tree.leaves(nuts_run.draws)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a[0], c[0, :10])
     # ... and chain 1 is another stream.
@@ -105,7 +105,7 @@ def test_checkpoint_resume_gives_the_same_draws(problem, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another run"):
         nuts.sample(jax.random.PRNGKey(9), data, CONFIG, checkpoint=path, **kwargs)
     resumed = nuts.sample(jax.random.PRNGKey(2), data, CONFIG, checkpoint=path, **kwargs)
-    for a, b in zip(resumed.draws, uninterrupted.draws):
+    for a, b in zip(jax.tree.leaves(resumed.draws), jax.tree.leaves(uninterrupted.draws)):
         np.testing.assert_array_equal(a, b)
     assert not path.exists()
 

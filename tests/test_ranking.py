@@ -19,7 +19,8 @@ from bayesmf.data import RatingScale, Ratings
 from bayesmf.engines import gibbs
 from bayesmf.model import ModelConfig, model_data_from_ratings
 from bayesmf.posterior import Posterior
-from bayesmf.ranking import STRATEGIES, evaluate_ranking, recommend, similar_items
+from bayesmf.ranking import STRATEGIES, evaluate_ranking, recommend
+from bayesmf.similar import similar_items
 
 NUM_USERS, NUM_ITEMS, RANK, NUM_DRAWS = 40, 30, 2, 100
 # Rotation-invariant distances before/after a change of factor basis agree to

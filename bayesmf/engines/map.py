@@ -198,10 +198,8 @@ def check_solver(solver: str) -> None:
 
 def _precision_vector(priors: FixedPriors, dtype) -> Array:
     """``[lambda_L, lambda_R, tau_m, alpha, tau_b]`` as one array, shape (5,)."""
-    return jnp.asarray(
-        [priors.user_precision, priors.item_precision, priors.offset_precision, priors.noise_precision,
-         priors.user_offset_precision], dtype
-    )
+    return jnp.asarray([priors.user_precision, priors.item_precision, priors.offset_precision,
+                        priors.noise_precision, priors.user_offset_precision], dtype)
 
 
 # -- the objective ----------------------------------------------------------------
@@ -295,8 +293,7 @@ def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array, ratin
         "item_factors": precisions[1],
         "user_mean": precisions[0],  # N(0, 1/beta) at unit precision: beta * lambda_L after scaling
         "item_mean": precisions[1],
-        "item_offsets": precisions[2],
-        "user_offsets": precisions[4],
+        "item_offsets": precisions[2], "user_offsets": precisions[4],
         "obs": precisions[3] if rating_weights is None else precisions[3] * rating_weights,
     }
     model = _scaled_unit_model(numpyro_model, weights)
@@ -337,8 +334,7 @@ def init_latent(rng_key: Array, data: ModelData, config: ModelConfig, scale: flo
     if config.offsets == "estimated":
         latent["item_offsets"] = data.empirical_offsets
     if config.fixed.learns_means:
-        latent["user_mean"] = jnp.zeros(config.rank, dtype)
-        latent["item_mean"] = jnp.zeros(config.rank, dtype)
+        latent["user_mean"] = latent["item_mean"] = jnp.zeros(config.rank, dtype)
     if config.user_offsets:
         latent["user_offsets"] = jnp.zeros(data.num_users, dtype)
     return latent
@@ -349,13 +345,12 @@ def _latent_from(init_params, data: ModelData, config: ModelConfig) -> dict:
     if isinstance(init_params, Params):
         init_params = init_params._asdict()
     latent = {}
+    shapes = jax.eval_shape(lambda: init_latent(jax.random.PRNGKey(0), data, config))  # the sites' shapes
     for name in latent_sites(config):
         if name not in init_params:
             raise ValueError(f"init_params lacks the latent site {name!r}")
         value = jnp.asarray(init_params[name], data.rating.dtype)
-        expected = {"user_factors": (data.num_users, config.rank), "item_factors": (data.num_items, config.rank),
-                    "item_offsets": (data.num_items,), "user_mean": (config.rank,), "item_mean": (config.rank,),
-                    "user_offsets": (data.num_users,)}[name]
+        expected = shapes[name].shape
         value = value.reshape(value.shape[-len(expected):]) if value.size == math.prod(expected) else value
         if value.shape != expected:
             raise ValueError(f"init_params[{name!r}] has shape {tuple(value.shape)}, expected {expected}")
@@ -653,10 +648,9 @@ def make_solver(
     max_iters = _max_iters(solver, max_iters)
     if not (tol >= 0 and ftol >= 0):
         raise ValueError(f"tol and ftol must be >= 0, got {tol} and {ftol}")
-    if solver == "als" and optimizer is not None:
-        raise ValueError("solver='als' takes no optimizer (its steps are exact block solves)")
-    if solver == "als" and config.user_offsets:
-        raise ValueError("solver='als' has no user-offset block; use solver='lbfgs' or 'adam' with user_offsets=True")
+    if solver == "als" and (optimizer is not None or config.user_offsets):
+        raise ValueError("solver='als' takes no optimizer (its steps are exact block solves)" if optimizer is not None
+                         else "solver='als' has no user-offset block; use 'lbfgs' or 'adam' with user_offsets=True")
     if weights is not None:
         if solver == "als":
             raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")
