@@ -363,9 +363,12 @@ def link_draw_from(z: Array, system: LinkSystem, factors: Array, mean: Array, pr
     """
     n = factors.shape[0]
     chol = jnp.linalg.cholesky(0.5 * (precision + precision.T))
-    # Every row of z times C^-1 at once, (C^-T z^T)^T: rows with covariance
-    # C^-T C^-1 = (C C^T)^-1 = Lambda^-1. (z C^-T would give (C^T C)^-1.)
-    scaled = jax.scipy.linalg.solve_triangular(chol, z.T, lower=True, trans="T").T
+    # Every row of z times C^-1: rows with covariance C^-T C^-1 = (C C^T)^-1
+    # = Lambda^-1 (z C^-T would give (C^T C)^-1). C^-1 is formed (D x D) and
+    # multiplied: XLA:CPU's triangular solve with n + F right-hand sides took
+    # 8 ms at ml-100k's shape, the product 0.1 ms.
+    chol_inv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0], dtype=chol.dtype), lower=True)
+    scaled = z @ chol_inv
     response = factors - mean + scaled[:n]
     prior = jnp.sqrt(link_precision[system.column_group])[:, None] * scaled[n:]
     rank = system.scores.shape[1]

@@ -369,3 +369,9 @@ def test_link_system_rejects_bad_groups():
         link.link_system(x, np.array([0, 1]))
     with pytest.raises(ValueError):
         link.link_system(np.full((4, 3), np.nan), np.array([0, 0, 0]))
+
+
+def test_module_doctests():
+    import doctest
+
+    assert doctest.testmod(link).failed == 0
