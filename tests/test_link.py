@@ -333,6 +333,32 @@ def test_link_block_leaves_the_prior_invariant():
         assert p > 1e-3, f"SBC ranks of {name} not uniform: counts {counts}, p = {p:.2g}"
 
 
+def test_block_runs_jitted_with_the_system_as_an_argument():
+    """The sampler passes the system as a traced argument (as GibbsContext):
+    the static shapes still come from array shapes, and the block is finite."""
+    x, groups, factors, *_ = problem(seed=23)
+    system = link.link_system(x, groups)
+    d = factors.shape[1]
+
+    @jax.jit
+    def block(key, sys, lf):
+        shapes = link.link_variate_shapes(sys, d)
+        gamma_shapes = jnp.concatenate([jnp.asarray(link.link_wishart_shapes(sys, 3.0, d), jnp.float32),
+                                        jnp.asarray(link.link_precision_shapes(sys, d, 1.0), jnp.float32)])
+        keys = jax.random.split(key, 3)
+        gammas = gamma_draw(keys[2], gamma_shapes)
+        variates = link.LinkVariates(jax.random.normal(keys[0], shapes["coefficients"]),
+                                     jax.random.normal(keys[1], shapes["hyper"]), 2.0 * gammas[:d], gammas[d:])
+        assert variates.chi2.shape == shapes["chi2"] and variates.gammas.shape == shapes["gammas"]
+        f = sys.features.shape[1]
+        state = link.LinkState(jnp.zeros((f, d)), jnp.zeros(d), jnp.eye(d), jnp.ones(len(sys.group_columns)))
+        return link.link_block_from(variates, sys, lf, state, beta0=2.0, nu0=3.0, w0_scale=1.0, prior_rate=1.0)
+
+    out = block(jax.random.PRNGKey(24), system, jnp.asarray(factors, jnp.float32))
+    assert out.coefficients.shape == x.shape[1:] + (d,) and out.link_precision.shape == (2,)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in out)
+
+
 # --- implicit features ----------------------------------------------------------------
 
 
