@@ -70,9 +70,9 @@ from bayesmf.conjugate import normal_wishart_draw, wishart_chi2_shapes
 
 Array = jax.Array
 
-# Eigenvalues of X_e^T X_e below this many float64 epsilons of the largest
-# (times F_e) count as zero: their eigenvectors span X_e's null space.
-# LAPACK's eigenvalues carry an absolute error of about F_e eps |A|.
+# Singular values of X_e below EIGEN_RTOL_EPS * max(n, F_e) * eps64 * s_max
+# count as zero (numpy.linalg.matrix_rank's rule, with a margin of 64): their
+# vectors span X_e's null space, the eigenvalue 0 of X_e^T X_e.
 EIGEN_RTOL_EPS = 64.0
 
 
