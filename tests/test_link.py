@@ -127,6 +127,8 @@ def test_draw_matches_matrix_normal(two_groups):
     m = np.linalg.solve(gram, x.T @ (factors - mean))
     cov = np.kron(np.linalg.inv(gram), np.linalg.inv(precision))
     np.testing.assert_allclose(cov, kron_cov(system, precision, lam), rtol=1e-5)
+    # link_mean is M (float32 against float64: K's condition number here is ~10).
+    np.testing.assert_allclose(np.asarray(link.link_mean(system, *args[1:3], args[4])), m, atol=1e-4 * np.abs(m).max())
     # Mean: the MCSE of each coordinate is sqrt(cov_ii / num).
     assert np.all(np.abs(vec.mean(0) - m.ravel()) <= K_SE * np.sqrt(np.diag(cov) / num))
     # Covariance: for Gaussian x, var(x_i x_j) = cov_ii cov_jj + cov_ij^2, so the
