@@ -12,6 +12,8 @@ factors and offset) of a Gaussian linear model has the Gaussian conditional
 where ``z_j`` are the design rows (the other side's factors) and ``y_j`` the
 responses. ALS takes its mean (:func:`row_mean`), Gibbs draws from it
 (:func:`row_draw`), and fold-in of a new user uses it per posterior draw.
+The Normal-Wishart conditional of a side's ``(mu, Lambda)`` given its rows
+(:func:`normal_wishart_draw`) lives here too, beside the row update it feeds.
 
 Float32 Cholesky of ``P`` can fail when ``P`` is badly scaled. ``P`` is
 symmetrized and a jitter proportional to its mean diagonal is added
@@ -148,3 +150,72 @@ def row_covariance(posterior: RowPosterior) -> Array:
     n, d = posterior.mean.shape
     eye = jnp.broadcast_to(jnp.eye(d, dtype=posterior.mean.dtype), (n, d, d))
     return jax.scipy.linalg.cho_solve((posterior.chol, True), eye)
+
+
+def normal_wishart_draw(
+    normals: Array, x: Array, chi2: Array, beta0: float, nu0: float, w0_scale: float,
+    extra_precision: Array | None = None,
+) -> tuple[Array, Array]:
+    """Draw ``(mu, Lambda)`` from the Normal-Wishart conditional given rows ``x``.
+
+    Prior ``Lambda ~ W(nu0, w0_scale I)``, ``mu | Lambda ~ N(0, (beta0 Lambda)^-1)``;
+    posterior ``Lambda ~ W(nu0 + n, W_n)`` with
+    ``W_n^-1 = I / w0_scale + S + beta0 n / (beta0 + n) xbar xbar^T`` and
+    ``mu | Lambda ~ N(n xbar / (beta0 + n), ((beta0 + n) Lambda)^-1)``.
+
+    The Wishart draw uses Bartlett's decomposition, ``Lambda = C A A^T C^T``
+    with ``W_n = C C^T``, ``A`` lower triangular, ``A_ii^2 ~ chi2(nu_n - i)``
+    and standard normals below the diagonal. The variates come in (standard
+    normals and chi-squares) so that one call per sweep draws them all: each
+    random call site adds compile time on the CPU
+    (see :func:`bayesmf.engines.gibbs.step`).
+
+    ``extra_precision`` is added to ``W_n^-1``: terms of the likelihood of
+    ``Lambda`` beyond the rows ``x``, such as Macau's link-matrix prior
+    ``sum_f lambda_f b_f b_f^T`` (:mod:`bayesmf.link`). Their degrees of freedom
+    come in through ``chi2`` (``wishart_chi2_shapes(nu0 + n + F, d)``).
+
+    Parameters
+    ----------
+    normals : array, shape (d * d + d,)
+        Standard normal variates.
+    x : array, shape (n, d)
+    chi2 : array, shape (d,)
+        ``chi2[i] ~ chi2(nu0 + n - i)`` (see :func:`wishart_chi2_shapes`).
+    beta0, nu0, w0_scale : float
+        The Normal-Wishart prior (``nu0`` is documentation here: the degrees
+        of freedom enter through ``chi2``).
+    extra_precision : array, shape (d, d), optional
+        Added to ``W_n^-1``; ``None`` adds nothing.
+
+    Returns
+    -------
+    mu : array, shape (d,)
+    precision : array, shape (d, d)
+    """
+    n, d = x.shape
+    dtype = x.dtype
+    xbar = jnp.mean(x, axis=0)
+    centred = x - xbar
+    beta_n = beta0 + n
+    mu_n = n * xbar / beta_n
+    w_inv = jnp.eye(d, dtype=dtype) / w0_scale + centred.T @ centred + (beta0 * n / beta_n) * jnp.outer(xbar, xbar)
+    if extra_precision is not None:
+        w_inv = w_inv + extra_precision
+    w_inv = 0.5 * (w_inv + w_inv.T)
+    eye = jnp.eye(d, dtype=dtype)
+    w_n = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(w_inv), True), eye)
+    chol_w = jnp.linalg.cholesky(0.5 * (w_n + w_n.T))
+    below = jnp.tril(normals[: d * d].reshape(d, d), k=-1)
+    bartlett = below + jnp.diag(jnp.sqrt(chi2))
+    factor = chol_w @ bartlett
+    precision = factor @ factor.T
+    chol_prec = jnp.sqrt(beta_n) * factor  # beta_n * Lambda = (sqrt(beta_n) C A)(...)^T, lower triangular
+    z = normals[d * d :]
+    mu = mu_n + jax.scipy.linalg.solve_triangular(chol_prec, z, lower=True, trans="T")
+    return mu, precision
+
+
+def wishart_chi2_shapes(nu: float, d: int) -> np.ndarray:
+    """Gamma shapes whose draws, doubled, are the Bartlett chi-squares ``chi2(nu - i)``."""
+    return 0.5 * (nu - np.arange(d))

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf import memory
-from bayesmf.conjugate import row_draw_from, standard_normal
+from bayesmf.conjugate import normal_wishart_draw, row_draw_from, standard_normal, wishart_chi2_shapes
 from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
@@ -178,56 +178,6 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
 _init_jit = jax.jit(init, static_argnums=(2,))
 
 
-def normal_wishart_draw(
-    normals: Array, x: Array, chi2: Array, beta0: float, nu0: float, w0_scale: float
-) -> tuple[Array, Array]:
-    """Draw ``(mu, Lambda)`` from the Normal-Wishart conditional given rows ``x``.
-
-    Prior ``Lambda ~ W(nu0, w0_scale I)``, ``mu | Lambda ~ N(0, (beta0 Lambda)^-1)``;
-    posterior ``Lambda ~ W(nu0 + n, W_n)`` with
-    ``W_n^-1 = I / w0_scale + S + beta0 n / (beta0 + n) xbar xbar^T`` and
-    ``mu | Lambda ~ N(n xbar / (beta0 + n), ((beta0 + n) Lambda)^-1)``.
-
-    The Wishart draw uses Bartlett's decomposition, ``Lambda = C A A^T C^T``
-    with ``W_n = C C^T``, ``A`` lower triangular, ``A_ii^2 ~ chi2(nu_n - i)``
-    and standard normals below the diagonal. The variates come in (standard
-    normals and chi-squares) so that one call per sweep draws them all: each
-    random call site adds compile time on the CPU (see :func:`step`).
-
-    Parameters
-    ----------
-    normals : array, shape (d * d + d,)
-        Standard normal variates.
-    x : array, shape (n, d)
-    chi2 : array, shape (d,)
-        ``chi2[i] ~ chi2(nu0 + n - i)`` (see :func:`wishart_chi2_shapes`).
-
-    Returns
-    -------
-    mu : array, shape (d,)
-    precision : array, shape (d, d)
-    """
-    n, d = x.shape
-    dtype = x.dtype
-    xbar = jnp.mean(x, axis=0)
-    centred = x - xbar
-    beta_n = beta0 + n
-    mu_n = n * xbar / beta_n
-    w_inv = jnp.eye(d, dtype=dtype) / w0_scale + centred.T @ centred + (beta0 * n / beta_n) * jnp.outer(xbar, xbar)
-    w_inv = 0.5 * (w_inv + w_inv.T)
-    eye = jnp.eye(d, dtype=dtype)
-    w_n = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(w_inv), True), eye)
-    chol_w = jnp.linalg.cholesky(0.5 * (w_n + w_n.T))
-    below = jnp.tril(normals[: d * d].reshape(d, d), k=-1)
-    bartlett = below + jnp.diag(jnp.sqrt(chi2))
-    factor = chol_w @ bartlett
-    precision = factor @ factor.T
-    chol_prec = jnp.sqrt(beta_n) * factor  # beta_n * Lambda = (sqrt(beta_n) C A)(...)^T, lower triangular
-    z = normals[d * d :]
-    mu = mu_n + jax.scipy.linalg.solve_triangular(chol_prec, z, lower=True, trans="T")
-    return mu, precision
-
-
 # Proposals per Gamma variate in gamma_draw. Marsaglia-Tsang accepts with
 # probability > 0.95 for every shape >= 1 (> 0.999 for the shapes >= 50 a
 # sweep needs), so all 8 proposals are rejected with probability < 0.05^8 = 4e-11.
@@ -283,11 +233,6 @@ def gamma_from(x: Array, u: Array, shape: Array) -> Array:
     value = d * jnp.take_along_axis(safe_v, first[None], axis=0)[0]
     boost = boost_u ** (1.0 / shape)
     return jnp.where(shape < 1.0, value * boost, value)
-
-
-def wishart_chi2_shapes(nu: float, d: int) -> np.ndarray:
-    """Gamma shapes whose draws, doubled, are the Bartlett chi-squares ``chi2(nu - i)``."""
-    return 0.5 * (nu - np.arange(d))
 
 
 def _code(block: int, value: Array) -> Array:
