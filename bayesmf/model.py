@@ -108,6 +108,48 @@ class HyperPriors(NamedTuple):
     user_offset_rate: float = 0.1
 
 
+class FeatureSpec(NamedTuple):
+    """Features of one side (users or movies) in its factors' prior mean (Macau's prior).
+
+    ``L_u ~ N(mu_L + B^T x_u, Lambda_L^-1)``, the rows of ``B`` (F, rank)
+    ``b_f ~ N(0, (lambda_g(f) Lambda_L)^-1)``, one precision ``lambda_g`` per
+    group of columns (:mod:`bayesmf.link`). ``x_u`` is the side feature row
+    (``num_side`` encoded columns, :mod:`bayesmf.data.features`: centred on
+    the training rows, so that ``x = 0`` is the mean-based prior) followed,
+    with ``implicit``, by the implicit-feedback row ``n_u`` (``|N(u)|^-1/2`` at
+    the movies the user rated in the training data; for movies, at their
+    raters): SVD++'s ``L_u = p_u + Y^T n_u`` with ``Y`` the last rows of ``B``.
+    Side and implicit columns are separate groups.
+
+    Attributes
+    ----------
+    num_side : int
+        Side feature columns (>= 0).
+    implicit : bool
+        Append the implicit-feedback columns.
+    link_shape, link_rate : float
+        ``lambda_g ~ Gamma(link_shape, link_rate)`` (the ``"hyper"`` mode).
+    link_precision : float
+        ``lambda_g`` of every group in the ``"fixed"`` mode.
+    """
+
+    num_side: int = 0
+    implicit: bool = False
+    link_shape: float = 1.0
+    link_rate: float = 1.0
+    link_precision: float = 1.0
+
+    def groups(self, num_other: int) -> np.ndarray:
+        """Group of each column, shape (num_side + num_other * implicit,): side 0, implicit next."""
+        side = np.zeros(self.num_side, np.int32)
+        implicit = np.full(num_other if self.implicit else 0, int(self.num_side > 0), np.int32)
+        return np.concatenate([side, implicit])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.num_side > 0) + int(self.implicit)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Static description of the model.
@@ -127,6 +169,9 @@ class ModelConfig:
     user_offsets : bool
         Give each user an offset ``b_u ~ Normal(0, 1/tau_b)`` (see the module
         docstring). Off by default: the plain model.
+    user_features, item_features : FeatureSpec, optional
+        Features in the users' (movies') prior mean; the feature rows come in
+        ``ModelData.user_features`` (``item_features``). None: none.
     """
 
     rank: int = 10
@@ -135,6 +180,8 @@ class ModelConfig:
     fixed: FixedPriors = FixedPriors()
     hyper: HyperPriors = HyperPriors()
     user_offsets: bool = False
+    user_features: FeatureSpec | None = None
+    item_features: FeatureSpec | None = None
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)):
@@ -147,6 +194,20 @@ class ModelConfig:
             raise TypeError(f"user_offsets must be True or False, got {self.user_offsets!r}")
         if self.priors not in PRIOR_MODES:
             raise ValueError(f"unknown priors mode {self.priors!r}; expected one of {PRIOR_MODES}")
+        for side in ("user", "item"):
+            spec = getattr(self, f"{side}_features")
+            if spec is None:
+                continue
+            if not isinstance(spec, FeatureSpec):
+                raise TypeError(f"{side}_features must be a FeatureSpec or None, got {spec!r}")
+            if isinstance(spec.num_side, bool) or not isinstance(spec.num_side, (int, np.integer)) or spec.num_side < 0:
+                raise ValueError(f"{side}_features.num_side must be an integer >= 0, got {spec.num_side!r}")
+            if spec.num_groups == 0:
+                raise ValueError(f"{side}_features has no columns: give num_side > 0 or implicit=True (or None)")
+            for name in ("link_shape", "link_rate", "link_precision"):
+                value = getattr(spec, name)
+                if not np.isfinite(value) or value <= 0:
+                    raise ValueError(f"{side}_features.{name} must be a positive finite number, got {value}")
         for name, value in self.fixed._asdict().items():
             if name == "mean_precision":
                 if not np.isfinite(value) or value < 0:
@@ -181,6 +242,10 @@ class ModelData(NamedTuple):
     empirical_offset_precision : float array, shape ()
         ``1 / var(movie means)``: the spread used for an unseen movie when the
         offsets are empirical.
+    user_features, item_features : float array, shape (num_users, F_u) / (num_items, F_v), or None
+        Each row's features (side columns, then implicit-feedback columns) when
+        the config has ``user_features`` / ``item_features``
+        (:func:`with_features`).
     """
 
     user_index: Array
@@ -191,6 +256,8 @@ class ModelData(NamedTuple):
     global_mean: Array
     empirical_offsets: Array
     empirical_offset_precision: Array
+    user_features: Array | None = None
+    item_features: Array | None = None
 
     @property
     def num_users(self) -> int:
@@ -247,6 +314,55 @@ def make_model_data(user_index, item_index, rating, num_users: int, num_items: i
     )
 
 
+def with_features(data: ModelData, config: ModelConfig, user_side=None, item_side=None) -> ModelData:
+    """``data`` with the feature rows the config's :class:`FeatureSpec` s ask for.
+
+    Each side's rows are its side features (``num_side`` columns, encoded by
+    :func:`bayesmf.data.encode_features`) followed, with ``implicit``, by the
+    implicit-feedback rows built from the training pairs
+    (:func:`bayesmf.link.implicit_features`: never from test ratings).
+
+    Parameters
+    ----------
+    data : ModelData
+    config : ModelConfig
+    user_side : array, shape (num_users, num_side), optional
+        Needed when ``config.user_features.num_side > 0``.
+    item_side : array, shape (num_items, num_side), optional
+
+    Returns
+    -------
+    ModelData
+    """
+    from bayesmf.link import implicit_features
+
+    dtype = data.rating.dtype
+    users, items = np.asarray(data.user_index), np.asarray(data.item_index)
+    out = {}
+    for side, side_rows, index, other, num_rows, num_other in (
+        ("user", user_side, users, items, data.num_users, data.num_items),
+        ("item", item_side, items, users, data.num_items, data.num_users),
+    ):
+        spec = getattr(config, f"{side}_features")
+        if spec is None:
+            if side_rows is not None:
+                raise ValueError(f"{side} features were given but the config has no {side}_features")
+            continue
+        parts = []
+        if spec.num_side:
+            side_rows = None if side_rows is None else np.asarray(side_rows, np.float64)
+            if side_rows is None or side_rows.shape != (num_rows, spec.num_side):
+                got = None if side_rows is None else side_rows.shape
+                raise ValueError(f"{side} side features must have shape ({num_rows}, {spec.num_side}), got {got}")
+            if not np.all(np.isfinite(side_rows)):
+                raise ValueError(f"{side} side features contain NaN or inf (encode them with bayesmf.data.encode_features)")
+            parts.append(side_rows)
+        if spec.implicit:
+            parts.append(implicit_features(index, other, num_rows, num_other))
+        out[f"{side}_features"] = jnp.asarray(np.concatenate(parts, axis=1), dtype)
+    return data._replace(**out)
+
+
 def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:
     """:class:`ModelData` from a :class:`bayesmf.data.Ratings`."""
     return make_model_data(
@@ -279,6 +395,12 @@ class Params(NamedTuple):
         such field, so its arrays, files and results are unchanged).
     user_offset_precision : array, shape (), or None
         ``tau_b``; None unless ``config.user_offsets``.
+    user_link, item_link : array, shape (F_u, rank) / (F_v, rank), or None
+        The link matrices ``B`` of Macau's prior (:class:`FeatureSpec`); None
+        unless the config has ``user_features`` / ``item_features``. With them
+        ``user_mean`` / ``item_mean`` are ``mu`` of ``mu + B^T x``.
+    user_link_precision, item_link_precision : array, shape (G,), or None
+        ``lambda_g`` per group of feature columns.
 
     Fields that are None are empty pytree nodes: ``jax.tree.map`` (and so
     every transform) skips them. Convert a whole Params with
@@ -297,15 +419,26 @@ class Params(NamedTuple):
     offset_precision: Array
     user_offsets: Array | None = None
     user_offset_precision: Array | None = None
+    user_link: Array | None = None
+    user_link_precision: Array | None = None
+    item_link: Array | None = None
+    item_link_precision: Array | None = None
 
 
-# Fields that exist only when the config switches them on (None otherwise).
-OPTIONAL_FIELDS = ("user_offsets", "user_offset_precision")
+# Fields that exist only when the config switches them on (None otherwise): name -> switch.
+OPTIONAL_FIELDS = {
+    "user_offsets": lambda config: config.user_offsets,
+    "user_offset_precision": lambda config: config.user_offsets,
+    "user_link": lambda config: config.user_features is not None,
+    "user_link_precision": lambda config: config.user_features is not None,
+    "item_link": lambda config: config.item_features is not None,
+    "item_link_precision": lambda config: config.item_features is not None,
+}
 
 
 def present_fields(config: ModelConfig) -> tuple[str, ...]:
     """Fields of :class:`Params` that hold arrays under ``config``."""
-    return tuple(name for name in Params._fields if name not in OPTIONAL_FIELDS or config.user_offsets)
+    return tuple(name for name in Params._fields if name not in OPTIONAL_FIELDS or OPTIONAL_FIELDS[name](config))
 
 
 # Sites of the NumPyro model that are latent in each mode.
@@ -323,6 +456,11 @@ def latent_sites(config: ModelConfig) -> tuple[str, ...]:
         sites.append("user_offsets")
         if config.priors == "hyper":
             sites.append("user_offset_precision")
+    for side in ("user", "item"):
+        if getattr(config, f"{side}_features") is not None:
+            sites.append(f"{side}_link")
+            if config.priors == "hyper":
+                sites.append(f"{side}_link_precision")
     return tuple(sites)
 
 
@@ -344,6 +482,10 @@ def fixed_values(data: ModelData, config: ModelConfig) -> dict:
             out.update(offset_mean=data.global_mean, offset_precision=jnp.asarray(f.offset_precision, dtype))
         if config.user_offsets:
             out.update(user_offset_precision=jnp.asarray(f.user_offset_precision, dtype))
+        for side in ("user", "item"):
+            spec = getattr(config, f"{side}_features")
+            if spec is not None:
+                out[f"{side}_link_precision"] = jnp.full(spec.num_groups, spec.link_precision, dtype)
     if config.offsets == "empirical":
         out.update(
             item_offsets=data.empirical_offsets,
@@ -587,14 +729,16 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
             )
         else:
             user_offset_precision = fixed["user_offset_precision"]
+    user_loc = _link_prior("user", config, data.user_features, data.num_items, user_mean, user_precision, fixed)
+    item_loc = _link_prior("item", config, data.item_features, data.num_users, item_mean, item_precision, fixed)
     with numpyro.plate("users", num_users, dim=-1):
-        user_factors = numpyro.sample("user_factors", dist.MultivariateNormal(user_mean, precision_matrix=user_precision))
+        user_factors = numpyro.sample("user_factors", dist.MultivariateNormal(user_loc, precision_matrix=user_precision))
         if config.user_offsets:
             user_offsets = numpyro.sample(
                 "user_offsets", dist.Normal(jnp.zeros((), dtype), jax.lax.rsqrt(user_offset_precision))
             )
     with numpyro.plate("items", num_items, dim=-1):
-        item_factors = numpyro.sample("item_factors", dist.MultivariateNormal(item_mean, precision_matrix=item_precision))
+        item_factors = numpyro.sample("item_factors", dist.MultivariateNormal(item_loc, precision_matrix=item_precision))
         if config.offsets == "estimated":
             item_offsets = numpyro.sample(
                 "item_offsets", dist.Normal(offset_mean, jax.lax.rsqrt(offset_precision))
@@ -604,6 +748,34 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
     mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index, user_offsets)
     with numpyro.plate("ratings", data.nnz, dim=-1):
         numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
+
+
+def _link_prior(side: str, config: ModelConfig, features, num_other: int, mean, precision, fixed: dict):
+    """The prior mean of one side's factors: ``mu`` (no features), or ``mu + X B`` with Macau's
+    ``b_f ~ N(0, (lambda_g(f) Lambda)^-1)`` and ``lambda_g ~ Gamma`` (fixed in the ``"fixed"`` mode).
+
+    Returns an array of shape (rank,) or (num_rows, rank).
+    """
+    spec = getattr(config, f"{side}_features")
+    if spec is None:
+        return mean
+    if features is None:
+        raise ValueError(f"config.{side}_features is set but the data has no {side} feature rows (with_features)")
+    dtype = features.dtype
+    if config.priors == "hyper":
+        link_precision = numpyro.sample(
+            f"{side}_link_precision",
+            dist.Gamma(jnp.full(spec.num_groups, spec.link_shape, dtype), spec.link_rate).to_event(1),
+        )
+    else:
+        link_precision = fixed[f"{side}_link_precision"]
+    column_precision = link_precision[jnp.asarray(spec.groups(num_other))]
+    with numpyro.plate(f"{side}_feature_columns", features.shape[1], dim=-1):
+        link = numpyro.sample(
+            f"{side}_link",
+            dist.MultivariateNormal(jnp.zeros(config.rank, dtype), precision_matrix=column_precision[:, None, None] * precision),
+        )
+    return mean + features @ link
 
 
 def log_joint(params: Params, data: ModelData, config: ModelConfig) -> Array:

@@ -39,6 +39,15 @@ import numpy as np
 
 from bayesmf import memory
 from bayesmf.conjugate import normal_wishart_draw, row_draw_from, standard_normal, wishart_chi2_shapes
+from bayesmf.link import (
+    LinkState,
+    LinkVariates,
+    link_block_from,
+    link_precision_shapes,
+    link_prior_mean,
+    link_system,
+    link_wishart_shapes,
+)
 from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
@@ -88,29 +97,42 @@ class GibbsInfo(NamedTuple):
 
 class GibbsContext(NamedTuple):
     """Device-side data a sweep needs (passed as an argument, never baked into
-    the compiled program as constants)."""
+    the compiled program as constants). ``user_link`` / ``item_link``: the
+    once-factored :class:`bayesmf.link.LinkSystem` of a side with features
+    (None otherwise)."""
 
     data: ModelData
     user_layout: object
     item_layout: object
+    user_link: object = None
+    item_link: object = None
 
 
 def build_context(data: ModelData, layout: str = "auto", rank: int | None = None,
-                  chunk_bytes: int | None = None) -> GibbsContext:
+                  chunk_bytes: int | None = None, config: ModelConfig | None = None) -> GibbsContext:
     """Precompute the per-user and per-item layouts of the training ratings.
 
     ``rank`` lets ``layout="auto"`` weigh the dense layout's cost and bounds
     the bucketed layout's chunks of rows to ``chunk_bytes``
     (:func:`bayesmf.layout.build_layout`); without it only the size counts.
+    With features (``config.user_features`` / ``item_features``) each side's
+    feature Gram is factored once (:func:`bayesmf.link.link_system`).
     """
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
     item_width = None if rank is None else rank + 1
     sizes = dict(chunk_bytes=chunk_bytes, itemsize=np.dtype(data.rating.dtype).itemsize)
+    links = {}
+    for side, num_other in (("user", data.num_items), ("item", data.num_users)):
+        spec = None if config is None else getattr(config, f"{side}_features")
+        if spec is not None:
+            links[f"{side}_link"] = link_system(np.asarray(getattr(data, f"{side}_features"), np.float64),
+                                                spec.groups(num_other), dtype=data.rating.dtype)
     return GibbsContext(
         data=data,
         user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank, **sizes),
         item_layout=build_layout(v, u, data.num_items, data.num_users, layout, width=item_width, **sizes),
+        **links,
     )
 
 
@@ -171,6 +193,11 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
         user_offsets=jnp.zeros(data.num_users, dtype),
         user_offset_precision=jnp.asarray(config.hyper.user_offset_shape / config.hyper.user_offset_rate, dtype),
     )
+    for side in ("user", "item"):  # Macau's link matrices start at zero, their precisions at the prior mean
+        spec, features = getattr(config, f"{side}_features"), getattr(data, f"{side}_features")
+        if spec is not None:
+            state[f"{side}_link"] = jnp.zeros((features.shape[1], d), dtype)
+            state[f"{side}_link_precision"] = jnp.full(spec.num_groups, spec.link_shape / spec.link_rate, dtype)
     state.update(fixed)
     return Params(**{k: jnp.asarray(state[k], dtype) for k in present_fields(config)})
 
@@ -248,6 +275,11 @@ def _variate_shapes(data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
     uniforms = {}
     if config.priors == "hyper":
         num_gammas = 2 * d + 2 + int(config.user_offsets)
+        for side, rows in (("user", data.num_users), ("item", data.num_items)):
+            spec = getattr(config, f"{side}_features")
+            if spec is not None:  # B's perturbations (link_variate_shapes) and one Gamma per group
+                normals[f"{side}_link"] = (rows + getattr(data, f"{side}_features").shape[1], d)
+                num_gammas += spec.num_groups
         normals.update(user_hyper=(d * d + d,), item_hyper=(d * d + d,), offset_mean=(), gamma=(GAMMA_PROPOSALS, num_gammas))
         uniforms["gamma"] = (GAMMA_PROPOSALS + 1, num_gammas)
     elif config.fixed.learns_means:
@@ -289,6 +321,19 @@ def sweep_variates(rng_key: Array, data: ModelData, config: ModelConfig) -> tupl
     return normals, uniforms
 
 
+def _row_means(prior_mean: Array, system, coefficients) -> tuple:
+    """Per-row prior means ``prior_mean + (B^T x, 0...)`` as a map_rows input, or ``()`` without features.
+
+    ``prior_mean`` (k,) is the row's prior mean without features (``k >= rank``:
+    an offset's mean may follow the factors' and gets no feature term).
+    """
+    if system is None:
+        return ()
+    shift = link_prior_mean(system, coefficients, jnp.zeros(coefficients.shape[1], coefficients.dtype))
+    pad = prior_mean.shape[0] - shift.shape[1]
+    return (prior_mean + jnp.pad(shift, ((0, 0), (0, pad))),)
+
+
 def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConfig) -> tuple[GibbsState, GibbsInfo]:
     """One blocked Gibbs sweep.
 
@@ -309,12 +354,15 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     # Users | items, offsets.
     # Each row's Gram and rhs exist only for its chunk of rows (map_rows).
     response = data.rating - state.item_offsets[data.item_index]
-    # With user offsets a user's row is (L_u, b_u), its design (R_v, 1) (model.user_row_prior).
+    # With user offsets a user's row is (L_u, b_u), its design (R_v, 1) (model.user_row_prior);
+    # with features each row has its own prior mean mu_L + B^T x_u (per-row inputs of map_rows).
     user_prior, user_prior_mean = user_row_prior(state)
+    user_rows = _row_means(user_prior_mean, ctx.user_link, state.user_link)
     block = map_rows(
         ctx.user_layout, user_design(state), response,
-        lambda gram, rhs, z: row_draw_from(z, user_prior, user_prior_mean, gram, rhs, state.noise_precision),
-        (normals["users"],),
+        lambda gram, rhs, z, *mean: row_draw_from(z, user_prior, mean[0] if mean else user_prior_mean, gram, rhs,
+                                                  state.noise_precision),
+        (normals["users"],) + user_rows,
     )
     bad = _code(1, block)
     user_factors, user_offsets = (block[:, :d], block[:, d]) if config.user_offsets else (block, None)
@@ -327,18 +375,22 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_precision = jnp.zeros((d + 1, d + 1), dtype)
         prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
+        item_rows = _row_means(prior_mean, ctx.item_link, state.item_link)
         block, row_sse = map_rows(
             ctx.item_layout, design, rating,
-            lambda gram, rhs, z: row_draw_from(z, prior_precision, prior_mean, gram, rhs, state.noise_precision),
-            (normals["items"],), residuals=True,
+            lambda gram, rhs, z, *mean: row_draw_from(z, prior_precision, mean[0] if mean else prior_mean, gram, rhs,
+                                                      state.noise_precision),
+            (normals["items"],) + item_rows, residuals=True,
         )
         item_factors, item_offsets = block[:, :d], block[:, d]
     else:
         item_offsets = state.item_offsets
+        item_rows = _row_means(state.item_mean, ctx.item_link, state.item_link)
         item_factors, row_sse = map_rows(
             ctx.item_layout, user_factors, rating - item_offsets[data.item_index],
-            lambda gram, rhs, z: row_draw_from(z, state.item_precision, state.item_mean, gram, rhs, state.noise_precision),
-            (normals["items"],), residuals=True,
+            lambda gram, rhs, z, *mean: row_draw_from(z, state.item_precision, mean[0] if mean else state.item_mean,
+                                                      gram, rhs, state.noise_precision),
+            (normals["items"],) + item_rows, residuals=True,
         )
     bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
 
@@ -351,21 +403,45 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     if hyper:
         h = config.hyper
         # Every Gamma variate of the sweep at once (see normal_wishart_draw).
+        links = {side: (getattr(config, f"{side}_features"), getattr(ctx, f"{side}_link")) for side in ("user", "item")}
+
+        def chi2_shapes(side, num_rows):
+            spec, system = links[side]
+            return (wishart_chi2_shapes(config.nu0 + num_rows, d) if spec is None
+                    else link_wishart_shapes(system, config.nu0, d))
+
+        link_shapes = [link_precision_shapes(system, d, spec.link_shape) for spec, system in links.values()
+                       if spec is not None]
         shapes = np.concatenate(
             [
-                wishart_chi2_shapes(config.nu0 + data.num_users, d),
-                wishart_chi2_shapes(config.nu0 + data.num_items, d),
+                chi2_shapes("user", data.num_users),
+                chi2_shapes("item", data.num_items),
                 [h.offset_shape + 0.5 * data.num_items, h.noise_shape + 0.5 * data.nnz],
                 [h.user_offset_shape + 0.5 * data.num_users] if config.user_offsets else [],
+                *link_shapes,
             ]
         )
         gammas = gamma_from(normals["gamma"], uniforms["gamma"], jnp.asarray(shapes, dtype))
-        user_mean, user_precision = normal_wishart_draw(
-            normals["user_hyper"], user_factors, 2.0 * gammas[:d], h.beta0, config.nu0, h.w0_scale
-        )
-        item_mean, item_precision = normal_wishart_draw(
-            normals["item_hyper"], item_factors, 2.0 * gammas[d : 2 * d], h.beta0, config.nu0, h.w0_scale
-        )
+        next_gamma = 2 * d + 2 + int(config.user_offsets)  # the link precisions' Gammas follow
+        hyper_draws = {}
+        for side, factors, chi2 in (("user", user_factors, gammas[:d]), ("item", item_factors, gammas[d : 2 * d])):
+            spec, system = links[side]
+            if spec is None:
+                hyper_draws[side] = normal_wishart_draw(normals[f"{side}_hyper"], factors, 2.0 * chi2, h.beta0, config.nu0,
+                                                        h.w0_scale)
+                continue
+            # Macau's block: B, then (mu, Lambda) on L - X B, then lambda_g (bayesmf.link).
+            count = spec.num_groups
+            variates = LinkVariates(normals[f"{side}_link"], normals[f"{side}_hyper"], 2.0 * chi2,
+                                    gammas[next_gamma : next_gamma + count])
+            next_gamma += count
+            previous = LinkState(getattr(state, f"{side}_link"), getattr(state, f"{side}_mean"),
+                                 getattr(state, f"{side}_precision"), getattr(state, f"{side}_link_precision"))
+            drawn = link_block_from(variates, system, factors, previous, beta0=h.beta0, nu0=config.nu0,
+                                    w0_scale=h.w0_scale, prior_rate=spec.link_rate)
+            new = new._replace(**{f"{side}_link": drawn.coefficients, f"{side}_link_precision": drawn.link_precision})
+            hyper_draws[side] = (drawn.mean, drawn.precision)
+        (user_mean, user_precision), (item_mean, item_precision) = hyper_draws["user"], hyper_draws["item"]
         new = new._replace(
             user_mean=user_mean, user_precision=user_precision, item_mean=item_mean, item_precision=item_precision
         )
@@ -527,6 +603,11 @@ def sample(
     num_samples, num_warmup, num_chains, thin = check_counts(num_samples, num_warmup, num_chains, thin)
     if track_pairs is not None:
         check_pairs(track_pairs)
+    if config.user_features is not None or config.item_features is not None:
+        if config.priors != "hyper":
+            raise ValueError("Gibbs with features (Macau's prior) needs priors='hyper'; MAP takes them with 'fixed'")
+        if devices is not None:
+            raise ValueError("Gibbs with features runs on one device (devices=None)")
     t0 = time.perf_counter()
     mesh = None if devices is None else sharding.make_mesh(devices)
     if checkpoint is not None and jax.process_count() > 1:
@@ -539,7 +620,7 @@ def sample(
                                  num_tracked=0 if track_pairs is None else len(track_pairs[0]),
                                  num_devices=1 if mesh is None else int(mesh.shape[sharding.ROWS])),
                      device=None if mesh is None else mesh.devices.flat[0])
-    ctx = build_context(data, layout, config.rank, chunk_bytes)
+    ctx = build_context(data, layout, config.rank, chunk_bytes, config)
     gibbs_engine = engine(data, config, init_params)
     if mesh is not None:
         ctx, gibbs_engine = sharding.shard_context(ctx, mesh), sharding.on_mesh(gibbs_engine, mesh)
