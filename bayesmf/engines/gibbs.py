@@ -321,7 +321,7 @@ def sweep_variates(rng_key: Array, data: ModelData, config: ModelConfig) -> tupl
     return normals, uniforms
 
 
-def _row_means(prior_mean: Array, system, coefficients) -> tuple:
+def row_means(prior_mean: Array, system, coefficients) -> tuple:
     """Per-row prior means ``prior_mean + (B^T x, 0...)`` as a map_rows input, or ``()`` without features.
 
     ``prior_mean`` (k,) is the row's prior mean without features (``k >= rank``:
@@ -357,7 +357,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     # With user offsets a user's row is (L_u, b_u), its design (R_v, 1) (model.user_row_prior);
     # with features each row has its own prior mean mu_L + B^T x_u (per-row inputs of map_rows).
     user_prior, user_prior_mean = user_row_prior(state)
-    user_rows = _row_means(user_prior_mean, ctx.user_link, state.user_link)
+    user_rows = row_means(user_prior_mean, ctx.user_link, state.user_link)
     block = map_rows(
         ctx.user_layout, user_design(state), response,
         lambda gram, rhs, z, *mean: row_draw_from(z, user_prior, mean[0] if mean else user_prior_mean, gram, rhs,
@@ -375,7 +375,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_precision = jnp.zeros((d + 1, d + 1), dtype)
         prior_precision = prior_precision.at[:d, :d].set(state.item_precision).at[d, d].set(state.offset_precision)
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
-        item_rows = _row_means(prior_mean, ctx.item_link, state.item_link)
+        item_rows = row_means(prior_mean, ctx.item_link, state.item_link)
         block, row_sse = map_rows(
             ctx.item_layout, design, rating,
             lambda gram, rhs, z, *mean: row_draw_from(z, prior_precision, mean[0] if mean else prior_mean, gram, rhs,
@@ -385,7 +385,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         item_factors, item_offsets = block[:, :d], block[:, d]
     else:
         item_offsets = state.item_offsets
-        item_rows = _row_means(state.item_mean, ctx.item_link, state.item_link)
+        item_rows = row_means(state.item_mean, ctx.item_link, state.item_link)
         item_factors, row_sse = map_rows(
             ctx.item_layout, user_factors, rating - item_offsets[data.item_index],
             lambda gram, rhs, z, *mean: row_draw_from(z, state.item_precision, mean[0] if mean else state.item_mean,
