@@ -19,7 +19,7 @@ import numpy as np
 
 from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS, SAMPLERS
 from bayesmf.data import as_ratings
-from bayesmf.model import FixedPriors, HyperPriors, ModelConfig, Params, model_data_from_ratings
+from bayesmf.model import FeatureSpec, FixedPriors, HyperPriors, ModelConfig, Params, model_data_from_ratings, with_features
 from bayesmf.posterior import Posterior
 # MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
 # every user a shrunk bias L_u . mu_R; see FixedPriors.
@@ -133,6 +133,12 @@ class BayesMF:
         Give each user an offset ``b_u ~ N(0, 1/tau_b)`` as well
         (:class:`bayesmf.model.ModelConfig`); off by default (the plain model).
         MAP holds ``tau_b`` at ``fixed.user_offset_precision`` (not tuned).
+    implicit : bool
+        Implicit feedback in both sides' priors (SVD++-style, Macau's prior:
+        :class:`bayesmf.model.FeatureSpec`): each user's factors get the prior
+        mean ``mu_L + Y^T n_u`` from the movies they rated in the training
+        data, each movie's from its raters. Samplers only (with
+        ``priors="hyper"``). Side features come to :meth:`fit`.
     priors : {"hyper", "fixed"} or None
         None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
         ``"hyper"`` (BPMF) for the samplers and SVI.
@@ -189,6 +195,7 @@ class BayesMF:
         *,
         offsets: str = "estimated",
         user_offsets: bool = False,
+        implicit: bool = False,
         priors: str | None = None,
         fixed: FixedPriors | None = None,
         hyper: HyperPriors | None = None,
@@ -207,6 +214,7 @@ class BayesMF:
         self.method = method
         self.offsets = offsets
         self.user_offsets = user_offsets
+        self.implicit = implicit
         self.priors = priors
         self.fixed = fixed
         self.hyper = hyper
@@ -224,7 +232,7 @@ class BayesMF:
 
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
-        "rank", "method", "offsets", "user_offsets", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
+        "rank", "method", "offsets", "user_offsets", "implicit", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
         "tune", "validation_fraction", "progress_bar", "dtype", "devices",
     )
 
@@ -285,7 +293,8 @@ class BayesMF:
                            hyper=self.hyper or HyperPriors(), user_offsets=self.user_offsets)
 
     def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None, checkpoint=None,
-            checkpoint_every: int | None = None, init_from: Posterior | None = None) -> Posterior:
+            checkpoint_every: int | None = None, init_from: Posterior | None = None, user_features=None,
+            item_features=None) -> Posterior:
         """Fit to training ratings.
 
         Parameters
@@ -298,6 +307,17 @@ class BayesMF:
             ``rating``; :func:`bayesmf.data.as_ratings`).
         titles : dict, optional
             External item id -> title, kept for recommendations.
+        user_features, item_features : pandas.DataFrame, optional
+            Side features indexed by user (movie) id, one row per id: a
+            categorical column is one-hot encoded (one reference level
+            dropped), a numeric one standardised, both centred on the
+            training rows (:func:`bayesmf.data.fit_features`; the encoder is
+            kept in ``posterior.features`` and saved with the model). They
+            enter the factors' prior mean through Macau's prior (samplers with
+            ``priors="hyper"``); every training id needs a row (a NaN value
+            imputes the training mean). New users' (movies') features then
+            give their prior mean: ``posterior.predict(...,
+            user_features=frame)``, ``fold_in_users(..., user_features=frame)``.
         track : (users, items) external ids, optional
             Pairs (e.g. a test set) whose predictive moments Gibbs and NUTS
             stream during sampling and SVI computes over its guide draws (see
@@ -346,25 +366,32 @@ class BayesMF:
         if len(ratings) == 0:
             raise ValueError("cannot fit to empty ratings")
         start = time.perf_counter()
+        config, encoders, sides = self._features(ratings, user_features, item_features)
         if self.method in MAP_METHODS:
             if track is not None:
                 raise ValueError(
                     f"method={self.method!r} gives a point estimate: there are no draws to stream the tracked pairs "
                     "over; predict them with posterior.predict(users, items)"
                 )
+            if config.user_features is not None or config.item_features is not None:
+                raise ValueError(f"method={self.method!r}: features (side features, implicit=True) are fitted by the "
+                                 "samplers (gibbs, nuts, svi) for now")
             result = self._fit_map(rng_key, ratings)
         else:
             init_params = None
             if init_from is not None:
                 key_start, rng_key = jax.random.split(rng_key)
+                if config != self.config:
+                    raise ValueError("init_from does not continue a model with features; fit it again")
                 init_params = start_from(key_start, init_from, ratings, self.config)
             with jax.enable_x64(True) if self.dtype == "float64" else contextlib.nullcontext():
-                result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params)
+                result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params,
+                                           config, sides)
         timing = dict(result.timing)
         timing["fit_seconds"] = time.perf_counter() - start
         self.posterior_ = Posterior(
             result.draws,
-            self.config if "config" not in result.info else result.info["config"],
+            config if "config" not in result.info else result.info["config"],
             ratings.user_vocab,
             ratings.item_vocab,
             ratings.scale,
@@ -375,10 +402,30 @@ class BayesMF:
             titles=titles,
             info={k: v for k, v in result.info.items() if k != "config"},
             tracked=result.tracked,
+            features=encoders,
         )
         return self.posterior_
 
-    def _fit_sampler(self, rng_key, ratings, track, checkpoint=None, checkpoint_every=None, init_params=None):
+    def _features(self, ratings, user_frame, item_frame):
+        """The config with each side's :class:`FeatureSpec`, the side encoders and the encoded training rows."""
+        from bayesmf.data import encode_features, fit_features
+
+        specs, encoders, sides = {}, {}, {}
+        for side, frame, vocab in (("user", user_frame, ratings.user_vocab), ("item", item_frame, ratings.item_vocab)):
+            num_side = 0
+            if frame is not None:
+                encoders[side] = fit_features(frame, vocab)
+                sides[side] = encode_features(encoders[side], frame, vocab)
+                num_side = sides[side].shape[1]
+            if num_side or self.implicit:
+                specs[side] = FeatureSpec(num_side=num_side, implicit=bool(self.implicit))
+        config = self.config.replace(user_features=specs.get("user"), item_features=specs.get("item"))
+        return config, encoders, sides
+
+    def _fit_sampler(self, rng_key, ratings, track, checkpoint=None, checkpoint_every=None, init_params=None,
+                     config=None, sides=None):
+        config = self.config if config is None else config
+        sides = sides or {}
         if self.method == "svi":
             # SVI draws independent draws from one fitted guide: no chains to
             # run, no warm-up to discard (its optimizer steps are
@@ -391,7 +438,8 @@ class BayesMF:
                         f"method='svi' takes no {name} (got {value}): it fits one guide and draws num_samples "
                         f"independent draws from it; set its optimizer steps with num_steps"
                     )
-        data = model_data_from_ratings(ratings, dtype=np.dtype(self.dtype))
+        data = with_features(model_data_from_ratings(ratings, dtype=np.dtype(self.dtype)), config, sides.get("user"),
+                             sides.get("item"))
         track_pairs = None
         if track is not None:
             u = ratings.user_vocab.index(np.asarray(track[0]), missing="flag")
@@ -405,7 +453,7 @@ class BayesMF:
         if self.method == "svi":
             from bayesmf.engines import svi
 
-            return svi.fit(rng_key, data, self.config, **common)
+            return svi.fit(rng_key, data, config, **common)
         warmup = DEFAULT_WARMUP if self.num_warmup is None else int(self.num_warmup)
         chains = dict(num_warmup=warmup, num_chains=int(self.num_chains), thin=int(self.thin))
         if checkpoint is not None:
@@ -417,10 +465,10 @@ class BayesMF:
 
             if self.devices is not None:
                 chains.update(devices=self.devices)
-            return gibbs.sample(rng_key, data, self.config, **chains, **common)
+            return gibbs.sample(rng_key, data, config, **chains, **common)
         from bayesmf.engines import nuts
 
-        return nuts.sample(rng_key, data, self.config, **chains, **common)
+        return nuts.sample(rng_key, data, config, **chains, **common)
 
     def _fit_map(self, rng_key, ratings):
         from bayesmf import tuning

@@ -184,7 +184,7 @@ def known_moments_draw_minor(draws: DrawMinor, user_index: Array, item_index: Ar
 
 _draws_cold = jax.vmap(pair_moments, in_axes=(0, None, None))
 _draws_known = jax.vmap(known_moments, in_axes=(0, None, None))
-_batched_moments = jax.jit(_draws_cold)
+_batched_moments = jax.jit(jax.vmap(pair_moments, in_axes=(0, None, None, None, None)))  # with feature rows
 _batched_known = jax.jit(_draws_known)
 
 # Seed of the key of evaluate's sampled CRPS pair term (used only when
@@ -231,6 +231,10 @@ class Posterior:
         Engine settings and extras (e.g. MAP's tuned precisions).
     tracked : TrackedMoments, optional
         Streamed predictive moments of pairs tracked during sampling.
+    features : dict, optional
+        ``"user"`` / ``"item"`` -> the :class:`bayesmf.data.FeatureEncoder` of
+        that side's side features (models with ``config.user_features`` /
+        ``item_features``): new users' and movies' features are encoded with it.
     """
 
     def __init__(
@@ -248,6 +252,7 @@ class Posterior:
         titles: dict | None = None,
         info: dict | None = None,
         tracked=None,
+        features: dict | None = None,
     ):
         self.draws = jax.tree.map(np.asarray, Params(*draws))
         if self.draws.user_factors.ndim != 4:
@@ -263,6 +268,7 @@ class Posterior:
         self.titles = dict(titles or {})
         self.info = dict(info or {})
         self.tracked = tracked
+        self.features = dict(features or {})
 
     # -- shape ---------------------------------------------------------------
     @property
@@ -301,7 +307,8 @@ class Posterior:
         i = np.asarray(self.item_vocab.index(items, missing="flag"), np.int64)
         return Pairs(users, items, u, i, u >= 0, i >= 0)
 
-    def components(self, user_index, item_index, *, uncertainty: str = "posterior") -> Components:
+    def components(self, user_index, item_index, *, uncertainty: str = "posterior", user_x=None,
+                   item_x=None) -> Components:
         """Per-draw predictive components for index pairs (``-1``: unseen).
 
         Parameters
@@ -309,6 +316,9 @@ class Posterior:
         user_index, item_index : int array, shape (n,)
         uncertainty : {"posterior", "laplace"}
             As in :meth:`predict`.
+        user_x, item_x : array, shape (n, F), optional
+            Models with features: the pairs' feature rows (:meth:`feature_rows`);
+            a new user's (movie's) prior mean is then ``mu + B^T x``.
 
         Returns
         -------
@@ -331,7 +341,9 @@ class Posterior:
             draws = jax.tree.map(lambda x: jnp.asarray(x[start : start + block]), flat)
             for rows, fn in parts:
                 if rows.size:
-                    m, v = fn(draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
+                    x = [None if a is None else jnp.asarray(a[rows]) for a in (user_x, item_x)]
+                    args = (draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
+                    m, v = fn(*args) if fn is _batched_known else fn(*args, *x)
                     mean[start : start + block, rows] = np.asarray(m)
                     var[start : start + block, rows] = np.asarray(v)
         if laplace and total == 1:
@@ -349,6 +361,8 @@ class Posterior:
         clip: bool = False,
         keep_components: bool = False,
         uncertainty: str = "posterior",
+        user_features=None,
+        item_features=None,
     ) -> Prediction:
         """Predictive ratings with uncertainty for (user, item) pairs by external id.
 
@@ -381,16 +395,54 @@ class Posterior:
         >>> pred = posterior.predict([1, 2], [50, 172])  # doctest: +SKIP
         >>> pred.mean, pred.lower, pred.upper  # doctest: +SKIP
         """
-        return self._predict(users, items, check_prob(prob), clip, keep_components, check_uncertainty(uncertainty))
+        return self._predict(users, items, check_prob(prob), clip, keep_components, check_uncertainty(uncertainty),
+                             user_features, item_features)
 
-    def _predict(self, users, items, prob, clip, keep_components, uncertainty) -> Prediction:
+    def _predict(self, users, items, prob, clip, keep_components, uncertainty, user_features=None,
+                 item_features=None) -> Prediction:
         if isinstance(users, pd.DataFrame) and items is None:
             users, items = as_pairs(users)
         elif items is None:
             raise TypeError("predict needs items (or a DataFrame of (user, item) pairs as its only argument)")
         pairs = self.pairs(users, items)
-        comps = self.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty)
+        x = {side: None if frame is None else self.feature_rows(side, ids, frame, new)
+             for side, ids, frame, new in (("user", pairs.users, user_features, ~pairs.known_user),
+                                           ("item", pairs.items, item_features, ~pairs.known_item))}
+        comps = self.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty, user_x=x["user"],
+                                item_x=x["item"])
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
+
+    def feature_rows(self, side: str, ids, frame, rows=None) -> np.ndarray:
+        """Feature rows ``x`` of ``ids`` for the prior mean ``mu + B^T x`` of new users or movies.
+
+        Side features are encoded with the training encoder (``self.features``);
+        the implicit-feedback columns of a row with no ratings are zero.
+
+        Parameters
+        ----------
+        side : {"user", "item"}
+        ids : array-like, shape (n,)
+        frame : DataFrame
+            Features indexed by id (as given to ``fit``); it must hold every id in ``rows``.
+        rows : bool array, shape (n,), optional
+            The ids to encode (default: all); the others get zero rows.
+
+        Returns
+        -------
+        array, shape (n, F)
+        """
+        from bayesmf.data import encode_features
+
+        spec = getattr(self.config, f"{side}_features")
+        if spec is None:
+            raise ValueError(f"this model has no {side} features: fit it with {side}_features to use them")
+        ids = np.atleast_1d(np.asarray(ids))
+        rows = np.ones(ids.shape, bool) if rows is None else np.asarray(rows, bool)
+        num_other = len(self.item_vocab if side == "user" else self.user_vocab)
+        out = np.zeros((ids.shape[0], spec.num_side + (num_other if spec.implicit else 0)), np.float32)
+        if spec.num_side and rows.any():
+            out[rows, : spec.num_side] = encode_features(self.features[side], frame, ids[rows])
+        return out
 
     def _point(self) -> Params:
         return jax.tree.map(lambda x: jnp.asarray(x[0, 0]), self.draws)

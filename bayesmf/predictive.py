@@ -197,7 +197,17 @@ def _insert_one(vec: Array, cov: Array) -> tuple[Array, Array]:
     return vec, out
 
 
-def user_side(params: Params, user_index: Array) -> Side:
+def _feature_mean(mean: Array, link, x) -> Array:
+    """A new row's prior mean: ``mu``, or with features ``mu + B^T x`` per pair.
+
+    mean (..., d), link (..., F, d) or None, x (n, F) or None -> (..., d) or (..., n, d).
+    """
+    if link is None or x is None:
+        return mean
+    return mean[..., None, :] + jnp.einsum("nf,...fd->...nd", x, link)
+
+
+def user_side(params: Params, user_index: Array, user_x: Array | None = None) -> Side:
     """``(L_u, 1)`` for known users, the prior ``N((mu_L, 1), blockdiag(Lambda_L^-1, 0))`` for ``-1``.
 
     With user offsets the vector is ``(L_u, b_u, 1)``, and the prior
@@ -209,32 +219,42 @@ def user_side(params: Params, user_index: Array) -> Side:
     params : Params
         One draw, or draws with leading axes (factors ``(..., N, d)``).
     user_index : int array, shape (n,)
+    user_x : array, shape (n, F_u), optional
+        With features (``params.user_link``): each pair's user feature row;
+        a new user's prior mean is then ``mu_L + B^T x`` (zero rows: ``mu_L``).
     """
     known = user_index >= 0
     index = jnp.where(known, user_index, 0)
     factors = jnp.take(params.user_factors, index, axis=-2)
     cov = _inverse(params.user_precision)
-    mean = params.user_mean
+    mean = _feature_mean(params.user_mean, params.user_link, user_x)
     if params.user_offsets is not None:
         factors = jnp.concatenate([factors, jnp.take(params.user_offsets, index, axis=-1)[..., None]], axis=-1)
         mean = _with_one(mean, 0.0)
         cov = _pad_cov(cov, 1.0 / params.user_offset_precision)
-    vec = jnp.where(known[:, None], _with_one(factors, 1.0), _with_one(mean, 1.0)[..., None, :])
+    new = _with_one(mean, 1.0)
+    vec = jnp.where(known[:, None], _with_one(factors, 1.0), new if user_x is not None and params.user_link is not None
+                    else new[..., None, :])
     cov = _pad_cov(cov, jnp.zeros_like(params.offset_precision))
     return Side(vec, cov, ~known)
 
 
-def item_side(params: Params, item_index: Array) -> Side:
+def item_side(params: Params, item_index: Array, item_x: Array | None = None) -> Side:
     """``(R_v, m_v)`` for known movies, ``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))`` for ``-1``.
 
     With user offsets, ``(R_v, 1, m_v)`` and ``N((mu_R, 1, mu_0), blockdiag(Lambda_R^-1, 0, 1/tau_m))``.
+    With features and ``item_x`` (n, F_v), a new movie's ``mu_R`` is ``mu_R + B^T z``.
     """
     known = item_index >= 0
     i = jnp.where(known, item_index, 0)
     factors = jnp.take(params.item_factors, i, axis=-2)
     offsets = jnp.take(params.item_offsets, i, axis=-1)
     vec_known = jnp.concatenate([factors, offsets[..., None]], axis=-1)
-    vec_new = jnp.concatenate([params.item_mean, params.offset_mean[..., None]], axis=-1)[..., None, :]
+    mean = _feature_mean(params.item_mean, params.item_link, item_x)
+    per_pair = item_x is not None and params.item_link is not None
+    offset_mean = params.offset_mean[..., None, None] if per_pair else params.offset_mean[..., None]
+    vec_new = jnp.concatenate([mean, jnp.broadcast_to(offset_mean, mean.shape[:-1] + (1,))], axis=-1)
+    vec_new = vec_new if per_pair else vec_new[..., None, :]
     vec = jnp.where(known[:, None], vec_known, vec_new)
     cov = _pad_cov(_inverse(params.item_precision), 1.0 / params.offset_precision)
     if params.user_offsets is not None:
@@ -264,7 +284,8 @@ def row_side(mean: Array, cov: Array, side: str, user_offsets: bool = False) -> 
     return Side(mean[:, None, :], cov, jnp.array(True))
 
 
-def pair_moments(params: Params, user_index: Array, item_index: Array) -> tuple[Array, Array]:
+def pair_moments(params: Params, user_index: Array, item_index: Array, user_x: Array | None = None,
+                 item_x: Array | None = None) -> tuple[Array, Array]:
     """Mean and variance of one draw's predictive for index pairs (``-1``: unseen).
 
     Parameters
@@ -272,13 +293,16 @@ def pair_moments(params: Params, user_index: Array, item_index: Array) -> tuple[
     params : Params
         One draw (no leading axes).
     user_index, item_index : int array, shape (n,)
+    user_x, item_x : array, shape (n, F), optional
+        Feature rows of the pairs' users / movies: a new one's prior mean is
+        ``mu + B^T x`` (models with features; ignored for known rows).
 
     Returns
     -------
     mean, var : array, shape (n,)
         Noise ``1/alpha`` included in ``var``.
     """
-    mean, var = product_moments(user_side(params, user_index), item_side(params, item_index))
+    mean, var = product_moments(user_side(params, user_index, user_x), item_side(params, item_index, item_x))
     return mean, var + 1.0 / params.noise_precision
 
 

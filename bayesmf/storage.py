@@ -79,10 +79,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayesmf.data import RatingScale, Ratings, Vocabulary
+from bayesmf.data import RatingScale, Ratings, Vocabulary, encoder_from_dict, encoder_to_dict
 from bayesmf.diagnostics import identifiable_quantities, label_probes
 from bayesmf.encoding import to_jsonable
-from bayesmf.model import OPTIONAL_FIELDS, FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
+from bayesmf.model import OPTIONAL_FIELDS, FeatureSpec, FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
 from bayesmf.posterior import Posterior, draw_indices, thinned
 
 FORMAT = "bayesmf-posterior"
@@ -105,6 +105,10 @@ PARAM_DIMS = dict(
     offset_precision=(),
     user_offsets=("user",),
     user_offset_precision=(),
+    user_link=("user_feature", "factor"),
+    user_link_precision=("user_feature_group",),
+    item_link=("item_feature", "factor"),
+    item_link_precision=("item_feature_group",),
 )
 SAMPLE_DIMS = ("chain", "draw")
 # Identifiable quantities already carry these names (same values) in the posterior group.
@@ -346,6 +350,8 @@ def _config_from_json(text: str) -> ModelConfig:
         fixed=FixedPriors(**raw["fixed"]),
         hyper=HyperPriors(**raw["hyper"]),
         user_offsets=bool(raw.get("user_offsets", False)),  # files before user offsets have none
+        **{f"{side}_features": None if raw.get(f"{side}_features") is None else FeatureSpec(**raw[f"{side}_features"])
+           for side in ("user", "item")},
     )
 
 
@@ -513,6 +519,7 @@ def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool
         info_dropped=json.dumps(dropped),
         contents="serving" if serving else "full",
         factor_dtype=str(np.dtype(factor_dtype or posterior.draws.user_factors.dtype).name),
+        features=json.dumps({side: encoder_to_dict(e) for side, e in getattr(posterior, "features", {}).items()}),
     )
     if draws_kept is not None:
         attrs["draws_kept"] = json.dumps(draws_kept)
@@ -718,6 +725,7 @@ def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
         train=train,
         titles=titles,
         info=json.loads(attrs["info"]),
+        features={side: encoder_from_dict(d) for side, d in json.loads(attrs.get("features", "{}")).items()},
     )
 
 
