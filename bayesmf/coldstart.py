@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +70,8 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
-from bayesmf.data import as_ratings
+from bayesmf.given import PaddedRatings  # noqa: F401 - part of this module's API (fold_in_users takes it)
+from bayesmf.given import Given, frame_rows, next_pow2, pad_given, validate_given
 from bayesmf.model import Params, user_row_prior
 from bayesmf.posterior import Posterior
 from bayesmf.predictive import (
@@ -90,30 +90,12 @@ from bayesmf.predictive import (
 Array = jax.Array
 
 WEIGHTINGS = ("importance", "equal")
-UNKNOWN_MODES = ("raise", "ignore")
 
 # Largest number of floats of the gathered design (draws x users x ratings x
 # dim) folded in at once: 2**23 floats (32 MB in float32) bounds the memory of
 # a batch fold-in; 1,000 users with 10 ratings over 200 draws at rank 10 take
 # 4 blocks.
 FOLD_BLOCK_CELLS = 2**23
-
-
-class PaddedRatings(NamedTuple):
-    """A padded batch of new users' (or movies') ratings.
-
-    Attributes
-    ----------
-    ids : array, shape (num_rows, max_given)
-        External ids of the rated movies (users for :func:`fold_in_items`).
-    ratings : float array, shape (num_rows, max_given)
-    mask : bool array, shape (num_rows, max_given)
-        True where an entry is a real rating; padding entries are ignored.
-    """
-
-    ids: np.ndarray
-    ratings: np.ndarray
-    mask: np.ndarray
 
 
 # Device copies of a posterior's flat draws, shared by every fold-in of it: the
@@ -213,119 +195,15 @@ def _fold_items(prior_precision, prior_mean, user_factors, user_offsets, idx, ra
     return _fold_draws(prior_precision, prior_mean, design, response, mask, noise_precision)
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-# Fewest given ratings a batch is padded to: every batch of up to 8 ratings
-# per row shares one compiled shape.
-MIN_WIDTH = 8
-
 # Jitted once per shape: called op by op, each would dispatch several primitives.
 _covariance = jax.jit(lambda mean, chol: row_covariance(RowPosterior(mean, chol)))
 _draw = jax.jit(draw_from)
 
 
-# --- input validation ---------------------------------------------------------------------
-
-
-class _Given(NamedTuple):
-    index: list  # per row: int array of known indices
-    ratings: list  # per row: float64 array
-    ids: list  # per row: external ids used
-    ignored: list  # per row: unknown external ids ignored
-
-
-def _frame_rows(frame, side: str) -> tuple[list, np.ndarray]:
-    """A DataFrame of (user, item, rating) rows as one (ids, ratings) entry per folded-in row, and the labels."""
-    ratings = as_ratings(frame)
-    own, other = (ratings.user_index, ratings.item_index) if side == "user" else (ratings.item_index, ratings.user_index)
-    own, other = np.asarray(own), np.asarray(other)
-    other_ids = np.asarray((ratings.item_vocab if side == "user" else ratings.user_vocab).ids)
-    labels = np.asarray((ratings.user_vocab if side == "user" else ratings.item_vocab).ids)
-    order = np.argsort(own, kind="stable")
-    starts = np.searchsorted(own[order], np.arange(labels.size + 1))
-    value = np.asarray(ratings.rating, np.float64)
-    rows = [(other_ids[other[order[a:b]]], value[order[a:b]]) for a, b in zip(starts[:-1], starts[1:])]
-    return rows, labels
-
-
-def _as_rows(given) -> list[tuple[np.ndarray, np.ndarray]]:
-    if isinstance(given, PaddedRatings):
-        ids, ratings, mask = (np.asarray(x) for x in given)
-        if ids.ndim != 2 or ids.shape != ratings.shape or ids.shape != mask.shape:
-            raise ValueError(
-                f"PaddedRatings ids, ratings and mask must be 2-D of one shape, got {ids.shape}, {ratings.shape}, {mask.shape}"
-            )
-        mask = mask.astype(bool)
-        return [(ids[r][mask[r]], ratings[r][mask[r]]) for r in range(ids.shape[0])]
-    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
-        raise TypeError(
-            "ratings must be a list of (ids, ratings) pairs, one per new row, or a PaddedRatings batch; "
-            f"got {type(given).__name__}"
-        )
-    rows = []
-    for r, pair in enumerate(given):
-        try:
-            ids, ratings = pair
-        except (TypeError, ValueError):
-            raise TypeError(f"entry {r} must be an (ids, ratings) pair, got {type(pair).__name__}") from None
-        rows.append((np.atleast_1d(np.asarray(ids)), np.atleast_1d(np.asarray(ratings, dtype=np.float64))))
-    return rows
-
-
-def _validate_given(given, vocab, scale, unknown: str, what: str) -> _Given:
-    """Check every row's ratings; map ids to indices (see fold_in_users for the rules)."""
-    if unknown not in UNKNOWN_MODES:
-        raise ValueError(f"unknown={unknown!r}; expected one of {UNKNOWN_MODES}")
-    rows = _as_rows(given)
-    if not rows:
-        raise ValueError("no rows to fold in: give at least one (ids, ratings) pair (it may be empty)")
-    index, ratings_out, ids_out, ignored, missing = [], [], [], [], []
-    for r, (ids, ratings) in enumerate(rows):
-        if ids.ndim != 1 or ratings.ndim != 1 or ids.shape != ratings.shape:
-            raise ValueError(f"row {r}: ids and ratings must be 1-D of one length, got shapes {ids.shape} and {ratings.shape}")
-        ratings = ratings.astype(np.float64)
-        if not np.all(np.isfinite(ratings)):
-            raise ValueError(f"row {r}: ratings contain NaN or inf")
-        if ratings.size:
-            scale.validate(ratings)
-        values, counts = np.unique(ids, return_counts=True)
-        if np.any(counts > 1):
-            raise ValueError(f"row {r}: duplicate {what} ids {values[counts > 1].tolist()} (one rating per {what})")
-        idx = np.asarray(vocab.index(ids, missing="flag"), dtype=np.int64) if ids.size else np.zeros(0, np.int64)
-        bad = idx < 0
-        if np.any(bad) and unknown == "raise":
-            missing.append((r, ids[bad].tolist()))
-        index.append(idx[~bad])
-        ratings_out.append(ratings[~bad])
-        ids_out.append(ids[~bad])
-        ignored.append(ids[bad])
-    if missing:
-        listed = "; ".join(f"row {r}: {ids}" for r, ids in missing)
-        raise ValueError(
-            f"{what} ids unknown to the model ({listed}); pass unknown='ignore' to fold in without them "
-            "(they are then listed in the result's ignored ids)"
-        )
-    return _Given(index, ratings_out, ids_out, ignored)
-
-
-def _pad(given: _Given) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    num_rows = len(given.index)
-    width = _next_pow2(max(max((len(i) for i in given.index), default=0), MIN_WIDTH))
-    idx = np.zeros((num_rows, width), np.int64)
-    ratings = np.zeros((num_rows, width), np.float64)
-    mask = np.zeros((num_rows, width), bool)
-    for r, (i, y) in enumerate(zip(given.index, given.ratings)):
-        idx[r, : len(i)] = i
-        ratings[r, : len(i)] = y
-        mask[r, : len(i)] = True
-    return idx, ratings, mask
-
-
 def _fold(fold_fn, draw_args: tuple, noise_precision, idx, ratings, mask, num_draws: int, dim: int, dtype):
     """Run ``fold_fn(*draw_args, idx, ratings, mask, noise_precision)`` over
     blocks of rows padded to a power of two (few distinct compiled shapes).
+    A prior mean per row (``draw_args[1]`` of shape (S, num_rows, dim): features) is cut into the same blocks.
 
     Returns
     -------
@@ -335,13 +213,16 @@ def _fold(fold_fn, draw_args: tuple, noise_precision, idx, ratings, mask, num_dr
     """
     num_rows, width = idx.shape
     block = max(1, FOLD_BLOCK_CELLS // max(num_draws * width * dim, 1))
-    block = min(1 << (block.bit_length() - 1), _next_pow2(num_rows))
+    block = min(1 << (block.bit_length() - 1), next_pow2(num_rows))
     means, chols, logs = [], [], []
     for start in range(0, num_rows, block):
         stop = min(start + block, num_rows)
         pad = ((0, block - (stop - start)), (0, 0))
+        per_row = draw_args[1].ndim == 3
+        args = (draw_args[0], jnp.pad(draw_args[1][:, start:stop], ((0, 0),) + pad) if per_row else draw_args[1],
+                *draw_args[2:])
         mean, chol, log_ev = fold_fn(
-            *draw_args,
+            *args,
             jnp.asarray(np.pad(idx[start:stop], pad), jnp.int32),
             jnp.asarray(np.pad(ratings[start:stop], pad), dtype),
             jnp.asarray(np.pad(mask[start:stop], pad), dtype),
@@ -426,7 +307,8 @@ class FoldIn:
         given).
     """
 
-    def __init__(self, posterior: Posterior, side: str, given: _Given, mean, chol, log_evidence, weighting: str, labels):
+    def __init__(self, posterior: Posterior, side: str, given: Given, mean, chol, log_evidence, weighting: str, labels,
+                 features=None):
         if side not in SIDES:
             raise ValueError(f"unknown side {side!r}; expected one of {SIDES}")
         self.posterior = posterior
@@ -446,6 +328,7 @@ class FoldIn:
             raise ValueError(f"labels of the folded-in {side}s must be distinct")
         self._position = {label.item() if hasattr(label, "item") else label: p for p, label in enumerate(self.labels)}
         self._cov = None
+        self._x = features  # (rows, F) feature rows of a model with features, else None
 
     # -- shape -----------------------------------------------------------------
     scale = property(lambda self: self.posterior.scale)
@@ -604,14 +487,15 @@ class FoldIn:
         if np.any(empty):
             # The cold-start prior, computed by the posterior itself: exactly its numbers.
             cold = np.full(int(empty.sum()), -1)
-            prior = (self.posterior.components(cold, other[empty]) if self.side == "user"
-                     else self.posterior.components(other[empty], cold))
+            x = None if self._x is None else self._x[positions[empty]]  # features: mu + B^T x
+            prior = (self.posterior.components(cold, other[empty], user_x=x) if self.side == "user"
+                     else self.posterior.components(other[empty], cold, item_x=x))
             mean[:, empty] = prior.mean
             var[:, empty] = prior.sd**2
         flat = _device_draws(self.posterior)
         for p in np.unique(positions[~empty]):
             cols = np.flatnonzero((positions == p) & ~empty)
-            j = np.full(_next_pow2(cols.size), -1, np.int64)
+            j = np.full(next_pow2(cols.size), -1, np.int64)
             j[: cols.size] = other[cols]
             m, v = _row_moments(self._mean[:, p], self._cov_device()[:, p], flat, jnp.asarray(j, jnp.int32), self.side)
             mean[:, cols] = np.asarray(m)[:, : cols.size]
@@ -679,7 +563,7 @@ class FoldIn:
 
 
 def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "importance",
-                  unknown: str = "raise", user_ids=None) -> FoldIn:
+                  unknown: str = "raise", user_ids=None, user_features=None) -> FoldIn:
     """Fold new users into a fitted posterior from a few ratings each.
 
     Per posterior draw ``s`` the user's factors have the exact Gaussian
@@ -712,6 +596,12 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
         them out and list them in :attr:`FoldIn.ignored_ids`.
     user_ids : array-like, shape (num_users,), optional
         Labels for the new users (default 0, 1, ...).
+    user_features : pandas.DataFrame, optional
+        A model fitted with user features: the new users' side features,
+        indexed by their labels; each user's prior mean is then
+        ``mu_L + B^T x_u`` per draw (without a frame, or for a model with
+        implicit feedback only, the side part of ``x_u`` is zero). With
+        implicit feedback ``x_u`` also has ``|I|^-1/2`` at the given movies.
 
     Returns
     -------
@@ -730,11 +620,11 @@ def fold_in_users(posterior: Posterior, ratings_per_user, *, weighting: str = "i
     >>> fold = fold_in_users(posterior, [([50, 172, 181], [5.0, 5.0, 4.0]), ([], [])])  # doctest: +SKIP
     >>> fold.predict(0, [1, 2]).mean, fold.effective_sample_size  # doctest: +SKIP
     """
-    return _fold_in(posterior, "user", ratings_per_user, weighting, unknown, user_ids)
+    return _fold_in(posterior, "user", ratings_per_user, weighting, unknown, user_ids, user_features)
 
 
 def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "importance",
-                  unknown: str = "raise", item_ids=None) -> FoldIn:
+                  unknown: str = "raise", item_ids=None, item_features=None) -> FoldIn:
     """Fold new movies into a fitted posterior from a few ratings each.
 
     Per draw, the movie's factors and offset ``x = (R, m)`` have the Gibbs
@@ -755,6 +645,8 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
         Users the model has not seen (their factors are unknown).
     item_ids : array-like, shape (num_items,), optional
         Labels for the new movies (default 0, 1, ...).
+    item_features : pandas.DataFrame, optional
+        As ``user_features`` of :func:`fold_in_users`, for the new movies.
 
     Returns
     -------
@@ -767,10 +659,33 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
     >>> fold = fold_in_items(posterior, [([1, 2, 3], [4.0, 5.0, 3.0])])  # doctest: +SKIP
     >>> fold.predict([1, 4], None).mean  # doctest: +SKIP
     """
-    return _fold_in(posterior, "item", ratings_per_item, weighting, unknown, item_ids)
+    return _fold_in(posterior, "item", ratings_per_item, weighting, unknown, item_ids, item_features)
 
 
-def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str, labels) -> FoldIn:
+def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) -> np.ndarray | None:
+    """The new rows' features ``x`` (R, F) for their prior mean ``mu + B^T x``, or None (no features).
+
+    Side columns from ``frame`` (by label; zero without a frame), implicit
+    columns ``|I|^-1/2`` at the given ratings' other-side rows.
+    """
+    spec = getattr(posterior.config, f"{side}_features")
+    if spec is None:
+        if frame is not None:
+            raise ValueError(f"this model has no {side} features: it was fitted without {side}_features")
+        return None
+    num_rows = len(given.index)
+    labels = np.arange(num_rows) if labels is None else np.asarray(labels)
+    x = posterior.feature_rows(side, labels, frame) if frame is not None else None
+    if x is None:
+        num_other = len(posterior.item_vocab if side == "user" else posterior.user_vocab)
+        x = np.zeros((num_rows, spec.num_side + (num_other if spec.implicit else 0)), np.float32)
+    if spec.implicit:
+        for r, index in enumerate(given.index):
+            x[r, spec.num_side + index] = 1.0 / np.sqrt(max(len(index), 1))
+    return x
+
+
+def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str, labels, frame=None) -> FoldIn:
     """What fold_in_users and fold_in_items share: checks, padding, and the fold over all draws.
 
     A user's design is ``R_v`` (response ``r - m_v``, prior ``N(mu_L,
@@ -782,10 +697,10 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
     if isinstance(rows, pd.DataFrame):
         if labels is not None:
             raise ValueError(f"a DataFrame's {side}s are labelled by their ids: leave {side}_ids out")
-        rows, labels = _frame_rows(rows, side)
+        rows, labels = frame_rows(rows, side)
     other = "item" if side == "user" else "user"
-    given = _validate_given(rows, getattr(posterior, f"{other}_vocab"), posterior.scale, unknown, other)
-    idx, ratings, mask = _pad(given)
+    given = validate_given(rows, getattr(posterior, f"{other}_vocab"), posterior.scale, unknown, other)
+    idx, ratings, mask = pad_given(given)
     flat = _device_draws(posterior)
     num_draws, d = flat.user_mean.shape
     if side == "user":
@@ -796,5 +711,9 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
         prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
         prior_mean = jnp.concatenate([flat.item_mean, flat.offset_mean[:, None]], axis=1)
         fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors, flat.user_offsets), d + 1
+    x = _feature_rows(posterior, side, given, labels, frame)
+    if x is not None:  # each row's prior mean per draw, mu + (B^T x, 0...): (S, R, k)
+        shift = jnp.einsum("rf,sfd->srd", jnp.asarray(x, flat.user_mean.dtype), getattr(flat, f"{side}_link"))
+        args = (args[0], args[1][:, None, :] + jnp.pad(shift, ((0, 0), (0, 0), (0, dim - d))), *args[2:])
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
-    return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels)
+    return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, x)
