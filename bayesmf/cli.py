@@ -160,7 +160,7 @@ def _model(args):
     from bayesmf import BayesMF
 
     options = dict(rank=args.rank, method=args.method, offsets=args.offsets, user_offsets=args.user_offsets,
-                   progress_bar=not args.no_progress)
+                   implicit=args.implicit, progress_bar=not args.no_progress)
     if args.devices is not None or args.coordinator is not None:
         options.update(devices=_mesh_devices(args))
     if args.method in SAMPLERS:
@@ -170,6 +170,21 @@ def _model(args):
     elif args.no_tune:
         options.update(tune=False)
     return BayesMF(**options)
+
+
+def _features(args) -> dict:
+    """``--user-features`` / ``--item-features`` as fit's keyword arguments (DataFrames by id)."""
+    from bayesmf import data
+
+    out = {}
+    for side in ("user", "item"):
+        path = getattr(args, f"{side}_features", None)
+        if path is not None:
+            try:
+                out[f"{side}_features"] = data.read_features(path, side)
+            except (OSError, ValueError) as exc:
+                raise CLIError(f"--{side}-features {path}: {exc}") from None
+    return out
 
 
 def _overall(table) -> dict:
@@ -191,7 +206,7 @@ def _evaluate(args) -> tuple[dict, object]:
     from bayesmf import diagnostics
 
     train, test, name = _load_split(args)
-    posterior = _model(args).fit(args.seed, train)
+    posterior = _model(args).fit(args.seed, train, **_features(args))
     table = posterior.evaluate(test, expect_cold=name in COLD_SPLITS)
     scores = _overall(table)
     out = dict(
@@ -299,7 +314,7 @@ def cmd_fit(args):
         raise CLIError(f"cannot resume: checkpoint file {args.resume!r} does not exist (a finished run deletes it)")
     try:
         posterior = _model(args).fit(args.seed, train, titles=_titles(args), checkpoint=checkpoint,
-                                     checkpoint_every=args.checkpoint_every, init_from=init_from)
+                                     checkpoint_every=args.checkpoint_every, init_from=init_from, **_features(args))
     except ValueError as exc:
         if args.resume and "belongs to another run" in str(exc):
             raise CLIError(f"cannot resume from {args.resume!r}: {exc}; resume with the data, --seed and model "
@@ -329,11 +344,27 @@ def _parse_id(vocab, value: str):
     return value
 
 
+def _new_user(posterior, args, user):
+    """A fold-in of one new user labelled ``user`` from ``--ratings`` (possibly none) and ``--user-features``."""
+    from bayesmf import coldstart, data
+
+    given = ([], [])
+    if args.ratings:
+        given = data.read_item_ratings(args.ratings, item_vocab=posterior.item_vocab, scale=posterior.scale)
+    frames = _features(args)
+    return coldstart.fold_in_users(posterior, [given], user_ids=[user], user_features=frames.get("user_features"))
+
+
 def cmd_predict(args):
     posterior = _load_model(args.model)
     user = _parse_id(posterior.user_vocab, args.user)
     item = _parse_id(posterior.item_vocab, args.item)
-    pred = posterior.predict([user], [item], prob=args.prob)
+    target = posterior
+    if args.ratings or args.user_features:
+        if bool(posterior.pairs([user], [item]).known_user[0]):
+            raise CLIError(f"user {user} is in the model: --ratings / --user-features are for a new user")
+        target = _new_user(posterior, args, user)
+    pred = target.predict([user], [item], prob=args.prob)
     out = dict(
         user=user, item=item, mean=float(pred.mean[0]), sd=float(pred.sd[0]), lower=float(pred.lower[0]),
         upper=float(pred.upper[0]), known_user=bool(pred.known_user[0]), known_item=bool(pred.known_item[0]),
@@ -356,13 +387,13 @@ def _table(frame, as_json: bool):
 def cmd_recommend(args):
     import jax
 
-    from bayesmf import coldstart, data, ranking
+    from bayesmf import ranking
 
     posterior = _load_model(args.model)
     key = jax.random.PRNGKey(args.seed)
-    if args.ratings:
-        given = data.read_item_ratings(args.ratings, item_vocab=posterior.item_vocab, scale=posterior.scale)
-        target, user = coldstart.fold_in_users(posterior, [given]), 0
+    if args.ratings or args.user_features:
+        label = "new" if args.user is None else _parse_id(posterior.user_vocab, args.user)
+        target, user = _new_user(posterior, args, label), label
     elif args.user is not None:
         target, user = posterior, _parse_id(posterior.user_vocab, args.user)
     else:
@@ -478,6 +509,12 @@ def _add_model_args(p):
     p.add_argument("--offsets", choices=("estimated", "empirical"), default="estimated", help="movie offsets")
     p.add_argument("--user-offsets", action="store_true",
                    help="give each user an offset b_u ~ N(0, 1/tau_b) as well (MAP holds tau_b, it does not tune it)")
+    p.add_argument("--implicit", action="store_true",
+                   help="implicit feedback (who rated what) in both sides' prior means (samplers)")
+    p.add_argument("--user-features", help="user side features: a CSV (id column first), u.user / users.dat, "
+                   "or a MovieLens directory (samplers)")
+    p.add_argument("--item-features", help="movie side features: a CSV (id column first), u.item / movies.dat, "
+                   "or a MovieLens directory (samplers)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--num-samples", type=_positive_int, default=200, help="kept draws (samplers and SVI)")
     p.add_argument("--num-warmup", type=int, default=50, help="warm-up sweeps (samplers)")
@@ -538,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start prior)")
     p.add_argument("--item", required=True, help="movie id")
+    p.add_argument("--ratings", help="CSV with columns item,rating of the new user --user (folded in)")
+    p.add_argument("--user-features", help="features of the new user --user (a row keyed by its id; a model "
+                   "fitted with user features)")
     p.add_argument("--prob", type=_fraction, default=0.9, help="probability of the central interval")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=cmd_predict)
@@ -546,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--user", help="user id")
     p.add_argument("--ratings", help="CSV with columns item,rating for a new user (folded in)")
+    p.add_argument("--user-features", help="features of the new user (a row keyed by --user, or by 'new'; a "
+                   "model fitted with user features)")
     p.add_argument("--k", type=_positive_int, default=10, help="number of movies")
     p.add_argument("--strategy", choices=STRATEGIES, default="mean", help="ranking score")
     p.add_argument("--beta", type=float, default=1.0, help="lcb / ucb width in sds")

@@ -35,6 +35,7 @@ from bayesmf.data.features import (
     fit_features,
     load_movielens_features,
     read_item_features,
+    read_features,
     read_user_features,
 )
 from bayesmf.data.movielens import (
@@ -104,6 +105,7 @@ __all__ = [
     "read_item_features",
     "read_item_ratings",
     "read_ratings",
+    "read_features",
     "read_user_features",
     "verify_checksums",
 ]

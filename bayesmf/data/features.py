@@ -564,3 +564,37 @@ def load_movielens_features(name_or_path="ml-100k", data_home=None) -> tuple[pd.
     if directory.name in CHECKSUMS:
         verify_checksums(directory, directory.name, files=list(files))
     return read_user_features(directory / files[0]), read_item_features(directory / files[1])
+
+
+def read_features(path, side: str) -> pd.DataFrame:
+    """One side's features table from a file or a MovieLens directory (what the CLI's
+    ``--user-features`` / ``--item-features`` take).
+
+    A directory: :func:`load_movielens_features`'s table for ``side``.
+    ``u.user`` / ``users.dat`` (``u.item`` / ``movies.dat``): read as
+    :func:`read_user_features` (:func:`read_item_features`) read them. Any
+    other file: a CSV whose first column holds the ids (one row per id).
+
+    Parameters
+    ----------
+    path : str or Path
+    side : {"user", "item"}
+
+    Returns
+    -------
+    DataFrame indexed by id
+    """
+    if side not in ("user", "item"):
+        raise ValueError(f"side must be 'user' or 'item', got {side!r}")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return load_movielens_features(path)[0 if side == "user" else 1]
+    if not path.is_file():
+        raise FileNotFoundError(f"{side} features file {str(path)!r} does not exist")
+    names = {name for files in _FEATURE_FILES for name in files}
+    if path.name in names:
+        return read_user_features(path) if side == "user" else read_item_features(path)
+    frame = pd.read_csv(path, index_col=0)
+    if frame.empty or frame.shape[1] == 0:
+        raise ValueError(f"{side} features file {str(path)!r} has no feature columns (expected: id, then features)")
+    return frame
