@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bayesmf import cli, synthetic
@@ -88,10 +89,40 @@ def test_fit_predict_recommend_similar(tmp_path, small_dir, capsys):
     assert len(sims) == 4 and 1 not in {s["item"] for s in sims}
 
 
+def test_features_fit_predict_recommend(tmp_path, small_dir, capsys):
+    """--user-features / --item-features / --implicit on fit; a new user's features (and ratings) on
+    predict and recommend move its prediction away from the mean-based prior."""
+    rng = np.random.default_rng(0)
+    users = pd.DataFrame({"user": np.arange(1, 61), "job": rng.choice(["a", "b"], 60), "age": rng.normal(30, 5, 60)})
+    users.to_csv(tmp_path / "users.csv", index=False)
+    pd.DataFrame({"item": np.arange(1, 46), "kind": rng.choice(["x", "y"], 45)}).to_csv(tmp_path / "items.csv",
+                                                                                       index=False)
+    model = tmp_path / "model.nc"
+    assert cli.main(["fit", "--data", str(small_dir), "--method", "gibbs", "--implicit", "--user-features",
+                     str(tmp_path / "users.csv"), "--item-features", str(tmp_path / "items.csv"), "--out", str(model),
+                     *FAST]) == 0
+    capsys.readouterr()
+    pd.DataFrame({"user": [999], "job": ["b"], "age": [55.0]}).to_csv(tmp_path / "new.csv", index=False)
+    assert cli.main(["predict", "--model", str(model), "--user", "999", "--item", "1", "--json"]) == 0
+    plain = last_json(capsys)["mean"]
+    assert cli.main(["predict", "--model", str(model), "--user", "999", "--item", "1", "--user-features",
+                     str(tmp_path / "new.csv"), "--json"]) == 0
+    assert last_json(capsys)["mean"] != pytest.approx(plain, abs=1e-9)
+    (tmp_path / "r.csv").write_text("item,rating\n1,5\n2,4\n")
+    assert cli.main(["recommend", "--model", str(model), "--user", "999", "--ratings", str(tmp_path / "r.csv"),
+                     "--user-features", str(tmp_path / "new.csv"), "--k", "3", "--json"]) == 0
+    assert len(last_json(capsys)) == 3
+    assert cli.main(["predict", "--model", str(model), "--user", "1", "--item", "1", "--user-features",
+                     str(tmp_path / "new.csv")]) == 2
+    assert "new user" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
         (["evaluate", "--data", "/nonexistent/dir", "--split", "random"], "nonexistent|not found|No such"),
+        (["evaluate", "--data", "/nonexistent/dir", "--split", "random", "--user-features", "/nonexistent/u.csv"],
+         "nonexistent"),
         (["evaluate", "--data", "not-a-dataset", "--split", "random"], "not-a-dataset"),
         (["evaluate", "--train", "x.csv"], "--train and --test must be given together"),
         (["predict", "--model", "/nonexistent/model.nc", "--user", "1", "--item", "1"], "model.nc"),
