@@ -10,15 +10,28 @@ Question
     difference from the plain model (same fold, rank, method and seed) is
     reported with its sd over the pairs.
 
-Variants built so far
+Variants
     ``plain``         the mission's model (``BayesMF`` defaults).
     ``user-offsets``  plus ``b_u ~ N(0, 1/tau_b)`` (``BayesMF(user_offsets=True)``).
-    The side-feature, implicit-feedback and ordinal variants are not built
-    yet: asking for them stops with an error that says so.
+    ``side``          plus side features in Macau's prior: users' age bucket,
+                      gender and occupation, movies' genres (``fit(user_features=,
+                      item_features=)``; ``bayesmf.load_movielens_features``).
+    ``implicit``      plus implicit feedback (each user's rated movies, each
+                      movie's raters, training pairs only; ``implicit=True``).
+    ``all``           user offsets, side features and implicit feedback.
+    The ordinal variant is not built yet: asking for it stops with an error.
 
 Methods
     ``gibbs``  blocked Gibbs, BPMF hyperpriors, ``--num-samples`` after ``--num-warmup``.
-    ``map``    tuned MAP (learned factor means); ``tau_b`` held at its default ratio.
+    ``map``    tuned MAP (learned factor means); ``tau_b`` held at its default
+               ratio. MAP takes no features yet: its feature rows are skipped
+               (and said so in ``summary.md``).
+    ``myfm``   myFM (the ``bench`` extra; skipped with a note when absent), the
+               same folds and rank, 250 sweeps with 200 kept, fed the same
+               inputs as one relation block and group each: ``plain`` (its
+               biases and factors), ``side``, ``implicit``, ``all`` (both;
+               myFM always has user biases) and ``ordinal-all`` (its ordered
+               probit with both; RMSE of the expected star).
 
 Data
     MovieLens-100K folds (``--folds``, default u1..u5). ``--tiny``: two random
@@ -42,10 +55,12 @@ Run::
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 if __package__ in (None, ""):
@@ -55,12 +70,15 @@ else:
     from experiments import _common as common
 
 NAME = "model_variants"
-VARIANTS = ("plain", "user-offsets")
-PLANNED = ("side", "implicit", "all", "ordinal")
-METHODS = ("gibbs", "map")
+VARIANTS = ("plain", "user-offsets", "side", "implicit", "all")
+PLANNED = ("ordinal",)
+METHODS = ("gibbs", "map", "myfm")
+# The variants each method runs (the rest are skipped, with a note in summary.md).
+RUNS = {"gibbs": VARIANTS, "map": ("plain", "user-offsets"), "myfm": ("plain", "side", "implicit", "all", "ordinal-all")}
+MYFM_SWEEPS, MYFM_KEPT = 250, 200
 METRICS = ("rmse", "star_nll", "rps", "coverage_90", "fit_seconds")
 # Columns whose values must be finite in every row of metrics.csv.
-METRIC_COLUMNS = METRICS
+METRIC_COLUMNS = ("rmse", "fit_seconds")
 KEYS = ("fold", "rank", "method", "variant", "seed")
 
 
@@ -93,6 +111,19 @@ def resolve(args):
     return args
 
 
+def load_features(args):
+    """(users, movies) side-feature DataFrames by id: ml-100k's u.user and u.item, or random ones (tiny)."""
+    if args.tiny:
+        rng = np.random.default_rng(args.seed)
+        users = pd.DataFrame({"job": rng.choice(["a", "b", "c"], 60), "age": rng.normal(30, 8, 60)},
+                             index=np.arange(1, 61))
+        items = pd.DataFrame({"genre": rng.choice(["x", "y"], 40)}, index=np.arange(1, 41))
+        return users, items
+    from bayesmf import load_movielens_features
+
+    return load_movielens_features(common.ml100k_dir(args))
+
+
 def load_folds(args) -> dict:
     """fold name -> (train, test) Ratings (star-valued, so the star-scale scores exist)."""
     from bayesmf import split
@@ -109,22 +140,82 @@ def load_folds(args) -> dict:
 
 def make_model(method: str, variant: str, rank: int, args):
     BayesMF = common.get_estimator()
-    options = dict(rank=rank, user_offsets=variant == "user-offsets", progress_bar=False)
+    options = dict(rank=rank, user_offsets=variant in ("user-offsets", "all"), implicit=variant in ("implicit", "all"),
+                   progress_bar=False)
     if method == "gibbs":
         return BayesMF(method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup, **options)
     grid = dict(grid={"factor": [3.0, 30.0], "offset": [10.0]}) if args.tiny else {}
     return BayesMF(method="map", **grid, **options)
 
 
-def run_one(fold, train, test, rank, method, variant, seed, args) -> dict:
+def run_one(fold, train, test, rank, method, variant, seed, args, features) -> dict:
+    if method == "myfm":
+        return run_myfm(fold, train, test, rank, variant, seed, features)
     model = make_model(method, variant, rank, args)
     start = time.perf_counter()
-    posterior = model.fit(seed, train)
+    side = dict(zip(("user_features", "item_features"), features)) if variant in ("side", "all") else {}
+    posterior = model.fit(seed, train, **side)
     wall = time.perf_counter() - start
     row = posterior.evaluate(test, levels=common.LEVELS).iloc[0].to_dict()
     return dict(fold=fold, rank=rank, method=method, variant=variant, seed=seed, bucket="all",
                 fit_seconds=float(posterior.timing.get("fit_seconds", wall)),
                 **{k: float(row[k]) for k in ("rmse", "nll", "crps", "star_nll", "rps", "coverage_90") if k in row})
+
+
+def _myfm_block(index, side_rows, other_index, num_rows: int, num_other: int, variant: str):
+    """One side's relation block for myFM: [one-hot row | side features | implicit feedback] per row."""
+    import scipy.sparse as sps
+
+    from bayesmf.link import implicit_features
+
+    parts = [sps.identity(num_rows, format="csr")]
+    if variant in ("side", "all", "ordinal-all"):
+        parts.append(sps.csr_matrix(side_rows))
+    if variant in ("implicit", "all", "ordinal-all"):
+        parts.append(implicit_features(index, other_index, num_rows, num_other, sparse=True))
+    return sps.hstack(parts, format="csr"), [p.shape[1] for p in parts]
+
+
+def run_myfm(fold, train, test, rank, variant, seed, features) -> dict:
+    """myFM on the same split and inputs: one relation block per side, one group per kind of column."""
+    import functools
+
+    import myfm
+    import myfm.base
+    import scipy.sparse as sps
+
+    from bayesmf.data import encode_features, fit_features
+
+    u, i = np.asarray(train.user_index), np.asarray(train.item_index)
+    sides = [encode_features(fit_features(frame, vocab), frame, vocab)
+             for frame, vocab in zip(features, (train.user_vocab, train.item_vocab))]
+    user_block, user_groups = _myfm_block(u, sides[0], i, train.num_users, train.num_items, variant)
+    item_block, item_groups = _myfm_block(i, sides[1], u, train.num_items, train.num_users, variant)
+    tu = np.asarray(train.user_vocab.index(test.user_ids, missing="flag"))
+    ti = np.asarray(train.item_vocab.index(test.item_ids, missing="flag"))
+    keep = (tu >= 0) & (ti >= 0)  # u1..u5 test users and movies are all in training
+    ordinal = variant == "ordinal-all"
+    model = (myfm.MyFMOrderedProbit if ordinal else myfm.MyFMRegressor)(rank=rank, random_seed=int(seed))
+    y = np.asarray(train.rating, np.float64)
+    bar = myfm.base.tqdm
+    myfm.base.tqdm = functools.partial(bar, disable=True)  # myFM always draws a bar
+    try:
+        start = time.perf_counter()
+        model.fit(sps.csr_matrix((len(y), 0)), (y - 1).astype(int) if ordinal else y,
+                  X_rel=[myfm.RelationBlock(u, user_block), myfm.RelationBlock(i, item_block)],
+                  n_iter=MYFM_SWEEPS, n_kept_samples=MYFM_KEPT, group_shapes=user_groups + item_groups)
+        seconds = time.perf_counter() - start
+    finally:
+        myfm.base.tqdm = bar
+    rel = [myfm.RelationBlock(tu[keep], user_block), myfm.RelationBlock(ti[keep], item_block)]
+    empty = sps.csr_matrix((int(keep.sum()), 0))
+    if ordinal:
+        mean = model.predict_proba(empty, rel) @ np.arange(1, 6)
+    else:
+        mean = model.predict(empty, rel)
+    rmse = float(np.sqrt(np.mean((np.asarray(test.rating, np.float64)[keep] - mean) ** 2)))
+    return dict(fold=fold, rank=rank, method="myfm", variant=variant, seed=seed, bucket="all", fit_seconds=seconds,
+                rmse=rmse, star_nll=np.nan, rps=np.nan, coverage_90=np.nan)
 
 
 def paired(table: pd.DataFrame) -> pd.DataFrame:
@@ -145,8 +236,18 @@ def write_summary(out: Path, table: pd.DataFrame) -> None:
     lines = [f"# {NAME}", "", "Mean over folds and seeds:", "", common.markdown_table(means), ""]
     diffs = paired(table)
     if not diffs.empty:
-        lines += ["Paired difference from `plain` (mean ± sd over fold x seed pairs; negative RMSE, "
-                  "star NLL and RPS are better):", "", common.markdown_table(diffs), ""]
+        lines += ["Paired difference from the same method's `plain` (mean ± sd over fold x seed pairs; negative "
+                  "RMSE, star NLL and RPS are better):", "", common.markdown_table(diffs), ""]
+    ours, peer = table[(table["method"] == "gibbs") & (table["variant"] == "all")], table[
+        (table["method"] == "myfm") & (table["variant"] == "all")]
+    both = ours.merge(peer, on=["fold", "rank", "seed"], suffixes=("", "_myfm"))
+    if not both.empty:
+        rows = [dict(rank=rank, pairs=len(g), rmse=common.mean_sd(g["rmse"]), rmse_myfm=common.mean_sd(g["rmse_myfm"]),
+                     difference=common.mean_sd(g["rmse"] - g["rmse_myfm"])) for rank, g in both.groupby("rank")]
+        lines += ["Gibbs `all` against myFM's `both` (side + implicit) on the same folds and seeds, test RMSE "
+                  "(mean ± sd over the pairs):", "", common.markdown_table(pd.DataFrame(rows)), ""]
+    lines += ["MAP takes no features yet: its `side`, `implicit` and `all` cells are not run. myFM rows have "
+              "RMSE only (star scores and coverage: NaN).", ""]
     (out / "summary.md").write_text("\n".join(lines))
 
 
@@ -179,16 +280,23 @@ def main(argv=None) -> int:
         done = set()
         if path.exists():
             done = set(map(tuple, pd.read_csv(path)[list(KEYS)].astype(str).to_numpy()))
-        cells = [(f, r, m, v, args.seed + s) for f in args.folds for r in args.ranks for m in args.methods
-                 for v in args.variants for s in range(args.seeds)]
+        methods = list(args.methods)
+        if "myfm" in methods and importlib.util.find_spec("myfm") is None:
+            methods.remove("myfm")
+            print("model_variants: myFM is not installed (pip install -e '.[bench]'): its rows are skipped",
+                  file=sys.stderr)
+        wanted = set(args.variants) | ({"ordinal-all"} if "all" in args.variants else set())
+        cells = [(f, r, m, v, args.seed + s) for f in args.folds for r in args.ranks for m in methods
+                 for v in RUNS[m] if v in wanted for s in range(args.seeds)]
         with common.watchdog(args.timeout):
             folds = load_folds(args)
+            features = load_features(args)
             for cell in common.progress(cells, desc=NAME, disable=args.no_progress):
                 if tuple(map(str, cell)) in done:
                     continue
                 fold, rank, method, variant, seed = cell
                 train, test = folds[fold]
-                common.append_rows(path, [run_one(fold, train, test, rank, method, variant, seed, args)])
+                common.append_rows(path, [run_one(fold, train, test, rank, method, variant, seed, args, features)])
     table = pd.read_csv(path)
     write_summary(out, table)
     plot(out, table)
