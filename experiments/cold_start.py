@@ -35,6 +35,13 @@ Methods
                       ``bayesmf.coldstart.fold_in_users`` / ``fold_in_items``
                       on the MAP / Gibbs posterior (importance-weighted over
                       Gibbs draws); at k = 0 they equal the prior.
+    ``prior-features``, ``foldin-features``
+                      the same on a Gibbs posterior fitted with side features
+                      (users' age bucket, gender and occupation; movies'
+                      genres: ``bayesmf.load_movielens_features``) and implicit
+                      feedback: a new user's (movie's) prior mean is
+                      ``mu + B^T x`` from its own features (and, folded in,
+                      from the movies it rated).
 
 Outputs (``--out``, default ``results/cold_start/``)
     ``metrics.csv`` (side x k x method x bucket: ``all`` and buckets of the
@@ -65,7 +72,8 @@ else:
     from experiments import _common as common
 
 NAME = "cold_start"
-METHODS = ("zero", "global-mean", "prior-map", "prior-gibbs", "foldin-map", "foldin-gibbs")
+METHODS = ("zero", "global-mean", "prior-map", "prior-gibbs", "foldin-map", "foldin-gibbs", "prior-features",
+           "foldin-features")
 SIDES = ("users", "movies")
 METRIC_COLUMNS = ("count", "rmse", "mae", "nll", "crps", "coverage_50", "coverage_80", "coverage_90", "coverage_95")
 
@@ -78,6 +86,7 @@ def build_parser():
     p.add_argument("--num-samples", type=int, default=None, help="Gibbs draws kept (default 200; tiny 20)")
     p.add_argument("--num-warmup", type=int, default=None, help="Gibbs burn-in sweeps (default 50; tiny 10)")
     p.add_argument("--sides", type=common.str_list, default=list(SIDES), help="users,movies")
+    p.add_argument("--methods", type=common.str_list, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--resume", action="store_true", help="keep metrics.csv and skip the sides already in it")
     return p
 
@@ -93,7 +102,21 @@ def resolve(args):
     bad = sorted(set(args.sides) - set(SIDES))
     if bad:
         raise SystemExit(f"unknown sides {bad}; expected a subset of {SIDES}")
+    bad = sorted(set(args.methods) - set(METHODS))
+    if bad:
+        raise SystemExit(f"unknown methods {bad}; expected a subset of {METHODS}")
     return args
+
+
+def load_features(args):
+    """(users, movies) side-feature DataFrames by id: ml-100k's u.user and u.item, or random ones (tiny)."""
+    if args.tiny:
+        rng = np.random.default_rng(args.seed)
+        return (pd.DataFrame({"job": rng.choice(["a", "b", "c"], 80)}, index=np.arange(1, 81)),
+                pd.DataFrame({"genre": rng.choice(["x", "y"], 40)}, index=np.arange(1, 41)))
+    from bayesmf import load_movielens_features
+
+    return load_movielens_features(common.ml100k_dir(args))
 
 
 def load_ratings(args):
@@ -157,7 +180,7 @@ def given_lists(given, population):
     return out
 
 
-def predictions(side, method, posteriors, train, rest, given, population):
+def predictions(side, method, posteriors, train, rest, given, population, features=(None, None)):
     """A prediction (Prediction-like) of the ``rest`` ratings by one method."""
     from bayesmf.coldstart import fold_in_items, fold_in_users
 
@@ -171,28 +194,35 @@ def predictions(side, method, posteriors, train, rest, given, population):
     if method == "global-mean":
         # Inline trivial baseline: N(global mean, training variance).
         return common.GaussianBaseline(y_train.mean(), y_train.std(), n)
-    post = posteriors["map" if method.endswith("map") else "gibbs"]
+    post = posteriors[method.split("-")[1]]
+    # The features posterior's new rows get mu + B^T x from their own features.
+    frames = (dict(user_features=features[0]) if side == "users" else dict(item_features=features[1])
+              ) if method.endswith("features") else {}
     if method.startswith("prior"):
         users, items = (entity, other) if side == "users" else (other, entity)
-        return post.predict(users, items, keep_components=True)
+        return post.predict(users, items, keep_components=True, **frames)
     rows = given_lists(given, population)
     if side == "users":
-        fold = fold_in_users(post, rows, unknown="ignore", user_ids=population)
+        fold = fold_in_users(post, rows, unknown="ignore", user_ids=population, **frames)
         return fold.predict(entity, other, keep_components=True)
-    fold = fold_in_items(post, rows, unknown="ignore", item_ids=population)
+    fold = fold_in_items(post, rows, unknown="ignore", item_ids=population, **frames)
     return fold.predict(other, entity, keep_components=True)
 
 
-def fit_side(train, args, side: str) -> dict:
+def fit_side(train, args, side: str, features=(None, None)) -> dict:
     BayesMF = common.get_estimator()
     out = {}
-    for name, model in (
-        ("map", BayesMF(rank=args.rank, method="map", progress_bar=False)),
-        ("gibbs", BayesMF(rank=args.rank, method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup,
-                          progress_bar=not args.no_progress)),
+    sampler = dict(rank=args.rank, method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup,
+                   progress_bar=not args.no_progress)
+    for name, model, data in (
+        ("map", BayesMF(rank=args.rank, method="map", progress_bar=False), {}),
+        ("gibbs", BayesMF(**sampler), {}),
+        ("features", BayesMF(**sampler, implicit=True), dict(user_features=features[0], item_features=features[1])),
     ):
+        if not any(m.endswith(name) for m in args.methods):
+            continue
         start = time.perf_counter()
-        out[name] = model.fit(args.seed, train)
+        out[name] = model.fit(args.seed, train, **data)
         print(f"[cold_start] {side}: fitted {name} (D={args.rank}) on {len(train)} ratings in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return out
@@ -202,11 +232,12 @@ def run_side(ratings, side: str, args) -> list[dict]:
     from bayesmf import metrics
 
     train, held, population, all_held = held_out(ratings, side, args)
-    posteriors = fit_side(train, args, side)
+    features = load_features(args)
+    posteriors = fit_side(train, args, side, features)
     total = held.user_degrees()
     degree_of = dict(zip(held.user_vocab.ids.tolist(), total.tolist()))
     rows = []
-    plan = [(k, m) for k in args.ks for m in METHODS]
+    plan = [(k, m) for k in args.ks for m in METHODS if m in args.methods]
     bar = common.progress(plan, desc=f"cold start ({side})", disable=args.no_progress)
     cache = {}
     for k, method in bar:
@@ -214,7 +245,7 @@ def run_side(ratings, side: str, args) -> list[dict]:
         if k not in cache:
             cache[k] = reveal(held, population, k, args.seed)
         given, rest = cache[k]
-        pred = predictions(side, method, posteriors, train, rest, given, population)
+        pred = predictions(side, method, posteriors, train, rest, given, population, features)
         y = np.asarray(rest.rating, np.float64)
         buckets = metrics.activity_bucket(np.array([degree_of[e] for e in rest.user_ids.tolist()]))
         prefix = "user" if side == "users" else "movie"

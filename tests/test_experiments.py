@@ -99,6 +99,7 @@ def test_expected_rows(tiny_run):
             k0 = a[(a["side"] == side) & (a["k"] == 0)].set_index("method")
             assert k0.loc["foldin-gibbs", "rmse"] == pytest.approx(k0.loc["prior-gibbs", "rmse"], rel=1e-9)
             assert k0.loc["foldin-map", "rmse"] == pytest.approx(k0.loc["prior-map", "rmse"], rel=1e-9)
+            assert k0.loc["foldin-features", "rmse"] == pytest.approx(k0.loc["prior-features", "rmse"], rel=1e-9)
     elif name == "model_variants":
         module = _module(name)
         # Every (fold, method, variant) cell each method runs, once (myFM's only where it is installed),
