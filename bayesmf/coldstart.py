@@ -106,11 +106,29 @@ _DEVICE_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _device_draws(posterior: Posterior) -> Params:
+    return _device_cache(posterior)[0]
+
+
+def _user_prior(posterior: Posterior) -> tuple:
+    """:func:`bayesmf.model.user_row_prior` of the device draws, computed once per posterior (with user
+    offsets it scatters into (S, k, k) arrays: milliseconds op by op, per fold-in call)."""
+    return _device_cache(posterior)[1]
+
+
+def _device_cache(posterior: Posterior) -> tuple:
     cached = _DEVICE_DRAWS.get(posterior)
     if cached is None or cached[0] is not posterior.draws:
-        cached = (posterior.draws, jax.tree.map(jnp.asarray, posterior.flat_draws()))
+        flat = jax.tree.map(jnp.asarray, posterior.flat_draws())
+        cached = (posterior.draws, (flat, jax.jit(user_row_prior)(flat)))
         _DEVICE_DRAWS[posterior] = cached
     return cached[1]
+
+
+@jax.jit
+def _row_prior_means(prior_mean, link, x):
+    """Each row's prior mean per draw, ``mu + (B^T x, 0...)``: (S, k), (S, F, d), (R, F) -> (S, R, k)."""
+    shift = jnp.einsum("rf,sfd->srd", x, link)
+    return prior_mean[:, None, :] + jnp.pad(shift, ((0, 0), (0, 0), (0, prior_mean.shape[-1] - shift.shape[-1])))
 
 
 # --- the fold-in core: row conditional and marginal likelihood per draw -------------------
@@ -705,7 +723,8 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
     num_draws, d = flat.user_mean.shape
     if side == "user":
         fold_fn = functools.partial(_fold_users, with_one=flat.user_offsets is not None)  # (L, b) with user offsets
-        args, dim = (*user_row_prior(flat), flat.item_factors, flat.item_offsets), user_row_prior(flat)[1].shape[-1]
+        prior = _user_prior(posterior)
+        args, dim = (*prior, flat.item_factors, flat.item_offsets), prior[1].shape[-1]
     else:
         prior = jnp.zeros((num_draws, d + 1, d + 1), flat.item_mean.dtype)
         prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
@@ -713,7 +732,7 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
         fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors, flat.user_offsets), d + 1
     x = _feature_rows(posterior, side, given, labels, frame)
     if x is not None:  # each row's prior mean per draw, mu + (B^T x, 0...): (S, R, k)
-        shift = jnp.einsum("rf,sfd->srd", jnp.asarray(x, flat.user_mean.dtype), getattr(flat, f"{side}_link"))
-        args = (args[0], args[1][:, None, :] + jnp.pad(shift, ((0, 0), (0, 0), (0, dim - d))), *args[2:])
+        link = getattr(flat, f"{side}_link")
+        args = (args[0], _row_prior_means(args[1], link, jnp.asarray(x, link.dtype)), *args[2:])
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
     return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, x)
