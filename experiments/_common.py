@@ -208,6 +208,20 @@ def ml100k_dir(args) -> Path:
     raise SystemExit(f"--data {path}: no ml-100k/u.data under it")
 
 
+def feature_frames(args, num_users: int, num_items: int):
+    """(users, movies) side-feature DataFrames by id: ml-100k's u.user and u.item, or (``--tiny``)
+    random ones for the synthetic data's ids 1..num_users and 1..num_items."""
+    if args.tiny:
+        rng = np.random.default_rng(args.seed)
+        users = pd.DataFrame({"job": rng.choice(["a", "b", "c"], num_users), "age": rng.normal(30, 8, num_users)},
+                             index=np.arange(1, num_users + 1))
+        items = pd.DataFrame({"genre": rng.choice(["x", "y"], num_items)}, index=np.arange(1, num_items + 1))
+        return users, items
+    from bayesmf import load_movielens_features
+
+    return load_movielens_features(ml100k_dir(args))
+
+
 def get_estimator():
     """``bayesmf.BayesMF`` (re-exported at top level once the package curates its API)."""
     import bayesmf

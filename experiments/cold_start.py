@@ -108,17 +108,6 @@ def resolve(args):
     return args
 
 
-def load_features(args):
-    """(users, movies) side-feature DataFrames by id: ml-100k's u.user and u.item, or random ones (tiny)."""
-    if args.tiny:
-        rng = np.random.default_rng(args.seed)
-        return (pd.DataFrame({"job": rng.choice(["a", "b", "c"], 80)}, index=np.arange(1, 81)),
-                pd.DataFrame({"genre": rng.choice(["x", "y"], 40)}, index=np.arange(1, 41)))
-    from bayesmf import load_movielens_features
-
-    return load_movielens_features(common.ml100k_dir(args))
-
-
 def load_ratings(args):
     if args.tiny:
         from bayesmf import synthetic
@@ -232,7 +221,7 @@ def run_side(ratings, side: str, args) -> list[dict]:
     from bayesmf import metrics
 
     train, held, population, all_held = held_out(ratings, side, args)
-    features = load_features(args)
+    features = common.feature_frames(args, 80, 40)
     posteriors = fit_side(train, args, side, features)
     total = held.user_degrees()
     degree_of = dict(zip(held.user_vocab.ids.tolist(), total.tolist()))

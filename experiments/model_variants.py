@@ -111,19 +111,6 @@ def resolve(args):
     return args
 
 
-def load_features(args):
-    """(users, movies) side-feature DataFrames by id: ml-100k's u.user and u.item, or random ones (tiny)."""
-    if args.tiny:
-        rng = np.random.default_rng(args.seed)
-        users = pd.DataFrame({"job": rng.choice(["a", "b", "c"], 60), "age": rng.normal(30, 8, 60)},
-                             index=np.arange(1, 61))
-        items = pd.DataFrame({"genre": rng.choice(["x", "y"], 40)}, index=np.arange(1, 41))
-        return users, items
-    from bayesmf import load_movielens_features
-
-    return load_movielens_features(common.ml100k_dir(args))
-
-
 def load_folds(args) -> dict:
     """fold name -> (train, test) Ratings (star-valued, so the star-scale scores exist)."""
     from bayesmf import split
@@ -290,7 +277,7 @@ def main(argv=None) -> int:
                  for v in RUNS[m] if v in wanted for s in range(args.seeds)]
         with common.watchdog(args.timeout):
             folds = load_folds(args)
-            features = load_features(args)
+            features = common.feature_frames(args, 60, 40)
             for cell in common.progress(cells, desc=NAME, disable=args.no_progress):
                 if tuple(map(str, cell)) in done:
                     continue

@@ -157,3 +157,22 @@ def record_bars(monkeypatch):
         return bars
 
     return record
+
+
+def sbc_pvalue(draws, truth, bins: int = 5) -> tuple[np.ndarray, float]:
+    """Chi-square p-value of simulation-based-calibration ranks (Talts et al. 2018).
+
+    ``draws`` (replicates, L + 1): thinned draws per replicate, the first of
+    which (one sweep from the start) is dropped; ``truth`` (replicates,). The
+    rank of the truth among the L kept draws takes L + 1 values, which must
+    split evenly into ``bins`` bins (L = 19: 4 values a bin), so that uniform
+    ranks give equal expected counts. Returns the bin counts and the p-value.
+    """
+    from scipy import stats
+
+    draws = np.asarray(draws)[:, 1:]
+    if (draws.shape[1] + 1) % bins:
+        raise ValueError(f"{draws.shape[1]} kept draws give {draws.shape[1] + 1} rank values, not a multiple of {bins}")
+    ranks = np.sum(draws < np.asarray(truth)[:, None], axis=1)
+    counts = np.histogram(ranks, bins=bins, range=(0, draws.shape[1] + 1))[0]
+    return counts, stats.chisquare(counts).pvalue

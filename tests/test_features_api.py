@@ -1,8 +1,6 @@
 """Features through the user-facing API: BayesMF.fit(user_features=, item_features=), implicit=True,
 predictions and fold-ins of new users and movies with features, files, and bad input."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest

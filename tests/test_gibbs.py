@@ -15,6 +15,7 @@ from bayesmf.conjugate import row_draw, row_posterior
 from bayesmf.engines import gibbs
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import ModelConfig, log_joint, numpyro_model
+from conftest import sbc_pvalue
 
 # 4 standard errors: a two-sided false alarm rate of 6e-5 per compared number.
 Z = 4.0
@@ -214,16 +215,10 @@ def test_simulation_based_calibration(make_tiny_data):
         ("item_offsets[0]", off0, truths["item_offsets"][:, 0]),
         ("prediction", pred, true_pred),
     ):
-        # The first thinned draw (one sweep from the initial state) is dropped:
-        # 19 draws, ranks 0..19, so each of 5 bins holds 4 rank values (with
-        # 21 values the first bin held 5, and its expected count was not 1/5).
-        draws = np.asarray(draws)[:, 1:]
-        ranks = np.sum(draws < np.asarray(truth)[:, None], axis=1)  # 0..num_draws
-        num_draws = draws.shape[1]
-        # Chi-square test on 5 equal bins of the rank; with 3 quantities the
-        # family-wise false alarm rate at p < 1e-3 is 0.3%.
-        counts = np.histogram(ranks, bins=5, range=(0, num_draws + 1))[0]
-        p = stats.chisquare(counts).pvalue
+        # Chi-square test on 5 equal bins of the rank (19 draws after the first,
+        # conftest.sbc_pvalue); with 3 quantities the family-wise false alarm
+        # rate at p < 1e-3 is 0.3%.
+        counts, p = sbc_pvalue(draws, truth)
         assert p > 1e-3, f"SBC ranks of {name} not uniform: counts {counts}, p = {p:.2g}"
 
 

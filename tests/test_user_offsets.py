@@ -28,6 +28,7 @@ from bayesmf.model import (
     user_row_prior,
 )
 from bayesmf.predictive import pair_moments
+from conftest import sbc_pvalue
 
 # 4 standard errors: a two-sided false alarm rate of 6e-5 per compared number.
 Z = 4.0
@@ -172,14 +173,8 @@ def test_simulation_based_calibration(make_tiny_data):
     for name, draws, truth in (("user_offset_precision", tau, truths["user_offset_precision"]),
                                ("user_offsets[u]", b_u, truths["user_offsets"][:, u]),
                                ("prediction", pred, true_pred)):
-        draws = np.asarray(draws)
-        assert np.all(np.isfinite(draws))
-        # Without the first thinned draw (one sweep from the start): 19 draws,
-        # ranks 0..19, 4 rank values in each of the 5 bins.
-        draws = draws[:, 1:]
-        ranks = np.sum(draws < np.asarray(truth)[:, None], axis=1)
-        counts = np.histogram(ranks, bins=5, range=(0, draws.shape[1] + 1))[0]
-        p = stats.chisquare(counts).pvalue
+        assert np.all(np.isfinite(np.asarray(draws)))
+        counts, p = sbc_pvalue(draws, truth)
         assert p > 1e-3, f"SBC ranks of {name} not uniform: counts {counts}, p = {p:.2g}"
 
 
