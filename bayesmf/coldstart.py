@@ -125,9 +125,10 @@ def _device_cache(posterior: Posterior) -> tuple:
 
 
 @jax.jit
-def _row_prior_means(prior_mean, link, x):
-    """Each row's prior mean per draw, ``mu + (B^T x, 0...)``: (S, k), (S, F, d), (R, F) -> (S, R, k)."""
-    shift = jnp.einsum("rf,sfd->srd", x, link)
+def _row_prior_means(prior_mean, link, used, x):
+    """Each row's prior mean per draw, ``mu + (B^T x, 0...)``, from the columns ``used``:
+    (S, k), (S, F, d), (c,), (R, c) -> (S, R, k)."""
+    shift = jnp.einsum("rf,sfd->srd", x, link[:, used])
     return prior_mean[:, None, :] + jnp.pad(shift, ((0, 0), (0, 0), (0, prior_mean.shape[-1] - shift.shape[-1])))
 
 
@@ -236,7 +237,7 @@ def _fold(fold_fn, draw_args: tuple, noise_precision, idx, ratings, mask, num_dr
     for start in range(0, num_rows, block):
         stop = min(start + block, num_rows)
         pad = ((0, block - (stop - start)), (0, 0))
-        per_row = draw_args[1].ndim == 3
+        per_row = draw_args[1].ndim == 3 and (start, stop) != (0, block)  # else the rows are the block already
         args = (draw_args[0], jnp.pad(draw_args[1][:, start:stop], ((0, 0),) + pad) if per_row else draw_args[1],
                 *draw_args[2:])
         mean, chol, log_ev = fold_fn(
@@ -732,7 +733,15 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
         fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors, flat.user_offsets), d + 1
     x = _feature_rows(posterior, side, given, labels, frame)
     if x is not None:  # each row's prior mean per draw, mu + (B^T x, 0...): (S, R, k)
+        # Only the columns some row uses (x is sparse: side features and the given ratings' implicit
+        # columns), padded to a power of two with column 0 at weight 0 (few compiled shapes).
+        nonzero = np.flatnonzero(np.any(x != 0, axis=0))
+        used = np.zeros(next_pow2(max(nonzero.size, 1)), np.int64)
+        used[: nonzero.size] = nonzero
+        columns = np.zeros((x.shape[0], used.size), x.dtype)
+        columns[:, : nonzero.size] = x[:, nonzero]
         link = getattr(flat, f"{side}_link")
-        args = (args[0], _row_prior_means(args[1], link, jnp.asarray(x, link.dtype)), *args[2:])
+        args = (args[0], _row_prior_means(args[1], link, jnp.asarray(used, jnp.int32), jnp.asarray(columns, link.dtype)),
+                *args[2:])
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
     return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, x)
