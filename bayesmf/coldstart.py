@@ -72,6 +72,7 @@ import pandas as pd
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.given import PaddedRatings  # noqa: F401 - part of this module's API (fold_in_users takes it)
 from bayesmf.given import Given, frame_rows, next_pow2, pad_given, validate_given
+from bayesmf.link import implicit_mean
 from bayesmf.model import Params, user_row_prior
 from bayesmf.posterior import Posterior
 from bayesmf.predictive import (
@@ -103,6 +104,7 @@ FOLD_BLOCK_CELLS = 2**23
 # otherwise dominate a fold-in's prediction latency. Keyed weakly by the
 # posterior; refreshed if its ``draws`` object is replaced.
 _DEVICE_DRAWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_IMPLICIT_CENTRES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _device_draws(posterior: Posterior) -> Params:
@@ -698,10 +700,26 @@ def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) 
     if x is None:
         num_other = len(posterior.item_vocab if side == "user" else posterior.user_vocab)
         x = np.zeros((num_rows, spec.num_side + (num_other if spec.implicit else 0)), np.float32)
-    if spec.implicit:
+    if spec.implicit:  # |I|^-1/2 at the given ratings, less the training rows' mean (a row without ratings: 0)
+        centre = _implicit_centre(posterior, side)
         for r, index in enumerate(given.index):
-            x[r, spec.num_side + index] = 1.0 / np.sqrt(max(len(index), 1))
+            if len(index):
+                x[r, spec.num_side :] = -centre
+                x[r, spec.num_side + index] += 1.0 / np.sqrt(len(index))
     return x
+
+
+def _implicit_centre(posterior: Posterior, side: str) -> np.ndarray:
+    """The training rows' mean implicit row (:func:`bayesmf.link.implicit_mean`), cached per posterior."""
+    cached = _IMPLICIT_CENTRES.setdefault(posterior, {})
+    if side not in cached:
+        train = posterior.train
+        if train is None:
+            raise ValueError("folding in with implicit feedback needs the training ratings (posterior.train)")
+        own, other = (train.user_index, train.item_index) if side == "user" else (train.item_index, train.user_index)
+        sizes = (train.num_users, train.num_items) if side == "user" else (train.num_items, train.num_users)
+        cached[side] = implicit_mean(own, other, *sizes).astype(np.float32)
+    return cached[side]
 
 
 def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str, labels, frame=None) -> FoldIn:

@@ -206,6 +206,21 @@ def implicit_features(index, other_index, num_rows: int, num_other: int, *, spar
     return matrix if sparse else matrix.toarray()
 
 
+def implicit_mean(index, other_index, num_rows: int, num_other: int) -> np.ndarray:
+    """The column means of :func:`implicit_features` over all ``num_rows`` rows, shape (num_other,), float64.
+
+    ``mean_v = (1 / num_rows) sum_{u: (u, v) a pair} |N(u)|^-1/2`` (repeated
+    pairs once), in O(nnz): the centre of the implicit columns, so that a row
+    with no pairs can be given the average row (``x = 0`` after centring).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    other_index = np.asarray(other_index, dtype=np.int64)
+    keys = np.unique(index * num_other + other_index)
+    rows, cols = keys // num_other, keys % num_other
+    counts = np.bincount(rows, minlength=num_rows)
+    return np.bincount(cols, weights=1.0 / np.sqrt(counts[rows]), minlength=num_other) / max(num_rows, 1)
+
+
 def link_system(features, groups, *, eigen_group: int | None = None, dtype=jnp.float32) -> LinkSystem:
     """Factor a side's feature Gram once (NumPy or SciPy in, device arrays out).
 

@@ -118,8 +118,9 @@ class FeatureSpec(NamedTuple):
     the training rows, so that ``x = 0`` is the mean-based prior) followed,
     with ``implicit``, by the implicit-feedback row ``n_u`` (``|N(u)|^-1/2`` at
     the movies the user rated in the training data; for movies, at their
-    raters): SVD++'s ``L_u = p_u + Y^T n_u`` with ``Y`` the last rows of ``B``.
-    Side and implicit columns are separate groups.
+    raters), centred on the training rows as the side columns are: SVD++'s
+    ``L_u = p_u + Y^T n_u`` with ``Y`` the last rows of ``B``. Side and
+    implicit columns are separate groups.
 
     Attributes
     ----------
@@ -320,7 +321,11 @@ def with_features(data: ModelData, config: ModelConfig, user_side=None, item_sid
     Each side's rows are its side features (``num_side`` columns, encoded by
     :func:`bayesmf.data.encode_features`) followed, with ``implicit``, by the
     implicit-feedback rows built from the training pairs
-    (:func:`bayesmf.link.implicit_features`: never from test ratings).
+    (:func:`bayesmf.link.implicit_features`: never from test ratings),
+    centred on the training rows like the side features
+    (:func:`bayesmf.link.implicit_mean`): a row at ``x = 0`` is the average
+    row, so a new user with no ratings and no features gets exactly the
+    mean-based prior.
 
     Parameters
     ----------
@@ -334,7 +339,7 @@ def with_features(data: ModelData, config: ModelConfig, user_side=None, item_sid
     -------
     ModelData
     """
-    from bayesmf.link import implicit_features
+    from bayesmf.link import implicit_features, implicit_mean
 
     dtype = data.rating.dtype
     users, items = np.asarray(data.user_index), np.asarray(data.item_index)
@@ -358,7 +363,8 @@ def with_features(data: ModelData, config: ModelConfig, user_side=None, item_sid
                 raise ValueError(f"{side} side features contain NaN or inf (encode them with bayesmf.data.encode_features)")
             parts.append(side_rows)
         if spec.implicit:
-            parts.append(implicit_features(index, other, num_rows, num_other))
+            parts.append(implicit_features(index, other, num_rows, num_other)
+                         - implicit_mean(index, other, num_rows, num_other))
         out[f"{side}_features"] = jnp.asarray(np.concatenate(parts, axis=1), dtype)
     return data._replace(**out)
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from bayesmf import BayesMF, fold_in_users, load, save
+from bayesmf.link import implicit_mean
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_new_user_prior_mean_comes_from_features(fitted, frames):
 def test_fold_in_with_features(fitted, frames):
     """With no ratings a folded-in user is exactly the feature prior of predict; with ratings,
     each draw's conditional mean is the closed form with prior mean mu_L + B^T x, where x has the
-    side features and |I|^-1/2 at the given movies."""
+    side features and |I|^-1/2 at the given movies less the training users' mean implicit row."""
     users, _ = frames
     new = users.iloc[:2].copy()
     new.index = [9002, 9003]
@@ -69,7 +70,9 @@ def test_fold_in_with_features(fitted, frames):
                                   fitted.predict([9002], [items[5]], user_features=new).mean)
     flat = fitted.flat_draws()
     x = fitted.feature_rows("user", [9003], new)[0]
-    x[4 + np.arange(3)] = 1.0 / np.sqrt(3.0)
+    train = fitted.train  # implicit columns: centred on the training users' mean row
+    x[4:] = -implicit_mean(train.user_index, train.item_index, train.num_users, train.num_items)
+    x[4 + np.arange(3)] += 1.0 / np.sqrt(3.0)
     comps = fold.components(np.array([1]), np.array([5]))
     for s in (0, 21, 39):
         r = flat.item_factors[s][:3].astype(np.float64)

@@ -228,3 +228,14 @@ def test_nuts_and_gibbs_agree_on_the_predictive_mean():
     (a, se_a), (b, se_b) = summary(ref.draws), summary(run.draws)
     bound = Z * np.sqrt(se_a**2 + se_b**2)
     assert np.all(np.abs(a - b) <= bound), (a, b, bound)
+
+
+def test_implicit_columns_are_centred():
+    """Implicit rows are centred on the training rows (bayesmf.link.implicit_mean), like side
+    features: the mean row is 0, so a row without ratings at x = 0 is the average row."""
+    data, side = problem(seed=16)
+    config = ModelConfig(rank=2, user_features=FeatureSpec(num_side=3, implicit=True),
+                         item_features=FeatureSpec(implicit=True))
+    out = with_features(data, config, user_side=side)
+    np.testing.assert_allclose(np.asarray(out.user_features).mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.item_features).mean(0), 0.0, atol=1e-6)
