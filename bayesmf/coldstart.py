@@ -239,7 +239,8 @@ def _fold(fold_fn, draw_args: tuple, noise_precision, idx, ratings, mask, num_dr
     for start in range(0, num_rows, block):
         stop = min(start + block, num_rows)
         pad = ((0, block - (stop - start)), (0, 0))
-        per_row = draw_args[1].ndim == 3 and (start, stop) != (0, block)  # else the rows are the block already
+        # A per-row prior mean is cut like the rows (unless one block is exactly every row).
+        per_row = draw_args[1].ndim == 3 and not (start == 0 and stop == num_rows == block)
         args = (draw_args[0], jnp.pad(draw_args[1][:, start:stop], ((0, 0),) + pad) if per_row else draw_args[1],
                 *draw_args[2:])
         mean, chol, log_ev = fold_fn(

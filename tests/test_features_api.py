@@ -85,6 +85,24 @@ def test_fold_in_with_features(fitted, frames):
                                    rtol=2e-4, atol=2e-4)
 
 
+def test_fold_in_with_features_in_several_blocks(fitted, frames, monkeypatch):
+    """Rows folded in over several blocks (FOLD_BLOCK_CELLS forced small) get each its own prior
+    mean: the same predictions as folding each row in alone."""
+    from bayesmf import coldstart
+
+    users, _ = frames
+    new = users.iloc[:5].copy()
+    new.index = [9101, 9102, 9103, 9104, 9105]
+    items = np.asarray(fitted.item_vocab.ids)
+    rows = [(items[j : j + 2], [4.0, 2.0]) for j in range(5)]
+    alone = [fold_in_users(fitted, [row], user_ids=[u], user_features=new).predict([u], items[10:12]).mean
+             for row, u in zip(rows, new.index)]
+    monkeypatch.setattr(coldstart, "FOLD_BLOCK_CELLS", 1)
+    together = fold_in_users(fitted, rows, user_ids=list(new.index), user_features=new)
+    for u, expected in zip(new.index, alone):
+        np.testing.assert_allclose(together.predict([u, u], items[10:12]).mean, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_saved_with_encoders(fitted, frames, tmp_path):
     users, _ = frames
     save(fitted, tmp_path / "m.nc")
