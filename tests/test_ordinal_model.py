@@ -357,3 +357,12 @@ def test_files_without_a_likelihood_are_gaussian():
     for key in ("likelihood", "num_stars", "cutpoint_prior"):
         raw.pop(key)
     assert _config_from_json(json.dumps(raw)) == ModelConfig(rank=3)
+
+
+def test_ordinal_with_user_offsets_runs():
+    """The parts compose: with user offsets the blocks take z less b_u as well; a short run stays finite."""
+    data, _ = ordinal_problem(nnz=120)
+    config = CONFIG.replace(user_offsets=True)
+    run = gibbs.sample(jax.random.PRNGKey(0), data, config, num_samples=20, num_warmup=10, progress_bar=False)
+    assert np.all(np.isfinite(run.draws.user_offsets)) and np.all(np.diff(run.draws.cutpoints, axis=-1) > 0)
+    assert np.all(run.draws.noise_precision == 1.0)
