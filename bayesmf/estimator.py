@@ -26,10 +26,10 @@ from bayesmf.model import (
     ModelConfig,
     Params,
     model_data_from_ratings,
-    star_grid,
     star_model_data,
     with_features,
 )
+from bayesmf.ordinal_model import star_grid
 from bayesmf.posterior import Posterior
 # MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
 # every user a shrunk bias L_u . mu_R; see FixedPriors.

@@ -36,14 +36,9 @@ shrunk toward :math:`\\mu_0` for movies with few ratings) and ``"empirical"``
 (mean normalization exactly: :math:`m_v` fixed to movie v's mean training
 rating, the global mean for a movie with none).
 
-With ``ModelConfig(likelihood="ordinal", num_stars=K)`` the ratings are
-stars ``0..K-1`` (:func:`star_model_data`) under an ordered probit
-(:mod:`bayesmf.ordinal`): a latent :math:`z_{uv} \\sim \\mathcal N(\\eta_{uv}, 1)`
-with the same mean :math:`\\eta_{uv}` as above, star k when
-:math:`c_{k-1} < z_{uv} \\le c_k`, :math:`c_0 = 0` (the location; the scale is
-the unit noise, so the noise precision is fixed at 1 and ``noise_precision``
-holds 1.0), and a normal prior on the log increments of the cut points
-(``config.cutpoint_prior``). It needs ``priors="hyper"`` and estimated offsets.
+With ``ModelConfig(likelihood="ordinal", num_stars=K)`` the ratings are stars
+(:func:`star_model_data`) under an ordered probit on the same mean, with the
+noise precision fixed at 1 (:mod:`bayesmf.ordinal_model`).
 
 :func:`numpyro_model` is the single source of the log joint: MAP optimizes it,
 NUTS samples it, and the closed-form conditionals of the Gibbs engine are
@@ -61,14 +56,13 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from bayesmf import ordinal
+from bayesmf import ordinal_model
 from bayesmf.ordinal import CutpointPrior
 
 Array = jax.Array
 
 OFFSET_MODES = ("estimated", "empirical")
 PRIOR_MODES = ("hyper", "fixed")
-LIKELIHOODS = ("gaussian", "ordinal")
 
 
 class FixedPriors(NamedTuple):
@@ -243,7 +237,7 @@ class ModelConfig:
                 raise ValueError(f"fixed prior {name} must be a positive finite number, got {value}")
         if self.priors == "hyper" and self.rank + self.hyper.nu0_extra <= self.rank - 1:
             raise ValueError("Wishart degrees of freedom nu0 = rank + nu0_extra must exceed rank - 1")
-        _check_likelihood(self)
+        ordinal_model.check_likelihood(self)
 
     @property
     def nu0(self) -> float:
@@ -256,29 +250,6 @@ class ModelConfig:
     def ordinal(self) -> bool:
         """Whether the likelihood is the ordered probit."""
         return self.likelihood == "ordinal"
-
-
-def _check_likelihood(config: ModelConfig) -> None:
-    """The ordinal likelihood's settings (a clear error for each combination it does not support)."""
-    if config.likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {config.likelihood!r}; expected one of {LIKELIHOODS}")
-    k = config.num_stars
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 3):
-        raise ValueError(f"num_stars must be an integer >= 3 (or None), got {k!r}")
-    if not config.ordinal:
-        if k is not None:
-            raise ValueError("num_stars is a setting of the ordinal likelihood; the gaussian one takes none")
-        return
-    if config.priors != "hyper":
-        raise ValueError("likelihood='ordinal' needs priors='hyper' (its Gibbs and NUTS engines sample the "
-                         "hyperparameters; MAP does not fit it)")
-    if config.offsets != "estimated":
-        raise ValueError("likelihood='ordinal' needs offsets='estimated' (empirical offsets are mean ratings, "
-                         "not latent utilities)")
-    p = config.cutpoint_prior
-    if not isinstance(p, CutpointPrior) or not np.isfinite(p.log_increment_mean) or not (
-            np.isfinite(p.log_increment_sd) and p.log_increment_sd > 0):
-        raise ValueError(f"cutpoint_prior must be a CutpointPrior with a finite mean and a positive sd, got {p!r}")
 
 
 class ModelData(NamedTuple):
@@ -435,50 +406,6 @@ def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:
     )
 
 
-# --- ordinal data (issue 20, part 4) ---
-
-
-def star_grid(scale) -> np.ndarray:
-    """The star values ``low, low + step, ..., high`` of a discrete scale, shape (K,).
-
-    Raises
-    ------
-    ValueError
-        A continuous scale (``step`` None), or one with fewer than 3 stars.
-    """
-    if scale is None or scale.step is None:
-        raise ValueError(f"the ordinal likelihood needs a star scale with a step, got {scale!r} (continuous ratings "
-                         "have no stars: use likelihood='gaussian')")
-    num_stars = int(round((scale.high - scale.low) / scale.step)) + 1
-    if num_stars < 3:
-        raise ValueError(f"the ordinal likelihood needs at least 3 stars, the scale {scale!r} has {num_stars}")
-    return scale.low + scale.step * np.arange(num_stars)
-
-
-def stars_of(rating, scale) -> np.ndarray:
-    """Each rating's star index ``0..K-1`` on a discrete scale, or a ValueError for a rating off the grid.
-
-    Parameters
-    ----------
-    rating : float array, shape (n,)
-    scale : bayesmf.data.RatingScale
-        With a step.
-
-    Returns
-    -------
-    int32 array, shape (n,)
-    """
-    grid = star_grid(scale)
-    rating = np.asarray(rating, np.float64)
-    k = np.rint((rating - scale.low) / scale.step)
-    off = ~np.isfinite(rating) | (k < 0) | (k >= grid.size) | (np.abs(rating - (scale.low + scale.step * k)) > 1e-6)
-    if np.any(off):
-        bad = rating[off][:5].tolist()
-        raise ValueError(f"{int(off.sum())} ratings are off the star grid {grid.tolist()} (e.g. {bad}): the ordinal "
-                         "likelihood takes ratings on the scale's stars only")
-    return k.astype(np.int32)
-
-
 def star_model_data(ratings, dtype=jnp.float32) -> ModelData:
     """:class:`ModelData` for the ordinal likelihood from a :class:`bayesmf.data.Ratings` on a star scale.
 
@@ -486,14 +413,14 @@ def star_model_data(ratings, dtype=jnp.float32) -> ModelData:
     and the empirical offsets, which only start the sampler and centre the
     offset mean's prior) holds the star index less 1/2, the middle of its
     cell when the cut points sit at their prior centre ``0, 1, 2, ...``: a
-    stand-in on the latent scale. ``K = len(star_grid(ratings.scale))``.
+    stand-in on the latent scale. ``K = len(ordinal_model.star_grid(ratings.scale))``.
 
     Raises
     ------
     ValueError
         A continuous scale, or ratings off the star grid.
     """
-    star = stars_of(ratings.rating, ratings.scale)
+    star = ordinal_model.stars_of(ratings.rating, ratings.scale)
     data = make_model_data(ratings.user_index, ratings.item_index, star - 0.5, ratings.num_users, ratings.num_items,
                            dtype=dtype)
     return data._replace(star=jnp.asarray(star))
@@ -891,7 +818,7 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
             item_offsets = fixed["item_offsets"]
     mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index, user_offsets)
     if config.ordinal:
-        _observe_stars(mean, data, config, observed)
+        ordinal_model.observe_stars(mean, data.star, data.nnz, config, observed)
         return
     with numpyro.plate("ratings", data.nnz, dim=-1):
         numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
@@ -923,17 +850,6 @@ def _link_prior(side: str, config: ModelConfig, features, num_other: int, mean, 
             dist.MultivariateNormal(jnp.zeros(config.rank, dtype), precision_matrix=column_precision[:, None, None] * precision),
         )
     return mean + features @ link
-
-
-def _observe_stars(mean: Array, data: ModelData, config: ModelConfig, observed: bool) -> None:
-    """The ordinal likelihood's sites: ``cutpoints`` (K - 1,) and ``obs`` (nnz,) stars, the marginal ordered probit."""
-    if config.num_stars is None:
-        raise ValueError("likelihood='ordinal' needs config.num_stars (the number of stars K)")
-    cutpoints = numpyro.sample("cutpoints", ordinal.cutpoint_distribution(config.num_stars, config.cutpoint_prior))
-    if observed and data.star is None:
-        raise ValueError("likelihood='ordinal' needs the ratings' stars: build the data with star_model_data")
-    with numpyro.plate("ratings", data.nnz, dim=-1):
-        numpyro.sample("obs", ordinal.OrderedProbit(mean, cutpoints), obs=data.star if observed else None)
 
 
 def log_joint(params: Params, data: ModelData, config: ModelConfig) -> Array:

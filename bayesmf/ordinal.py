@@ -77,7 +77,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr, ndtri
-from numpyro.distributions import Distribution, Normal, TransformedDistribution, constraints, transforms
+from numpyro.distributions import Distribution, constraints
 
 Array = jax.Array
 
@@ -642,82 +642,6 @@ class OrderedProbit(Distribution):
         if expand:
             values = jnp.broadcast_to(values, values.shape[:1] + self.batch_shape)
         return values
-
-
-# --- the cut points as a NumPyro site (model wiring, issue 20 part 4) ----------------------------------------
-
-
-class _CutpointVector(constraints.ParameterFreeConstraint):
-    """Increasing vectors whose first element is 0: the support of the ``cutpoints`` site."""
-
-    event_dim = 1
-
-    def __call__(self, x):
-        x = jnp.asarray(x)
-        return (x[..., 0] == 0) & jnp.all(x[..., 1:] > x[..., :-1], axis=-1)
-
-    def feasible_like(self, prototype):
-        return jnp.broadcast_to(jnp.arange(prototype.shape[-1], dtype=jnp.result_type(prototype, float)), prototype.shape)
-
-
-cutpoint_vector = _CutpointVector()
-"""The constraint ``c_0 = 0 < c_1 < ... < c_{K-2}`` (shape ``(K - 1,)``)."""
-
-
-class CutpointTransform(transforms.ParameterFreeTransform):
-    """Free parameters ``(K - 2,)`` to cut points ``(K - 1,)``: :func:`cuts_from_free` as a NumPyro transform.
-
-    The image is the ``(K - 2)``-dimensional set :data:`cutpoint_vector`; its
-    log Jacobian is that of the map onto ``cuts[1:]``
-    (:func:`log_abs_det_jacobian`), so a density on the free parameters
-    becomes the density of ``cuts[1:]`` (``c_0 = 0`` is fixed).
-    """
-
-    domain = constraints.real_vector
-    codomain = cutpoint_vector
-
-    def __call__(self, x):
-        return cuts_from_free(x)
-
-    def _inverse(self, y):
-        return free_from_cuts(y)
-
-    def log_abs_det_jacobian(self, x, y, intermediates=None):
-        return log_abs_det_jacobian(x)
-
-    def forward_shape(self, shape):
-        return shape[:-1] + (shape[-1] + 1,)
-
-    def inverse_shape(self, shape):
-        return shape[:-1] + (shape[-1] - 1,)
-
-
-@transforms.biject_to.register(_CutpointVector)
-def _biject_to_cutpoints(constraint):
-    return CutpointTransform()
-
-
-def cutpoint_distribution(num_stars: int, prior: CutpointPrior = CutpointPrior()) -> TransformedDistribution:
-    """The prior of the cut points ``(K - 1,)`` as a NumPyro distribution (log increments normal, ``c_0 = 0``).
-
-    Its ``log_prob`` at ``cuts`` is :func:`log_prior` of
-    :func:`free_from_cuts` less :func:`log_abs_det_jacobian`; NUTS moves in
-    the free parameters (``biject_to`` of its support is
-    :class:`CutpointTransform`).
-
-    Parameters
-    ----------
-    num_stars : int
-        ``K`` (>= 3).
-    prior : CutpointPrior
-
-    Returns
-    -------
-    numpyro.distributions.TransformedDistribution
-        Event shape ``(K - 1,)``.
-    """
-    base = Normal(prior.log_increment_mean, prior.log_increment_sd).expand((num_stars - 2,)).to_event(1)
-    return TransformedDistribution(base, CutpointTransform())
 
 
 def normal_star_masses(cuts: Array, mean: Array, var: Array) -> Array:

@@ -15,7 +15,7 @@ the prior's spread for a new user or movie; the unit noise is the model's
 exactly (a normal mean under a probit link; no sampling). The predictive is
 their mixture over the draws, ``P(k) = mean_s P_s(k)`` (or the weighted mean
 for weighted components), a distribution on the star values
-``low, low + step, ..., high`` (:func:`bayesmf.model.star_grid`).
+``low, low + step, ..., high`` (:func:`bayesmf.ordinal_model.star_grid`).
 
 What :meth:`bayesmf.posterior.Posterior.predict` and ``evaluate`` report for
 it:
@@ -44,7 +44,7 @@ import numpy as np
 
 from bayesmf.metrics import star_cuts, star_rows
 from bayesmf.metrics.stars import level_tags
-from bayesmf.model import star_grid
+from bayesmf.ordinal_model import star_grid
 from bayesmf.ordinal import normal_star_masses
 from bayesmf.predictive import Components, Pairs, Prediction, star_interval
 

@@ -31,10 +31,10 @@ from bayesmf.model import (
     predict_mean,
     present_fields,
     star_model_data,
-    stars_of,
     user_design,
     user_row_prior,
 )
+from bayesmf.ordinal_model import stars_of
 from bayesmf.predictive import pair_moments
 
 # 4 standard errors: a two-sided false alarm rate of 6e-5 per compared number.
