@@ -216,6 +216,8 @@ def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset,
         values["user_offsets"] = (sample + ("user",), d.user_offsets.astype(np.float64), "user_offsets")
         values["user_offset_sd"] = (sample, 1.0 / np.sqrt(d.user_offset_precision.astype(np.float64)),
                                     "user_offset_precision")
+    if d.cutpoints is not None:  # the ordinal cut points c_1..c_{K-2} (identified: c_0 = 0 is fixed)
+        values["cutpoints"] = (sample + ("cut",), d.cutpoints[..., 1:].astype(np.float64), "cutpoints")
     for side in ("user", "item"):
         trace, eig, norm = _prior_summaries(getattr(d, f"{side}_mean"), getattr(d, f"{side}_precision"))
         values[f"{side}_prior_trace_cov"] = (sample, trace, f"{side}_precision")
@@ -238,6 +240,8 @@ def identifiable_quantities(posterior, *, probe_pairs=None) -> tuple[xr.Dataset,
         probe_user=("probe", probe_users),
         probe_item=("probe", probe_items),
     )
+    if d.cutpoints is not None:
+        coords["cut"] = np.arange(1, d.cutpoints.shape[-1])
     sampled, fixed = {}, {}
     for name, (dims, value, site) in values.items():
         if site in latent:

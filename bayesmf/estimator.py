@@ -19,7 +19,17 @@ import numpy as np
 
 from bayesmf.choices import DEFAULT_METHOD, MAP_METHODS, METHODS, SAMPLERS
 from bayesmf.data import as_ratings
-from bayesmf.model import FeatureSpec, FixedPriors, HyperPriors, ModelConfig, Params, model_data_from_ratings, with_features
+from bayesmf.model import (
+    FeatureSpec,
+    FixedPriors,
+    HyperPriors,
+    ModelConfig,
+    Params,
+    model_data_from_ratings,
+    star_model_data,
+    with_features,
+)
+from bayesmf.ordinal_model import star_grid
 from bayesmf.posterior import Posterior
 # MAP's default: learned factor means (beta = 2, BPMF's beta0), which give
 # every user a shrunk bias L_u . mu_R; see FixedPriors.
@@ -65,7 +75,7 @@ def start_from(rng_key, posterior: Posterior, ratings, config: ModelConfig) -> P
     from bayesmf.conjugate import row_draw
 
     old = posterior.config
-    for name in ("rank", "offsets", "priors", "user_offsets"):
+    for name in ("rank", "offsets", "priors", "user_offsets", "likelihood", "num_stars"):
         if getattr(old, name) != getattr(config, name):
             raise ValueError(
                 f"init_from: the model has {name}={getattr(old, name)!r}, this fit {name}={getattr(config, name)!r}; "
@@ -139,6 +149,10 @@ class BayesMF:
         mean ``mu_L + Y^T n_u`` from the movies they rated in the training
         data, each movie's from its raters. Samplers only (with
         ``priors="hyper"``). Side features come to :meth:`fit`.
+    likelihood : {"gaussian", "ordinal"}
+        ``"ordinal"``: the ordered probit over the stars of the training
+        ratings' scale (:mod:`bayesmf.ordinal`; the scale needs a step and
+        every rating on its grid); fitted by ``"gibbs"`` or ``"nuts"`` only.
     priors : {"hyper", "fixed"} or None
         None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
         ``"hyper"`` (BPMF) for the samplers and SVI.
@@ -196,6 +210,7 @@ class BayesMF:
         offsets: str = "estimated",
         user_offsets: bool = False,
         implicit: bool = False,
+        likelihood: str = "gaussian",
         priors: str | None = None,
         fixed: FixedPriors | None = None,
         hyper: HyperPriors | None = None,
@@ -215,6 +230,7 @@ class BayesMF:
         self.offsets = offsets
         self.user_offsets = user_offsets
         self.implicit = implicit
+        self.likelihood = likelihood
         self.priors = priors
         self.fixed = fixed
         self.hyper = hyper
@@ -232,7 +248,8 @@ class BayesMF:
 
     # -- parameters (scikit-learn's protocol) --------------------------------------
     _PARAMS = (
-        "rank", "method", "offsets", "user_offsets", "implicit", "priors", "fixed", "hyper", "num_samples", "num_warmup", "num_chains", "thin",
+        "rank", "method", "offsets", "user_offsets", "implicit", "likelihood", "priors", "fixed", "hyper", "num_samples",
+        "num_warmup", "num_chains", "thin",
         "tune", "validation_fraction", "progress_bar", "dtype", "devices",
     )
 
@@ -281,6 +298,8 @@ class BayesMF:
             raise ValueError(f"devices= shards the Gibbs sweep only; method={self.method!r} runs on one device")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.likelihood == "ordinal" and self.method not in ("gibbs", "nuts"):
+            raise ValueError(f"likelihood='ordinal' is fitted by method='gibbs' or 'nuts', not {self.method!r}")
         self.config  # checks offsets, priors and the prior settings
 
     @property
@@ -290,7 +309,14 @@ class BayesMF:
         priors = self.priors if self.priors is not None else ("fixed" if map_like else "hyper")
         fixed = self.fixed if self.fixed is not None else (MAP_FIXED_PRIORS if map_like else FixedPriors())
         return ModelConfig(rank=self.rank, offsets=self.offsets, priors=priors, fixed=fixed,
-                           hyper=self.hyper or HyperPriors(), user_offsets=self.user_offsets)
+                           hyper=self.hyper or HyperPriors(), user_offsets=self.user_offsets,
+                           likelihood=self.likelihood)
+
+    def _with_stars(self, ratings, config: ModelConfig) -> ModelConfig:
+        """``config`` with the ordinal likelihood's number of stars from the training ratings' scale."""
+        if self.likelihood != "ordinal":
+            return config
+        return config.replace(num_stars=len(star_grid(ratings.scale)))
 
     def fit(self, rng_key, ratings, *, titles: dict | None = None, track=None, checkpoint=None,
             checkpoint_every: int | None = None, init_from: Posterior | None = None, user_features=None,
@@ -367,6 +393,7 @@ class BayesMF:
             raise ValueError("cannot fit to empty ratings")
         start = time.perf_counter()
         config, encoders, sides = self._features(ratings, user_features, item_features)
+        config = self._with_stars(ratings, config)
         if self.method in MAP_METHODS:
             if track is not None:
                 raise ValueError(
@@ -381,9 +408,9 @@ class BayesMF:
             init_params = None
             if init_from is not None:
                 key_start, rng_key = jax.random.split(rng_key)
-                if config != self.config:
+                if config != self._with_stars(ratings, self.config):
                     raise ValueError("init_from does not continue a model with features; fit it again")
-                init_params = start_from(key_start, init_from, ratings, self.config)
+                init_params = start_from(key_start, init_from, ratings, config)
             with jax.enable_x64(True) if self.dtype == "float64" else contextlib.nullcontext():
                 result = self._fit_sampler(rng_key, ratings, track, checkpoint, checkpoint_every, init_params,
                                            config, sides)
@@ -438,8 +465,11 @@ class BayesMF:
                         f"method='svi' takes no {name} (got {value}): it fits one guide and draws num_samples "
                         f"independent draws from it; set its optimizer steps with num_steps"
                     )
-        data = with_features(model_data_from_ratings(ratings, dtype=np.dtype(self.dtype)), config, sides.get("user"),
-                             sides.get("item"))
+        if config.ordinal:
+            data = star_model_data(ratings, dtype=np.dtype(self.dtype))
+        else:
+            data = model_data_from_ratings(ratings, dtype=np.dtype(self.dtype))
+        data = with_features(data, config, sides.get("user"), sides.get("item"))
         track_pairs = None
         if track is not None:
             u = ratings.user_vocab.index(np.asarray(track[0]), missing="flag")

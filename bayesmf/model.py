@@ -36,6 +36,10 @@ shrunk toward :math:`\\mu_0` for movies with few ratings) and ``"empirical"``
 (mean normalization exactly: :math:`m_v` fixed to movie v's mean training
 rating, the global mean for a movie with none).
 
+With ``ModelConfig(likelihood="ordinal", num_stars=K)`` the ratings are stars
+(:func:`star_model_data`) under an ordered probit on the same mean, with the
+noise precision fixed at 1 (:mod:`bayesmf.ordinal_model`).
+
 :func:`numpyro_model` is the single source of the log joint: MAP optimizes it,
 NUTS samples it, and the closed-form conditionals of the Gibbs engine are
 tested against it.
@@ -51,6 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+
+from bayesmf import ordinal_model
+from bayesmf.ordinal import CutpointPrior
 
 Array = jax.Array
 
@@ -173,6 +180,15 @@ class ModelConfig:
     user_features, item_features : FeatureSpec, optional
         Features in the users' (movies') prior mean; the feature rows come in
         ``ModelData.user_features`` (``item_features``). None: none.
+    likelihood : {"gaussian", "ordinal"}
+        Gaussian ratings (the default), or the ordered probit over stars
+        (module docstring); ``"ordinal"`` needs ``priors="hyper"`` and
+        ``offsets="estimated"``.
+    num_stars : int or None
+        ``K`` (>= 3) of the ordinal likelihood; None for a Gaussian one (an
+        estimator fills it in from the training data's scale).
+    cutpoint_prior : bayesmf.ordinal.CutpointPrior
+        Prior of the ordinal cut points' log increments.
     """
 
     rank: int = 10
@@ -183,6 +199,10 @@ class ModelConfig:
     user_offsets: bool = False
     user_features: FeatureSpec | None = None
     item_features: FeatureSpec | None = None
+    # --- ordinal likelihood (issue 20, part 4) ---
+    likelihood: str = "gaussian"
+    num_stars: int | None = None
+    cutpoint_prior: CutpointPrior = CutpointPrior()
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)):
@@ -217,6 +237,7 @@ class ModelConfig:
                 raise ValueError(f"fixed prior {name} must be a positive finite number, got {value}")
         if self.priors == "hyper" and self.rank + self.hyper.nu0_extra <= self.rank - 1:
             raise ValueError("Wishart degrees of freedom nu0 = rank + nu0_extra must exceed rank - 1")
+        ordinal_model.check_likelihood(self)
 
     @property
     def nu0(self) -> float:
@@ -224,6 +245,11 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def ordinal(self) -> bool:
+        """Whether the likelihood is the ordered probit."""
+        return self.likelihood == "ordinal"
 
 
 class ModelData(NamedTuple):
@@ -247,6 +273,9 @@ class ModelData(NamedTuple):
         Each row's features (side columns, then implicit-feedback columns) when
         the config has ``user_features`` / ``item_features``
         (:func:`with_features`).
+    star : int32 array, shape (nnz,), or None
+        Each rating's star ``0..K-1`` for the ordinal likelihood
+        (:func:`star_model_data`); None otherwise.
     """
 
     user_index: Array
@@ -259,6 +288,7 @@ class ModelData(NamedTuple):
     empirical_offset_precision: Array
     user_features: Array | None = None
     item_features: Array | None = None
+    star: Array | None = None
 
     @property
     def num_users(self) -> int:
@@ -376,6 +406,26 @@ def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:
     )
 
 
+def star_model_data(ratings, dtype=jnp.float32) -> ModelData:
+    """:class:`ModelData` for the ordinal likelihood from a :class:`bayesmf.data.Ratings` on a star scale.
+
+    ``star`` is each rating's star index; ``rating`` (and so ``global_mean``
+    and the empirical offsets, which only start the sampler and centre the
+    offset mean's prior) holds the star index less 1/2, the middle of its
+    cell when the cut points sit at their prior centre ``0, 1, 2, ...``: a
+    stand-in on the latent scale. ``K = len(ordinal_model.star_grid(ratings.scale))``.
+
+    Raises
+    ------
+    ValueError
+        A continuous scale, or ratings off the star grid.
+    """
+    star = ordinal_model.stars_of(ratings.rating, ratings.scale)
+    data = make_model_data(ratings.user_index, ratings.item_index, star - 0.5, ratings.num_users, ratings.num_items,
+                           dtype=dtype)
+    return data._replace(star=jnp.asarray(star))
+
+
 class Params(NamedTuple):
     """One value of every model quantity (a MAP estimate or one posterior draw).
 
@@ -407,6 +457,10 @@ class Params(NamedTuple):
         ``user_mean`` / ``item_mean`` are ``mu`` of ``mu + B^T x``.
     user_link_precision, item_link_precision : array, shape (G,), or None
         ``lambda_g`` per group of feature columns.
+    cutpoints : array, shape (K - 1,), or None
+        The ordinal likelihood's cut points, ``cutpoints[0] = 0``; None
+        unless ``config.likelihood == "ordinal"`` (then ``noise_precision``
+        holds the fixed 1.0).
 
     Fields that are None are empty pytree nodes: ``jax.tree.map`` (and so
     every transform) skips them. Convert a whole Params with
@@ -429,6 +483,7 @@ class Params(NamedTuple):
     user_link_precision: Array | None = None
     item_link: Array | None = None
     item_link_precision: Array | None = None
+    cutpoints: Array | None = None
 
 
 # Fields that exist only when the config switches them on (None otherwise): name -> switch.
@@ -439,6 +494,7 @@ OPTIONAL_FIELDS = {
     "user_link_precision": lambda config: config.user_features is not None,
     "item_link": lambda config: config.item_features is not None,
     "item_link_precision": lambda config: config.item_features is not None,
+    "cutpoints": lambda config: config.ordinal,
 }
 
 
@@ -467,6 +523,8 @@ def latent_sites(config: ModelConfig) -> tuple[str, ...]:
             sites.append(f"{side}_link")
             if config.priors == "hyper":
                 sites.append(f"{side}_link_precision")
+    if config.ordinal:  # the noise precision is fixed at 1; the cut points are latent
+        sites = [name for name in sites if name != "noise_precision"] + ["cutpoints"]
     return tuple(sites)
 
 
@@ -498,6 +556,8 @@ def fixed_values(data: ModelData, config: ModelConfig) -> dict:
             offset_mean=data.global_mean,
             offset_precision=data.empirical_offset_precision,
         )
+    if config.ordinal:
+        out.update(noise_precision=jnp.ones((), dtype))
     return out
 
 
@@ -689,7 +749,9 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
     ``user_mean`` and ``item_mean`` (rank,) when
     ``config.fixed.mean_precision > 0``), ``user_offsets`` (num_users,) and
     (hyper mode) ``user_offset_precision`` () when ``config.user_offsets``,
-    and ``obs`` (nnz,).
+    and ``obs`` (nnz,). With ``likelihood="ordinal"``: no
+    ``noise_precision`` (fixed at 1), ``cutpoints`` (K - 1,), and ``obs``
+    the stars (``data.star``) under :class:`bayesmf.ordinal.OrderedProbit`.
     """
     d = config.rank
     dtype = data.rating.dtype
@@ -706,7 +768,10 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
         item_mean = numpyro.sample(
             "item_mean", dist.MultivariateNormal(jnp.zeros(d, dtype), precision_matrix=h.beta0 * item_precision)
         )
-        noise_precision = numpyro.sample("noise_precision", dist.Gamma(h.noise_shape, h.noise_rate))
+        if config.ordinal:  # fixed at 1: the latent scale's unit
+            noise_precision = fixed["noise_precision"]
+        else:
+            noise_precision = numpyro.sample("noise_precision", dist.Gamma(h.noise_shape, h.noise_rate))
         if config.offsets == "estimated":
             offset_mean = numpyro.sample("offset_mean", dist.Normal(data.global_mean, h.offset_mean_sd))
             offset_precision = numpyro.sample("offset_precision", dist.Gamma(h.offset_shape, h.offset_rate))
@@ -752,6 +817,9 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
         else:
             item_offsets = fixed["item_offsets"]
     mean = pair_mean(user_factors, item_factors, item_offsets, data.user_index, data.item_index, user_offsets)
+    if config.ordinal:
+        ordinal_model.observe_stars(mean, data.star, data.nnz, config, observed)
+        return
     with numpyro.plate("ratings", data.nnz, dim=-1):
         numpyro.sample("obs", dist.Normal(mean, jax.lax.rsqrt(noise_precision)), obs=data.rating if observed else None)
 

@@ -642,3 +642,30 @@ class OrderedProbit(Distribution):
         if expand:
             values = jnp.broadcast_to(values, values.shape[:1] + self.batch_shape)
         return values
+
+
+def normal_star_masses(cuts: Array, mean: Array, var: Array) -> Array:
+    """Star masses of a latent ``z ~ N(mean, var)``: ``Phi((c_k - mean)/sqrt(var))`` differences, tail-stable.
+
+    With ``var = 1`` these are :func:`star_masses`; a latent mean that is
+    itself ``N(m, v)`` (a cold-start pair's, from
+    :func:`bayesmf.predictive.pair_moments`, whose variance already holds
+    the unit noise) gives ``var = v + 1``: exact, no sampling.
+
+    Parameters
+    ----------
+    cuts : array, shape (..., K - 1)
+        One draw's cut points per leading index (or one shared ``(K - 1,)``).
+    mean, var : array, shape (..., n)
+        ``var > 0``.
+
+    Returns
+    -------
+    array, shape (..., n, K)
+    """
+    cuts = jnp.asarray(cuts)
+    mean = jnp.asarray(mean, cuts.dtype)
+    sd = jnp.sqrt(jnp.asarray(var, cuts.dtype))
+    stars = jnp.arange(cuts.shape[-1] + 1)
+    scaled = cuts[..., None, :] / sd[..., None]  # (..., n, K - 1)
+    return jnp.exp(log_star_prob(scaled[..., None, :], (mean / sd)[..., None], stars))

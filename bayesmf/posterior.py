@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from bayesmf import metrics
+from bayesmf import metrics, ordinal_predictive
 from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_pairs, as_ratings
@@ -323,7 +323,9 @@ class Posterior:
         Returns
         -------
         Components
-            ``mean`` and ``sd`` of shape (C * S, n), uniform weights.
+            ``mean`` and ``sd`` of shape (C * S, n), uniform weights. For an
+            ordinal model these are the latent utility's (its unit noise
+            included), not ratings: :meth:`predict` turns them into stars.
         """
         laplace = check_uncertainty(uncertainty) == "laplace"  # a bad value fails before any work
         flat = self.flat_draws()
@@ -410,6 +412,9 @@ class Posterior:
                                            ("item", pairs.items, item_features, ~pairs.known_item))}
         comps = self.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty, user_x=x["user"],
                                 item_x=x["item"])
+        if self.config.ordinal:  # a distribution over the stars (bayesmf.ordinal_predictive)
+            return ordinal_predictive.prediction(pairs, comps, self.flat_draws().cutpoints, prob=prob, clip=clip,
+                                                 scale=self.scale, keep_components=keep_components)
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
 
     def feature_rows(self, side: str, ids, frame, rows=None) -> np.ndarray:
@@ -570,7 +575,10 @@ class Posterior:
             ``set_size_<100p>`` of the shortest run of stars with mass at
             least ``p``; a continuous scale has none of these columns.
             ``frame.attrs`` holds ``num_cold_rows``, ``num_cold_users`` and
-            ``num_cold_items``.
+            ``num_cold_items``. An ordinal model (``config.likelihood ==
+            "ordinal"``) is scored from its star distribution: ``nll`` is NaN,
+            ``crps`` is ``step * rps`` and the intervals are the star
+            distribution's (:mod:`bayesmf.ordinal_predictive`).
 
         Notes
         -----
@@ -626,10 +634,13 @@ class Posterior:
             rows = np.flatnonzero(cold)
             params, user_index[rows], item_index[rows] = cold_draws(flat, user_index[rows], item_index[rows])
             parts.append((rows, _draws_cold, jax.tree.map(jnp.asarray, params)))
-        rows = stream_score_rows(
-            jax.random.PRNGKey(CRPS_SEED), flat, user_index, item_index, np.asarray(test.rating, np.float64), parts, levels,
-            scale=self.scale,
-        )
+        if self.config.ordinal:  # the star distribution's scores (bayesmf.ordinal_predictive)
+            rows = self._ordinal_rows(pairs, test, levels)
+        else:
+            rows = stream_score_rows(
+                jax.random.PRNGKey(CRPS_SEED), flat, user_index, item_index, np.asarray(test.rating, np.float64), parts,
+                levels, scale=self.scale,
+            )
         frames = {"all": metrics.summarize(rows)}
         frames.update({name: metrics.summarize(rows, labels) for name, labels in groups.items()})
         table = pd.concat(frames, names=["by", "group"])
@@ -639,6 +650,16 @@ class Posterior:
             num_cold_items=int(len(np.unique(np.asarray(test.item_ids)[~pairs.known_item]))),
         )
         return table
+
+    def _ordinal_rows(self, pairs: Pairs, test, levels) -> dict:
+        """Per-row scores of the ordinal model's star distributions (:func:`bayesmf.ordinal_predictive.score_rows`).
+
+        The draws' latent components come from :meth:`components` (host
+        arrays of draws x rows), mixed into star masses in chunks.
+        """
+        comps = self.components(pairs.user_index, pairs.item_index)
+        masses = ordinal_predictive.mixture_masses(self.flat_draws().cutpoints, comps)
+        return ordinal_predictive.score_rows(np.asarray(test.rating, np.float64), masses, self.scale, levels)
 
     def _groups(self, pairs: Pairs, by: str):
         if by == "cold":

@@ -494,6 +494,27 @@ def stream_score_rows(
     return streaming.add_star_rows(out, y, cuts, levels)
 
 
+def star_interval(masses: np.ndarray, values: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Central interval of star distributions: the ``(1 - p)/2`` and ``(1 + p)/2`` quantiles, shape (n,) each.
+
+    Each end is the smallest star value whose cdf reaches its level (with a
+    1e-12 slack for round-off), so the interval holds mass at least ``p``.
+
+    Parameters
+    ----------
+    masses : array, shape (n, K)
+    values : array, shape (K,)
+        The star values.
+    prob : float
+    """
+    prob = check_prob(prob)
+    cdf = np.cumsum(masses, axis=1)
+    cdf[:, -1] = np.inf  # the top star reaches every level
+    lower = np.argmax(cdf >= 0.5 * (1.0 - prob) - 1e-12, axis=1)
+    upper = np.argmax(cdf >= 0.5 * (1.0 + prob) - 1e-12, axis=1)
+    return values[lower], values[upper]
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """Predictive ratings for n (user, item) pairs.
@@ -516,6 +537,11 @@ class Prediction:
         Per-draw mixture components (``keep_components=True``).
     folded_in : bool array, shape (n,), or None
         For a fold-in: True where the prediction conditions on given ratings.
+    star_masses : array, shape (n, K), or None
+        The ordinal model's predictive: the mass of each star
+        (:mod:`bayesmf.ordinal_predictive`); None for a Gaussian one.
+    star_values : array, shape (K,), or None
+        The star values of ``star_masses``' columns.
     """
 
     mean: np.ndarray
@@ -531,6 +557,8 @@ class Prediction:
     items: np.ndarray
     components: Components | None = None
     folded_in: np.ndarray | None = None
+    star_masses: np.ndarray | None = None
+    star_values: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.mean.shape[0]
@@ -546,6 +574,8 @@ class Prediction:
             ``prob=`` set to the level wanted).
         """
         prob = check_prob(prob)
+        if self.star_masses is not None:  # a star distribution: its central interval
+            return star_interval(self.star_masses, self.star_values, prob)
         if self.components is None:
             raise ValueError(
                 "Prediction.interval needs the mixture components: predict with keep_components=True, "

@@ -83,6 +83,7 @@ from bayesmf.data import RatingScale, Ratings, Vocabulary, encoder_from_dict, en
 from bayesmf.diagnostics import identifiable_quantities, label_probes
 from bayesmf.encoding import to_jsonable
 from bayesmf.model import OPTIONAL_FIELDS, FeatureSpec, FixedPriors, HyperPriors, ModelConfig, Params, latent_sites
+from bayesmf.ordinal import CutpointPrior
 from bayesmf.posterior import Posterior, draw_indices, thinned
 
 FORMAT = "bayesmf-posterior"
@@ -109,10 +110,12 @@ PARAM_DIMS = dict(
     user_link_precision=("user_feature_group",),
     item_link=("item_feature", "factor"),
     item_link_precision=("item_feature_group",),
+    cutpoints=("cut",),  # the ordinal likelihood's K - 1 cut points
 )
 SAMPLE_DIMS = ("chain", "draw")
 # Identifiable quantities already carry these names (same values) in the posterior group.
-_SHARED_NAMES = ("item_offsets", "offset_mean", "user_offsets")
+# (cutpoints: the identifiable c_1.., without the fixed c_0 = 0.)
+_SHARED_NAMES = ("item_offsets", "offset_mean", "user_offsets", "cutpoints")
 # Ids of the probe pairs, kept beside the (labelled) probe_pred in constant_data.
 _PROBE_IDS = ("probe_user", "probe_item")
 
@@ -352,6 +355,10 @@ def _config_from_json(text: str) -> ModelConfig:
         user_offsets=bool(raw.get("user_offsets", False)),  # files before user offsets have none
         **{f"{side}_features": None if raw.get(f"{side}_features") is None else FeatureSpec(**raw[f"{side}_features"])
            for side in ("user", "item")},
+        # files before the ordinal likelihood are Gaussian
+        likelihood=raw.get("likelihood", "gaussian"),
+        num_stars=raw.get("num_stars"),
+        cutpoint_prior=CutpointPrior(**raw.get("cutpoint_prior", {})),
     )
 
 

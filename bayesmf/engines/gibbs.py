@@ -26,6 +26,14 @@ Engines follow the house contract: :func:`init` and :func:`step` are pure
 functions over :class:`GibbsState`; :func:`sample` runs them through the one
 driver (:mod:`bayesmf.engines.driver`: chains vmapped, chunks of one jitted
 ``lax.scan``, a single chain unbatched).
+
+With ``likelihood="ordinal"`` (:mod:`bayesmf.ordinal`) a sweep first draws
+the cut points by their Metropolis-Hastings step with ``z`` integrated out,
+then ``z`` from its truncated normals given them, both given the current
+state's means ``eta`` (:func:`ordinal_step`: a draw of ``(cuts, z) | eta``);
+then the same Gaussian blocks with ``z`` as the response and the noise
+precision fixed at 1 (no ``alpha`` draw). ``train_rmse`` is then the RMS of
+``z - eta``, and ``GibbsInfo.cutpoint_accept`` the step's acceptance.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmf import memory
+from bayesmf import memory, ordinal
 from bayesmf.conjugate import normal_wishart_draw, row_draw_from, standard_normal, wishart_chi2_shapes
 from bayesmf.link import (
     LinkState,
@@ -77,7 +85,7 @@ GibbsState = Params
 """The Gibbs state is one value of every model quantity (:class:`Params`)."""
 
 # Codes of the block that first produced a non-finite value in a sweep.
-BLOCKS = ("none", "user factors", "item factors/offsets", "hyperparameters", "noise precision")
+BLOCKS = ("none", "user factors", "item factors/offsets", "hyperparameters", "noise precision", "cut points/latent")
 
 
 class GibbsInfo(NamedTuple):
@@ -93,6 +101,7 @@ class GibbsInfo(NamedTuple):
 
     train_rmse: Array
     nonfinite: Array
+    cutpoint_accept: Array | None = None  # () the ordinal cut-point step's acceptance probability; None otherwise
 
 
 class GibbsContext(NamedTuple):
@@ -198,6 +207,9 @@ def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.
         if spec is not None:
             state[f"{side}_link"] = jnp.zeros((features.shape[1], d), dtype)
             state[f"{side}_link_precision"] = jnp.full(spec.num_groups, spec.link_shape / spec.link_rate, dtype)
+    if config.ordinal:  # cut points at their prior centre, c_k = k exp(m)
+        state["cutpoints"] = ordinal.cuts_from_free(
+            jnp.full(config.num_stars - 2, config.cutpoint_prior.log_increment_mean, dtype))
     state.update(fixed)
     return Params(**{k: jnp.asarray(state[k], dtype) for k in present_fields(config)})
 
@@ -284,6 +296,9 @@ def _variate_shapes(data: ModelData, config: ModelConfig) -> tuple[dict, dict]:
         uniforms["gamma"] = (GAMMA_PROPOSALS + 1, num_gammas)
     elif config.fixed.learns_means:
         normals.update(user_hyper=(d,), item_hyper=(d,))
+    if config.ordinal:  # the cut-point step's normals and uniform, and one uniform per rating for z
+        normals["cutpoints"] = (ordinal.num_cutpoint_variates(config.num_stars),)
+        uniforms.update(cutpoints=(), latent=(data.nnz,))
     return normals, uniforms
 
 
@@ -350,10 +365,14 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     d, dtype = config.rank, data.rating.dtype
     estimated = config.offsets == "estimated"
     hyper = config.priors == "hyper"
+    observed, cut_bad, cut_info = data.rating, 0, None
+    if config.ordinal:  # (cuts, z) | eta, then the Gaussian blocks with z as the ratings
+        state, observed, cut_info = ordinal_step(normals, uniforms, state, data, config)
+        cut_bad = _code(5, jnp.concatenate([state.cutpoints, observed]))
 
     # Users | items, offsets.
     # Each row's Gram and rhs exist only for its chunk of rows (map_rows).
-    response = data.rating - state.item_offsets[data.item_index]
+    response = observed - state.item_offsets[data.item_index]
     # With user offsets a user's row is (L_u, b_u), its design (R_v, 1) (model.user_row_prior);
     # with features each row has its own prior mean mu_L + B^T x_u (per-row inputs of map_rows).
     user_prior, user_prior_mean = user_row_prior(state)
@@ -364,10 +383,10 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
                                                   state.noise_precision),
         (normals["users"],) + user_rows,
     )
-    bad = _code(1, block)
+    bad = jnp.where(cut_bad > 0, cut_bad, _code(1, block)) if config.ordinal else _code(1, block)
     user_factors, user_offsets = (block[:, :d], block[:, d]) if config.user_offsets else (block, None)
     # The items' response: the ratings less the users' offsets (when the model has them).
-    rating = data.rating if user_offsets is None else data.rating - user_offsets[data.user_index]
+    rating = observed if user_offsets is None else observed - user_offsets[data.user_index]
 
     # Items (and offsets, as one block) | users.
     if estimated:
@@ -462,9 +481,10 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
              new.offset_precision[None]] + ([new.user_offset_precision[None]] if config.user_offsets else [])
         )
         bad = jnp.where(bad > 0, bad, _code(3, hyper_values))
-        noise_precision = gammas[2 * d + 1] / (h.noise_rate + 0.5 * sse)
-        new = new._replace(noise_precision=noise_precision)
-        bad = jnp.where(bad > 0, bad, _code(4, noise_precision))
+        if not config.ordinal:  # the ordinal model's noise precision stays at 1 (its Gamma variate goes unused)
+            noise_precision = gammas[2 * d + 1] / (h.noise_rate + 0.5 * sse)
+            new = new._replace(noise_precision=noise_precision)
+            bad = jnp.where(bad > 0, bad, _code(4, noise_precision))
 
     elif config.fixed.learns_means:
         # mu | factors with Lambda = lambda I fixed and mu ~ N(0, (beta lambda)^-1 I):
@@ -481,8 +501,58 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         new = new._replace(user_mean=draws[0], item_mean=draws[1])
         bad = jnp.where(bad > 0, bad, _code(3, jnp.concatenate(draws)))
 
-    info = GibbsInfo(train_rmse=jnp.sqrt(sse / data.nnz), nonfinite=bad.astype(jnp.int32))
+    info = GibbsInfo(train_rmse=jnp.sqrt(sse / data.nnz), nonfinite=bad.astype(jnp.int32),
+                     cutpoint_accept=None if cut_info is None else cut_info.accept_prob)
     return new, info
+
+
+def ordinal_step(normals: dict, uniforms: dict, state: GibbsState, data: ModelData,
+                 config: ModelConfig) -> tuple[GibbsState, Array, ordinal.CutpointInfo]:
+    """The ordinal sweep's first block: ``(cuts, z) | eta`` from the sweep's variates.
+
+    The cut points' Metropolis-Hastings step with ``z`` integrated out
+    (:func:`bayesmf.ordinal.cutpoint_step_from`), then ``z`` from ``N(eta, 1)``
+    truncated to each star's cell under the new cut points
+    (:func:`bayesmf.ordinal.latent_draw_from`), with ``eta`` the state's means.
+
+    Parameters
+    ----------
+    normals, uniforms : dict
+        The sweep's variates (:func:`sweep_variates`): ``normals["cutpoints"]``
+        (K - 2 + PROPOSAL_DF,), ``uniforms["cutpoints"]`` () and
+        ``uniforms["latent"]`` (nnz,).
+    state : GibbsState
+    data : ModelData
+        With ``star``.
+    config : ModelConfig
+
+    Returns
+    -------
+    state : GibbsState
+        With the new ``cutpoints``.
+    z : array, shape (nnz,)
+    info : bayesmf.ordinal.CutpointInfo
+    """
+    eta = predict_mean(state, data.user_index, data.item_index)
+    free, info = ordinal.cutpoint_step_from(normals["cutpoints"], uniforms["cutpoints"],
+                                            ordinal.free_from_cuts(state.cutpoints), eta, data.star,
+                                            config.cutpoint_prior)
+    cuts = ordinal.cuts_from_free(free)
+    z = ordinal.latent_draw_from(uniforms["latent"], cuts, eta, data.star)
+    return state._replace(cutpoints=cuts), z, info
+
+
+def check_ordinal_data(data: ModelData, config: ModelConfig) -> None:
+    """A clear ValueError when the ordinal likelihood lacks its stars or they exceed ``config.num_stars``."""
+    if not config.ordinal:
+        return
+    if config.num_stars is None:
+        raise ValueError("likelihood='ordinal' needs config.num_stars (the number of stars K)")
+    if data.star is None:
+        raise ValueError("likelihood='ordinal' needs the ratings' stars: build the data with model.star_model_data")
+    star = np.asarray(data.star)
+    if star.shape != (data.nnz,) or star.min() < 0 or star.max() >= config.num_stars:
+        raise ValueError(f"data.star must hold one star in 0..{config.num_stars - 1} per rating")
 
 
 def engine(data: ModelData, config: ModelConfig, init_params: Params | None = None) -> Engine:
@@ -608,6 +678,7 @@ def sample(
             raise ValueError("Gibbs with features (Macau's prior) needs priors='hyper'; MAP takes them with 'fixed'")
         if devices is not None:
             raise ValueError("Gibbs with features runs on one device (devices=None)")
+    check_ordinal_data(data, config)
     t0 = time.perf_counter()
     mesh = None if devices is None else sharding.make_mesh(devices)
     if checkpoint is not None and jax.process_count() > 1:
@@ -654,9 +725,12 @@ def sample(
         seconds_per_sample=run.timing["seconds_per_sample"],
         fit_seconds=time.perf_counter() - t0,
     )
+    stats = {"train_rmse": np.asarray(run.infos.train_rmse)}
+    if config.ordinal:
+        stats["cutpoint_accept"] = np.asarray(run.infos.cutpoint_accept)
     return EngineResult(
         draws=run.draws,
-        stats={"train_rmse": np.asarray(run.infos.train_rmse)},
+        stats=stats,
         timing=timing,
         tracked=tracked,
         info=dict(engine="gibbs", layout=type(ctx.user_layout).__name__, thin=thin, chunk=run.chunk,
