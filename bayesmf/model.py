@@ -57,6 +57,15 @@ import numpyro
 import numpyro.distributions as dist
 
 from bayesmf import ordinal_model
+
+# The training data as the model sees them live in bayesmf.modeldata; re-exported here.
+from bayesmf.modeldata import (  # noqa: F401
+    ModelData,
+    make_model_data,
+    model_data_from_ratings,
+    star_model_data,
+    with_features,
+)
 from bayesmf.ordinal import CutpointPrior
 
 Array = jax.Array
@@ -250,180 +259,6 @@ class ModelConfig:
     def ordinal(self) -> bool:
         """Whether the likelihood is the ordered probit."""
         return self.likelihood == "ordinal"
-
-
-class ModelData(NamedTuple):
-    """Training ratings as the model sees them (device arrays).
-
-    Attributes
-    ----------
-    user_index : int32 array, shape (nnz,)
-    item_index : int32 array, shape (nnz,)
-    rating : float array, shape (nnz,)
-    user_degree : int32 array, shape (num_users,)
-        Number of training ratings per user; its shape fixes ``num_users``.
-    item_degree : int32 array, shape (num_items,)
-    global_mean : float array, shape ()
-    empirical_offsets : float array, shape (num_items,)
-        Each movie's mean training rating (global mean for a movie with none).
-    empirical_offset_precision : float array, shape ()
-        ``1 / var(movie means)``: the spread used for an unseen movie when the
-        offsets are empirical.
-    user_features, item_features : float array, shape (num_users, F_u) / (num_items, F_v), or None
-        Each row's features (side columns, then implicit-feedback columns) when
-        the config has ``user_features`` / ``item_features``
-        (:func:`with_features`).
-    star : int32 array, shape (nnz,), or None
-        Each rating's star ``0..K-1`` for the ordinal likelihood
-        (:func:`star_model_data`); None otherwise.
-    """
-
-    user_index: Array
-    item_index: Array
-    rating: Array
-    user_degree: Array
-    item_degree: Array
-    global_mean: Array
-    empirical_offsets: Array
-    empirical_offset_precision: Array
-    user_features: Array | None = None
-    item_features: Array | None = None
-    star: Array | None = None
-
-    @property
-    def num_users(self) -> int:
-        return self.user_degree.shape[0]
-
-    @property
-    def num_items(self) -> int:
-        return self.item_degree.shape[0]
-
-    @property
-    def nnz(self) -> int:
-        return self.rating.shape[0]
-
-
-def make_model_data(user_index, item_index, rating, num_users: int, num_items: int, dtype=jnp.float32) -> ModelData:
-    """Build :class:`ModelData` from index arrays.
-
-    Parameters
-    ----------
-    user_index, item_index : int array, shape (nnz,)
-    rating : float array, shape (nnz,)
-    num_users, num_items : int
-    """
-    user_index = np.asarray(user_index, dtype=np.int32)
-    item_index = np.asarray(item_index, dtype=np.int32)
-    rating = np.asarray(rating, dtype=np.float64)
-    if not (user_index.shape == item_index.shape == rating.shape) or rating.ndim != 1:
-        raise ValueError(
-            f"user_index, item_index and rating must be 1-D of one length, got shapes "
-            f"{user_index.shape}, {item_index.shape}, {rating.shape}"
-        )
-    if rating.size == 0:
-        raise ValueError("cannot build a model from empty ratings")
-    if not np.all(np.isfinite(rating)):
-        raise ValueError(f"ratings contain {np.sum(~np.isfinite(rating))} NaN or inf values")
-    user_degree = np.bincount(user_index, minlength=num_users)
-    item_degree = np.bincount(item_index, minlength=num_items)
-    if user_degree.size != num_users or item_degree.size != num_items:
-        raise ValueError("an index is out of range for num_users / num_items")
-    global_mean = rating.mean()
-    sums = np.bincount(item_index, weights=rating, minlength=num_items)
-    means = np.where(item_degree > 0, sums / np.maximum(item_degree, 1), global_mean)
-    seen_means = means[item_degree > 0]
-    spread = seen_means.var() if seen_means.size > 1 else 1.0
-    return ModelData(
-        user_index=jnp.asarray(user_index),
-        item_index=jnp.asarray(item_index),
-        rating=jnp.asarray(rating, dtype=dtype),
-        user_degree=jnp.asarray(user_degree, dtype=jnp.int32),
-        item_degree=jnp.asarray(item_degree, dtype=jnp.int32),
-        global_mean=jnp.asarray(global_mean, dtype=dtype),
-        empirical_offsets=jnp.asarray(means, dtype=dtype),
-        empirical_offset_precision=jnp.asarray(1.0 / max(spread, 1e-6), dtype=dtype),
-    )
-
-
-def with_features(data: ModelData, config: ModelConfig, user_side=None, item_side=None) -> ModelData:
-    """``data`` with the feature rows the config's :class:`FeatureSpec` s ask for.
-
-    Each side's rows are its side features (``num_side`` columns, encoded by
-    :func:`bayesmf.data.encode_features`) followed, with ``implicit``, by the
-    implicit-feedback rows built from the training pairs
-    (:func:`bayesmf.link.implicit_features`: never from test ratings),
-    centred on the training rows like the side features
-    (:func:`bayesmf.link.implicit_mean`): a row at ``x = 0`` is the average
-    row, so a new user with no ratings and no features gets exactly the
-    mean-based prior.
-
-    Parameters
-    ----------
-    data : ModelData
-    config : ModelConfig
-    user_side : array, shape (num_users, num_side), optional
-        Needed when ``config.user_features.num_side > 0``.
-    item_side : array, shape (num_items, num_side), optional
-
-    Returns
-    -------
-    ModelData
-    """
-    from bayesmf.link import implicit_features, implicit_mean
-
-    dtype = data.rating.dtype
-    users, items = np.asarray(data.user_index), np.asarray(data.item_index)
-    out = {}
-    for side, side_rows, index, other, num_rows, num_other in (
-        ("user", user_side, users, items, data.num_users, data.num_items),
-        ("item", item_side, items, users, data.num_items, data.num_users),
-    ):
-        spec = getattr(config, f"{side}_features")
-        if spec is None:
-            if side_rows is not None:
-                raise ValueError(f"{side} features were given but the config has no {side}_features")
-            continue
-        parts = []
-        if spec.num_side:
-            side_rows = None if side_rows is None else np.asarray(side_rows, np.float64)
-            if side_rows is None or side_rows.shape != (num_rows, spec.num_side):
-                got = None if side_rows is None else side_rows.shape
-                raise ValueError(f"{side} side features must have shape ({num_rows}, {spec.num_side}), got {got}")
-            if not np.all(np.isfinite(side_rows)):
-                raise ValueError(f"{side} side features contain NaN or inf (encode them with bayesmf.data.encode_features)")
-            parts.append(side_rows)
-        if spec.implicit:
-            parts.append(implicit_features(index, other, num_rows, num_other)
-                         - implicit_mean(index, other, num_rows, num_other))
-        out[f"{side}_features"] = jnp.asarray(np.concatenate(parts, axis=1), dtype)
-    return data._replace(**out)
-
-
-def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:
-    """:class:`ModelData` from a :class:`bayesmf.data.Ratings`."""
-    return make_model_data(
-        ratings.user_index, ratings.item_index, ratings.rating, ratings.num_users, ratings.num_items, dtype=dtype
-    )
-
-
-def star_model_data(ratings, dtype=jnp.float32) -> ModelData:
-    """:class:`ModelData` for the ordinal likelihood from a :class:`bayesmf.data.Ratings` on a star scale.
-
-    ``star`` is each rating's star index; ``rating`` (and so ``global_mean``
-    and the empirical offsets, which only start the sampler and centre the
-    offset mean's prior) holds the star index less 1/2, the middle of its
-    cell when the cut points sit at their prior centre ``0, 1, 2, ...``: a
-    stand-in on the latent scale. ``K = len(ordinal_model.star_grid(ratings.scale))``.
-
-    Raises
-    ------
-    ValueError
-        A continuous scale, or ratings off the star grid.
-    """
-    star = ordinal_model.stars_of(ratings.rating, ratings.scale)
-    data = make_model_data(ratings.user_index, ratings.item_index, star - 0.5, ratings.num_users, ratings.num_items,
-                           dtype=dtype)
-    return data._replace(star=jnp.asarray(star))
 
 
 class Params(NamedTuple):
