@@ -160,7 +160,7 @@ def _model(args):
     from bayesmf import BayesMF
 
     options = dict(rank=args.rank, method=args.method, offsets=args.offsets, user_offsets=args.user_offsets,
-                   implicit=args.implicit, progress_bar=not args.no_progress)
+                   implicit=args.implicit, likelihood=args.likelihood, progress_bar=not args.no_progress)
     if args.devices is not None or args.coordinator is not None:
         options.update(devices=_mesh_devices(args))
     if args.method in SAMPLERS:
@@ -509,6 +509,8 @@ def _add_model_args(p):
     p.add_argument("--offsets", choices=("estimated", "empirical"), default="estimated", help="movie offsets")
     p.add_argument("--user-offsets", action="store_true",
                    help="give each user an offset b_u ~ N(0, 1/tau_b) as well (MAP holds tau_b, it does not tune it)")
+    p.add_argument("--likelihood", choices=("gaussian", "ordinal"), default="gaussian",
+                   help="ordinal: ordered probit over the stars (gibbs, nuts)")
     p.add_argument("--implicit", action="store_true",
                    help="implicit feedback (who rated what) in both sides' prior means (samplers)")
     p.add_argument("--user-features", help="user side features: a CSV (id column first), u.user / users.dat, "

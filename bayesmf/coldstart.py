@@ -732,6 +732,9 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if getattr(posterior.config, "likelihood", "gaussian") == "ordinal":
+        raise ValueError("fold-in of a model with the ordinal likelihood is not built yet (its rows' conditional "
+                         "needs the latent z); predict new users with posterior.predict (the cold-start prior)")
     if isinstance(rows, pd.DataFrame):
         if labels is not None:
             raise ValueError(f"a DataFrame's {side}s are labelled by their ids: leave {side}_ids out")

@@ -82,6 +82,8 @@ from scipy.special import ndtr
 from bayesmf import metrics
 from bayesmf.choices import SPREADS, STRATEGIES
 from bayesmf.model import augmented_factors, pair_mean
+from bayesmf.ordinal_model import star_grid
+from bayesmf.ordinal_predictive import draw_star_means, mixture_masses, star_moments
 from bayesmf.posterior import Posterior, check_uncertainty
 from bayesmf.predictive import Components, mixture_moments
 
@@ -173,6 +175,8 @@ class _Scored(NamedTuple):
     sd: np.ndarray  # (n,)
     epistemic_sd: np.ndarray  # (n,)
     components: Components  # (S, n)
+    tail: np.ndarray | None = None  # (n, K): an ordinal model's P(star >= each star value), else None
+    values: np.ndarray | None = None  # (K,): its star values
 
 
 def _moments(comps: Components) -> _Scored:
@@ -195,7 +199,19 @@ def _predictive(target, user, ids: np.ndarray, uncertainty: str) -> _Scored:
     than everything else (a bisection over all draws and movies).
     """
     pairs = target.pairs(np.repeat(np.asarray([user]), ids.shape[0]), ids)
-    return _moments(target.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty))
+    comps = target.components(pairs.user_index, pairs.item_index, uncertainty=uncertainty)
+    if not _ordinal(target):
+        return _moments(comps)
+    # An ordinal model predicts stars: its scores come from the star distribution, not the latent components.
+    cuts, values = target.flat_draws().cutpoints, star_grid(target.scale)
+    masses = mixture_masses(cuts, comps)
+    mean, var = star_moments(masses, values)
+    epistemic = np.std(draw_star_means(cuts, comps, values), axis=0)
+    return _Scored(mean, np.sqrt(var), epistemic, comps, np.cumsum(masses[:, ::-1], axis=1)[:, ::-1], values)
+
+
+def _ordinal(target) -> bool:
+    return getattr(getattr(target, "config", None), "likelihood", "gaussian") == "ordinal"
 
 
 def _prob_above(comps: Components, threshold: float) -> np.ndarray:
@@ -215,6 +231,9 @@ def _score(pred: _Scored, strategy, beta, threshold, spread) -> np.ndarray:
         return pred.mean - beta * sd
     if strategy == "ucb":
         return pred.mean + beta * sd
+    if pred.tail is not None:  # P(star >= threshold): the mass of the stars at or above it
+        first = int(np.sum(pred.values < threshold))  # the lowest star >= threshold (K: none)
+        return pred.tail[:, first] if first < pred.tail.shape[1] else np.zeros(pred.tail.shape[0])
     return _prob_above(pred.components, threshold)
 
 
@@ -588,7 +607,8 @@ def recommend(
         for user in users:
             target.position(user)  # a clear KeyError for an unknown label, before any work
     batched = np.zeros(users.shape[0], bool)
-    if isinstance(target, Posterior) and not (uncertainty == "laplace" and target.num_chains * target.num_draws == 1):
+    if isinstance(target, Posterior) and not _ordinal(target) and not (
+            uncertainty == "laplace" and target.num_chains * target.num_draws == 1):
         first = np.repeat(np.asarray(target.item_vocab.ids)[:1], users.shape[0])
         user_index = np.asarray(target.pairs(users, first).user_index)
         batched = user_index >= 0

@@ -361,3 +361,22 @@ def test_ordinal_with_user_offsets_runs():
     run = gibbs.sample(jax.random.PRNGKey(0), data, config, num_samples=20, num_warmup=10, progress_bar=False)
     assert np.all(np.isfinite(run.draws.user_offsets)) and np.all(np.diff(run.draws.cutpoints, axis=-1) > 0)
     assert np.all(run.draws.noise_precision == 1.0)
+
+
+def test_ranking_uses_the_star_distribution(fitted):
+    """recommend on an ordinal model scores from the star distribution: prob_above is the mass of
+    the stars at or above the threshold, mean the expected star (Posterior.predict's), and a
+    fold-in (not built for the ordinal likelihood) is refused with a clear error."""
+    from bayesmf import fold_in_users, recommend
+
+    post, _ = fitted
+    user = np.asarray(post.user_vocab.ids)[0]
+    top = recommend(post, user, k=3, strategy="prob_above", threshold=4.0, exclude_seen=False)
+    pred = post.predict(np.repeat(user, 3), top["item"].to_numpy())
+    expected = pred.star_masses[:, pred.star_values >= 4.0].sum(axis=1)
+    np.testing.assert_allclose(top["score"].to_numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(top["mean"].to_numpy(), pred.mean, rtol=1e-9)
+    top_mean = recommend(post, user, k=3, strategy="mean", exclude_seen=False)
+    assert np.all(np.diff(top_mean["score"].to_numpy()) <= 0) and top_mean["score"].max() <= pred.star_values[-1]
+    with pytest.raises(ValueError, match="ordinal"):
+        fold_in_users(post, [([], [])])
