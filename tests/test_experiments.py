@@ -100,6 +100,12 @@ def test_expected_rows(tiny_run):
             assert k0.loc["foldin-gibbs", "rmse"] == pytest.approx(k0.loc["prior-gibbs", "rmse"], rel=1e-9)
             assert k0.loc["foldin-map", "rmse"] == pytest.approx(k0.loc["prior-map", "rmse"], rel=1e-9)
             assert k0.loc["foldin-features", "rmse"] == pytest.approx(k0.loc["prior-features", "rmse"], rel=1e-9)
+        # --aggregate pairs the features arm with the mean-based prior over seed*/ runs.
+        runs = out / "runs"
+        (runs / "seed3").mkdir(parents=True, exist_ok=True)
+        (runs / "seed3" / "metrics.csv").write_bytes((out / "metrics.csv").read_bytes())
+        assert module.main(["--aggregate", str(runs)]) == 0
+        assert "Paired by seed" in (runs / "summary.md").read_text()
     elif name == "model_variants":
         module = _module(name)
         # Every (fold, method, variant) cell each method runs, once (myFM's only where it is installed),
