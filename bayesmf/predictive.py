@@ -198,12 +198,12 @@ def _insert_one(vec: Array, cov: Array) -> tuple[Array, Array]:
 
 
 def _feature_mean(mean: Array, link, x) -> Array:
-    """A new row's prior mean: ``mu``, or with features ``mu + B^T x`` per pair.
+    """A new row's prior mean with a pair axis: ``mu`` shared by every pair, or with features ``mu + B^T x`` per pair.
 
-    mean (..., d), link (..., F, d) or None, x (n, F) or None -> (..., d) or (..., n, d).
+    mean (..., d), link (..., F, d) or None, x (n, F) or None -> (..., 1, d) or (..., n, d).
     """
     if link is None or x is None:
-        return mean
+        return mean[..., None, :]
     return mean[..., None, :] + jnp.einsum("nf,...fd->...nd", x, link)
 
 
@@ -232,9 +232,7 @@ def user_side(params: Params, user_index: Array, user_x: Array | None = None) ->
         factors = jnp.concatenate([factors, jnp.take(params.user_offsets, index, axis=-1)[..., None]], axis=-1)
         mean = _with_one(mean, 0.0)
         cov = _pad_cov(cov, 1.0 / params.user_offset_precision)
-    new = _with_one(mean, 1.0)
-    vec = jnp.where(known[:, None], _with_one(factors, 1.0), new if user_x is not None and params.user_link is not None
-                    else new[..., None, :])
+    vec = jnp.where(known[:, None], _with_one(factors, 1.0), _with_one(mean, 1.0))
     cov = _pad_cov(cov, jnp.zeros_like(params.offset_precision))
     return Side(vec, cov, ~known)
 
@@ -251,11 +249,8 @@ def item_side(params: Params, item_index: Array, item_x: Array | None = None) ->
     offsets = jnp.take(params.item_offsets, i, axis=-1)
     vec_known = jnp.concatenate([factors, offsets[..., None]], axis=-1)
     mean = _feature_mean(params.item_mean, params.item_link, item_x)
-    per_pair = item_x is not None and params.item_link is not None
-    offset_mean = params.offset_mean[..., None, None] if per_pair else params.offset_mean[..., None]
-    vec_new = jnp.concatenate([mean, jnp.broadcast_to(offset_mean, mean.shape[:-1] + (1,))], axis=-1)
-    vec_new = vec_new if per_pair else vec_new[..., None, :]
-    vec = jnp.where(known[:, None], vec_known, vec_new)
+    offset_mean = jnp.broadcast_to(params.offset_mean[..., None, None], mean.shape[:-1] + (1,))
+    vec = jnp.where(known[:, None], vec_known, jnp.concatenate([mean, offset_mean], axis=-1))
     cov = _pad_cov(_inverse(params.item_precision), 1.0 / params.offset_precision)
     if params.user_offsets is not None:
         vec, cov = _insert_one(vec, cov)

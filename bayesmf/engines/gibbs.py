@@ -336,6 +336,15 @@ def sweep_variates(rng_key: Array, data: ModelData, config: ModelConfig) -> tupl
     return normals, uniforms
 
 
+def _row_draw(prior_precision: Array, prior_mean: Array, noise_precision: Array):
+    """The row update map_rows calls, ``fn(gram, rhs, z[, means])``: the conditional draw with the
+    shared prior mean, or each row's own (``row_means``) when it is passed."""
+    def draw(gram, rhs, z, *means):
+        return row_draw_from(z, prior_precision, means[0] if means else prior_mean, gram, rhs, noise_precision)
+
+    return draw
+
+
 def row_means(prior_mean: Array, system, coefficients) -> tuple:
     """Per-row prior means ``prior_mean + (B^T x, 0...)`` as a map_rows input, or ``()`` without features.
 
@@ -378,9 +387,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
     user_prior, user_prior_mean = user_row_prior(state)
     user_rows = row_means(user_prior_mean, ctx.user_link, state.user_link)
     block = map_rows(
-        ctx.user_layout, user_design(state), response,
-        lambda gram, rhs, z, *mean: row_draw_from(z, user_prior, mean[0] if mean else user_prior_mean, gram, rhs,
-                                                  state.noise_precision),
+        ctx.user_layout, user_design(state), response, _row_draw(user_prior, user_prior_mean, state.noise_precision),
         (normals["users"],) + user_rows,
     )
     bad = jnp.where(cut_bad > 0, cut_bad, _code(1, block)) if config.ordinal else _code(1, block)
@@ -396,9 +403,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         prior_mean = jnp.concatenate([state.item_mean, state.offset_mean[None]])
         item_rows = row_means(prior_mean, ctx.item_link, state.item_link)
         block, row_sse = map_rows(
-            ctx.item_layout, design, rating,
-            lambda gram, rhs, z, *mean: row_draw_from(z, prior_precision, mean[0] if mean else prior_mean, gram, rhs,
-                                                      state.noise_precision),
+            ctx.item_layout, design, rating, _row_draw(prior_precision, prior_mean, state.noise_precision),
             (normals["items"],) + item_rows, residuals=True,
         )
         item_factors, item_offsets = block[:, :d], block[:, d]
@@ -407,8 +412,7 @@ def step(rng_key: Array, state: GibbsState, ctx: GibbsContext, config: ModelConf
         item_rows = row_means(state.item_mean, ctx.item_link, state.item_link)
         item_factors, row_sse = map_rows(
             ctx.item_layout, user_factors, rating - item_offsets[data.item_index],
-            lambda gram, rhs, z, *mean: row_draw_from(z, state.item_precision, mean[0] if mean else state.item_mean,
-                                                      gram, rhs, state.noise_precision),
+            _row_draw(state.item_precision, state.item_mean, state.noise_precision),
             (normals["items"],) + item_rows, residuals=True,
         )
     bad = jnp.where(bad > 0, bad, _code(2, jnp.concatenate([item_factors.ravel(), item_offsets])))
