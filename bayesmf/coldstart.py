@@ -127,10 +127,10 @@ def _device_cache(posterior: Posterior) -> tuple:
 
 
 @jax.jit
-def _row_prior_means(prior_mean, link, used, x):
-    """Each row's prior mean per draw, ``mu + (B^T x, 0...)``, from the columns ``used``:
-    (S, k), (S, F, d), (c,), (R, c) -> (S, R, k)."""
-    shift = jnp.einsum("rf,sfd->srd", x, link[:, used])
+def _row_prior_means(prior_mean, link, used, x, rated, centre_shift):
+    """Each row's prior mean per draw, ``mu + (B^T x, 0...)``, from the columns ``used``, less
+    ``centre_shift`` on the ``rated`` rows: (S, k), (S, F, d), (c,), (R, c), (R,), (S, d) -> (S, R, k)."""
+    shift = jnp.einsum("rf,sfd->srd", x, link[:, used]) - rated[None, :, None] * centre_shift[:, None, :]
     return prior_mean[:, None, :] + jnp.pad(shift, ((0, 0), (0, 0), (0, prior_mean.shape[-1] - shift.shape[-1])))
 
 
@@ -684,42 +684,41 @@ def fold_in_items(posterior: Posterior, ratings_per_item, *, weighting: str = "i
     return _fold_in(posterior, "item", ratings_per_item, weighting, unknown, item_ids, item_features)
 
 
-def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) -> np.ndarray | None:
-    """The new rows' features ``x`` (R, F) for their prior mean ``mu + B^T x``, or None (no features).
+def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) -> tuple | None:
+    """The new rows' features for their prior mean ``mu + B^T x``, or None (a model without features).
 
-    Side columns from ``frame`` (by label; zero without a frame), implicit
-    columns ``|I|^-1/2`` at the given ratings' other-side rows.
+    Returns ``x`` (R, F): side columns from ``frame`` by label (zero without a
+    frame) and ``|I|^-1/2`` at the given ratings' implicit columns; and
+    ``rated`` (R,): the rows whose implicit row is centred, i.e. less the
+    training rows' mean row, a dense term added per draw as ``B^T mean``
+    (:func:`_centre_shift`) so that ``x`` stays sparse. A row without ratings
+    has the mean implicit row: ``x = 0`` there.
     """
     spec = getattr(posterior.config, f"{side}_features")
     if spec is None:
         if frame is not None:
             raise ValueError(f"this model has no {side} features: it was fitted without {side}_features")
         return None
-    num_rows = len(given.index)
-    labels = np.arange(num_rows) if labels is None else np.asarray(labels)
-    x = posterior.feature_rows(side, labels, frame) if frame is not None else None
-    if x is None:
-        num_other = len(posterior.item_vocab if side == "user" else posterior.user_vocab)
-        x = np.zeros((num_rows, spec.num_side + (num_other if spec.implicit else 0)), np.float32)
-    if spec.implicit:  # |I|^-1/2 at the given ratings, less the training rows' mean (a row without ratings: 0)
-        centre = _implicit_centre(posterior, side)
-        for r, index in enumerate(given.index):
-            if len(index):
-                x[r, spec.num_side :] = -centre
-                x[r, spec.num_side + index] += 1.0 / np.sqrt(len(index))
-    return x
+    labels = np.arange(len(given.index)) if labels is None else np.asarray(labels)
+    x = posterior.feature_rows(side, labels, frame)
+    rated = np.array([len(index) > 0 for index in given.index]) & spec.implicit
+    for r in np.flatnonzero(rated):
+        x[r, spec.num_side + given.index[r]] = 1.0 / np.sqrt(len(given.index[r]))
+    return x, rated
 
 
-def _implicit_centre(posterior: Posterior, side: str) -> np.ndarray:
-    """The training rows' mean implicit row (:func:`bayesmf.link.implicit_mean`), cached per posterior."""
+def _centre_shift(posterior: Posterior, side: str) -> Array:
+    """``B^T mean`` per draw, (S, d): the implicit part of the training rows' mean row
+    (:func:`bayesmf.link.implicit_mean`) through each draw's link matrix, cached per posterior."""
     cached = _IMPLICIT_CENTRES.setdefault(posterior, {})
     if side not in cached:
-        train = posterior.train
+        train, spec = posterior.train, getattr(posterior.config, f"{side}_features")
         if train is None:
             raise ValueError("folding in with implicit feedback needs the training ratings (posterior.train)")
         own, other = (train.user_index, train.item_index) if side == "user" else (train.item_index, train.user_index)
         sizes = (train.num_users, train.num_items) if side == "user" else (train.num_items, train.num_users)
-        cached[side] = implicit_mean(own, other, *sizes).astype(np.float32)
+        link = getattr(_device_draws(posterior), f"{side}_link")[:, spec.num_side :]
+        cached[side] = jnp.einsum("f,sfd->sd", jnp.asarray(implicit_mean(own, other, *sizes), link.dtype), link)
     return cached[side]
 
 
@@ -753,8 +752,10 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
         prior = prior.at[:, :d, :d].set(flat.item_precision).at[:, d, d].set(flat.offset_precision)
         prior_mean = jnp.concatenate([flat.item_mean, flat.offset_mean[:, None]], axis=1)
         fold_fn, args, dim = _fold_items, (prior, prior_mean, flat.user_factors, flat.user_offsets), d + 1
-    x = _feature_rows(posterior, side, given, labels, frame)
-    if x is not None:  # each row's prior mean per draw, mu + (B^T x, 0...): (S, R, k)
+    features = _feature_rows(posterior, side, given, labels, frame)
+    x = None if features is None else features[0]
+    if features is not None:  # each row's prior mean per draw, mu + (B^T x, 0...): (S, R, k)
+        rated = features[1]
         # Only the columns some row uses (x is sparse: side features and the given ratings' implicit
         # columns), padded to a power of two with column 0 at weight 0 (few compiled shapes).
         nonzero = np.flatnonzero(np.any(x != 0, axis=0))
@@ -763,7 +764,9 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
         columns = np.zeros((x.shape[0], used.size), x.dtype)
         columns[:, : nonzero.size] = x[:, nonzero]
         link = getattr(flat, f"{side}_link")
-        args = (args[0], _row_prior_means(args[1], link, jnp.asarray(used, jnp.int32), jnp.asarray(columns, link.dtype)),
-                *args[2:])
+        centre = _centre_shift(posterior, side) if rated.any() else jnp.zeros((num_draws, d), link.dtype)
+        means = _row_prior_means(args[1], link, jnp.asarray(used, jnp.int32), jnp.asarray(columns, link.dtype),
+                                 jnp.asarray(rated, link.dtype), centre)
+        args = (args[0], means, *args[2:])
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
     return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, x)

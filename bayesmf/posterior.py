@@ -417,7 +417,7 @@ class Posterior:
                                                  scale=self.scale, keep_components=keep_components)
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
 
-    def feature_rows(self, side: str, ids, frame, rows=None) -> np.ndarray:
+    def feature_rows(self, side: str, ids, frame=None, rows=None) -> np.ndarray:
         """Feature rows ``x`` of ``ids`` for the prior mean ``mu + B^T x`` of new users or movies.
 
         Side features are encoded with the training encoder (``self.features``);
@@ -427,8 +427,9 @@ class Posterior:
         ----------
         side : {"user", "item"}
         ids : array-like, shape (n,)
-        frame : DataFrame
+        frame : DataFrame, optional
             Features indexed by id (as given to ``fit``); it must hold every id in ``rows``.
+            None: zero side features (the average row).
         rows : bool array, shape (n,), optional
             The ids to encode (default: all); the others get zero rows.
 
@@ -445,7 +446,7 @@ class Posterior:
         rows = np.ones(ids.shape, bool) if rows is None else np.asarray(rows, bool)
         num_other = len(self.item_vocab if side == "user" else self.user_vocab)
         out = np.zeros((ids.shape[0], spec.num_side + (num_other if spec.implicit else 0)), np.float32)
-        if spec.num_side and rows.any():
+        if frame is not None and spec.num_side and rows.any():
             out[rows, : spec.num_side] = encode_features(self.features[side], frame, ids[rows])
         return out
 
