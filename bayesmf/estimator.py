@@ -335,9 +335,8 @@ class BayesMF:
             External item id -> title, kept for recommendations.
         user_features, item_features : pandas.DataFrame, optional
             Side features indexed by user (movie) id, one row per id: a
-            categorical column is one-hot encoded (one reference level
-            dropped), a numeric one standardised, both centred on the
-            training rows (:func:`bayesmf.data.fit_features`; the encoder is
+            categorical column is one-hot encoded (every level), a numeric
+            one standardised, both centred on the training rows (:func:`bayesmf.data.fit_features`; the encoder is
             kept in ``posterior.features`` and saved with the model). They
             enter the factors' prior mean through Macau's prior (samplers with
             ``priors="hyper"``); every training id needs a row (a NaN value
