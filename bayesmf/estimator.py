@@ -147,8 +147,11 @@ class BayesMF:
         Implicit feedback in both sides' priors (SVD++-style, Macau's prior:
         :class:`bayesmf.model.FeatureSpec`): each user's factors get the prior
         mean ``mu_L + Y^T n_u`` from the movies they rated in the training
-        data, each movie's from its raters. Samplers only (with
-        ``priors="hyper"``). Side features come to :meth:`fit`.
+        data, each movie's from its raters. Gibbs needs ``priors="hyper"``;
+        MAP (``"map"``, ``"map-adam"``, not ``"als"``) holds each group's link
+        precision at its ratio to the factor precision
+        (``FeatureSpec.link_precision``, not tuned). Side features come to
+        :meth:`fit`.
     likelihood : {"gaussian", "ordinal"}
         ``"ordinal"``: the ordered probit over the stars of the training
         ratings' scale (:mod:`bayesmf.ordinal`; the scale needs a step and
@@ -399,10 +402,7 @@ class BayesMF:
                     f"method={self.method!r} gives a point estimate: there are no draws to stream the tracked pairs "
                     "over; predict them with posterior.predict(users, items)"
                 )
-            if config.user_features is not None or config.item_features is not None:
-                raise ValueError(f"method={self.method!r}: features (side features, implicit=True) are fitted by the "
-                                 "samplers (gibbs, nuts, svi) for now")
-            result = self._fit_map(rng_key, ratings)
+            result = self._fit_map(rng_key, ratings, config, sides)
         else:
             init_params = None
             if init_from is not None:
@@ -499,14 +499,15 @@ class BayesMF:
 
         return nuts.sample(rng_key, data, config, **chains, **common)
 
-    def _fit_map(self, rng_key, ratings):
+    def _fit_map(self, rng_key, ratings, config, sides):
         from bayesmf import tuning
 
         solver = {"map": "lbfgs", "map-adam": "adam", "als": "als"}[self.method]
         return tuning.fit_ratings(
             rng_key,
             ratings,
-            self.config,
+            config,
+            sides=sides,
             solver=solver,
             tune=self.tune,
             validation_fraction=self.validation_fraction,

@@ -146,8 +146,9 @@ class FeatureSpec(NamedTuple):
         Append the implicit-feedback columns.
     link_shape, link_rate : float
         ``lambda_g ~ Gamma(link_shape, link_rate)`` (the ``"hyper"`` mode).
-    link_precision : float
-        ``lambda_g`` of every group in the ``"fixed"`` mode.
+    link_precision, implicit_precision : float
+        ``lambda_g`` of the side and of the implicit group in the ``"fixed"``
+        mode (a ratio: ``b_f``'s precision is ``lambda_g`` times the factors').
     """
 
     num_side: int = 0
@@ -155,6 +156,7 @@ class FeatureSpec(NamedTuple):
     link_shape: float = 1.0
     link_rate: float = 1.0
     link_precision: float = 1.0
+    implicit_precision: float = 1.0
 
     def groups(self, num_other: int) -> np.ndarray:
         """Group of each column, shape (num_side + num_other * implicit,): side 0, implicit next."""
@@ -165,6 +167,10 @@ class FeatureSpec(NamedTuple):
     @property
     def num_groups(self) -> int:
         return int(self.num_side > 0) + int(self.implicit)
+
+    def fixed_precisions(self) -> np.ndarray:
+        """``lambda_g`` per group in the ``"fixed"`` mode, shape (num_groups,): side first, implicit next."""
+        return np.asarray([self.link_precision] * (self.num_side > 0) + [self.implicit_precision] * self.implicit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +240,7 @@ class ModelConfig:
                 raise ValueError(f"{side}_features.num_side must be an integer >= 0, got {spec.num_side!r}")
             if spec.num_groups == 0:
                 raise ValueError(f"{side}_features has no columns: give num_side > 0 or implicit=True (or None)")
-            for name in ("link_shape", "link_rate", "link_precision"):
+            for name in ("link_shape", "link_rate", "link_precision", "implicit_precision"):
                 value = getattr(spec, name)
                 if not np.isfinite(value) or value <= 0:
                     raise ValueError(f"{side}_features.{name} must be a positive finite number, got {value}")
@@ -384,7 +390,7 @@ def fixed_values(data: ModelData, config: ModelConfig) -> dict:
         for side in ("user", "item"):
             spec = getattr(config, f"{side}_features")
             if spec is not None:
-                out[f"{side}_link_precision"] = jnp.full(spec.num_groups, spec.link_precision, dtype)
+                out[f"{side}_link_precision"] = jnp.asarray(spec.fixed_precisions(), dtype)
     if config.offsets == "empirical":
         out.update(
             item_offsets=data.empirical_offsets,

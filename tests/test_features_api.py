@@ -122,8 +122,8 @@ def test_bad_feature_input(synthetic_ratings, frames, fitted):
     quick = dict(rank=2, num_samples=2, num_warmup=1, progress_bar=False)
     with pytest.raises(KeyError, match="no feature row"):
         BayesMF(**quick).fit(0, train, user_features=users.iloc[1:])
-    with pytest.raises(ValueError, match="samplers"):
-        BayesMF(rank=2, method="map", progress_bar=False).fit(0, train, user_features=users)
+    with pytest.raises(ValueError, match="no link-matrix block"):
+        BayesMF(rank=2, method="als", progress_bar=False).fit(0, train, user_features=users)
     plain = BayesMF(**quick).fit(0, train)
     with pytest.raises(ValueError, match="no user features"):
         plain.predict([9001], np.asarray(train.item_vocab.ids)[:1], user_features=users.iloc[:1])

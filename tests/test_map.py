@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from bayesmf.engines import map as map_engine
+from bayesmf.engines import map_objective
 from bayesmf.model import FixedPriors, ModelConfig, make_model_data, model_data_from_ratings, predict_mean
 
 RANK = 3
@@ -145,8 +146,8 @@ def test_compiled_objective_has_the_model_gradient(data, offsets, mean_precision
     if mean_precision:
         latent["user_mean"] = latent["user_mean"] + 0.3
         latent["item_mean"] = latent["item_mean"] - 0.2
-    precisions = map_engine._precision_vector(config.fixed, jnp.float32)
-    grad_loop = jax.jit(lambda x, p: jax.grad(map_engine._objective_fn(data, config, p))(x))(latent, precisions)
+    precisions = map_objective.precision_vector(config.fixed, jnp.float32)
+    grad_loop = jax.jit(lambda x, p: jax.grad(map_objective.objective_fn(data, config, p))(x))(latent, precisions)
     grad_model = jax.jit(jax.grad(map_engine.neg_log_joint), static_argnums=2)(latent, data, config)
     for name in grad_model:
         # float32 gradients of one sum computed two ways: round-off ~1e-7 of
@@ -317,9 +318,9 @@ def test_weighted_objective_drops_zero_weight_ratings(data):
     )
     weights = jnp.concatenate([jnp.ones(data.nnz), jnp.zeros(extra)])
     latent = map_engine.init_latent(jax.random.PRNGKey(3), data, CONFIG, scale=0.5)
-    precisions = map_engine._precision_vector(PRIORS, data.rating.dtype)
-    plain = jax.value_and_grad(map_engine._objective_fn(data, CONFIG, precisions))(latent)
-    weighted = jax.value_and_grad(map_engine._objective_fn(padded, CONFIG, precisions, weights))(latent)
+    precisions = map_objective.precision_vector(PRIORS, data.rating.dtype)
+    plain = jax.value_and_grad(map_objective.objective_fn(data, CONFIG, precisions))(latent)
+    weighted = jax.value_and_grad(map_objective.objective_fn(padded, CONFIG, precisions, weights))(latent)
     np.testing.assert_allclose(weighted[0], plain[0], rtol=1e-6)
     for name in latent:
         np.testing.assert_allclose(weighted[1][name], plain[1][name], rtol=1e-5, atol=1e-7)

@@ -1,28 +1,11 @@
-"""MAP estimation of the fixed-precision (PMF) model: the objective, its initialization and the solvers.
+"""MAP estimation of the fixed-precision (PMF) model: its initialization and the solvers.
 
 This is an engine: it finds the mode at given precisions and nothing else.
 Choosing the precisions on validation ratings, the plug-in noise estimate and
 the fit on :class:`bayesmf.data.Ratings` live in :mod:`bayesmf.tuning`.
 
-The objective is the negative log joint of :func:`bayesmf.model.numpyro_model`
-in the ``"fixed"`` prior mode, divided by the number of training ratings:
-
-.. math::
-
-    f(L, R, m) &= -\\frac{1}{n} \\log p(r, L, R, m) \\\\
-        &= \\frac{1}{n}\\Big[\\frac{\\alpha}{2} \\sum_{(u,v)}
-            \\big(r_{uv} - \\langle L_u, R_v\\rangle - m_v\\big)^2
-          + \\frac{\\lambda_L}{2}\\lVert L\\rVert_F^2
-          + \\frac{\\lambda_R}{2}\\lVert R\\rVert_F^2
-          + \\frac{\\tau_m}{2}\\lVert m - \\bar r\\rVert^2\\Big] + \\text{const}
-
-(with ``"empirical"`` offsets ``m`` is fixed at the movie means and the last
-term drops). The ``1/n`` changes nothing about the mode; it keeps the
-objective and its gradient O(1) whatever the data size, so that a learning
-rate, a gradient-norm tolerance and L-BFGS's initial step mean the same thing
-on 1,000 or 1,000,000 ratings. The mode depends on the precisions only through
-the ratios ``lambda_L / alpha``, ``lambda_R / alpha`` and ``tau_m / alpha``
-(L2 strengths in units of squared error).
+The objective, the model's negative log joint per rating at fixed precisions, and
+its compiled form live in :mod:`bayesmf.engines.map_objective`.
 
 With ``config.fixed.mean_precision = beta > 0`` the factor
 penalties are centred on learned means, ``lambda_L ||L - 1 mu_L^T||^2 +
@@ -54,15 +37,9 @@ below ``tol``, or when ``f`` fell by less than ``ftol`` per iteration over the
 last :data:`FTOL_WINDOW` iterations. There is no host synchronization inside
 a fit.
 
-Precisions are data of the compiled loop, not constants baked into it: the
-loop evaluates the model at unit precisions with each site's log density
-scaled by its precision (a NumPyro ``scale`` per site). For a Gaussian site
-that is the log density at that precision up to a constant, so the gradient
-and the mode are exactly those of the model (tested against
-:func:`neg_log_joint`); one compilation then serves every point of a tuning
-grid. At unit precision the factor priors ``MultivariateNormal(0, I)`` are
-evaluated as independent unit Normals, the same density without the batched
-triangular solves that made each gradient ~10x slower on XLA:CPU.
+Precisions are data of the compiled loop, not constants baked into it
+(:func:`bayesmf.engines.map_objective.objective_fn`): one compilation serves
+every point of a tuning grid.
 
 The engine's pieces: :func:`init` (the loop's :class:`MapState` before its
 first step), :func:`make_solver` (the compiled loop for one data set, any
@@ -92,14 +69,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 import optax
-from numpyro.infer.util import log_density
-from numpyro.primitives import Messenger
 from tqdm.auto import tqdm
 
 from bayesmf.conjugate import row_mean
 from bayesmf.engines.common import EngineResult, to_numpy
+from bayesmf.engines.map_objective import (
+    check_config,
+    from_optimizer,
+    neg_log_joint,
+    objective_fn,
+    precision_vector,
+    to_optimizer,
+    unit_config,
+)
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import (
     FixedPriors,
@@ -108,8 +91,6 @@ from bayesmf.model import (
     Params,
     fixed_values,
     latent_sites,
-    log_joint,
-    numpyro_model,
     params_from_sites,
     predict_mean,
 )
@@ -180,130 +161,10 @@ class MapContext(NamedTuple):
     weights: Any = None
 
 
-def check_config(config: ModelConfig) -> None:
-    """Raise ``ValueError`` unless ``config.priors`` is ``"fixed"`` (the only mode with a proper MAP)."""
-    if config.priors != "fixed":
-        raise ValueError(
-            f"MAP needs priors='fixed', got {config.priors!r}: the MAP of the hierarchical (BPMF) model is "
-            "degenerate (the factor precisions grow without bound as the factors shrink to zero, so the "
-            "log joint is unbounded); use fixed precisions tuned on validation ratings (bayesmf.tuning)"
-        )
-
-
 def check_solver(solver: str) -> None:
     """Raise ``ValueError`` unless ``solver`` is one of :data:`SOLVERS`."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-
-
-def _precision_vector(priors: FixedPriors, dtype) -> Array:
-    """``[lambda_L, lambda_R, tau_m, alpha, tau_b]`` as one array, shape (5,)."""
-    return jnp.asarray([priors.user_precision, priors.item_precision, priors.offset_precision,
-                        priors.noise_precision, priors.user_offset_precision], dtype)
-
-
-# -- the objective ----------------------------------------------------------------
-
-
-def neg_log_joint(latent: dict, data: ModelData, config: ModelConfig) -> Array:
-    """Negative log joint of the model per training rating.
-
-    Parameters
-    ----------
-    latent : dict of str -> array
-        ``user_factors`` (num_users, rank), ``item_factors`` (num_items, rank)
-        and, with estimated offsets, ``item_offsets`` (num_items,).
-    data : ModelData
-    config : ModelConfig
-        ``priors`` must be ``"fixed"``.
-
-    Returns
-    -------
-    array, shape ()
-        ``-log p(r, latent) / nnz`` from :func:`bayesmf.model.log_joint`
-        (divided by the number of ratings for optimizer conditioning; the
-        mode is unchanged).
-
-    Examples
-    --------
-    >>> value, grad = jax.value_and_grad(neg_log_joint)(latent, data, config)  # doctest: +SKIP
-    """
-    check_config(config)
-    return -log_joint(params_from_sites(latent, data, config), data, config) / data.nnz
-
-
-# Sites whose unit-precision prior is N(0, I) (the fixed mode's factor priors
-# are MultivariateNormal(0, lambda I)).
-_ISOTROPIC_SITES = ("user_factors", "item_factors")
-
-
-def _isotropic(fn):
-    """``MultivariateNormal(loc, precision_matrix=I)`` (expanded over a plate)
-    as independent unit Normals: the same density, without the batched
-    triangular solves of the MVN, which dominate a value-and-gradient on
-    XLA:CPU (~60 of ~68 ms on MovieLens-100K, against ~7 ms for the rest)."""
-    base, batch_shape = (fn.base_dist, fn.batch_shape) if isinstance(fn, dist.ExpandedDistribution) else (fn, None)
-    if not isinstance(base, dist.MultivariateNormal):
-        return fn
-    iid = dist.Normal(base.loc, jnp.ones_like(base.loc)).to_event(1)
-    return iid if batch_shape is None else iid.expand(batch_shape)
-
-
-class _scaled_unit_model(Messenger):
-    """Run the model at unit precisions with per-site log-density scales.
-
-    ``weights`` maps site names to the factor their log density is multiplied
-    by (NumPyro's ``scale``, per site). The factor priors, ``N(0, I)`` at unit
-    precisions, are evaluated as independent unit Normals (:func:`_isotropic`);
-    only valid with the unit-precision config (:func:`_unit_config`).
-    """
-
-    def __init__(self, fn, weights: dict):
-        self.weights = weights
-        super().__init__(fn)
-
-    def process_message(self, msg):
-        if msg["type"] != "sample":
-            return
-        if msg["name"] in _ISOTROPIC_SITES:
-            msg["fn"] = _isotropic(msg["fn"])
-        weight = self.weights.get(msg["name"])
-        if weight is not None:
-            msg["scale"] = weight if msg.get("scale") is None else weight * msg["scale"]
-
-
-def _unit_config(config: ModelConfig) -> ModelConfig:
-    # mean_precision is relative to the factor precisions, so it stays.
-    return config.replace(fixed=FixedPriors(1.0, 1.0, 1.0, 1.0, config.fixed.mean_precision, 1.0))
-
-
-def _objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating_weights=None):
-    """``f(latent)`` at the precisions ``[lambda_L, lambda_R, tau_m, alpha, tau_b]`` (traced).
-
-    The model at unit precisions with each site's log density multiplied by
-    its precision: for a Gaussian site, ``w log N(x; mu, 1)`` is
-    ``log N(x; mu, 1/w)`` up to a constant, so this equals
-    :func:`neg_log_joint` at those precisions up to an additive constant (the
-    normalizers) and has the same gradient (tested). ``rating_weights``
-    (nnz,): each rating's term times its weight, over the weights' sum.
-    """
-    unit = _unit_config(config)
-    weights = {
-        "user_factors": precisions[0],
-        "item_factors": precisions[1],
-        "user_mean": precisions[0],  # N(0, 1/beta) at unit precision: beta * lambda_L after scaling
-        "item_mean": precisions[1],
-        "item_offsets": precisions[2], "user_offsets": precisions[4],
-        "obs": precisions[3] if rating_weights is None else precisions[3] * rating_weights,
-    }
-    model = _scaled_unit_model(numpyro_model, weights)
-    count = data.nnz if rating_weights is None else jnp.sum(rating_weights)
-
-    def objective(latent):
-        value, _ = log_density(model, (data, unit), {}, latent)
-        return -value / count
-
-    return objective
 
 
 # -- initialization ----------------------------------------------------------------
@@ -337,6 +198,10 @@ def init_latent(rng_key: Array, data: ModelData, config: ModelConfig, scale: flo
         latent["user_mean"] = latent["item_mean"] = jnp.zeros(config.rank, dtype)
     if config.user_offsets:
         latent["user_offsets"] = jnp.zeros(data.num_users, dtype)
+    for side in ("user", "item"):
+        features = getattr(data, f"{side}_features")
+        if getattr(config, f"{side}_features") is not None and features is not None:
+            latent[f"{side}_link"] = jnp.zeros((features.shape[1], config.rank), dtype)
     return latent
 
 
@@ -531,14 +396,17 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int):
     """
 
     def run(latent, precisions, ctx, thresholds):
-        objective = _objective_fn(ctx.data, config, precisions, ctx.weights)
+        objective = objective_fn(ctx.data, config, precisions, ctx.weights)
         if solver == "als":
             step = _als_step_fn(ctx, config, precisions, objective)
         else:
             step = _optax_step_fn(optimizer, objective)
-        state = _initial_state(latent, optimizer, max_iters, ctx.data.rating.dtype)
+        # The loop runs in the optimizer's coordinates (L - X B with features).
+        start = to_optimizer(latent, ctx.data, config)
+        state = _initial_state(start, optimizer, max_iters, ctx.data.rating.dtype)
         state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, thresholds), step, state)
         final_value, final_grad = jax.value_and_grad(objective)(state.latent)
+        state = state._replace(latent=from_optimizer(state.latent, ctx.data, config))
         return state, final_value, optax.tree_utils.tree_norm(final_grad)
 
     return jax.jit(run)
@@ -651,6 +519,8 @@ def make_solver(
     if solver == "als" and (optimizer is not None or config.user_offsets):
         raise ValueError("solver='als' takes no optimizer (its steps are exact block solves)" if optimizer is not None
                          else "solver='als' has no user-offset block; use 'lbfgs' or 'adam' with user_offsets=True")
+    if solver == "als" and (config.user_features is not None or config.item_features is not None):
+        raise ValueError("solver='als' has no link-matrix block; use 'lbfgs' or 'adam' with features")
     if weights is not None:
         if solver == "als":
             raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")
@@ -658,7 +528,7 @@ def make_solver(
         if weights.shape != (data.nnz,):
             raise ValueError(f"weights must have shape ({data.nnz},), got {tuple(weights.shape)}")
     optimizer = _default_optimizer(solver, optimizer)
-    args = (_unit_config(config), solver, optimizer, int(max_iters))
+    args = (unit_config(config), solver, optimizer, int(max_iters))
     try:
         run = _cached_run_fn(*args)
     except TypeError:  # an unhashable optimizer: compile for this fit only
@@ -667,7 +537,8 @@ def make_solver(
     return Solver(run=run, ctx=ctx, config=config, solver=solver, tol=float(tol), ftol=float(ftol))
 
 
-def solve(solver: Solver, latent: dict, priors: FixedPriors, ftol: float | None = None) -> tuple[dict, dict]:
+def solve(solver: Solver, latent: dict, priors: FixedPriors, ftol: float | None = None,
+          config: ModelConfig | None = None) -> tuple[dict, dict]:
     """Run one fit of a compiled loop from ``latent`` at the precisions ``priors``.
 
     Parameters
@@ -679,6 +550,9 @@ def solve(solver: Solver, latent: dict, priors: FixedPriors, ftol: float | None 
     priors : FixedPriors
     ftol : float, optional
         This fit's ``ftol`` (default ``solver.ftol``); compiles nothing.
+    config : ModelConfig, optional
+        Its feature specs' link precisions (default ``solver.config``'s);
+        compiles nothing.
 
     Returns
     -------
@@ -693,7 +567,8 @@ def solve(solver: Solver, latent: dict, priors: FixedPriors, ftol: float | None 
     if not ftol >= 0:
         raise ValueError(f"ftol must be >= 0, got {ftol}")
     thresholds = _stop_thresholds(solver.tol, ftol, dtype)
-    state, final_value, final_grad_norm = solver.run(latent, _precision_vector(priors, dtype), solver.ctx, thresholds)
+    precisions = precision_vector(priors, dtype, config or solver.config)
+    state, final_value, final_grad_norm = solver.run(latent, precisions, solver.ctx, thresholds)
     count = int(state.count)
     return state.latent, dict(
         iterations=count,

@@ -1,0 +1,124 @@
+"""MAP with features (Macau's prior, implicit feedback): the objective, the mode, tuned link precisions, the API."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesmf import BayesMF, load, save
+from bayesmf.engines import map as map_engine
+from bayesmf.engines import map_objective
+from bayesmf.model import FeatureSpec, FixedPriors, ModelConfig, model_data_from_ratings, with_features
+
+PRIORS = FixedPriors(8.0, 6.0, 2.0, 4.0, 2.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def problem(map_sim):
+    """The MAP tests' ratings with 3 side columns per user, 2 per movie and implicit feedback on both sides."""
+    rng = np.random.default_rng(1)
+    data = model_data_from_ratings(map_sim.ratings)
+    config = ModelConfig(rank=3, priors="fixed", fixed=PRIORS, user_offsets=True,
+                         user_features=FeatureSpec(num_side=3, implicit=True, link_precision=5.0, implicit_precision=0.5),
+                         item_features=FeatureSpec(num_side=2, implicit=True, link_precision=2.0, implicit_precision=3.0))
+    data = with_features(data, config, rng.normal(size=(data.num_users, 3)), rng.normal(size=(data.num_items, 2)))
+    return data, config
+
+
+def test_coordinates_round_trip(problem):
+    data, config = problem
+    latent = map_engine.init_latent(jax.random.PRNGKey(0), data, config, scale=0.5)
+    latent["user_link"] = jax.random.normal(jax.random.PRNGKey(1), latent["user_link"].shape)
+    back = map_objective.from_optimizer(map_objective.to_optimizer(latent, data, config), data, config)
+    for name in latent:
+        np.testing.assert_allclose(back[name], latent[name], atol=1e-5)
+
+
+def _grad_norm(latent, data, config) -> float:
+    grad = jax.grad(map_objective.neg_log_joint)(latent, data, config)
+    return float(sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))) ** 0.5
+
+
+def test_fit_is_a_stationary_point_of_the_model(problem):
+    """The loop scales each site's unit-precision density, link rows by lambda_g * lambda, and runs in the
+    coordinates (L - X B, B): at its solution the gradient of the model's own negative log joint (in (L, B),
+    at the config's precisions) must be at the loop's float32 floor (~2e-4 here, against ~0.1 at the start),
+    and far below the gradient of the same point under a model whose link precisions differ by 2x (what a
+    wrong weight would have optimized)."""
+    data, config = problem
+    fit = map_engine.fit(jax.random.PRNGKey(0), data, config, tol=1e-7, ftol=0.0, max_iters=3000)
+    sites = map_engine.init_latent(jax.random.PRNGKey(0), data, config)
+    latent = {name: jnp.asarray(getattr(fit.draws, name)[0, 0]) for name in sites}
+    norm = _grad_norm(latent, data, config)
+    assert norm < 5e-3 * _grad_norm(sites, data, config)
+    for side in ("user", "item"):
+        spec = getattr(config, f"{side}_features")
+        for name in ("link_precision", "implicit_precision"):
+            wrong = config.replace(**{f"{side}_features": spec._replace(**{name: 2 * getattr(spec, name)})})
+            assert _grad_norm(latent, data, wrong) > 10 * norm, (side, name)
+
+
+def test_link_precisions_enter_the_loop_as_data(problem):
+    """Two fits at different link precisions share one compiled loop and give different modes."""
+    data, config = problem
+    solver = map_engine.make_solver(data, config)
+    start = map_engine.init_latent(jax.random.PRNGKey(0), data, config)
+    weak, _ = map_engine.solve(solver, start, PRIORS)
+    strong_config = config.replace(user_features=config.user_features._replace(link_precision=500.0))
+    strong, _ = map_engine.solve(solver, start, PRIORS, config=strong_config)
+    assert map_engine.make_solver(data, strong_config).run is solver.run
+    side = slice(0, 3)
+    assert float(jnp.linalg.norm(strong["user_link"][side])) < 0.5 * float(jnp.linalg.norm(weak["user_link"][side]))
+
+
+def _informative(seed: int = 0):
+    """Users whose factors are set by a 4-level category (plus small noise), with few ratings each."""
+    from bayesmf.data import Ratings
+
+    rng = np.random.default_rng(seed)
+    num_users, num_items, rank = 200, 60, 2
+    groups = rng.integers(0, 4, num_users)
+    centres = rng.normal(0, 1.0, (4, rank))
+    users = centres[groups] + 0.1 * rng.normal(size=(num_users, rank))
+    items = rng.normal(0, 1.0, (num_items, rank))
+    rows = [(u, v) for u in range(num_users) for v in rng.choice(num_items, 8, replace=False)]
+    u, v = np.asarray(rows).T
+    r = np.sum(users[u] * items[v], axis=1) + 3.0 + 0.3 * rng.normal(size=len(u))
+    ratings = Ratings.from_arrays(u + 1, v + 1, r)
+    frame = pd.DataFrame({"group": np.asarray(list("abcd"))[groups]}, index=np.arange(1, num_users + 1))
+    return ratings, frame
+
+
+def test_side_features_help_map_where_they_inform(tmp_path):
+    """Each user has 6 training ratings; their category sets their factors. MAP with the category as a side
+    feature pools the users of a category, so its held-out RMSE is lower than plain MAP's. Over seeds 0-3 of
+    this design the gain was 0.040, 0.109, 0.171 and 0.075 (noise sd 0.3); 0.02 leaves a margin for a real
+    effect and none for a link that does nothing."""
+    from bayesmf import split
+
+    ratings, frame = _informative()
+    parts = split.make_split(ratings, "leave-k-out", k=2, seed=0)
+    plain = BayesMF(rank=2, method="map", progress_bar=False).fit(0, parts.train)
+    model = BayesMF(rank=2, method="map", progress_bar=False)
+    side = model.fit(0, parts.train, user_features=frame)
+    rmse = {name: float(post.evaluate(parts.test)["rmse"].iloc[0]) for name, post in (("plain", plain), ("side", side))}
+    assert rmse["side"] < rmse["plain"] - 0.02, rmse
+    # The tuned link precision is in the model and in the tuning table.
+    assert side.config.user_features.link_precision == pytest.approx(side.info["ratios"]["side"])
+    assert "side_ratio" in pd.DataFrame(side.info["tuning"]).columns
+    # A new user's prediction comes from their category, and the file keeps it.
+    new = frame.iloc[:1].copy()
+    new.index = [9001]
+    item = np.asarray(parts.train.item_vocab.ids)[:3]
+    path = tmp_path / "map_side.nc"
+    save(side, path)
+    np.testing.assert_allclose(load(path).predict([9001] * 3, item, user_features=new).mean,
+                               side.predict([9001] * 3, item, user_features=new).mean, rtol=1e-6)
+
+
+def test_map_with_implicit_feedback_runs_end_to_end(map_sim):
+    post = BayesMF(rank=3, method="map", implicit=True, user_offsets=True, progress_bar=False).fit(0, map_sim.ratings)
+    assert "implicit" in post.info["ratios"] and post.config.item_features.implicit
+    assert np.isfinite(post.info["validation_rmse"])
+    assert post.draws.user_link.shape == (1, 1, map_sim.ratings.num_items, 3)
