@@ -32,25 +32,28 @@ with ``Lambda = C C^T`` (C lower) and standard normal ``E`` (n, D), ``Z``
 
 ``X^T X`` is fixed by the data, so :func:`link_system` factors it once. The
 columns split into one *eigen* group (by default the largest: the implicit
-feedback, F ~ 1,700 on ml-100k) and the *dense* rest (side features, a few
-dozen columns). With ``A = X_e^T X_e = Q diag(e) Q^T`` (eigendecomposed once)
-``(A + lambda_e I)^-1 = Q diag(1 / (e + lambda_e)) Q^T`` for every
-``lambda_e``, and the dense block is solved through the Schur complement
+feedback, F ~ 1,700 on ml-100k, 10,677 or 69,878 at ML-10M's shape) and the
+*dense* rest (side features, a few dozen columns). The eigen group's Gram is
+eigendecomposed once, in whichever form is smaller: ``A = X_e^T X_e = Q
+diag(e) Q^T`` (primal, F_e <= n) gives ``(A + lambda_e I)^-1 = Q diag(1 / (e +
+lambda_e)) Q^T`` for every ``lambda_e``; ``X_e X_e^T = U diag(e) U^T`` (dual,
+F_e > n) gives it by the push-through identity, ``(A + lambda_e I)^-1 v = (v -
+X_e^T U diag(1 / (e + lambda_e)) U^T X_e v) / lambda_e``. The dense block is
+solved through the Schur complement
 
 .. math::
 
     S = T_0 + \\lambda_e W \\,\\mathrm{diag}\\big(1 / (e + \\lambda_e)\\big) W^\\top
         + \\mathrm{diag}(\\lambda_d), \\qquad
-    T_0 = X_d^\\top (I - P_e) X_d,\\quad W = X_d^\\top U_e
+    T_0 = X_d^\\top (I - P_e) X_d,\\quad W = X_d^\\top U
 
-(``U_e`` the left singular vectors of ``X_e``, ``P_e`` the projection on its
-columns): a sum of positive terms, formed without the cancellation of
-``X_d^T X_d - X_d^T X_e (A + lambda_e I)^-1 X_e^T X_d`` in float32. A sweep
-pays one F_d x F_d Cholesky, no F x F factorization. The eigen block's
-right-hand side is formed in the eigenbasis directly (``Q^T X_e^T = diag(s)
-U_e^T``: n x r x D flops, r the rank of ``X_e``), and its prior perturbation
-``Q^T Z_e`` is drawn there (an orthogonal rotation of standard normals is
-standard normal), so one ``Q`` product per draw maps the block back.
+(``U`` the left singular vectors of ``X_e``, ``P_e`` the projection on its
+columns): a sum of positive terms, without the cancellation of ``X_d^T X_d -
+X_d^T X_e (A + lambda_e I)^-1 X_e^T X_d`` in float32 (``T_0`` is formed once,
+in float64). A sweep pays one F_d x F_d Cholesky and two products with the
+``min(n, F_e)``-square basis, no F x F factorization; ``X_e`` stays sparse
+(:class:`bayesmf.featurerows.FeatureRows`), so memory is ``min(n, F_e)^2``
+floats per side, not ``n F_e``.
 
 Every draw takes its variates as arguments (``*_from``), as
 :func:`bayesmf.conjugate.row_draw_from`: a sweep draws all of them at once.
@@ -59,7 +62,7 @@ Rows with all-zero features get exactly the prior mean ``mu``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +70,7 @@ import numpy as np
 import scipy.sparse
 
 from bayesmf.conjugate import normal_wishart_draw, wishart_chi2_shapes
+from bayesmf.featurerows import FeatureRows
 
 Array = jax.Array
 
@@ -83,12 +87,19 @@ class LinkSystem(NamedTuple):
     groups (one precision ``lambda_g`` each); one group, the *eigen* group
     (``F_e`` columns), is solved through the eigendecomposition of its Gram,
     the other ``F_d`` columns (the *dense* block) through a Cholesky of their
-    Schur complement.
+    Schur complement. The eigendecomposition is of the smaller of
+    ``X_e^T X_e`` (F_e x F_e, the *primal* form, ``basis = Q``) and
+    ``X_e X_e^T`` (n x n, the *dual* form, ``basis = U``), so it takes
+    ``min(n, F_e)^2`` floats; ``X_e`` itself stays sparse.
 
     Attributes
     ----------
-    features : array, shape (n, F)
+    features : array or FeatureRows, shape (n, F)
         ``X``, the feature rows (for the prior means ``X B``).
+    dense_block : array, shape (n, F_d)
+        ``X_d``.
+    eigen_block : FeatureRows, shape (n, F_e)
+        ``X_e`` (no side columns: its entries and centre).
     column_group : int array, shape (F,)
         Group of each column, ``0 .. G-1``.
     group_columns : tuple of G int arrays, shapes (F_g,)
@@ -96,20 +107,20 @@ class LinkSystem(NamedTuple):
     dense_columns : int array, shape (F_d,)
     eigen_columns : int array, shape (F_e,)
     residual_gram : array, shape (F_d, F_d)
-        ``T_0 = X_d^T (I - P_e) X_d``.
-    cross : array, shape (F_d, F_e)
-        ``W = X_d^T U_e`` per eigenvector (zero beyond the rank of ``X_e``).
-    eigenvalues : array, shape (F_e,)
-        ``e``, descending; zero beyond the rank ``r`` of ``X_e``.
-    eigenvectors : array, shape (F_e, F_e)
-        ``Q``, the columns in the order of ``eigenvalues``.
-    projection : array, shape (r, n)
-        ``Q_r^T X_e^T = diag(s) U_e^T``: ``X_e^T`` in the eigenbasis, stored
-        transposed (XLA:CPU multiplies a stored (r, n) matrix about twice as
-        fast as the transpose of an (n, r) one).
+        ``T_0 = X_d^T (I - P_e) X_d`` (primal; zero in the dual form, where
+        ``cross`` spans all of ``U``).
+    cross : array, shape (F_d, m)
+        ``W = X_d^T U`` per eigenvector (primal: zero beyond the rank).
+    eigenvalues : array, shape (m,)
+        ``e``, descending; zero beyond the rank of ``X_e``. ``m = F_e``
+        (primal) or ``n`` (dual).
+    basis : array, shape (m, m)
+        ``Q`` (primal) or ``U`` (dual), columns in the order of ``eigenvalues``.
     """
 
-    features: Array
+    features: Any
+    dense_block: Array
+    eigen_block: FeatureRows
     column_group: Array
     group_columns: tuple
     dense_columns: Array
@@ -117,8 +128,12 @@ class LinkSystem(NamedTuple):
     residual_gram: Array
     cross: Array
     eigenvalues: Array
-    eigenvectors: Array
-    projection: Array
+    basis: Array
+
+    @property
+    def primal(self) -> bool:
+        """Whether the eigen group is solved in the primal form (static)."""
+        return self.basis.shape[0] == self.eigen_columns.shape[0]
 
 
 class LinkState(NamedTuple):
@@ -221,21 +236,57 @@ def implicit_mean(index, other_index, num_rows: int, num_other: int) -> np.ndarr
     return np.bincount(cols, weights=1.0 / np.sqrt(counts[rows]), minlength=num_other) / max(num_rows, 1)
 
 
-def link_system(features, groups, *, eigen_group: int | None = None, dtype=jnp.float32) -> LinkSystem:
-    """Factor a side's feature Gram once (NumPy or SciPy in, device arrays out).
+def _eigen_input(features, groups, eigen_group):
+    """``(X_d dense, X_e as (CSR N, centre c), eigen columns, dense columns)`` in float64 on the host."""
+    if isinstance(features, FeatureRows):
+        side, matrix, centre = features.host_parts()
+        num_side = side.shape[1]
+        eigen_cols = np.arange(num_side, num_side + centre.shape[0])
+        if eigen_group is not None and not np.all(groups[eigen_cols] == eigen_group):
+            raise ValueError("with FeatureRows the eigen group is the implicit columns'")
+        if np.any(np.isin(groups[:num_side], groups[eigen_cols])):
+            raise ValueError("with FeatureRows the implicit columns are a group of their own")
+        return side, matrix, centre, eigen_cols, np.arange(num_side)
+    x = features.toarray() if scipy.sparse.issparse(features) else np.asarray(features)
+    x = x.astype(np.float64)
+    if x.ndim != 2 or groups.shape != (x.shape[1],):
+        raise ValueError(f"features {x.shape} need one group per column, got groups of shape {groups.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("features must be finite")
+    if eigen_group is None:
+        sizes = np.bincount(groups)
+        eigen_group = int(len(sizes) - 1 - np.argmax(sizes[::-1]))
+    eigen_cols, dense_cols = np.flatnonzero(groups == eigen_group), np.flatnonzero(groups != eigen_group)
+    matrix = scipy.sparse.csr_matrix(x[:, eigen_cols])
+    return x[:, dense_cols], matrix, np.zeros(len(eigen_cols)), eigen_cols, dense_cols
 
-    The eigen group's Gram ``X_e^T X_e`` is eigendecomposed in float64 (from
-    the SVD of ``X_e``, which also gives the stable Schur pieces); one
-    ``F_e x F_e`` eigendecomposition, paid once per fit.
+
+def _descending_eigh(gram: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, zero beyond the numerical rank) and eigenvectors of a PSD Gram."""
+    values, vectors = np.linalg.eigh(gram)
+    values, vectors = values[::-1].copy(), vectors[:, ::-1]
+    top = values[0] if values.size else 0.0
+    values[values <= EIGEN_RTOL_EPS * size * np.finfo(np.float64).eps * top] = 0.0
+    return values, vectors
+
+
+def link_system(features, groups, *, eigen_group: int | None = None, dtype=jnp.float32) -> LinkSystem:
+    """Factor a side's feature Gram once (NumPy, SciPy or :class:`FeatureRows` in, device arrays out).
+
+    The eigen group's Gram is eigendecomposed in float64: ``X_e^T X_e`` when
+    ``F_e <= n`` (primal), else ``X_e X_e^T`` (dual), each formed from the
+    sparse ``X_e = N - 1 c^T`` in O(sum of squared row counts) (ML-10M's
+    shape: two 10,677 x 10,677 eigendecompositions); paid once per fit.
 
     Parameters
     ----------
-    features : ndarray or scipy.sparse matrix, shape (n, F)
+    features : ndarray, scipy.sparse matrix or FeatureRows, shape (n, F)
     groups : int array, shape (F,)
         Group of each column, ``0 .. G-1`` (every group non-empty).
     eigen_group : int, optional
         The group solved by eigendecomposition; default the largest (the last
-        of equals). A single group is all eigen block.
+        of equals), and with :class:`FeatureRows` the implicit columns. A
+        single group is all eigen block.
     dtype
         Floating type of the device arrays.
 
@@ -250,43 +301,52 @@ def link_system(features, groups, *, eigen_group: int | None = None, dtype=jnp.f
     >>> [int(c.shape[0]) for c in system.group_columns]
     [1, 2]
     """
-    x = features.toarray() if scipy.sparse.issparse(features) else np.asarray(features)
-    x = x.astype(np.float64)
     groups = np.asarray(groups)
-    if x.ndim != 2 or groups.shape != (x.shape[1],):
-        raise ValueError(f"features {x.shape} need one group per column, got groups of shape {groups.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("features must be finite")
     num_groups = int(groups.max()) + 1 if groups.size else 0
     sizes = np.bincount(groups, minlength=num_groups) if groups.size else np.zeros(0, int)
-    if groups.size == 0 or groups.min() < 0 or np.any(sizes == 0):
+    if groups.ndim != 1 or groups.size == 0 or groups.min() < 0 or np.any(sizes == 0):
         raise ValueError("groups must be 0 .. G-1 with every group non-empty")
-    if eigen_group is None:
-        eigen_group = int(num_groups - 1 - np.argmax(sizes[::-1]))
-    if not 0 <= eigen_group < num_groups:
+    if eigen_group is not None and not 0 <= eigen_group < num_groups:
         raise ValueError(f"eigen_group {eigen_group} is not a group")
-    eigen_cols = np.flatnonzero(groups == eigen_group)
-    dense_cols = np.flatnonzero(groups != eigen_group)
-    xe, xd = x[:, eigen_cols], x[:, dense_cols]
-
-    # X_e = U diag(s) V^T: Q = V (completed to F_e columns), e = s^2.
-    u, s, vt = np.linalg.svd(xe, full_matrices=True)
-    tol = EIGEN_RTOL_EPS * max(xe.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
-    rank = int(np.sum(s > tol))
-    f_e = xe.shape[1]
-    eigenvalues = np.zeros(f_e)
-    eigenvalues[:rank] = s[:rank] ** 2
-    w_all = xd.T @ u  # (F_d, n): X_d in the left singular basis
-    cross = np.zeros((xd.shape[1], f_e))
-    cross[:, :rank] = w_all[:, :rank]
-    residual_gram = w_all[:, rank:] @ w_all[:, rank:].T  # X_d^T (I - U_r U_r^T) X_d, a PSD sum
-    projection = s[:rank, None] * u[:, :rank].T
+    if features.shape[1] != groups.shape[0]:
+        raise ValueError(f"features {tuple(features.shape)} need one group per column, got {groups.shape[0]} groups")
+    xd, matrix, centre, eigen_cols, dense_cols = _eigen_input(features, groups, eigen_group)
+    n, f_e = matrix.shape
+    colsum = np.asarray(matrix.sum(axis=0)).ravel()  # N^T 1
+    if f_e <= n:  # primal: X_e^T X_e = N^T N - s c^T - c s^T + n c c^T
+        gram = (matrix.T @ matrix).toarray() - np.outer(colsum, centre) - np.outer(centre, colsum)
+        gram += n * np.outer(centre, centre)
+        eigenvalues, basis = _descending_eigh(gram, max(n, f_e))
+        # X_d^T X_e = (N^T X_d)^T - (X_d^T 1) c^T, then W = X_d^T X_e Q_r diag(1 / sqrt(e_r)).
+        coupling = np.asarray(matrix.T @ xd).T - np.outer(xd.sum(axis=0), centre)
+        rank = int(np.sum(eigenvalues > 0))
+        cross = np.zeros((xd.shape[1], f_e))
+        cross[:, :rank] = (coupling @ basis[:, :rank]) / np.sqrt(eigenvalues[:rank])
+        residual_gram = xd.T @ xd - cross @ cross.T
+    else:  # dual: X_e X_e^T = N N^T - (N c) 1^T - 1 (N c)^T + (c . c) 1 1^T
+        nc = matrix @ centre
+        gram = (matrix @ matrix.T).toarray() - nc[:, None] - nc[None, :] + centre @ centre
+        eigenvalues, basis = _descending_eigh(gram, max(n, f_e))
+        cross = xd.T @ basis
+        residual_gram = np.zeros((xd.shape[1], xd.shape[1]))
+    residual_gram = 0.5 * (residual_gram + residual_gram.T)
 
     def dev(a, kind=dtype):
         return jnp.asarray(a, dtype=kind)
 
+    if isinstance(features, FeatureRows):
+        eigen_block = features._replace(side=features.side[:, :0])
+        device_features = features
+    else:
+        coo = matrix.tocoo()
+        eigen_block = FeatureRows(side=dev(np.zeros((n, 0))), rows=dev(coo.row, jnp.int32), cols=dev(coo.col, jnp.int32),
+                                  values=dev(coo.data), centre=dev(centre))
+        dense = features.toarray() if scipy.sparse.issparse(features) else np.asarray(features, np.float64)
+        device_features = dev(dense)
     return LinkSystem(
-        features=dev(x),
+        features=device_features,
+        dense_block=dev(xd),
+        eigen_block=eigen_block,
         column_group=dev(groups, jnp.int32),
         group_columns=tuple(dev(np.flatnonzero(groups == g), jnp.int32) for g in range(num_groups)),
         dense_columns=dev(dense_cols, jnp.int32),
@@ -294,14 +354,13 @@ def link_system(features, groups, *, eigen_group: int | None = None, dtype=jnp.f
         residual_gram=dev(residual_gram),
         cross=dev(cross),
         eigenvalues=dev(eigenvalues),
-        eigenvectors=dev(vt.T),
-        projection=dev(projection),
+        basis=dev(basis),
     )
 
 
 def link_gram(system: LinkSystem, link_precision: Array) -> Array:
     """``K = X^T X + diag(lambda_g(f))`` formed densely, shape (F, F) (for checks)."""
-    x = system.features
+    x = jnp.asarray(np.asarray(system.features))
     return x.T @ x + jnp.diag(link_precision[system.column_group])
 
 
@@ -309,27 +368,45 @@ def _eigen_precision(system: LinkSystem, link_precision: Array) -> Array:
     return link_precision[system.column_group[system.eigen_columns[0]]]
 
 
-def _solve_split(system: LinkSystem, rhs_dense: Array, rhs_rotated: Array, link_precision: Array):
-    """Solve ``K x = r`` given ``r_d`` (F_d, D) and ``Q^T r_e`` (F_e, D); returns ``x_d``, ``Q^T x_e``."""
+def _solve_split(system: LinkSystem, rhs_dense: Array, rhs_eigen: Array, link_precision: Array):
+    """Solve ``K x = r`` by block elimination given ``r_d`` (F_d, D) and ``r_e`` (F_e, D); returns ``x_d``, ``x_e``.
+
+    The Schur complement of the eigen block is
+    ``S = T_0 + lambda_e W diag(1 / (e + lambda_e)) W^T + diag(lambda_d)``
+    in both forms. Primal: ``(A + lambda_e I)^-1 = Q diag(1 / (e + lambda_e)) Q^T``.
+    Dual (push-through identity): ``(A + lambda_e I)^-1 v = (v - X_e^T U diag(1 / (e + lambda_e)) U^T X_e v) /
+    lambda_e``, with ``U^T X_e X_e^T = diag(e) U^T``. Two products with the
+    basis per solve in either form.
+    """
     lam_e = _eigen_precision(system, link_precision)
-    inv = 1.0 / (system.eigenvalues + lam_e)  # (A + lambda_e I)^-1 in the eigenbasis
-    if rhs_dense.shape[0] == 0:
-        return rhs_dense, inv[:, None] * rhs_rotated
-    sqrt_e = jnp.sqrt(system.eigenvalues)
-    coupling = system.cross * sqrt_e  # X_d^T X_e Q, (F_d, F_e)
-    lam_d = link_precision[system.column_group[system.dense_columns]]
-    schur = system.residual_gram + lam_e * (system.cross * inv) @ system.cross.T + jnp.diag(lam_d)
-    schur = 0.5 * (schur + schur.T)
-    chol = jnp.linalg.cholesky(schur)
-    x_dense = jax.scipy.linalg.cho_solve((chol, True), rhs_dense - coupling @ (inv[:, None] * rhs_rotated))
-    x_rotated = inv[:, None] * (rhs_rotated - coupling.T @ x_dense)
-    return x_dense, x_rotated
+    inv = 1.0 / (system.eigenvalues + lam_e)
+    has_dense = rhs_dense.shape[0] > 0
+    if has_dense:
+        lam_d = link_precision[system.column_group[system.dense_columns]]
+        schur = system.residual_gram + lam_e * (system.cross * inv) @ system.cross.T + jnp.diag(lam_d)
+        chol = jnp.linalg.cholesky(0.5 * (schur + schur.T))
+    if system.primal:
+        rotated = system.basis.T @ rhs_eigen  # Q^T r_e
+        if not has_dense:
+            return rhs_dense, system.basis @ (inv[:, None] * rotated)
+        coupling = system.cross * jnp.sqrt(system.eigenvalues)  # X_d^T X_e Q
+        x_dense = jax.scipy.linalg.cho_solve((chol, True), rhs_dense - coupling @ (inv[:, None] * rotated))
+        return x_dense, system.basis @ (inv[:, None] * (rotated - coupling.T @ x_dense))
+    rotated = system.basis.T @ system.eigen_block.implicit_matmul(rhs_eigen)  # U^T X_e r_e
+    if not has_dense:
+        back = system.basis @ (inv[:, None] * rotated)
+        return rhs_dense, (rhs_eigen - system.eigen_block.implicit_rmatmul(back)) / lam_e
+    x_dense = jax.scipy.linalg.cho_solve((chol, True), rhs_dense - system.cross @ (inv[:, None] * rotated))
+    # U^T X_e (r_e - X_e^T X_d x_d) = U^T X_e r_e - diag(e) W^T x_d.
+    corrected = rotated - system.eigenvalues[:, None] * (system.cross.T @ x_dense)
+    back = system.dense_block @ x_dense + system.basis @ (inv[:, None] * corrected)
+    return x_dense, (rhs_eigen - system.eigen_block.implicit_rmatmul(back)) / lam_e
 
 
-def _assemble(system: LinkSystem, x_dense: Array, x_rotated: Array) -> Array:
+def _assemble(system: LinkSystem, x_dense: Array, x_eigen: Array) -> Array:
     num_features = system.column_group.shape[0]
-    out = jnp.zeros((num_features, x_rotated.shape[1]), x_rotated.dtype)
-    out = out.at[system.eigen_columns].set(system.eigenvectors @ x_rotated)
+    out = jnp.zeros((num_features, x_eigen.shape[1]), x_eigen.dtype)
+    out = out.at[system.eigen_columns].set(x_eigen)
     return out.at[system.dense_columns].set(x_dense)
 
 
@@ -342,10 +419,8 @@ def link_solve(system: LinkSystem, rhs: Array, link_precision: Array) -> Array:
     rhs : array, shape (F, D)
     link_precision : array, shape (G,)
     """
-    x_dense, x_rotated = _solve_split(
-        system, rhs[system.dense_columns], system.eigenvectors.T @ rhs[system.eigen_columns], link_precision
-    )
-    return _assemble(system, x_dense, x_rotated)
+    x_dense, x_eigen = _solve_split(system, rhs[system.dense_columns], rhs[system.eigen_columns], link_precision)
+    return _assemble(system, x_dense, x_eigen)
 
 
 def link_mean(system: LinkSystem, factors: Array, mean: Array, link_precision: Array) -> Array:
@@ -364,8 +439,7 @@ def link_draw_from(z: Array, system: LinkSystem, factors: Array, mean: Array, pr
     ----------
     z : array, shape (n + F, D)
         Standard normals: ``E`` (the first n rows), then ``Z`` in the column
-        order of ``X`` (the eigen group's rows act in its eigenbasis, where
-        ``Q^T Z_e`` is again standard normal).
+        order of ``X``.
     system : LinkSystem
     factors : array, shape (n, D)
         ``L``.
@@ -389,11 +463,8 @@ def link_draw_from(z: Array, system: LinkSystem, factors: Array, mean: Array, pr
     scaled = z @ chol_inv
     response = factors - mean + scaled[:n]
     prior = jnp.sqrt(link_precision[system.column_group])[:, None] * scaled[n:]
-    rank = system.projection.shape[0]
-    rhs_dense = system.features[:, system.dense_columns].T @ response + prior[system.dense_columns]
-    projected = system.projection @ response  # Q_r^T X_e^T (L - 1 mu^T + E C^-1)
-    rhs_rotated = prior[system.eigen_columns].at[:rank].add(projected)
-    return _assemble(system, *_solve_split(system, rhs_dense, rhs_rotated, link_precision))
+    rhs = system.features.T @ response + prior  # X^T (L - 1 mu^T + E C^-1) + diag(sqrt(lambda)) Z C^-1
+    return link_solve(system, rhs, link_precision)
 
 
 def link_prior_mean(system: LinkSystem, coefficients: Array, mean: Array) -> Array:

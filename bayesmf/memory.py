@@ -19,12 +19,22 @@ row chunks                twice the largest group's working memory
                           most ``chunk_bytes``)
 draws in flight           ``k f (n + m)(D + 1)`` per chain (a driver chunk of
                           ``k`` kept draws before it moves to the host)
+features (per side)       ``f r F_s + 12 e + f F_e``: ``r`` rows, ``F_s`` side
+                          columns, ``e`` implicit entries (two int32 indices
+                          and a value), ``F_e`` implicit columns
+link system (per side)    ``f (b^2 + F_s b + F_s^2)``, ``b = min(r, F_e)``
+                          (the eigenbasis, :mod:`bayesmf.link`)
+link matrices             ``4 f (F_u + F_v) D`` per chain, and ``(F_u + F_v) D f``
+                          per draw in flight
 ========================  =====================================================
 
 On the host, the kept draws, ``2 C S f (n + m)(D + 1)`` for ``C`` chains of
-``S`` draws (the chunks and their concatenation, at the end), plus the
-process itself (:data:`RUNTIME_BYTES`: Python, JAX, XLA's compiler). On the
-CPU, host and device are one memory and the two sums add.
+``S`` draws (the chunks and their concatenation, at the end; with features
+``2 C S f (F_u + F_v) D`` more for the link matrices), plus the process itself
+(:data:`RUNTIME_BYTES`: Python, JAX, XLA's compiler), and with features the
+one-off factorization of the larger side's Gram, ``3 * 8 b^2`` (the float64
+Gram, its eigenvectors and LAPACK's workspace). On the CPU, host and device
+are one memory and the two sums add.
 
 ``benchmarks/scale.py`` records this estimate beside the measured peak at
 every shape it runs, so the model is checked where it is used.
@@ -83,6 +93,7 @@ def gibbs_plan(
     working_bytes: int = 0,
     num_tracked: int = 0,
     num_devices: int = 1,
+    links: tuple = (),
 ) -> MemoryPlan:
     """The memory model of a Gibbs fit (see the module docstring).
 
@@ -109,6 +120,8 @@ def gibbs_plan(
         Devices a sharded sweep runs on (:mod:`bayesmf.engines.sharding`):
         the layouts and the row chunks split over them, the ratings, the
         state and the draws are replicated; ``device`` is per device.
+    links : tuple of (rows, side columns, implicit columns, implicit entries)
+        One per side with features (Macau's prior).
 
     Returns
     -------
@@ -120,6 +133,14 @@ def gibbs_plan(
     else:
         layouts = 16 * (2.0 if padded is None else padded) * nnz
     draws = num_chains * num_samples if keep_draws else num_chains
+    link_rows = sum(side + implicit for _, side, implicit, _ in links) * rank * itemsize
+    bases = [min(rows_, implicit) if implicit else side for rows_, side, implicit, _ in links]
+    device_links = dict(
+        features=sum(itemsize * (r * f_s + f_e) + 12 * e for r, f_s, f_e, e in links),
+        link_systems=sum(itemsize * (b * b + f_s * b + f_s * f_s) for b, (_, f_s, _, _) in zip(bases, links)),
+        link_matrices=4 * num_chains * link_rows + min(draws, num_chains * DRAWS_IN_FLIGHT) * link_rows,
+    ) if links else {}
+    host_links = dict(kept_link_draws=2 * draws * link_rows, link_factorization=3 * 8 * max(bases) ** 2) if links else {}
     device = dict(
         ratings=(8 + itemsize) * nnz,
         layouts=layouts / num_devices,
@@ -128,11 +149,13 @@ def gibbs_plan(
         row_chunks=2 * working_bytes / num_devices,
         draws_in_flight=min(draws, num_chains * DRAWS_IN_FLIGHT) * rows,
         tracked=(3 + DRAWS_IN_FLIGHT) * num_chains * num_tracked * itemsize,
+        **device_links,
     )
     host = dict(
         runtime=RUNTIME_BYTES,
         kept_draws=2 * draws * rows,
         tracked_draws=2 * draws * num_tracked * itemsize,
+        **host_links,
     )
     return MemoryPlan(device={k: int(v) for k, v in device.items()}, host={k: int(v) for k, v in host.items()},
                       num_devices=int(num_devices))

@@ -118,12 +118,13 @@ def with_features(data: ModelData, config, user_side=None, item_side=None) -> Mo
 
     Each side's rows are its side features (``num_side`` columns, encoded by
     :func:`bayesmf.data.encode_features`) followed, with ``implicit``, by the
-    implicit-feedback rows built from the training pairs
-    (:func:`bayesmf.link.implicit_features`: never from test ratings),
-    centred on the training rows like the side features
-    (:func:`bayesmf.link.implicit_mean`): a row at ``x = 0`` is the average
-    row, so a new user with no ratings and no features gets exactly the
-    mean-based prior.
+    implicit-feedback rows built from the training pairs (never from test
+    ratings), centred on the training rows like the side features: a row at
+    ``x = 0`` is the average row, so a new user with no ratings and no
+    features gets exactly the mean-based prior. With ``implicit`` the rows
+    are a :class:`bayesmf.featurerows.FeatureRows` (sparse implicit part;
+    ``x @ b``, ``x.T @ y`` and ``np.asarray(x)`` work as for an array),
+    else an array.
 
     Parameters
     ----------
@@ -137,7 +138,7 @@ def with_features(data: ModelData, config, user_side=None, item_side=None) -> Mo
     -------
     ModelData
     """
-    from bayesmf.link import implicit_features, implicit_mean
+    from bayesmf.featurerows import implicit_rows
 
     dtype = data.rating.dtype
     users, items = np.asarray(data.user_index), np.asarray(data.item_index)
@@ -151,19 +152,18 @@ def with_features(data: ModelData, config, user_side=None, item_side=None) -> Mo
             if side_rows is not None:
                 raise ValueError(f"{side} features were given but the config has no {side}_features")
             continue
-        parts = []
+        side_part = np.zeros((num_rows, 0))
         if spec.num_side:
-            side_rows = None if side_rows is None else np.asarray(side_rows, np.float64)
-            if side_rows is None or side_rows.shape != (num_rows, spec.num_side):
-                got = None if side_rows is None else side_rows.shape
+            side_part = None if side_rows is None else np.asarray(side_rows, np.float64)
+            if side_part is None or side_part.shape != (num_rows, spec.num_side):
+                got = None if side_part is None else side_part.shape
                 raise ValueError(f"{side} side features must have shape ({num_rows}, {spec.num_side}), got {got}")
-            if not np.all(np.isfinite(side_rows)):
+            if not np.all(np.isfinite(side_part)):
                 raise ValueError(f"{side} side features contain NaN or inf (encode them with bayesmf.data.encode_features)")
-            parts.append(side_rows)
-        if spec.implicit:
-            parts.append(implicit_features(index, other, num_rows, num_other)
-                         - implicit_mean(index, other, num_rows, num_other))
-        out[f"{side}_features"] = jnp.asarray(np.concatenate(parts, axis=1), dtype)
+        if spec.implicit:  # kept sparse: N - 1 c^T (FeatureRows)
+            out[f"{side}_features"] = implicit_rows(index, other, num_rows, num_other, side_part, dtype)
+        else:
+            out[f"{side}_features"] = jnp.asarray(side_part, dtype)
     return data._replace(**out)
 
 

@@ -13,13 +13,21 @@ Questions (issue 20's targets):
   rank 10: at most 5 ms (median of 50 calls after warm-up), against the same
   fold-in on the plain model.
 
+* At scale (``--shape ml-10m``, rank 32): the same sweep ratio on pairs
+  drawn at that shape (:func:`bayesmf.synthetic.sample_pairs`: power-law
+  activity and popularity) with one 30-level categorical side feature per
+  side and implicit feedback from the pairs, as the issue asks; the one-off
+  precomputation (the two sides' Gram eigendecompositions) and the peak
+  resident memory are reported. No fold-in at scale.
+
 Data: MovieLens-100K u1.base with u.user / u.item (``--data``), or (``--tiny``)
-a small synthetic set with random features.
+a small synthetic set with random features, or (``--shape``) synthetic pairs.
 
 Run::
 
     python benchmarks/feature_sweep.py --data ../shared/data
     python benchmarks/feature_sweep.py --tiny
+    python benchmarks/feature_sweep.py --shape ml-10m --rank 32 --sweeps 5 --repeats 2
 
 Writes ``results/benchmarks/feature_sweep.json`` (``--out``).
 """
@@ -28,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE.parent / "results" / "benchmarks" / "feature_sweep.json"
 
 
 def load(args):
@@ -42,6 +53,20 @@ def load(args):
 
     import bayesmf
 
+    if args.shape:
+        from bayesmf import synthetic
+        from bayesmf.data import Ratings
+
+        shape = synthetic.SHAPES[args.shape]
+        users, items = synthetic.sample_pairs(0, shape.num_users, shape.num_items, shape.num_ratings,
+                                              min_per_user=shape.min_per_user)
+        rng = np.random.default_rng(0)
+        stars = rng.integers(1, 6, len(users)).astype(np.float32)
+        train = Ratings.from_arrays(users + 1, items + 1, stars)
+        levels = np.asarray([f"level{k}" for k in range(30)])
+        frames = [pd.DataFrame({"category": rng.choice(levels, n)}, index=np.arange(1, n + 1))
+                  for n in (shape.num_users, shape.num_items)]
+        return train, frames[0], frames[1]
     if args.tiny:
         from bayesmf import synthetic
 
@@ -59,10 +84,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="directory holding ml-100k/")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--shape", default=None, help="a name of bayesmf.synthetic.SHAPES (sweep ratio only)")
     parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each model")
     parser.add_argument("--sweeps", type=int, default=100, help="sweeps per timed run")
-    parser.add_argument("--out", type=Path, default=HERE.parent / "results" / "benchmarks" / "feature_sweep.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     import jax
 
@@ -94,6 +120,23 @@ def main(argv=None) -> int:
                                   progress_bar=False, keep_draws=False)
             times[name].append(result.timing["seconds_per_sample"])
     plain_ms, full_ms = (1e3 * float(np.median(times[k])) for k in ("plain", "full"))
+    scale = dict(data=f"synthetic pairs at the {args.shape} shape, one 30-level categorical per side + implicit",
+                 num_ratings=int(train.nnz), rank=args.rank,
+                 num_user_features=int(data_full.user_features.shape[1]),
+                 num_item_features=int(data_full.item_features.shape[1]),
+                 plain_ms_per_sweep=plain_ms, full_ms_per_sweep=full_ms, ratio=full_ms / plain_ms,
+                 per_repeat_ms={k: [1e3 * t for t in v] for k, v in times.items()},
+                 one_off_feature_rows_seconds=features_seconds, one_off_context_seconds=precompute_seconds,
+                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                 load_average=os.getloadavg(), device=str(jax.devices()[0]),
+                 command=f"python benchmarks/feature_sweep.py --shape {args.shape} --rank {args.rank} "
+                         f"--sweeps {args.sweeps} --repeats {args.repeats}")
+    if args.shape:
+        out_path = args.out.with_name(f"feature_sweep_{args.shape}.json") if args.out == DEFAULT_OUT else args.out
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(scale, indent=1) + "\n")
+        print(json.dumps(scale, indent=1))
+        return 0
 
     # Fold-in latency: one new user, 10 ratings, 200 draws (tiny: 20).
     draws = 20 if args.tiny else 200

@@ -177,10 +177,11 @@ def test_simulation_based_calibration():
     truths = Predictive(numpyro_model, num_samples=num_reps)(jax.random.PRNGKey(12), base, config, observed=False)
     u, v = int(base.user_index[0]), int(base.item_index[0])
     ctx = gibbs.build_context(base, "dense", 2, config=config)
+    row_u = jnp.asarray(np.asarray(base.user_features)[u])  # x_u, dense
 
     def quantities(user_factors, item_factors, item_offsets, user_link, link_precision, item_link_precision):
         pred = jnp.sum(user_factors[..., u, :] * item_factors[..., v, :], -1) + item_offsets[..., v]
-        shift = jnp.einsum("f,...fd->...d", base.user_features[u], user_link)  # B^T x_u
+        shift = jnp.einsum("f,...fd->...d", row_u, user_link)  # B^T x_u
         return (link_precision[..., 0], item_link_precision[..., 0], pred,
                 jnp.sum(shift * item_factors[..., v, :], -1))
 

@@ -86,3 +86,23 @@ def test_sharded_plan_splits_layouts_and_chunks_over_devices():
     with pytest.raises(MemoryError):
         memory.check(four, host_free=need - 1)
     memory.check(four, host_free=need)
+
+
+def test_plan_counts_features_and_link_matrices(ratings):
+    """With implicit feedback on both sides the plan adds the sparse feature rows, the eigenbases
+    (min(rows, columns)^2 floats per side, not rows x columns) and the link draws."""
+    from bayesmf.model import FeatureSpec, with_features
+
+    data = model_data_from_ratings(ratings)
+    plain = ModelConfig(rank=4)
+    config = plain.replace(user_features=FeatureSpec(implicit=True), item_features=FeatureSpec(implicit=True))
+    full = with_features(data, config)
+    n, m = data.num_users, data.num_items
+    base = gibbs.memory_plan(data, plain, num_samples=50)
+    plan = gibbs.memory_plan(full, config, num_samples=50)
+    assert plan.device["link_systems"] == 4 * 2 * min(n, m) ** 2
+    entries = int(full.user_features.values.shape[0])
+    assert plan.device["features"] == 4 * (m + n) + 2 * 12 * entries
+    assert plan.host["kept_link_draws"] == 2 * 50 * (m + n) * 4 * 4
+    assert plan.host["link_factorization"] == 3 * 8 * min(n, m) ** 2
+    assert plan.device_bytes > base.device_bytes and plan.host_bytes > base.host_bytes

@@ -47,6 +47,7 @@ import numpy as np
 
 from bayesmf import memory, ordinal
 from bayesmf.conjugate import normal_wishart_draw, row_draw_from, standard_normal, wishart_chi2_shapes
+from bayesmf.featurerows import FeatureRows
 from bayesmf.link import (
     LinkState,
     LinkVariates,
@@ -135,8 +136,10 @@ def build_context(data: ModelData, layout: str = "auto", rank: int | None = None
     for side, num_other in (("user", data.num_items), ("item", data.num_users)):
         spec = None if config is None else getattr(config, f"{side}_features")
         if spec is not None:
-            links[f"{side}_link"] = link_system(np.asarray(getattr(data, f"{side}_features"), np.float64),
-                                                spec.groups(num_other), dtype=data.rating.dtype)
+            features = getattr(data, f"{side}_features")
+            if not isinstance(features, FeatureRows):
+                features = np.asarray(features, np.float64)
+            links[f"{side}_link"] = link_system(features, spec.groups(num_other), dtype=data.rating.dtype)
     return GibbsContext(
         data=data,
         user_layout=build_layout(u, v, data.num_users, data.num_items, layout, width=rank, **sizes),
@@ -167,8 +170,20 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
         keep_draws=keep_draws, itemsize=itemsize,
         padded=padded_fraction(degrees),
         dense_cells=data.num_users * data.num_items if kinds == {"dense"} else None,
-        working_bytes=working, num_tracked=num_tracked, num_devices=num_devices,
+        working_bytes=working, num_tracked=num_tracked, num_devices=num_devices, links=_link_sizes(data, config),
     )
+
+
+def _link_sizes(data: ModelData, config: ModelConfig) -> tuple:
+    """``(rows, side columns, implicit columns, implicit entries)`` per side with features (the memory model's)."""
+    out = []
+    for side, rows in (("user", data.num_users), ("item", data.num_items)):
+        spec, features = getattr(config, f"{side}_features"), getattr(data, f"{side}_features")
+        if spec is not None and features is not None:
+            implicit = features.shape[1] - spec.num_side
+            entries = int(features.values.shape[0]) if isinstance(features, FeatureRows) else 0
+            out.append((rows, spec.num_side, implicit, entries))
+    return tuple(out)
 
 
 def init(rng_key: Array, data: ModelData, config: ModelConfig, scale: float = 0.1) -> GibbsState:
