@@ -769,4 +769,6 @@ def _fold_in(posterior: Posterior, side: str, rows, weighting: str, unknown: str
                                  jnp.asarray(rated, link.dtype), centre)
         args = (args[0], means, *args[2:])
     mean, chol, log_ev = _fold(fold_fn, args, flat.noise_precision, idx, ratings, mask, num_draws, dim, flat.user_mean.dtype)
-    return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, x)
+    # A row without ratings takes the cold-start prior (FoldIn.components); without a frame its side
+    # features are unknown too, and the prior carries their spread (bayesmf.spread).
+    return FoldIn(posterior, side, given, mean, chol, log_ev, weighting, labels, None if frame is None else x)

@@ -184,7 +184,8 @@ def known_moments_draw_minor(draws: DrawMinor, user_index: Array, item_index: Ar
 
 _draws_cold = jax.vmap(pair_moments, in_axes=(0, None, None))
 _draws_known = jax.vmap(known_moments, in_axes=(0, None, None))
-_batched_moments = jax.jit(jax.vmap(pair_moments, in_axes=(0, None, None, None, None)))  # with feature rows
+# With feature rows, and the per-draw spread of unknown features (bayesmf.spread).
+_batched_moments = jax.jit(jax.vmap(pair_moments, in_axes=(0, None, None, None, None, 0, 0)))
 _batched_known = jax.jit(_draws_known)
 
 # Seed of the key of evaluate's sampled CRPS pair term (used only when
@@ -318,7 +319,10 @@ class Posterior:
             As in :meth:`predict`.
         user_x, item_x : array, shape (n, F), optional
             Models with features: the pairs' feature rows (:meth:`feature_rows`);
-            a new user's (movie's) prior mean is then ``mu + B^T x``.
+            a new user's (movie's) prior mean is then ``mu + B^T x``. Its
+            prior covariance gains the spread of the features it lacks
+            (:func:`bayesmf.spread.side_spread`: the implicit columns, and
+            the side columns unless ``x`` is given).
 
         Returns
         -------
@@ -336,6 +340,9 @@ class Posterior:
         known = (user_index >= 0) & (item_index >= 0)
         # Known pairs (nearly all of a test set) skip the cold-start terms.
         parts = [(np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)]
+        spreads = [None, None]
+        if (~known).any():
+            spreads = [self._spread(side, x is not None) for side, x in (("user", user_x), ("item", item_x))]
         mean = np.empty((total, n), np.float64)
         var = np.empty((total, n), np.float64)
         block = max(1, DRAW_BLOCK_CELLS // max(n, 1))
@@ -345,7 +352,8 @@ class Posterior:
                 if rows.size:
                     x = [None if a is None else jnp.asarray(a[rows]) for a in (user_x, item_x)]
                     args = (draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
-                    m, v = fn(*args) if fn is _batched_known else fn(*args, *x)
+                    spread = [None if a is None else jnp.asarray(a[start : start + block]) for a in spreads]
+                    m, v = fn(*args) if fn is _batched_known else fn(*args, *x, *spread)
                     mean[start : start + block, rows] = np.asarray(m)
                     var[start : start + block, rows] = np.asarray(v)
         if laplace and total == 1:
@@ -416,6 +424,17 @@ class Posterior:
             return ordinal_predictive.prediction(pairs, comps, self.flat_draws().cutpoints, prob=prob, clip=clip,
                                                  scale=self.scale, keep_components=keep_components)
         return prediction(pairs, comps, prob=prob, clip=clip, scale=self.scale, keep_components=keep_components)
+
+    def _spread(self, side: str, side_known: bool):
+        """:func:`bayesmf.spread.side_spread`, cached per draws."""
+        from bayesmf.spread import side_spread
+
+        key = (side, side_known)
+        if getattr(self, "_spreads", (None,))[0] is not self.draws:
+            self._spreads = (self.draws, {})
+        if key not in self._spreads[1]:
+            self._spreads[1][key] = side_spread(self, side, side_known)
+        return self._spreads[1][key]
 
     def feature_rows(self, side: str, ids, frame=None, rows=None) -> np.ndarray:
         """Feature rows ``x`` of ``ids`` for the prior mean ``mu + B^T x`` of new users or movies.

@@ -207,7 +207,7 @@ def _feature_mean(mean: Array, link, x) -> Array:
     return mean[..., None, :] + jnp.einsum("nf,...fd->...nd", x, link)
 
 
-def user_side(params: Params, user_index: Array, user_x: Array | None = None) -> Side:
+def user_side(params: Params, user_index: Array, user_x: Array | None = None, user_spread=None) -> Side:
     """``(L_u, 1)`` for known users, the prior ``N((mu_L, 1), blockdiag(Lambda_L^-1, 0))`` for ``-1``.
 
     With user offsets the vector is ``(L_u, b_u, 1)``, and the prior
@@ -222,11 +222,16 @@ def user_side(params: Params, user_index: Array, user_x: Array | None = None) ->
     user_x : array, shape (n, F_u), optional
         With features (``params.user_link``): each pair's user feature row;
         a new user's prior mean is then ``mu_L + B^T x`` (zero rows: ``mu_L``).
+    user_spread : array, shape (..., d, d), optional
+        Added to a new user's prior covariance: the spread of ``B^T x`` over
+        the features that are not known (:mod:`bayesmf.spread`).
     """
     known = user_index >= 0
     index = jnp.where(known, user_index, 0)
     factors = jnp.take(params.user_factors, index, axis=-2)
     cov = _inverse(params.user_precision)
+    if user_spread is not None:
+        cov = cov + user_spread
     mean = _feature_mean(params.user_mean, params.user_link, user_x)
     if params.user_offsets is not None:
         factors = jnp.concatenate([factors, jnp.take(params.user_offsets, index, axis=-1)[..., None]], axis=-1)
@@ -237,11 +242,12 @@ def user_side(params: Params, user_index: Array, user_x: Array | None = None) ->
     return Side(vec, cov, ~known)
 
 
-def item_side(params: Params, item_index: Array, item_x: Array | None = None) -> Side:
+def item_side(params: Params, item_index: Array, item_x: Array | None = None, item_spread=None) -> Side:
     """``(R_v, m_v)`` for known movies, ``N((mu_R, mu_0), blockdiag(Lambda_R^-1, 1/tau_m))`` for ``-1``.
 
     With user offsets, ``(R_v, 1, m_v)`` and ``N((mu_R, 1, mu_0), blockdiag(Lambda_R^-1, 0, 1/tau_m))``.
-    With features and ``item_x`` (n, F_v), a new movie's ``mu_R`` is ``mu_R + B^T z``.
+    With features and ``item_x`` (n, F_v), a new movie's ``mu_R`` is ``mu_R + B^T z``; ``item_spread``
+    (..., d, d) is added to ``Lambda_R^-1`` (as :func:`user_side`'s).
     """
     known = item_index >= 0
     i = jnp.where(known, item_index, 0)
@@ -251,7 +257,10 @@ def item_side(params: Params, item_index: Array, item_x: Array | None = None) ->
     mean = _feature_mean(params.item_mean, params.item_link, item_x)
     offset_mean = jnp.broadcast_to(params.offset_mean[..., None, None], mean.shape[:-1] + (1,))
     vec = jnp.where(known[:, None], vec_known, jnp.concatenate([mean, offset_mean], axis=-1))
-    cov = _pad_cov(_inverse(params.item_precision), 1.0 / params.offset_precision)
+    factor_cov = _inverse(params.item_precision)
+    if item_spread is not None:
+        factor_cov = factor_cov + item_spread
+    cov = _pad_cov(factor_cov, 1.0 / params.offset_precision)
     if params.user_offsets is not None:
         vec, cov = _insert_one(vec, cov)
     return Side(vec, cov, ~known)
@@ -280,7 +289,7 @@ def row_side(mean: Array, cov: Array, side: str, user_offsets: bool = False) -> 
 
 
 def pair_moments(params: Params, user_index: Array, item_index: Array, user_x: Array | None = None,
-                 item_x: Array | None = None) -> tuple[Array, Array]:
+                 item_x: Array | None = None, user_spread=None, item_spread=None) -> tuple[Array, Array]:
     """Mean and variance of one draw's predictive for index pairs (``-1``: unseen).
 
     Parameters
@@ -291,13 +300,16 @@ def pair_moments(params: Params, user_index: Array, item_index: Array, user_x: A
     user_x, item_x : array, shape (n, F), optional
         Feature rows of the pairs' users / movies: a new one's prior mean is
         ``mu + B^T x`` (models with features; ignored for known rows).
+    user_spread, item_spread : array, shape (d, d), optional
+        Added to a new row's prior covariance (:func:`user_side`).
 
     Returns
     -------
     mean, var : array, shape (n,)
         Noise ``1/alpha`` included in ``var``.
     """
-    mean, var = product_moments(user_side(params, user_index, user_x), item_side(params, item_index, item_x))
+    mean, var = product_moments(user_side(params, user_index, user_x, user_spread),
+                                item_side(params, item_index, item_x, item_spread))
     return mean, var + 1.0 / params.noise_precision
 
 

@@ -134,3 +134,44 @@ def test_bad_feature_input(synthetic_ratings, frames, fitted):
     unseen["job"] = "never seen"
     with pytest.raises(ValueError, match="never seen"):
         fitted.predict([9001], np.asarray(train.item_vocab.ids)[:1], user_features=unseen)
+
+
+def test_new_user_prior_carries_the_spread_of_unknown_features(fitted, synthetic_ratings, frames):
+    """A new user's prior covariance is Lambda^-1 + B_e^T Sigma_e B_e (implicit columns unknown: no ratings),
+    plus B_s^T Sigma_s B_s when no side features are given; Sigma over the training rows, each draw's B.
+    Checked draw by draw against the dense training feature rows."""
+    from bayesmf.link import implicit_features
+
+    train = synthetic_ratings.train
+    users, _ = frames
+    flat = fitted.flat_draws()
+    spec = fitted.config.user_features
+    k = spec.num_side
+    implicit = implicit_features(train.user_index, train.item_index, train.num_users, train.num_items)
+    implicit = implicit - implicit.mean(axis=0)
+    sigma_e = implicit.T @ implicit / len(implicit)
+    side = _encoded(fitted, users, train)
+    sigma_s = side.T @ side / len(side)
+    v = 3
+    new = users.iloc[:1].copy()
+    new.index = [9001]
+    for frame, blocks in ((new, ("implicit",)), (None, ("implicit", "side"))):
+        x = None if frame is None else fitted.feature_rows("user", [9001], frame)
+        comps = fitted.components(np.array([-1]), np.array([v]), user_x=x)
+        for s in (0, 7, 39):
+            b = np.asarray(flat.user_link[s], np.float64)
+            cov = np.linalg.inv(np.asarray(flat.user_precision[s], np.float64)) + b[k:].T @ sigma_e @ b[k:]
+            if "side" in blocks:
+                cov = cov + b[:k].T @ sigma_s @ b[:k]
+            r = np.asarray(flat.item_factors[s, v], np.float64)
+            noise = 1.0 / float(flat.noise_precision[s])
+            expected = r @ cov @ r + noise
+            np.testing.assert_allclose(comps.sd[s, 0] ** 2, expected, rtol=2e-4)
+            plain = r @ np.linalg.inv(np.asarray(flat.user_precision[s], np.float64)) @ r + noise
+            assert expected > plain * 1.001  # the spread is not negligible here
+
+
+def _encoded(posterior, frame, train):
+    from bayesmf.data import encode_features
+
+    return encode_features(posterior.features["user"], frame, np.asarray(train.user_vocab.ids)).astype(np.float64)

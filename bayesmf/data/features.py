@@ -94,6 +94,11 @@ ENCODER_FORMAT = ("bayesmf.features", 1)
 _POLICIES = ("raise", "mean")
 
 
+# Encoders of at most this many columns keep their training rows' covariance
+# (F^2 floats in the model file's attributes).
+MAX_COVARIANCE_FEATURES = 1024
+
+
 class FeatureWarning(UserWarning):
     """Rows encoded at the training mean (``x = 0``): ids without a feature row, or unseen categories."""
 
@@ -123,6 +128,11 @@ class FeatureEncoder(NamedTuple):
         columns, which are only centred.
     dropped : tuple of str
         Columns constant on the training rows, left out of the encoding.
+    covariance : float64 array, shape (num_features, num_features), or None
+        ``x^T x / n`` over the encoded training rows (centred, so their
+        covariance): the spread of ``B^T x`` that a new row whose features
+        are unknown gets in its prior (:mod:`bayesmf.spread`). None above
+        :data:`MAX_COVARIANCE_FEATURES` columns, or from older files.
     """
 
     categorical: tuple
@@ -132,6 +142,7 @@ class FeatureEncoder(NamedTuple):
     means: np.ndarray
     scales: np.ndarray
     dropped: tuple = ()
+    covariance: np.ndarray | None = None
 
     @property
     def names(self) -> tuple:
@@ -317,8 +328,12 @@ def fit_features(frame: pd.DataFrame, ids=None, *, categorical=None, numeric=Non
         kept_num.append(column)
         means.append(float(values.mean()))
         scales.append(1.0 if column in unscaled else sd)
-    return FeatureEncoder(tuple(kept_cat), tuple(levels), tuple(frequencies), tuple(kept_num),
-                          np.asarray(means, np.float64), np.asarray(scales, np.float64), tuple(dropped))
+    encoder = FeatureEncoder(tuple(kept_cat), tuple(levels), tuple(frequencies), tuple(kept_num),
+                             np.asarray(means, np.float64), np.asarray(scales, np.float64), tuple(dropped))
+    if 0 < encoder.num_features <= MAX_COVARIANCE_FEATURES and known.size:
+        x = encode_features(encoder, frame, frame.index[known]).astype(np.float64)
+        encoder = encoder._replace(covariance=x.T @ x / len(x))
+    return encoder
 
 
 def encode_features(encoder: FeatureEncoder, frame: pd.DataFrame, ids=None, *, missing: str = "raise",
@@ -386,6 +401,7 @@ def encoder_to_dict(encoder: FeatureEncoder) -> dict:
         "means": [float(m) for m in encoder.means],
         "scales": [float(s) for s in encoder.scales],
         "dropped": [_python(c) for c in encoder.dropped],
+        "covariance": None if encoder.covariance is None else np.asarray(encoder.covariance).tolist(),
     }
 
 
@@ -405,6 +421,7 @@ def encoder_from_dict(d: dict) -> FeatureEncoder:
         np.asarray(d["means"], np.float64),
         np.asarray(d["scales"], np.float64),
         tuple(d.get("dropped", ())),
+        None if d.get("covariance") is None else np.asarray(d["covariance"], np.float64),
     )
 
 
