@@ -510,13 +510,13 @@ def _add_model_args(p):
     p.add_argument("--user-offsets", action="store_true",
                    help="give each user an offset b_u ~ N(0, 1/tau_b) as well (MAP holds tau_b, it does not tune it)")
     p.add_argument("--likelihood", choices=("gaussian", "ordinal"), default="gaussian",
-                   help="ordinal: ordered probit over the stars (gibbs, nuts)")
+                   help="ordinal: ordered probit over the stars (gibbs, nuts, map, map-adam)")
     p.add_argument("--implicit", action="store_true",
-                   help="implicit feedback (who rated what) in both sides' prior means (samplers)")
+                   help="implicit feedback (who rated what) in both sides' prior means (not als)")
     p.add_argument("--user-features", help="user side features: a CSV (id column first), u.user / users.dat, "
-                   "or a MovieLens directory (samplers)")
+                   "or a MovieLens directory (not als)")
     p.add_argument("--item-features", help="movie side features: a CSV (id column first), u.item / movies.dat, "
-                   "or a MovieLens directory (samplers)")
+                   "or a MovieLens directory (not als)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--num-samples", type=_positive_int, default=200, help="kept draws (samplers and SVI)")
     p.add_argument("--num-warmup", type=int, default=50, help="warm-up sweeps (samplers)")

@@ -155,7 +155,9 @@ class BayesMF:
     likelihood : {"gaussian", "ordinal"}
         ``"ordinal"``: the ordered probit over the stars of the training
         ratings' scale (:mod:`bayesmf.ordinal`; the scale needs a step and
-        every rating on its grid); fitted by ``"gibbs"`` or ``"nuts"`` only.
+        every rating on its grid); fitted by ``"gibbs"``, ``"nuts"``, ``"map"`` or
+        ``"map-adam"`` (MAP tunes the factor precisions on the validation RMSE
+        of the star distribution's mean; the noise stays 1).
     priors : {"hyper", "fixed"} or None
         None picks ``"fixed"`` for MAP-type methods (tuned precisions) and
         ``"hyper"`` (BPMF) for the samplers and SVI.
@@ -301,8 +303,9 @@ class BayesMF:
             raise ValueError(f"devices= shards the Gibbs sweep only; method={self.method!r} runs on one device")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.likelihood == "ordinal" and self.method not in ("gibbs", "nuts"):
-            raise ValueError(f"likelihood='ordinal' is fitted by method='gibbs' or 'nuts', not {self.method!r}")
+        if self.likelihood == "ordinal" and self.method not in ("gibbs", "nuts", "map", "map-adam"):
+            raise ValueError(f"likelihood='ordinal' is fitted by method='gibbs', 'nuts', 'map' or 'map-adam', "
+                             f"not {self.method!r}")
         self.config  # checks offsets, priors and the prior settings
 
     @property

@@ -51,9 +51,9 @@ def check_likelihood(config) -> None:
         if k is not None:
             raise ValueError("num_stars is a setting of the ordinal likelihood; the gaussian one takes none")
         return
-    if config.priors != "hyper":
-        raise ValueError("likelihood='ordinal' needs priors='hyper' (its Gibbs and NUTS engines sample the "
-                         "hyperparameters; MAP does not fit it)")
+    if config.priors == "fixed" and config.fixed.noise_precision != 1.0:
+        raise ValueError("likelihood='ordinal' with priors='fixed' needs fixed.noise_precision = 1 (the latent "
+                         f"scale's unit), got {config.fixed.noise_precision}")
     if config.offsets != "estimated":
         raise ValueError("likelihood='ordinal' needs offsets='estimated' (empirical offsets are mean ratings, "
                          "not latent utilities)")

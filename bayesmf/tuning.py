@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bayesmf import ordinal
 from bayesmf.engines import map as map_engine
 from bayesmf.engines.common import EngineResult
 from bayesmf.model import (
@@ -51,8 +52,10 @@ from bayesmf.model import (
     latent_sites,
     model_data_from_ratings,
     pair_mean,
+    star_model_data,
     with_features,
 )
+from bayesmf.ordinal_model import star_grid
 from bayesmf.split import validation_split
 
 Array = jax.Array
@@ -142,11 +145,21 @@ def _user_offset_ratio(priors: FixedPriors) -> float:
     return priors.user_offset_precision / priors.noise_precision
 
 
-def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings) -> float:
+def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings, star_values=None) -> float:
+    """RMSE of the validation ratings' predictive means; with the ordinal likelihood the mean of the star
+    distribution (``star_values`` (K,): each star's rating)."""
     offsets = latent.get("item_offsets", data.empirical_offsets)
     mean = pair_mean(latent["user_factors"], latent["item_factors"], offsets, pairs[0], pairs[1],
                      latent.get("user_offsets"))
+    if config.ordinal:
+        mean = ordinal.star_masses(latent["cutpoints"], mean) @ jnp.asarray(star_values, mean.dtype)
     return float(jnp.sqrt(jnp.mean((ratings - mean) ** 2)))
+
+
+def _noise_precision(validation_rmse: float, config: ModelConfig) -> float:
+    """The plug-in noise precision: ``1 / RMSE^2`` of the validation residuals, or 1 (the latent scale's unit)
+    with the ordinal likelihood, whose noise is fixed."""
+    return 1.0 if config.ordinal else 1.0 / validation_rmse**2
 
 
 def _all_components_alive(latent: dict) -> bool:
@@ -159,7 +172,7 @@ def _all_components_alive(latent: dict) -> bool:
     return True
 
 
-def _padded(data: ModelData, pairs, ratings) -> tuple[ModelData, Array]:
+def _padded(data: ModelData, pairs, ratings, star_values=None) -> tuple[ModelData, Array]:
     """``data`` with the validation ratings appended at weight 0, and the weights (nnz + n_valid,).
 
     The objective with these weights is that of ``data`` (the statistics the
@@ -173,6 +186,10 @@ def _padded(data: ModelData, pairs, ratings) -> tuple[ModelData, Array]:
         item_index=jnp.concatenate([data.item_index, jnp.asarray(pairs[1], data.item_index.dtype)]),
         rating=jnp.concatenate([data.rating, jnp.asarray(ratings, dtype)]),
     )
+    if data.star is not None:  # the ordinal likelihood reads the stars (star_model_data's stand-in ratings)
+        stars = np.abs(np.asarray(ratings)[:, None] - np.asarray(star_values)[None, :]).argmin(axis=1)
+        padded = padded._replace(star=jnp.concatenate([data.star, jnp.asarray(stars, data.star.dtype)]),
+                                 rating=jnp.concatenate([data.rating, jnp.asarray(stars - 0.5, dtype)]))
     weights = jnp.concatenate([jnp.ones(data.nnz, dtype), jnp.zeros(len(ratings), dtype)])
     return padded, weights
 
@@ -189,8 +206,9 @@ class _Tuner:
     when its factor regularization is no stronger than the target's
     (shrinkage only switches directions off as the ratio grows)."""
 
-    def __init__(self, init, data, config, solver, pairs, ratings, progress_bar):
+    def __init__(self, init, data, config, solver, pairs, ratings, progress_bar, star_values=None):
         self.data, self.config, self.solver = data, config, solver
+        self.star_values = star_values
         self.pairs = (jnp.asarray(pairs[0], jnp.int32), jnp.asarray(pairs[1], jnp.int32))
         self.ratings = jnp.asarray(ratings, data.rating.dtype)
         self.init = init
@@ -216,7 +234,7 @@ class _Tuner:
             latent, info = map_engine.solve(self.solver, self._start(point),
                                             point.priors(user_offset=_user_offset_ratio(self.config.fixed)),
                                             config=point.links(self.config))
-            rmse = _validation_rmse(latent, self.data, self.config, self.pairs, self.ratings)
+            rmse = _validation_rmse(latent, self.data, self.config, self.pairs, self.ratings, self.star_values)
             seconds = time.perf_counter() - start
             self.fits[key] = dict(point=point, latent=latent, rmse=rmse, info=info, alive=_all_components_alive(latent))
             self.rows.append(
@@ -249,7 +267,7 @@ class _Tuner:
     def best_config(self) -> tuple[dict, ModelConfig]:
         """The best fit and its config: its precisions, the noise from its validation RMSE, and its link precisions."""
         best = self.best()
-        priors = best["point"].priors(1.0 / best["rmse"] ** 2, self.config.fixed.mean_precision,
+        priors = best["point"].priors(_noise_precision(best["rmse"], self.config), self.config.fixed.mean_precision,
                                       _user_offset_ratio(self.config.fixed))
         return best, best["point"].links(self.config).replace(fixed=priors)
 
@@ -401,6 +419,7 @@ def tune(
     ftol: float = TUNE_FTOL,
     layout: str = "auto",
     progress_bar: bool = False,
+    star_values=None,
 ) -> dict:
     """Select the precisions by validation RMSE.
 
@@ -451,6 +470,11 @@ def tune(
     progress_bar : bool
         A ``tqdm.auto`` bar with one tick per fit (no output when stderr is
         not a terminal).
+    star_values : array, shape (K,), optional
+        With the ordinal likelihood (``data`` from
+        :func:`bayesmf.model.star_model_data`): each star's rating, for the
+        validation RMSE of the star distribution's mean. Its noise precision
+        stays 1.
 
     Returns
     -------
@@ -473,7 +497,7 @@ def tune(
     tuner = _search(
         rng_key, data, valid_pairs, valid_ratings, config, solver=solver, grid=grid, shared=shared,
         options=dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout),
-        progress_bar=progress_bar,
+        progress_bar=progress_bar, star_values=star_values,
     )
     best, best_config = tuner.best_config()
     priors = best_config.fixed
@@ -490,7 +514,7 @@ def tune(
 
 
 def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, shared, options, progress_bar,
-            pad_to=None) -> _Tuner:
+            pad_to=None, star_values=None) -> _Tuner:
     """The search of :func:`tune`; returns the tuner with every fit.
 
     ``pad_to``: the ``(num_users, num_items)`` of the data the caller will
@@ -499,6 +523,8 @@ def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, 
     ``pad_to``)."""
     map_engine.check_config(config)
     map_engine.check_solver(solver)
+    if config.ordinal and (star_values is None or data.star is None):
+        raise ValueError("the ordinal likelihood needs the stars: data from star_model_data and star_values")
     valid_u = np.asarray(valid_pairs[0])
     valid_i = np.asarray(valid_pairs[1])
     valid_r = np.asarray(valid_ratings, dtype=np.float64)
@@ -508,12 +534,12 @@ def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, 
         raise ValueError("validation pairs must index users and items of the training data (no cold rows)")
     init = map_engine.init_latent(rng_key, data, config)
     if solver != "als" and (pad_to is None or pad_to == (data.num_users, data.num_items)):
-        padded, weights = _padded(data, (valid_u, valid_i), valid_r)
+        padded, weights = _padded(data, (valid_u, valid_i), valid_r, star_values)
         compiled = map_engine.make_solver(padded, config, solver, weights=weights, **options)
     else:
         compiled = map_engine.make_solver(data, config, solver, **options)
     estimated = config.offsets == "estimated"
-    tuner = _Tuner(init, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar)
+    tuner = _Tuner(init, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar, star_values)
     middle = {name: grid[len(grid) // 2] for name, grid in COARSE_GRIDS.items()}
     start = _Point(middle["factor"], middle["factor"], middle["offset"] if estimated else _ratios(config.fixed).offset,
                    middle["side"], middle["implicit"])
@@ -571,7 +597,7 @@ def _feature_data(data: ModelData, ratings, config: ModelConfig, sides: dict, so
 
 
 def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, solver, grid, shared, progress_bar,
-                   options, pad_to) -> tuple:
+                   options, pad_to, star_values=None) -> tuple:
     """Steps 2 and 3 of :func:`fit_ratings` on the sub-train data: the
     config (precisions: tuned ratios, or those of ``config``, times the
     validation noise precision; tuned link precisions), the sub-train fit's
@@ -580,15 +606,17 @@ def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, sol
         tuner = _search(
             rng_key, sub_data, pairs, valid_rating, config,
             solver=solver, grid=grid, shared=shared, options=options, progress_bar=progress_bar, pad_to=pad_to,
+            star_values=star_values,
         )
         best, best_config = tuner.best_config()
         return best_config, best["latent"], tuner.table(), best["rmse"]
     sub_fit = map_engine.fit(rng_key, sub_data, config, solver=solver, progress_bar=progress_bar, **options)
     latent = {k: jnp.asarray(getattr(sub_fit.draws, k)[0, 0]) for k in latent_sites(config)}
     validation_rmse = _validation_rmse(
-        latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid_rating)
+        latent, sub_data, config, tuple(jnp.asarray(p, jnp.int32) for p in pairs), jnp.asarray(valid_rating),
+        star_values,
     )
-    priors = _ratios(config.fixed).priors(1.0 / validation_rmse**2, config.fixed.mean_precision,
+    priors = _ratios(config.fixed).priors(_noise_precision(validation_rmse, config), config.fixed.mean_precision,
                                           _user_offset_ratio(config.fixed))
     return config.replace(fixed=priors), latent, pd.DataFrame(), validation_rmse
 
@@ -697,16 +725,19 @@ def fit_ratings(
     split = validation_split(ratings, validation_fraction, seed)
     sub, valid = split.train, split.test
     sides = sides or {}
-    sub_data = _feature_data(model_data_from_ratings(sub), sub, config, sides, ratings)
+    star_values = star_grid(ratings.scale) if config.ordinal else None
+    as_data = star_model_data if config.ordinal else model_data_from_ratings
+    sub_data = _feature_data(as_data(sub), sub, config, sides, ratings)
     pairs = (sub.user_vocab.index(valid.user_ids), sub.item_vocab.index(valid.item_ids))
     final_config, sub_latent, table, validation_rmse = _fit_sub_train(
         key_tune, sub_data, pairs, valid.rating, config,
         tuned=tune, solver=solver, grid=grid, shared=shared, progress_bar=progress_bar,
         options=tune_options if tune else options, pad_to=(ratings.num_users, ratings.num_items),
+        star_values=star_values,
     )
     tune_seconds = time.perf_counter() - start_time
 
-    data = _feature_data(model_data_from_ratings(ratings), ratings, config, sides, ratings)
+    data = _feature_data(as_data(ratings), ratings, config, sides, ratings)
     init = _transfer(
         sub_latent, (sub.user_vocab, sub.item_vocab), (ratings.user_vocab, ratings.item_vocab),
         map_engine.init_latent(key_refit, data, final_config),

@@ -23,6 +23,7 @@ from bayesmf.data import RatingScale, Ratings
 from bayesmf.engines import gibbs, nuts
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import (
+    FixedPriors,
     HyperPriors,
     ModelConfig,
     latent_sites,
@@ -80,7 +81,8 @@ def test_config_fields_and_sites():
 
 @pytest.mark.parametrize("changes, match", [
     (dict(likelihood="logit"), "unknown likelihood"),
-    (dict(likelihood="ordinal", num_stars=5, priors="fixed"), "priors='hyper'"),
+    (dict(likelihood="ordinal", num_stars=5, priors="fixed", fixed=FixedPriors(1.0, 1.0, 1.0, 2.0)),
+     "noise_precision = 1"),
     (dict(likelihood="ordinal", num_stars=5, offsets="empirical"), "offsets='estimated'"),
     (dict(likelihood="ordinal", num_stars=2), "num_stars"),
     (dict(num_stars=5), "num_stars"),
@@ -91,9 +93,52 @@ def test_bad_config(changes, match):
         ModelConfig(rank=2, **changes)
 
 
-def test_map_refuses_the_ordinal_likelihood():
-    with pytest.raises(ValueError, match="gibbs' or 'nuts'"):
-        BayesMF(rank=2, method="map", likelihood="ordinal")
+def test_als_refuses_the_ordinal_likelihood():
+    with pytest.raises(ValueError, match="'map' or 'map-adam'"):
+        BayesMF(rank=2, method="als", likelihood="ordinal")
+
+
+def test_map_fits_the_ordinal_likelihood():
+    """Tuned MAP of the ordered probit on stars drawn from a rank-2 model: ordered cut points from c_0 = 0,
+    noise held at 1, a stationary point of the model's own log joint, and a predictive mean that beats
+    each movie's training mean on held-out stars (measured 0.93 against 1.07 here)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf import split
+    from bayesmf.engines import map as map_engine
+    from bayesmf.engines import map_objective
+    from bayesmf.model import star_model_data
+    from bayesmf.synthetic import movielens_like
+
+    sim = movielens_like(0, num_users=80, num_items=40, num_ratings=2400, rank=2, min_per_user=10, factor_sd=1.0)
+    parts = split.random_holdout(sim.ratings, 0.2, 0)
+    post = BayesMF(rank=2, method="map", likelihood="ordinal", progress_bar=False).fit(0, parts.train)
+    cuts = np.asarray(post.draws.cutpoints[0, 0])
+    assert cuts[0] == 0.0 and np.all(np.diff(cuts) > 0)
+    config = post.config
+    assert config.fixed.noise_precision == 1.0
+    # Run to a tight tolerance from the tuned fit (the tuned refit stops at the tuning tolerance): the
+    # gradient of the model's own negative log joint, in the cut points themselves, vanishes there.
+    data = star_model_data(parts.train)
+    fit = map_engine.fit(jax.random.PRNGKey(0), data, config, init_params=post.draws, tol=1e-7, ftol=0.0,
+                         max_iters=3000)
+    names = ("user_factors", "item_factors", "item_offsets", "user_mean", "item_mean", "cutpoints")
+    latent = {name: jnp.asarray(getattr(fit.draws, name)[0, 0]) for name in names}
+    start = {name: jnp.asarray(getattr(post.draws, name)[0, 0]) for name in names}
+
+    def grad_norm(values):  # c_0 = 0 is not free: its derivative is left out
+        grad = jax.grad(map_objective.neg_log_joint)(values, data, config)
+        grad["cutpoints"] = grad["cutpoints"][1:]
+        return float(sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))) ** 0.5
+
+    assert grad_norm(latent) < 2e-4 and grad_norm(latent) < 0.05 * grad_norm(start)
+    rmse = float(post.evaluate(parts.test)["rmse"].iloc[0])
+    train = parts.train
+    means = pd.Series(np.asarray(train.rating)).groupby(np.asarray(train.item_ids)).mean()
+    baseline = means.reindex(np.asarray(parts.test.item_ids)).fillna(float(np.mean(train.rating))).to_numpy()
+    baseline_rmse = float(np.sqrt(np.mean((np.asarray(parts.test.rating) - baseline) ** 2)))
+    assert rmse < baseline_rmse - 0.05, (rmse, baseline_rmse)
 
 
 def test_stars_of_the_scale_and_off_grid_ratings():

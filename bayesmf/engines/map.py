@@ -72,6 +72,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from bayesmf import ordinal
 from bayesmf.conjugate import row_mean
 from bayesmf.engines.common import EngineResult, to_numpy
 from bayesmf.engines.map_objective import (
@@ -202,6 +203,9 @@ def init_latent(rng_key: Array, data: ModelData, config: ModelConfig, scale: flo
         features = getattr(data, f"{side}_features")
         if getattr(config, f"{side}_features") is not None and features is not None:
             latent[f"{side}_link"] = jnp.zeros((features.shape[1], config.rank), dtype)
+    if config.ordinal:  # cut points at their prior centre, c_k = k exp(m) (as Gibbs starts)
+        latent["cutpoints"] = ordinal.cuts_from_free(
+            jnp.full(config.num_stars - 2, config.cutpoint_prior.log_increment_mean, dtype))
     return latent
 
 
@@ -521,6 +525,8 @@ def make_solver(
                          else "solver='als' has no user-offset block; use 'lbfgs' or 'adam' with user_offsets=True")
     if solver == "als" and (config.user_features is not None or config.item_features is not None):
         raise ValueError("solver='als' has no link-matrix block; use 'lbfgs' or 'adam' with features")
+    if solver == "als" and config.ordinal:
+        raise ValueError("solver='als' has no ordinal likelihood; use 'lbfgs' or 'adam'")
     if weights is not None:
         if solver == "als":
             raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")

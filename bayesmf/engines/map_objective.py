@@ -48,6 +48,7 @@ import numpyro.distributions as dist
 from numpyro.infer.util import log_density
 from numpyro.primitives import Messenger
 
+from bayesmf import ordinal
 from bayesmf.model import FixedPriors, ModelConfig, ModelData, log_joint, numpyro_model, params_from_sites
 
 Array = jax.Array
@@ -155,6 +156,8 @@ def _prior_shift(latent: dict, data: ModelData, config: ModelConfig, sign: float
         if getattr(config, f"{side}_features") is not None:
             shift = getattr(data, f"{side}_features") @ latent[f"{side}_link"]
             out[f"{side}_factors"] = latent[f"{side}_factors"] + sign * shift
+    if config.ordinal and "cutpoints" in latent:  # ordered cut points <-> their free log increments
+        out["cutpoints"] = (ordinal.free_from_cuts if sign < 0 else ordinal.cuts_from_free)(latent["cutpoints"])
     return out
 
 
@@ -164,8 +167,12 @@ def to_optimizer(latent: dict, data: ModelData, config: ModelConfig) -> dict:
     With features the loops run over ``(L - X B, B)`` instead of ``(L, B)``
     (SVD++'s parametrization): a linear change of variables with unit
     Jacobian, so the mode is the same, but ``B`` then reaches the ratings
-    directly and L-BFGS converges in a fraction of the iterations. No-op
-    without features. :func:`from_optimizer` is its inverse.
+    directly and L-BFGS converges in a fraction of the iterations. The
+    ordinal likelihood's cut points run as their free log increments
+    (:func:`bayesmf.ordinal.free_from_cuts`), so every step keeps them
+    ordered; the objective is the density of the cut points themselves, so
+    the mode is theirs. No-op without features or cut points.
+    :func:`from_optimizer` is its inverse.
     """
     return _prior_shift(latent, data, config, -1.0)
 
