@@ -40,7 +40,9 @@ Methods
                       (users' age bucket, gender and occupation; movies'
                       genres: ``bayesmf.load_movielens_features``): a new
                       user's (movie's) prior mean is ``mu + B^T x`` from its
-                      own features.
+                      own features. ``--implicit`` adds implicit feedback to
+                      that posterior (unknown for a new row until it has
+                      ratings: its prior carries the spread, ``bayesmf.spread``).
 
 Outputs (``--out``, default ``results/cold_start/``)
     ``metrics.csv`` (side x k x method x bucket: ``all`` and buckets of the
@@ -89,6 +91,8 @@ def build_parser():
     p.add_argument("--aggregate", type=Path, default=None,
                    help="only write DIR/summary.md over the runs in DIR/seed*/ (the features arm, paired by seed)")
     p.add_argument("--resume", action="store_true", help="keep metrics.csv and skip the sides already in it")
+    p.add_argument("--implicit", action="store_true",
+                   help="the features arm adds implicit feedback (a new row's prior then carries its spread)")
     return p
 
 
@@ -207,9 +211,10 @@ def fit_side(train, args, side: str, features=(None, None)) -> dict:
     for name, model, data in (
         ("map", BayesMF(rank=args.rank, method="map", progress_bar=False), {}),
         ("gibbs", BayesMF(**sampler), {}),
-        # Side features only: a new row's implicit feedback is unknown until it has ratings, and a prior
-        # that sets it to the average row leaves out its spread (too narrow: 90% coverage 0.86 for users).
-        ("features", BayesMF(**sampler), dict(user_features=features[0], item_features=features[1])),
+        # Side features (with --implicit, implicit feedback too: a new row's is unknown until it has
+        # ratings, and its prior carries the spread of the unknown rows, bayesmf.spread).
+        ("features", BayesMF(**sampler, implicit=args.implicit),
+         dict(user_features=features[0], item_features=features[1])),
     ):
         if not any(m.endswith(name) for m in args.methods):
             continue
