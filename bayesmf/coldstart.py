@@ -70,9 +70,9 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
+from bayesmf.featurerows import implicit_mean
 from bayesmf.given import PaddedRatings  # noqa: F401 - part of this module's API (fold_in_users takes it)
 from bayesmf.given import Given, frame_rows, next_pow2, pad_given, validate_given
-from bayesmf.link import implicit_mean
 from bayesmf.model import Params, user_row_prior
 from bayesmf.posterior import Posterior
 from bayesmf.predictive import (
@@ -709,7 +709,7 @@ def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) 
 
 def _centre_shift(posterior: Posterior, side: str) -> Array:
     """``B^T mean`` per draw, (S, d): the implicit part of the training rows' mean row
-    (:func:`bayesmf.link.implicit_mean`) through each draw's link matrix, cached per posterior."""
+    (:func:`bayesmf.featurerows.implicit_mean`) through each draw's link matrix, cached per posterior."""
     cached = _IMPLICIT_CENTRES.setdefault(posterior, {})
     if side not in cached:
         train, spec = posterior.train, getattr(posterior.config, f"{side}_features")

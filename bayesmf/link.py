@@ -178,64 +178,6 @@ class LinkVariates(NamedTuple):
     gammas: Array
 
 
-def implicit_features(index, other_index, num_rows: int, num_other: int, *, sparse: bool = False,
-                      dtype=np.float64):
-    """Implicit-feedback features: ``n_u`` with ``|N(u)|^-1/2`` at the rated columns.
-
-    ``N(u)`` is the set of columns row ``u`` has a pair with (training pairs
-    only: pass the training split's indices). Repeated pairs count once.
-    Rows without pairs are all zero, so they get the plain prior mean.
-    The dense result takes ``num_rows * num_other * itemsize`` bytes
-    (ml-100k users: 943 x 1,682 x 8 = 12.7 MB); ``sparse=True`` returns a
-    CSR matrix of the same values (``nnz`` entries), which :func:`link_system`
-    also accepts.
-
-    Parameters
-    ----------
-    index : int array, shape (nnz,)
-        Row (e.g. user) of each pair.
-    other_index : int array, shape (nnz,)
-        Column (e.g. movie) of each pair.
-    num_rows, num_other : int
-
-    Returns
-    -------
-    ndarray or scipy.sparse.csr_matrix, shape (num_rows, num_other)
-
-    Examples
-    --------
-    >>> implicit_features(np.array([0, 0, 2]), np.array([1, 2, 0]), 3, 3)
-    array([[0.        , 0.70710678, 0.70710678],
-           [0.        , 0.        , 0.        ],
-           [1.        , 0.        , 0.        ]])
-    """
-    index = np.asarray(index, dtype=np.int64)
-    other_index = np.asarray(other_index, dtype=np.int64)
-    if index.shape != other_index.shape:
-        raise ValueError("index and other_index must have the same shape")
-    keys = np.unique(index * num_other + other_index)
-    rows, cols = keys // num_other, keys % num_other
-    counts = np.bincount(rows, minlength=num_rows)
-    values = (1.0 / np.sqrt(counts[rows])).astype(dtype)
-    matrix = scipy.sparse.csr_matrix((values, (rows, cols)), shape=(num_rows, num_other), dtype=dtype)
-    return matrix if sparse else matrix.toarray()
-
-
-def implicit_mean(index, other_index, num_rows: int, num_other: int) -> np.ndarray:
-    """The column means of :func:`implicit_features` over all ``num_rows`` rows, shape (num_other,), float64.
-
-    ``mean_v = (1 / num_rows) sum_{u: (u, v) a pair} |N(u)|^-1/2`` (repeated
-    pairs once), in O(nnz): the centre of the implicit columns, so that a row
-    with no pairs can be given the average row (``x = 0`` after centring).
-    """
-    index = np.asarray(index, dtype=np.int64)
-    other_index = np.asarray(other_index, dtype=np.int64)
-    keys = np.unique(index * num_other + other_index)
-    rows, cols = keys // num_other, keys % num_other
-    counts = np.bincount(rows, minlength=num_rows)
-    return np.bincount(cols, weights=1.0 / np.sqrt(counts[rows]), minlength=num_other) / max(num_rows, 1)
-
-
 def _eigen_input(features, groups, eigen_group):
     """``(X_d dense, X_e as (CSR N, centre c), eigen columns, dense columns)`` in float64 on the host."""
     if isinstance(features, FeatureRows):

@@ -154,7 +154,7 @@ def _myfm_block(index, side_rows, other_index, num_rows: int, num_other: int, va
     """One side's relation block for myFM: [one-hot row | side features | implicit feedback] per row."""
     import scipy.sparse as sps
 
-    from bayesmf.link import implicit_features
+    from bayesmf.featurerows import implicit_features
 
     parts = [sps.identity(num_rows, format="csr")]
     if variant in ("side", "all", "ordinal-all"):

@@ -176,3 +176,15 @@ def sbc_pvalue(draws, truth, bins: int = 5) -> tuple[np.ndarray, float]:
     ranks = np.sum(draws < np.asarray(truth)[:, None], axis=1)
     counts = np.histogram(ranks, bins=bins, range=(0, draws.shape[1] + 1))[0]
     return counts, stats.chisquare(counts).pvalue
+
+
+@pytest.fixture
+def x64():
+    """64-bit JAX for one test (the closed-form checks at 1e-8), restored after it."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -7,17 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bayesmf import link
+from bayesmf import featurerows, link
 from bayesmf.featurerows import FeatureRows, implicit_rows
-
-
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
 
 
 def rows(seed=0, n=30, num_other=12, pairs=80, num_side=3, dtype=jnp.float32) -> FeatureRows:
@@ -30,7 +21,7 @@ def rows(seed=0, n=30, num_other=12, pairs=80, num_side=3, dtype=jnp.float32) ->
 def test_implicit_rows_match_the_dense_definition():
     x = rows()
     dense = np.asarray(x, np.float64)
-    expected = link.implicit_features(*_pairs(0, 30, 12, 80), 30, 12) - link.implicit_mean(*_pairs(0, 30, 12, 80), 30, 12)
+    expected = featurerows.implicit_features(*_pairs(0, 30, 12, 80), 30, 12) - featurerows.implicit_mean(*_pairs(0, 30, 12, 80), 30, 12)
     np.testing.assert_allclose(dense[:, 3:], expected, atol=1e-6)
     np.testing.assert_allclose(dense[:, 3:].mean(axis=0), 0.0, atol=1e-6)  # centred on the training rows
     assert x.shape == (30, 15) and x.num_side == 3

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bayesmf import BayesMF, fold_in_users, load, save
-from bayesmf.link import implicit_mean
+from bayesmf.featurerows import implicit_mean
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_new_user_prior_carries_the_spread_of_unknown_features(fitted, synthetic
     """A new user's prior covariance is Lambda^-1 + B_e^T Sigma_e B_e (implicit columns unknown: no ratings),
     plus B_s^T Sigma_s B_s when no side features are given; Sigma over the training rows, each draw's B.
     Checked draw by draw against the dense training feature rows."""
-    from bayesmf.link import implicit_features
+    from bayesmf.featurerows import implicit_features
 
     train = synthetic_ratings.train
     users, _ = frames

@@ -232,7 +232,7 @@ def test_nuts_and_gibbs_agree_on_the_predictive_mean():
 
 
 def test_implicit_columns_are_centred():
-    """Implicit rows are centred on the training rows (bayesmf.link.implicit_mean), like side
+    """Implicit rows are centred on the training rows (bayesmf.featurerows.implicit_mean), like side
     features: the mean row is 0, so a row without ratings at x = 0 is the average row."""
     data, side = problem(seed=16)
     config = ModelConfig(rank=2, user_features=FeatureSpec(num_side=3, implicit=True),

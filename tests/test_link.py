@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 from scipy import stats
 
-from bayesmf import link
+from bayesmf import featurerows, link
 from bayesmf.conjugate import normal_wishart_draw, wishart_chi2_shapes
 from bayesmf.engines.gibbs import gamma_draw
 
@@ -19,20 +19,11 @@ from bayesmf.engines.gibbs import gamma_draw
 K_SE = 4.5
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
-
-
 def problem(seed=0, n=30, num_side=3, num_implicit=6, rank=2, pairs=60):
     """Side features (Gaussian) and implicit ones (from random pairs), with one group each."""
     rng = np.random.default_rng(seed)
     side = rng.normal(size=(n, num_side))
-    implicit = link.implicit_features(rng.integers(0, n, pairs), rng.integers(0, num_implicit, pairs), n, num_implicit)
+    implicit = featurerows.implicit_features(rng.integers(0, n, pairs), rng.integers(0, num_implicit, pairs), n, num_implicit)
     x = np.concatenate([side, implicit], axis=1)
     groups = np.r_[np.zeros(num_side, int), np.ones(num_implicit, int)]
     factors = rng.normal(size=(n, rank))
@@ -368,8 +359,8 @@ def test_implicit_features_rows_and_pairs():
     rows, cols = np.divmod(cells, num_other)
     rows, cols = rows[rows != 0], cols[rows != 0]  # row 0 has no pairs
     rows, cols = np.r_[rows, rows[:5]], np.r_[cols, cols[:5]]  # repeated pairs count once
-    dense = link.implicit_features(rows, cols, num_rows, num_other)
-    sparse = link.implicit_features(rows, cols, num_rows, num_other, sparse=True)
+    dense = featurerows.implicit_features(rows, cols, num_rows, num_other)
+    sparse = featurerows.implicit_features(rows, cols, num_rows, num_other, sparse=True)
     assert scipy.sparse.issparse(sparse)
     np.testing.assert_array_equal(sparse.toarray(), dense)
     assert dense.shape == (num_rows, num_other)

@@ -26,15 +26,6 @@ ETAS = (-30.0, -3.0, 0.0, 1.7, 30.0)
 RTOL64 = 1e-10
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
-
-
 def reference_log_mass(cuts, eta, k):
     """log(Phi(b) - Phi(a)) from scipy's logcdf / logsf, on the side of the smaller tail."""
     ext = np.r_[-np.inf, cuts, np.inf]

@@ -624,6 +624,7 @@ def sample(
     check_memory: bool = True,
     progress_bar: bool = True,
     devices=None,
+    context: GibbsContext | None = None,
 ) -> EngineResult:
     """Run blocked Gibbs on ``num_chains`` chains (vmapped) through the driver.
 
@@ -681,6 +682,10 @@ def sample(
         ``"bucket"``; a mesh with a ``"chains"`` axis also splits the
         chains); the draws equal the one-device run's up to float32
         reassociation. None: one device, as before.
+    context : GibbsContext, optional
+        :func:`build_context` of these ``data``, ``layout``, rank and
+        ``config``, to reuse across runs (with features the link systems'
+        factorization is then paid once); not checked against them.
 
     Returns
     -------
@@ -710,7 +715,7 @@ def sample(
                                  num_tracked=0 if track_pairs is None else len(track_pairs[0]),
                                  num_devices=1 if mesh is None else int(mesh.shape[sharding.ROWS])),
                      device=None if mesh is None else mesh.devices.flat[0])
-    ctx = build_context(data, layout, config.rank, chunk_bytes, config)
+    ctx = build_context(data, layout, config.rank, chunk_bytes, config) if context is None else context
     gibbs_engine = engine(data, config, init_params)
     if mesh is not None:
         ctx, gibbs_engine = sharding.shard_context(ctx, mesh), sharding.on_mesh(gibbs_engine, mesh)
