@@ -157,6 +157,18 @@ def test_bad_feature_input():
 # --- the whole sampler ------------------------------------------------------------------
 
 
+def test_a_built_context_is_reused_with_the_same_draws():
+    """gibbs.sample(context=) skips build_context (the link systems' factorization); the draws are the same."""
+    data, side = problem()
+    data = with_features(data, CONFIG, user_side=side)
+    ctx = gibbs.build_context(data, "auto", CONFIG.rank, config=CONFIG)
+    runs = [gibbs.sample(jax.random.PRNGKey(3), data, CONFIG, num_samples=3, num_warmup=2, progress_bar=False,
+                         context=context) for context in (None, ctx)]
+    np.testing.assert_array_equal(runs[0].draws.user_link, runs[1].draws.user_link)
+    np.testing.assert_array_equal(runs[0].draws.user_factors, runs[1].draws.user_factors)
+
+
+
 @pytest.mark.slow
 def test_simulation_based_calibration():
     """SBC of the sampler with side and implicit features on both sides' priors: the rank
