@@ -270,6 +270,7 @@ class Posterior:
         self.info = dict(info or {})
         self.tracked = tracked
         self.features = dict(features or {})
+        self._spreads = (None, {})  # (the draws they were computed from, {(side, side_known): (S, d, d)})
 
     # -- shape ---------------------------------------------------------------
     @property
@@ -430,7 +431,7 @@ class Posterior:
         from bayesmf.spread import side_spread
 
         key = (side, side_known)
-        if getattr(self, "_spreads", (None,))[0] is not self.draws:
+        if self._spreads[0] is not self.draws:
             self._spreads = (self.draws, {})
         if key not in self._spreads[1]:
             self._spreads[1][key] = side_spread(self, side, side_known)
