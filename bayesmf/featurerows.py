@@ -219,3 +219,10 @@ def implicit_rows(index, other_index, num_rows: int, num_other: int, side=None, 
         values=jnp.asarray(values, dtype),
         centre=jnp.asarray(centre, dtype),
     )
+
+
+def training_implicit_rows(train, side: str, dtype=jnp.float32) -> FeatureRows:
+    """:func:`implicit_rows` of a :class:`bayesmf.data.Ratings`' ``side`` (``"user"`` or ``"item"``), no side columns."""
+    own, other = (train.user_index, train.item_index) if side == "user" else (train.item_index, train.user_index)
+    sizes = (train.num_users, train.num_items) if side == "user" else (train.num_items, train.num_users)
+    return implicit_rows(own, other, *sizes, dtype=dtype)

@@ -341,9 +341,9 @@ class Posterior:
         known = (user_index >= 0) & (item_index >= 0)
         # Known pairs (nearly all of a test set) skip the cold-start terms.
         parts = [(np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)]
-        spreads = [None, None]
-        if (~known).any():
-            spreads = [self._spread(side, x is not None) for side, x in (("user", user_x), ("item", item_x))]
+        # The spread of unknown features, for the sides that have new rows here.
+        spreads = [self._spread(side, x is not None) if (index < 0).any() else None
+                   for side, x, index in (("user", user_x, user_index), ("item", item_x, item_index))]
         mean = np.empty((total, n), np.float64)
         var = np.empty((total, n), np.float64)
         block = max(1, DRAW_BLOCK_CELLS // max(n, 1))

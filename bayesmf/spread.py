@@ -28,16 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmf.featurerows import FeatureRows, implicit_rows
+from bayesmf.featurerows import FeatureRows, training_implicit_rows
 
 Array = jax.Array
-
-
-def training_implicit_rows(train, side: str, dtype=jnp.float32) -> FeatureRows:
-    """The implicit-feedback rows of the training ratings' ``side`` (``"user"`` or ``"item"``), no side columns."""
-    own, other = (train.user_index, train.item_index) if side == "user" else (train.item_index, train.user_index)
-    sizes = (train.num_users, train.num_items) if side == "user" else (train.num_items, train.num_users)
-    return implicit_rows(own, other, *sizes, dtype=dtype)
 
 
 @jax.jit

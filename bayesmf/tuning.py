@@ -253,13 +253,7 @@ class _Tuner:
         return self.fits[key]["rmse"]
 
     def _link_columns(self, point: _Point) -> dict:
-        specs = [s for s in (self.config.user_features, self.config.item_features) if s is not None]
-        out = {}
-        if any(s.num_side for s in specs):
-            out["side_ratio"] = point.side
-        if any(s.implicit for s in specs):
-            out["implicit_ratio"] = point.implicit
-        return out
+        return {f"{name}_ratio": getattr(point, name) for name in _link_coordinates(self.config)}
 
     def best(self) -> dict:
         return min(self.fits.values(), key=lambda fit: fit["rmse"])
