@@ -60,7 +60,32 @@ DENSE_MAX_CELLS = 4_000_000
 # threshold stands.
 DENSE_MAX_WORK = 2e8
 
-LAYOUTS = ("auto", "bucket", "dense")
+LAYOUTS = ("auto", "bucket", "segment", "dense")
+
+# Ratings per segment of the ``"segment"`` layout: every row's ratings are cut
+# into segments of one width per side (the last one padded), so the
+# statistics of any data set run through one loop body of one shape per side
+# (compile time does not grow with the degree distribution, as one body per
+# bucket width did). :func:`segment_width` picks the power of 2 within these
+# bounds that minimises ``segments x (width + SEGMENT_OVERHEAD)``: padding
+# costs its slots, and each segment a fixed overhead (adding its statistics
+# into its row, a small GEMM's setup) worth about 32 slots on the 2-core CPU:
+# at ML-1M shape, rank 32, widths 16/32/64/128 for both sides gave
+# 0.301/0.307/0.281/0.256 s per sweep, padding 4.5/9/20/33% on the users' side.
+SEGMENT_WIDTHS = (16, 32, 64, 128, 256, 512)
+SEGMENT_OVERHEAD = 32
+# A fixed width for every side instead (None: :func:`segment_width` decides).
+SEGMENT_WIDTH = None
+
+
+def segment_width(degree: np.ndarray) -> int:
+    """Ratings per segment for rows of these degrees (see :data:`SEGMENT_WIDTHS`)."""
+    if SEGMENT_WIDTH is not None:
+        return int(SEGMENT_WIDTH)
+    degree = np.asarray(degree, np.int64)
+    costs = [int((-(-degree // w)).sum()) * (w + SEGMENT_OVERHEAD) for w in SEGMENT_WIDTHS]
+    return SEGMENT_WIDTHS[int(np.argmin(costs))]
+
 
 # Working memory one chunk of rows may take in :func:`map_rows` on the CPU
 # (the gathered design rows and the per-row d x d matrices), bytes. At the
@@ -117,6 +142,37 @@ class BucketLayout(NamedTuple):
     stage_order: Array | None = None
 
 
+class SegmentLayout(NamedTuple):
+    """Every row's ratings in segments of one width, in ``k`` chunks of ``c`` segments.
+
+    :func:`map_rows` sums each chunk's per-segment statistics into every
+    row's ``(d + 1)^2`` statistics (one loop body), then updates the rows in
+    even chunks (a second loop body). Built by :func:`build_layout` with
+    ``kind="segment"`` (or ``"auto"`` where every row's statistics fit in
+    ``stats_bytes``).
+
+    Attributes
+    ----------
+    rows : int32 array, shape (k, c)
+        Row of each segment; padding segments point at ``num_rows``.
+    cols : int32 array, shape (k, c, width)
+        Column ids of the segment's entries; padding is ``num_cols``.
+    entries : int32 array, shape (k, c, width)
+        Positions of those entries in the rating arrays; padding is ``nnz``.
+    row_chunks : int32 array, shape (chunks, rows_per_chunk)
+        The rows ``0 .. num_rows - 1`` in even chunks for the row update;
+        padding is ``num_rows`` (a row of zero statistics).
+    num_rows : int32 array, shape (num_rows, 0)
+        No data: carries the row count as a static shape through ``jit``.
+    """
+
+    rows: Array
+    cols: Array
+    entries: Array
+    row_chunks: Array
+    num_rows: Array
+
+
 class DenseLayout(NamedTuple):
     mask: Array  # (num_rows, num_cols) 0/1
     rows: Array  # (nnz,) int32 row of each rating
@@ -129,22 +185,47 @@ def bucket_widths(degree: np.ndarray) -> np.ndarray:
     return np.where(degree > 0, 2 ** np.ceil(np.log2(np.maximum(degree, 1))).astype(np.int64), 1)
 
 
-def padded_fraction(degree: np.ndarray) -> float:
-    """Entries of the bucketed layout (padding included) per entry, for rows of these degrees (1 to 2)."""
+def padded_fraction(degree: np.ndarray, kind: str = "bucket") -> float:
+    """Entries of a layout (padding included) per entry, for rows of these
+    degrees: ``"bucket"`` 1 to 2 (widths up to the next power of 2),
+    ``"segment"`` (segments of :func:`segment_width`) at most
+    ``1 + (width - 1) rows / nnz``."""
     degree = np.asarray(degree, np.int64)
     total = int(degree.sum())
-    return float(bucket_widths(degree[degree > 0]).sum() / total) if total else 1.0
+    if not total:
+        return 1.0
+    if kind == "segment":
+        width = segment_width(degree)
+        return float((-(-degree // width)).sum() * width / total)
+    return float(bucket_widths(degree[degree > 0]).sum() / total)
 
 
-def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = None) -> str:
-    """The layout ``build_layout(kind=...)`` builds: ``"auto"`` resolved by size and design width."""
+def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = None,
+                 stats_bytes: int | None = None, itemsize: int = 4) -> str:
+    """The layout ``build_layout(kind=...)`` builds: ``"auto"`` resolved by size and design width.
+
+    ``"auto"`` is ``"dense"`` for small problems (:data:`DENSE_MAX_CELLS`,
+    :data:`DENSE_MAX_WORK`); otherwise ``"segment"`` when every row's
+    ``(w + 1)^2`` statistics fit in ``stats_bytes`` (default
+    :func:`default_stats_bytes`), else ``"bucket"`` (chunks of rows, whose
+    working memory is bounded whatever the rank).
+    """
     if kind not in LAYOUTS:
         raise ValueError(f"unknown layout {kind!r}; expected one of {LAYOUTS}")
     if kind != "auto":
         return kind
     cells = num_rows * num_cols
-    small = cells <= DENSE_MAX_CELLS and (width is None or cells * width**2 <= DENSE_MAX_WORK)
-    return "dense" if small else "bucket"
+    if cells <= DENSE_MAX_CELLS and (width is None or cells * width**2 <= DENSE_MAX_WORK):
+        return "dense"
+    if width is None:
+        return "bucket"
+    stats_bytes = default_stats_bytes() if stats_bytes is None else stats_bytes
+    return "segment" if segment_stats_bytes(num_rows, width, itemsize) <= stats_bytes else "bucket"
+
+
+def segment_stats_bytes(num_rows: int, design_width: int, itemsize: int = 4) -> int:
+    """Every row's ``(d + 1)^2`` statistics in the ``"segment"`` layout (one padding row included)."""
+    return (num_rows + 1) * (design_width + 1) ** 2 * itemsize
 
 
 def row_bytes(width: int, design_width: int | None, itemsize: int = 4) -> int:
@@ -250,6 +331,33 @@ def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes
     return _padded_rows(plan) * (d + 1) ** 2 * itemsize + max(group_bytes, per_chunk * row_bytes(0, d, itemsize))
 
 
+def segment_chunks(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4,
+                   width: int | None = None) -> tuple[int, int, int, int]:
+    """How :func:`build_layout` cuts rows of these degrees into a ``"segment"`` layout.
+
+    Returns
+    -------
+    (chunks, segments per chunk, row chunks, rows per row chunk)
+    """
+    degree = np.asarray(degree, np.int64)
+    width = segment_width(degree) if width is None else int(width)
+    segments = max(1, int((-(-degree // width)).sum()))
+    per_segment = row_bytes(width, design_width, itemsize) - 3 * itemsize * int(design_width) ** 2
+    k = -(-segments // min(segments, max(1, chunk_bytes // per_segment)))
+    rows = max(1, degree.size)
+    r = -(-rows // min(rows, max(1, chunk_bytes // row_bytes(0, design_width, itemsize))))
+    return k, -(-segments // k), r, -(-rows // r)
+
+
+def segment_working_bytes(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4) -> int:
+    """What :func:`map_rows` holds at once with a ``"segment"`` layout: every
+    row's statistics plus the larger of a chunk of segments and a chunk of rows."""
+    k, c, _, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize)
+    d = int(design_width)
+    seg = c * itemsize * (segment_width(degree) * (d + 1) + (d + 1) ** 2)
+    return segment_stats_bytes(np.size(degree), d, itemsize) + max(seg, per_chunk * row_bytes(0, d, itemsize))
+
+
 def _padded_rows(plan: tuple) -> int:
     """Rows of a :func:`bucket_plan`, chunk padding included."""
     return sum(b.chunks * b.chunk_rows for group in plan for b in group)
@@ -323,6 +431,37 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
                         stage_order=jnp.asarray(stage_order, jnp.int32))
 
 
+def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, design_width: int,
+                    chunk_bytes: int, itemsize: int) -> SegmentLayout:
+    nnz = rows.size
+    order = np.argsort(rows, kind="stable")
+    degree = np.bincount(rows, minlength=num_rows)
+    w = segment_width(degree)
+    k, c, r, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, w)
+    per_row = -(-degree // w)
+    seg_row = np.repeat(np.arange(num_rows), per_row)
+    first = np.cumsum(per_row) - per_row
+    start = (np.cumsum(degree) - degree)[seg_row] + (np.arange(seg_row.size) - first[seg_row]) * w
+    end = (np.cumsum(degree))[seg_row]
+    slot = start[:, None] + np.arange(w)[None, :]
+    valid = slot < end[:, None]
+    entries = np.where(valid, order[np.minimum(slot, max(nnz - 1, 0))], nnz)
+    seg_cols = np.where(valid, cols[np.minimum(entries, max(nnz - 1, 0))], num_cols)
+    pad = k * c - seg_row.size
+    seg_row = np.concatenate([seg_row, np.full(pad, num_rows, np.int64)])
+    entries = np.concatenate([entries, np.full((pad, w), nnz, np.int64)])
+    seg_cols = np.concatenate([seg_cols, np.full((pad, w), num_cols, np.int64)])
+    row_chunks = np.full(r * per_chunk, num_rows, np.int64)
+    row_chunks[:num_rows] = np.arange(num_rows)
+    return SegmentLayout(
+        rows=jnp.asarray(seg_row.reshape(k, c), jnp.int32),
+        cols=jnp.asarray(seg_cols.reshape(k, c, w), jnp.int32),
+        entries=jnp.asarray(entries.reshape(k, c, w), jnp.int32),
+        row_chunks=jnp.asarray(row_chunks.reshape(r, per_chunk), jnp.int32),
+        num_rows=jnp.zeros((num_rows, 0), jnp.int32),
+    )
+
+
 def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int) -> DenseLayout:
     # Counts, not ones: a repeated (row, col) pair counts in the Gram as often
     # as in the rhs and y'y (as it does in the bucketed layout).
@@ -339,35 +478,42 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     ----------
     rows, cols : int array, shape (nnz,)
     num_rows, num_cols : int
-    kind : {"auto", "bucket", "dense"}
+    kind : {"auto", "bucket", "segment", "dense"}
+        :func:`resolve_kind` says what ``"auto"`` builds.
     width : int, optional
         Width ``w`` of the design rows the layout will be used with (the
         rank, or rank + 1 with an offset column); lets ``"auto"`` weigh the
-        dense GEMM's cost (:data:`DENSE_MAX_WORK`) and bounds the bucketed
-        layout's chunks (without it, each bucket is one chunk).
+        dense GEMM's cost (:data:`DENSE_MAX_WORK`) and the statistics'
+        memory, and bounds the chunks (without it, each bucket is one chunk;
+        ``"segment"`` needs it).
     chunk_bytes : int, optional
         Working memory of one chunk of rows in :func:`map_rows`; default
         :func:`default_chunk_bytes`.
     stats_bytes : int, optional
         Largest buffer of every row's statistics for the two-stage row
-        update (:func:`stage_rows`); default :func:`default_stats_bytes`.
+        update (:func:`stage_rows`) and for ``"auto"`` to choose
+        ``"segment"``; default :func:`default_stats_bytes`.
     itemsize : int
         Bytes per float of the design rows the layout will be used with (4 or
         8): the chunks' sizes count them.
 
     Returns
     -------
-    BucketLayout or DenseLayout
+    BucketLayout, SegmentLayout or DenseLayout
     """
-    kind = resolve_kind(kind, num_rows, num_cols, width)
+    if stats_bytes is None:
+        stats_bytes = default_stats_bytes()
+    kind = resolve_kind(kind, num_rows, num_cols, width, stats_bytes, itemsize)
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     if kind == "dense":
         return _dense_layout(rows, cols, num_rows, num_cols)
     if chunk_bytes is None:
         chunk_bytes = default_chunk_bytes()
-    if stats_bytes is None:
-        stats_bytes = default_stats_bytes()
+    if kind == "segment":
+        if width is None:
+            raise ValueError("the 'segment' layout needs the design width (width=)")
+        return _segment_layout(rows, cols, num_rows, num_cols, int(width), int(chunk_bytes), int(itemsize))
     return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes), int(itemsize))
 
 
@@ -376,7 +522,7 @@ def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
 
     Parameters
     ----------
-    layout : BucketLayout or DenseLayout
+    layout : BucketLayout, SegmentLayout or DenseLayout
         Built for these rows and columns by :func:`build_layout`.
     design : array, shape (num_cols, d)
         One design row ``z_v`` per column.
@@ -405,6 +551,9 @@ def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
         return gram, rhs
     design_pad = jnp.concatenate([design, jnp.zeros((1, d), design.dtype)])
     response_pad = jnp.concatenate([response, jnp.zeros((1,), response.dtype)])
+    if isinstance(layout, SegmentLayout):
+        stats = _segment_stats(layout, design_pad, response_pad)[:-1]
+        return stats[:, :d, :d], stats[:, d, :d]
     # One batched matmul per bucket: with the response appended as an extra
     # column, [z y]^T [z y] holds the Gram (top-left block) and the rhs (last
     # column). matmul lowers to a faster batched GEMM than the equivalent
@@ -423,6 +572,25 @@ def _bucket_stats(design_pad: Array, response_pad: Array, cols: Array, entries: 
     shape (n, d + 1, d + 1), the Gram ``G``, the rhs ``h`` and ``y^T y``."""
     zy = jnp.concatenate([design_pad[cols], response_pad[entries][..., None]], axis=-1)
     return jnp.matmul(jnp.swapaxes(zy, -1, -2), zy)
+
+
+def _segment_stats(layout: SegmentLayout, design_pad: Array, response_pad: Array) -> Array:
+    """Every row's ``[z y]^T [z y]`` (num_rows + 1, d + 1, d + 1) from a
+    :class:`SegmentLayout`: one loop over its chunks of segments, each
+    chunk's statistics added into their rows (the last row takes the
+    padding's zeros)."""
+    w = design_pad.shape[-1] + 1
+
+    def body(acc, chunk):
+        rows, cols, entries = chunk
+        return acc.at[rows].add(_bucket_stats(design_pad, response_pad, cols, entries)), None
+
+    acc = jnp.zeros((layout.num_rows.shape[0] + 1, w, w), design_pad.dtype)
+    if layout.rows.shape[0] == 1:
+        acc, _ = body(acc, (layout.rows[0], layout.cols[0], layout.entries[0]))
+        return acc
+    acc, _ = jax.lax.scan(body, acc, (layout.rows, layout.cols, layout.entries))
+    return acc
 
 
 def residual_sums(x: Array, gram: Array, rhs: Array, yy: Array) -> Array:
@@ -456,7 +624,7 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
 
     Parameters
     ----------
-    layout : BucketLayout or DenseLayout
+    layout : BucketLayout, SegmentLayout or DenseLayout
     design : array, shape (num_cols, d)
     response : array, shape (nnz,)
     fn : callable
@@ -492,6 +660,8 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
         stats = _bucket_stats(design_pad, response_pad, cols, entries)
         return finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs))
 
+    if isinstance(layout, SegmentLayout):
+        return _segment_rows(layout, design_pad, response_pad, finish, row_inputs)
     if layout.stage_index is not None:
         return _two_stage(layout, design_pad, response_pad, finish, row_inputs)
     # A group of one-chunk buckets is one call of ``fn`` on their rows
@@ -510,6 +680,25 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
         rows = jnp.concatenate([b.rows[0] for b in group])
         out_blocks.append(finish(stats[:, :d, :d], stats[:, d, :d], stats[:, d, d], tuple(x[rows] for x in row_inputs)))
     return jax.tree.map(lambda *blocks: jnp.concatenate(blocks)[layout.order], *out_blocks)
+
+
+def _segment_rows(layout: SegmentLayout, design_pad: Array, response_pad: Array, finish, row_inputs: tuple):
+    """:func:`map_rows` with a :class:`SegmentLayout`: every row's statistics
+    (one loop over the segments), then ``finish`` over even chunks of rows."""
+    stats = _segment_stats(layout, design_pad, response_pad)
+    n, d = layout.num_rows.shape[0], stats.shape[-1] - 1
+
+    def chunk(index):
+        s = stats[index]
+        inputs = tuple(x[jnp.minimum(index, n - 1)] for x in row_inputs)
+        return finish(s[:, :d, :d], s[:, d, :d], s[:, d, d], inputs)
+
+    index = layout.row_chunks
+    if index.shape[0] == 1:
+        out = chunk(index[0])
+    else:
+        out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), jax.lax.map(chunk, index))
+    return jax.tree.map(lambda a: a[:n], out)
 
 
 def _two_stage(layout: BucketLayout, design_pad: Array, response_pad: Array, finish, row_inputs: tuple):

@@ -2,23 +2,27 @@
 
 The memory model counts the arrays a fit holds, in bytes (``f`` = bytes per
 float: 4 in float32, 8 in float64; ``D`` = rank; ``n``, ``m`` = users,
-movies; ``p`` = the bucketed layout's padded entries per rating, between 1 and
-2, computed from the degrees by :func:`bayesmf.layout.padded_fraction`):
+movies; ``p`` = the layouts' padded entries per rating, between 1 and 2 for
+the bucketed layout, computed from the degrees by
+:func:`bayesmf.layout.padded_fraction`):
 
 ========================  =====================================================
 on the device             bytes
 ========================  =====================================================
 ratings                   ``(8 + f) nnz`` (two int32 indices and the rating)
-layouts (bucketed)        ``16 p nnz`` (column and entry indices, both orders)
+layouts (bucket, segment) ``16 p nnz`` (column and entry indices, both orders)
 layouts (dense)           ``4 n m + 8 nnz`` per side
 per-rating temporaries    ``3 f nnz`` (responses of a half-sweep)
 per-row state             ``4 f (n + m)(D + 1)`` per chain (state, variates,
                           new rows, one spare)
 row chunks                twice the largest group's working memory
                           (:func:`bayesmf.layout.peak_working_bytes`: at
-                          most ``chunk_bytes``)
-draws in flight           ``k f (n + m)(D + 1)`` per chain (a driver chunk of
-                          ``k`` kept draws before it moves to the host)
+                          most ``chunk_bytes``; with segments, every row's
+                          statistics and a chunk,
+                          :func:`bayesmf.layout.segment_working_bytes`)
+draws in flight           ``2 k f (n + m)(D + 1)`` per chain (two driver chunks of
+                          ``k`` kept draws: one moves to the host while the
+                          next runs)
 features (per side)       ``f r F_s + 12 e + f F_e``: ``r`` rows, ``F_s`` side
                           columns, ``e`` implicit entries (two int32 indices
                           and a value), ``F_e`` implicit columns
@@ -51,9 +55,10 @@ import jax
 # sweep program at scale (~250-300 MB at ML-1M shape, rank 32).
 RUNTIME_BYTES = 600 * 2**20
 
-# Draws a driver chunk keeps on the device before moving them to the host
-# (bayesmf.engines.driver.DEFAULT_CHUNK).
-DRAWS_IN_FLIGHT = 10
+# Draws kept on the device before they move to the host: two driver chunks
+# (bayesmf.engines.driver.DEFAULT_CHUNK), since a chunk's draws move while
+# the next chunk runs.
+DRAWS_IN_FLIGHT = 20
 
 
 class MemoryPlan(NamedTuple):

@@ -1,5 +1,6 @@
-"""The two Gram layouts compute the same per-row Gram matrices and right-hand
-sides (against a NumPy loop), and ``"auto"`` chooses by size and design width."""
+"""The Gram layouts compute the same per-row Gram matrices and right-hand
+sides (against a NumPy loop), and ``"auto"`` chooses by size, design width
+and the memory of every row's statistics."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,7 @@ from bayesmf.layout import (
     DENSE_MAX_WORK,
     BucketLayout,
     DenseLayout,
+    SegmentLayout,
     bucket_plan,
     build_layout,
     gram_and_rhs,
@@ -45,8 +47,8 @@ def test_layouts_match_a_numpy_loop(num_rows, num_cols, fill, d, seed):
     design = rng.normal(size=(num_cols, d))
     response = rng.normal(size=rows.size)
     want_gram, want_rhs = reference(rows, cols, num_rows, design, response)
-    for kind in ("dense", "bucket"):
-        layout = build_layout(rows, cols, num_rows, num_cols, kind)
+    for kind in ("dense", "bucket", "segment"):
+        layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d)
         gram, rhs = gram_and_rhs(layout, jnp.asarray(design, jnp.float32), jnp.asarray(response, jnp.float32))
         # float32 sums of at most 9 products of O(1) normals: round-off ~1e-6.
         np.testing.assert_allclose(gram, want_gram, atol=1e-4, err_msg=kind)
@@ -60,10 +62,20 @@ def test_auto_weighs_size_and_width():
     n, m = 943, 1682
     assert n * m * 11**2 <= DENSE_MAX_WORK < n * m * 13**2
     assert isinstance(build_layout(rows, cols, n, m, "auto", width=11), DenseLayout)
-    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51), BucketLayout)
-    # Too many cells is bucketed whatever the width.
+    # Beyond: segments while every row's (w + 1)^2 statistics fit, buckets (rows in chunks) when not.
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51), SegmentLayout)
+    need = (n + 1) * 52**2 * 4
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need), SegmentLayout)
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need - 1), BucketLayout)
+    # Too many cells is never dense, whatever the width; without the width, bucketed.
     big = DENSE_MAX_CELLS // 1000 + 1
-    assert isinstance(build_layout(rows, cols, 1000, big, "auto", width=1), BucketLayout)
+    assert isinstance(build_layout(rows, cols, 1000, big, "auto", width=1), SegmentLayout)
+    assert isinstance(build_layout(rows, cols, 1000, big, "auto"), BucketLayout)
+
+
+def test_segment_layout_needs_the_width():
+    with pytest.raises(ValueError, match="design width"):
+        build_layout([0], [0], 1, 1, "segment")
 
 
 def test_unknown_layout_is_rejected():
@@ -97,7 +109,7 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
     def fn(gram, rhs, z):  # row-wise: a solve per row plus that row's own input
         return jnp.linalg.solve(gram + jnp.eye(d), rhs[..., None])[..., 0] + z
 
-    for kind in ("dense", "bucket"):
+    for kind in ("dense", "bucket", "segment"):
         layout = build_layout(rows, cols, num_rows, num_cols, kind, width=d, chunk_bytes=chunk_bytes,
                               stats_bytes=stats_bytes)
         if kind == "bucket" and stats_bytes == 0:
@@ -112,6 +124,47 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
         want = np.bincount(rows, residual**2, minlength=num_rows)
         # y^T y - 2 x.h + x^T G x in float32 over <= 9 O(1) terms per row.
         np.testing.assert_allclose(sse, want, atol=1e-3, err_msg=kind)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3_000, 10**9])
+def test_segments_split_long_rows_and_sum_back(monkeypatch, chunk_bytes):
+    """Rows longer than a segment are cut into several (here of 3 ratings),
+    in one or many chunks of segments and of rows; their statistics sum back
+    to each row's Gram and rhs, and map_rows hands fn each row's own."""
+    monkeypatch.setattr("bayesmf.layout.SEGMENT_WIDTH", 3)
+    rng = np.random.default_rng(2)
+    num_rows, num_cols, d = 30, 12, 3
+    cells = rng.permutation(num_rows * num_cols)[:200]
+    rows, cols = np.divmod(cells, num_cols)
+    design = rng.normal(size=(num_cols, d))
+    response = rng.normal(size=rows.size)
+    layout = build_layout(rows, cols, num_rows, num_cols, "segment", width=d, chunk_bytes=chunk_bytes)
+    assert layout.cols.shape[-1] == 3
+    assert layout.rows.size >= int(np.sum(-(-np.bincount(rows, minlength=num_rows) // 3)))
+    if chunk_bytes == 1:
+        assert layout.rows.shape[1] == 1 and layout.row_chunks.shape[1] == 1  # one segment, one row per chunk
+    want_gram, want_rhs = reference(rows, cols, num_rows, design, response)
+    gram, rhs = gram_and_rhs(layout, jnp.asarray(design, jnp.float32), jnp.asarray(response, jnp.float32))
+    # float32 sums of at most 12 products of O(1) normals.
+    np.testing.assert_allclose(gram, want_gram, atol=1e-4)
+    np.testing.assert_allclose(rhs, want_rhs, atol=1e-4)
+    x = map_rows(layout, jnp.asarray(design, jnp.float32), jnp.asarray(response, jnp.float32),
+                 lambda g, h, z: jnp.linalg.solve(g + jnp.eye(d), h[..., None])[..., 0] + z,
+                 (jnp.arange(num_rows, dtype=jnp.float32)[:, None] * jnp.ones(d),))
+    want = np.linalg.solve(want_gram + np.eye(d), want_rhs[..., None])[..., 0] + np.arange(num_rows)[:, None]
+    np.testing.assert_allclose(x, want, atol=1e-3)
+
+
+def test_segment_width_weighs_padding_against_segments():
+    """The width minimises segments x (width + overhead): short rows get short
+    segments (little padding), rows of thousands of ratings long ones."""
+    from bayesmf.layout import SEGMENT_OVERHEAD, SEGMENT_WIDTHS, segment_width
+
+    short, long = np.full(1000, 20), np.full(100, 5000)
+    assert segment_width(short) < segment_width(long)
+    for degree in (short, long, np.random.default_rng(0).zipf(1.5, 2000).clip(1, 10**4)):
+        costs = {w: int(np.sum(-(-degree // w))) * (w + SEGMENT_OVERHEAD) for w in SEGMENT_WIDTHS}
+        assert costs[segment_width(degree)] == min(costs.values())
 
 
 def test_bucket_plan_bounds_each_group_by_the_chunk():

@@ -68,6 +68,7 @@ from bayesmf.layout import (
     padded_fraction,
     peak_working_bytes,
     resolve_kind,
+    segment_working_bytes,
 )
 from bayesmf.model import (
     ModelConfig,
@@ -154,21 +155,24 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
     """What :func:`sample` will hold in memory (:mod:`bayesmf.memory`), from
     the sizes and degrees alone (nothing is allocated); per device when the
     sweep is sharded over ``num_devices``."""
-    kinds = {resolve_kind(layout, data.num_users, data.num_items, config.rank),
-             resolve_kind(layout, data.num_items, data.num_users, config.rank + 1)}
     user_degree, item_degree = np.asarray(data.user_degree), np.asarray(data.item_degree)
-    degrees = np.concatenate([user_degree, item_degree])
     itemsize = np.dtype(data.rating.dtype).itemsize
-    working = 0
-    if "bucket" in kinds:
-        chunk_bytes = default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)
-        stats_bytes = default_stats_bytes()
-        working = max(peak_working_bytes(user_degree, config.rank, chunk_bytes, itemsize, stats_bytes),
-                      peak_working_bytes(item_degree, config.rank + 1, chunk_bytes, itemsize, stats_bytes))
+    chunk_bytes = default_chunk_bytes() if chunk_bytes is None else int(chunk_bytes)
+    stats_bytes = default_stats_bytes()
+    working, kinds, padded = 0, set(), 0.0
+    for degree, rows, cols, width in ((user_degree, data.num_users, data.num_items, config.rank),
+                                      (item_degree, data.num_items, data.num_users, config.rank + 1)):
+        kind = resolve_kind(layout, rows, cols, width, stats_bytes, itemsize)
+        kinds.add(kind)
+        padded += padded_fraction(degree, kind) / 2  # (each side indexes every rating)
+        if kind == "bucket":
+            working = max(working, peak_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
+        elif kind == "segment":
+            working = max(working, segment_working_bytes(degree, width, chunk_bytes, itemsize))
     return memory.gibbs_plan(
         data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
         keep_draws=keep_draws, itemsize=itemsize,
-        padded=padded_fraction(degrees),
+        padded=padded,
         dense_cells=data.num_users * data.num_items if kinds == {"dense"} else None,
         working_bytes=working, num_tracked=num_tracked, num_devices=num_devices, links=_link_sizes(data, config),
     )
@@ -640,7 +644,7 @@ def sample(
     num_chains : int
     thin : int
         Sweeps per kept draw.
-    layout : {"auto", "bucket", "dense"}
+    layout : {"auto", "bucket", "segment", "dense"}
         Gram layout (:mod:`bayesmf.layout`).
     keep_draws : bool
         Keep every kept draw of all parameters (factors included):
