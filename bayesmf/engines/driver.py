@@ -187,10 +187,26 @@ def chain_keys(rng_key: Array, num_chains: int) -> Array:
     return jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(num_chains))
 
 
+# XLA options for the sampling programs on a GPU. XLA's GEMM autotuning took
+# about 9 of the 14 s of compiling an ML-10M-shaped Gibbs sweep on an H200,
+# and without it the sweep ran as fast (29.3 against 27.8-31.9 ms at ML-10M
+# shape, 0.152 against 0.154 s at Netflix shape: "third_run" of
+# results/benchmarks/gpu_check.json). An ``xla_gpu_autotune_level`` in
+# ``XLA_FLAGS`` takes precedence.
+GPU_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
+
+
+def compiler_options() -> dict:
+    """XLA options for :func:`timed_compile` on the default backend (:data:`GPU_COMPILER_OPTIONS` on a GPU)."""
+    if jax.default_backend() != "gpu" or "xla_gpu_autotune_level" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(GPU_COMPILER_OPTIONS)
+
+
 def timed_compile(fn: Callable, *args):
-    """Jit-compile ``fn`` for ``args`` ahead of time; return (compiled, seconds)."""
+    """Jit-compile ``fn`` for ``args`` ahead of time (:func:`compiler_options`); return (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options() or None)
     return compiled, time.perf_counter() - start
 
 
@@ -359,6 +375,12 @@ def _chunk_fn(engine: Engine, thin: int, keep: bool, track: bool):
         return state, acc, draws, infos, tracked
 
     return chunk
+
+
+def _settle(chunks: list) -> None:
+    """Move the last chunk of ``chunks`` to the host if it is still on the device (in place)."""
+    if chunks and not isinstance(jax.tree_util.tree_leaves(chunks[-1])[0], np.ndarray):
+        chunks[-1] = to_numpy(chunks[-1])
 
 
 def _over_chains(chunk, width: int, method: str):
@@ -577,6 +599,10 @@ def sample(
                 else:
                     fn = program(length, thin, keep_draws, g, state, acc)
                     state, acc, draws, infos, tracked = fn(keys_for(g, k, length), state, acc, context, pairs)
+                # The previous chunk's draws move to the host while this one
+                # runs (dispatch is asynchronous): moving them first left a GPU
+                # idle for 40 of 160 ms per sweep at Netflix shape, rank 32.
+                _settle(run.draws)
                 infos = to_numpy(infos)
                 _raise_nonfinite(engine, infos, groups[g], done[phase], phase)
                 if phase == "warmup":
@@ -585,7 +611,7 @@ def sample(
                 else:
                     run.infos.append(infos)
                     if keep_draws:
-                        run.draws.append(to_numpy(draws))
+                        run.draws.append(draws)  # (on the device until the next chunk is dispatched)
                     if track and keep_track_draws:
                         run.tracked.append(np.asarray(tracked))
                     run.draw_seconds += time.perf_counter() - start
@@ -599,9 +625,11 @@ def sample(
                     time.perf_counter() - last_save >= seconds or (every is not None and since_save >= every)
                 ):
                     run.group = g
+                    _settle(run.draws)
                     write_checkpoint(path, run.arrays(expected, run_sig))
                     last_save, since_save = time.perf_counter(), 0
             jax.block_until_ready(state)
+            _settle(run.draws)
             run.finish_group(jax.vmap(engine.draw_fn, in_axes=(0, None))(state, context), state, acc)
     finally:
         bar.close()
