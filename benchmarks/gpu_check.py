@@ -23,7 +23,8 @@ what it measured.
   memory against the memory model (:func:`bayesmf.engines.gibbs.memory_plan`),
   optionally ``evaluate`` on the test ratings and save / load.
 
-Run (the GPU machine runs the package from source; see README, "GPU")::
+Run (the GPU machine runs the package from source; see README, "GPU"; `--plan fourth`,
+`fourth-2`, `fourth-3` are the H100 runs of `fourth_run` in the JSON)::
 
     python benchmarks/gpu_check.py --data ../shared/data --out results/benchmarks/gpu_check.json
     python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check.json      # seconds, on any backend (tests)
@@ -91,6 +92,50 @@ THIRD_PLAN = [
     ("ml-10m-d32-autotune-0", _D32, 45, {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}),
     ("netflix-d32-autotune-0", ["engine", "--shape", "netflix", "--rank", "32", "--warmup", "3", "--sweeps", "10"],
      110, {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}),
+]
+
+
+# The fourth run (an H100): the segment layout (one loop body per side,
+# whatever the degrees) against buckets, compile with XLA's GEMM autotuning
+# off from the package (engines.driver.compiler_options), where a Netflix
+# sweep's time goes, evaluate with the star-scale scores, the tuned MAP
+# against 250 Gibbs sweeps, and rank 512 on an H100's 80 GB.
+_NETFLIX = ["engine", "--shape", "netflix", "--rank", "32", "--warmup", "3", "--sweeps", "10"]
+FOURTH_PLAN = [
+    ("netflix-d32-segment", _NETFLIX + ["--layout", "segment"], 90),
+    ("netflix-d32-parts", ["parts", "--shape", "netflix", "--rank", "32", "--layouts", "segment"], 100),
+    ("ml-10m-d32-map", ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "20", "--sweeps", "100",
+                        "--evaluate", "--map"], 150),
+    ("ml-10m-d512-h100", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                          "--no-keep", "--chunk-fraction", "0.015625"], 90),
+    ("paths-default", ["paths", "--precision", "default", "--map"], 80),
+    ("netflix-d32-bucket", _NETFLIX + ["--layout", "bucket"], 80),
+]
+# Its second part: a Netflix sweep compiled alone against the driver's, the
+# evaluation's compile and scoring apart (with autotuning off), and rank 512
+# on the H100 at larger chunks.
+FOURTH_PLAN_2 = [
+    ("netflix-d32-step-segment", ["step", "--shape", "netflix", "--rank", "32", "--layout", "segment"], 100),
+    ("ml-10m-d32-evaluate-autotune-0", ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "2", "--sweeps",
+                                        "100", "--evaluate", "--evaluate-twice"], 80,
+     {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}),
+    ("ml-10m-d512-h100-chunk-1/16", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                                     "--no-keep", "--chunk-fraction", "0.0625"], 70),
+    ("ml-10m-d512-h100-chunk-1/32", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                                     "--no-keep", "--chunk-fraction", "0.03125"], 70),
+    ("netflix-d32-step-bucket", ["step", "--shape", "netflix", "--rank", "32", "--layout", "bucket"], 100),
+]
+# Its third part, the code as it lands: segments sized per side
+# (layout.segment_width), kept draws moving to the host while the next chunk
+# runs (driver), the default chunk at rank 512, every user path.
+FOURTH_PLAN_3 = [
+    ("netflix-d32-step-auto", ["step", "--shape", "netflix", "--rank", "32"], 75),
+    ("ml-10m-d32-final", ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "20", "--sweeps", "100",
+                          "--evaluate", "--evaluate-twice", "--save"], 80),
+    ("netflix-d32-bucket-final", _NETFLIX + ["--layout", "bucket"], 60),
+    ("ml-10m-d512-h100-default", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                                  "--no-keep"], 60),
+    ("paths-final", ["paths", "--precision", "default"], 45),
 ]
 
 
@@ -208,12 +253,22 @@ def child_scale(args) -> dict:
         table, out["evaluate_seconds"] = _timed(post.evaluate, s.test)
         out.update(_summary(table), num_test=len(s.test))
         emit(out)
+        if args.evaluate_twice:  # compiled already: the scoring alone
+            _, out["evaluate_again_seconds"] = _timed(post.evaluate, s.test)
+            emit(out)
     if args.save:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.nc"
             _, out["save_seconds"] = _timed(bayesmf.save, post, path)
             out["file_mb"] = path.stat().st_size / 2**20
             _, out["load_seconds"] = _timed(bayesmf.load, path)
+            emit(out)
+    if args.map:  # the tuned MAP against a 250-sweep Gibbs fit (compile + 250 sweeps at the rate above)
+        del post
+        out["gibbs_250_seconds"] = out["compile_seconds"] + 250 * out["seconds_per_sweep"]
+        map_post, out["map_fit_seconds"] = _timed(bayesmf.BayesMF(args.rank, "map", progress_bar=False).fit,
+                                                  jax.random.PRNGKey(args.seed), s.train)
+        out["map_rmse"] = _summary(map_post.evaluate(s.test))["rmse"]
     out.update(_device())
     return out
 
@@ -278,7 +333,7 @@ def child_engine(args) -> dict:
 
     shape = dict(TINY_SHAPE) if args.tiny else SHAPES[args.shape]._asdict()
     out = dict(shape=args.shape, rank=args.rank, dtype=args.dtype, precision=args.precision, warmup=args.warmup,
-               sweeps=args.sweeps, data="fast_pairs", **shape)
+               sweeps=args.sweeps, data="fast_pairs", layout_option=args.layout, **shape)
     with jax.enable_x64(args.dtype == "float64"):
         data, out["generation_seconds"] = _timed(fast_pairs, args.seed, **shape)
         out["nnz"] = data.nnz
@@ -286,7 +341,7 @@ def child_engine(args) -> dict:
             data = data._replace(**{k: getattr(data, k).astype(np.float64) for k in
                                     ("rating", "global_mean", "empirical_offsets", "empirical_offset_precision")})
         config = ModelConfig(rank=args.rank)
-        options = {}
+        options = {} if args.layout == "auto" else dict(layout=args.layout)
         if args.chunk_fraction:
             from bayesmf.memory import device_limit
 
@@ -303,6 +358,90 @@ def child_engine(args) -> dict:
     out["seconds_per_sweep"] = result.timing["seconds_per_sample"]
     out["train_rmse_last"] = float(np.asarray(result.stats["train_rmse"])[0, -1])
     out["layout"] = result.info["layout"]
+    out.update(_device())
+    return out
+
+
+def child_step(args) -> dict:
+    """One Gibbs sweep compiled alone (``gibbs.step`` under ``jit``) against
+    the driver's sweep with and without kept draws, on :func:`fast_pairs` data."""
+    import jax
+
+    from bayesmf.engines import gibbs
+    from bayesmf.engines.driver import compiler_options
+    from bayesmf.model import ModelConfig
+    from bayesmf.synthetic import SHAPES
+
+    shape = dict(TINY_SHAPE) if args.tiny else SHAPES[args.shape]._asdict()
+    out = dict(shape=args.shape, rank=args.rank, layout_option=args.layout, **shape)
+    data, out["generation_seconds"] = _timed(fast_pairs, args.seed, **shape)
+    config = ModelConfig(rank=args.rank)
+    ctx, out["layout_seconds"] = _timed(gibbs.build_context, data, args.layout, args.rank, None, config)
+    out["layout"] = type(ctx.user_layout).__name__
+    key = jax.random.PRNGKey(0)
+    state = gibbs.init(key, data, config)
+    start = time.perf_counter()
+    step = jax.jit(lambda k, s, c: gibbs.step(k, s, c, config)).lower(key, state, ctx).compile(
+        compiler_options=compiler_options() or None)
+    out["step_compile_seconds"] = time.perf_counter() - start
+    state, _ = jax.block_until_ready(step(key, state, ctx))
+    start = time.perf_counter()
+    for i in range(5):
+        state, _ = step(jax.random.fold_in(key, i), state, ctx)
+    jax.block_until_ready(state)
+    out["step_seconds"] = (time.perf_counter() - start) / 5
+    emit(out)
+    for keep in (False, True):
+        result = gibbs.sample(key, data, config, num_samples=10, num_warmup=2, keep_draws=keep, progress_bar=False,
+                              context=ctx, layout=args.layout)
+        out[f"driver_keep_{keep}_seconds_per_sweep"] = result.timing["seconds_per_sample"]
+        out[f"driver_keep_{keep}_compile_seconds"] = result.timing["compile_seconds"]
+        emit(out)
+    out.update(_device())
+    return out
+
+
+def child_parts(args) -> dict:
+    """Where a sweep's time goes, per layout: each side's statistics alone
+    (``map_rows`` handing back the rhs) and with the row draw (Cholesky and
+    two triangular solves), on :func:`fast_pairs` data."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf.conjugate import row_draw_from
+    from bayesmf.layout import build_layout, map_rows
+    from bayesmf.synthetic import SHAPES
+
+    shape = dict(TINY_SHAPE) if args.tiny else SHAPES[args.shape]._asdict()
+    out = dict(shape=args.shape, rank=args.rank, **shape)
+    data, out["generation_seconds"] = _timed(fast_pairs, args.seed, **shape)
+    out["nnz"] = data.nnz
+    emit(out)
+    d = args.rank
+    u, v = np.asarray(data.user_index), np.asarray(data.item_index)
+    for kind in args.layouts.split(","):
+        for side, rows, cols, n_rows, n_cols, width in (("users", u, v, data.num_users, data.num_items, d),
+                                                        ("items", v, u, data.num_items, data.num_users, d + 1)):
+            layout, out[f"{kind}_{side}_build_seconds"] = _timed(build_layout, rows, cols, n_rows, n_cols, kind,
+                                                                width=width)
+            design = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (n_cols, width))
+            z = jax.random.normal(jax.random.PRNGKey(2), (n_rows, width))
+            prior = jnp.eye(width)
+            mean = jnp.zeros(width)
+            fns = dict(stats=lambda g, h, z: h,
+                       draw=lambda g, h, z: row_draw_from(z, prior, mean, g, h, jnp.asarray(1.0)))
+            for name, fn in fns.items():
+                run = jax.jit(lambda lay, x, y, zz, fn=fn: map_rows(lay, x, y, fn, (zz,)))
+                start = time.perf_counter()
+                compiled = run.lower(layout, design, data.rating, z).compile()
+                out[f"{kind}_{side}_{name}_compile_seconds"] = time.perf_counter() - start
+                jax.block_until_ready(compiled(layout, design, data.rating, z))
+                start = time.perf_counter()
+                for _ in range(3):
+                    jax.block_until_ready(compiled(layout, design, data.rating, z))
+                out[f"{kind}_{side}_{name}_seconds"] = (time.perf_counter() - start) / 3
+            del layout
+            emit(out)
     out.update(_device())
     return out
 
@@ -364,9 +503,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a few thousand ratings per step (tests)")
     parser.add_argument("--baseline", help="PYTHONPATH of an older package to run the unbounded-chunk step against")
-    parser.add_argument("--child", choices=("paths", "scale", "engine", "linalg"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("paths", "scale", "engine", "linalg", "parts", "step"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--layouts", default="segment,bucket", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3"), default="first",
+                        help="the steps to run: the first run's plan, or the fourth's (segments, H100)")
     parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
@@ -374,20 +518,24 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--no-keep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate-twice", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-fraction", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        emit(dict(paths=child_paths, scale=child_scale, engine=child_engine, linalg=child_linalg)[args.child](args))
+        emit(dict(paths=child_paths, scale=child_scale, engine=child_engine, linalg=child_linalg,
+                  parts=child_parts, step=child_step)[args.child](args))
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    plan = PLAN + SECOND_PLAN + THIRD_PLAN
+    plan = PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3
     if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
         plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
                                                 "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
-    steps = PLAN if not args.only else [p for p in plan if p[0] in args.only.split(",")]
+    steps = {"first": PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2, "fourth-3": FOURTH_PLAN_3}[args.plan]
+    if args.only:  # (a name in two plans runs once)
+        steps = list({p[0]: p for p in plan if p[0] in args.only.split(",")}.values())
     import scale  # the machine and version records of the scale benchmark
 
     result = dict(command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]), machine=scale.machine(),
