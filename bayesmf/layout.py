@@ -87,15 +87,18 @@ def segment_width(degree: np.ndarray) -> int:
     return SEGMENT_WIDTHS[int(np.argmin(costs))]
 
 
-# Working memory one chunk of rows may take in :func:`map_rows` on the CPU
-# (the gathered design rows and the per-row d x d matrices), bytes. At the
-# ML-1M shape, rank 32 (2 cores, loaded), XLA's temporary buffers per sweep
-# were 213 MB with 64 MB chunks, 49 MB with 16 MB and 19 MB with 4 MB, at
-# seconds per sweep within the machine's noise; 16 MB keeps the row loops
-# few. On an accelerator the chunk is a fraction of the device's memory
-# instead (:func:`default_chunk_bytes`): large chunks keep its batched
-# kernels full.
-CHUNK_BYTES = 16 * 2**20
+# Working memory one chunk of rows (or segments) may take in :func:`map_rows`
+# on the CPU (the gathered design rows and the per-row d x d matrices),
+# bytes. At the ML-1M shape, rank 32 (2 cores, loaded), XLA's temporary
+# buffers per sweep were 213 MB with 64 MB chunks, 49 MB with 16 MB and 19 MB
+# with 4 MB. With segments, 4 MB chunks (which stay in cache) are also the
+# fastest on the quiet 2-core CPU: ML-1M shape 0.214-0.223 s/sweep against
+# 0.279-0.287 with 16 MB (1 MB: 0.237, 2 MB: 0.230), peak RSS 624-651 MB
+# against 665-672; ML-10M shape 2.27 and 2.75 against 2.85 and 2.90 in one
+# noisy run. On an accelerator the chunk is a fraction of the device's
+# memory instead (:func:`default_chunk_bytes`): large chunks keep its
+# batched kernels full.
+CHUNK_BYTES = 4 * 2**20
 # Fraction of an accelerator's memory one chunk may take.
 DEVICE_CHUNK_FRACTION = 1 / 16
 # Largest buffer of every row's statistics (n (d + 1)^2 floats) for which

@@ -672,7 +672,7 @@ def sample(
     chunk_bytes : int, optional
         Working memory of one chunk of rows in the bucketed layout
         (:func:`bayesmf.layout.build_layout`; default
-        :func:`bayesmf.layout.default_chunk_bytes`: 16 MB on the CPU, 1/16 of
+        :func:`bayesmf.layout.default_chunk_bytes`: 4 MB on the CPU, 1/16 of
         an accelerator's memory).
     check_memory : bool
         Stop with a ``MemoryError`` that says what the fit needs, what there
