@@ -92,10 +92,10 @@ def segment_width(degree: np.ndarray) -> int:
 # bytes. At the ML-1M shape, rank 32 (2 cores, loaded), XLA's temporary
 # buffers per sweep were 213 MB with 64 MB chunks, 49 MB with 16 MB and 19 MB
 # with 4 MB. With segments, 4 MB chunks (which stay in cache) are also the
-# fastest on the quiet 2-core CPU: ML-1M shape 0.214-0.223 s/sweep against
-# 0.279-0.287 with 16 MB (1 MB: 0.237, 2 MB: 0.230), peak RSS 624-651 MB
-# against 665-672; ML-10M shape 2.27 and 2.75 against 2.85 and 2.90 in one
-# noisy run. On an accelerator the chunk is a fraction of the device's
+# fastest on the quiet 2-core CPU (benchmarks/segment_layout.py, alternating
+# fresh processes, rank 32): ML-1M shape 0.221 s/sweep against 0.281-0.290
+# with 16 MB (1 MB: 0.237, 2 MB: 0.230 in a probe); ML-10M shape 1.99-2.11
+# against 2.38-2.52. On an accelerator the chunk is a fraction of the device's
 # memory instead (:func:`default_chunk_bytes`): large chunks keep its
 # batched kernels full.
 CHUNK_BYTES = 4 * 2**20
