@@ -75,6 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a few thousand ratings (tests)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0, help="watchdog per child, seconds")
+    parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS), help="comma-separated subset")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--layout", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-mb", type=float, help=argparse.SUPPRESS)
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
                   shape=args.shape, rank=args.rank, sweeps=args.sweeps, machine=scale.machine(),
                   versions=scale.package_versions(), runs=[])
     for round_ in range(args.repeats):
-        for name, layout, chunk_mb in CONFIGS:
+        for name, layout, chunk_mb in [c for c in CONFIGS if c[0] in args.configs.split(",")]:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--shape", args.shape, "--rank",
                    str(args.rank), "--sweeps", str(args.sweeps), "--layout", layout, "--chunk-mb", str(chunk_mb)]
             if args.tiny:
