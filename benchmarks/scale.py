@@ -333,7 +333,8 @@ def table(result: dict) -> str:
             entry["shape"], str(entry["rank"]), f"{entry.get('sweeps')} (+{entry.get('warmup')})", device, _fmt(d.get("generation_seconds"), 1),
             _fmt(g.get("seconds_per_sweep")), _fmt(g.get("compile_seconds"), 1), rss, _fmt(g.get("evaluate_seconds"), 1),
             _fmt(g.get("rmse"), 4), _fmt(d.get("rmse_floor"), 4), _fmt(g.get("coverage_90")),
-            _fmt(mp.get("fit_seconds"), 1) if "error" not in mp else mp["error"][:40], _fmt(mp.get("rmse"), 4),
+            (_fmt(mp.get("fit_seconds"), 1) if "error" not in mp else mp["error"][:40])
+            + (" (an earlier run)" if "from_earlier_run" in mp else ""), _fmt(mp.get("rmse"), 4),
             _fmt(mf.get("seconds_per_sweep")) if "error" not in mf else mf["error"][:40], _fmt(mf.get("peak_rss_mb"), 0),
             _fmt(entry.get("start", {}).get("load_average", [None])[0], 1),
         ]) + " |")
