@@ -443,9 +443,10 @@ def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols:
     k, c, r, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, w)
     per_row = -(-degree // w)
     seg_row = np.repeat(np.arange(num_rows), per_row)
-    first = np.cumsum(per_row) - per_row
-    start = (np.cumsum(degree) - degree)[seg_row] + (np.arange(seg_row.size) - first[seg_row]) * w
-    end = (np.cumsum(degree))[seg_row]
+    first = np.cumsum(per_row) - per_row  # each row's first segment
+    ends = np.cumsum(degree)  # one past each row's last entry in the sorted order
+    start = (ends - degree)[seg_row] + (np.arange(seg_row.size) - first[seg_row]) * w
+    end = ends[seg_row]
     slot = start[:, None] + np.arange(w)[None, :]
     valid = slot < end[:, None]
     entries = np.where(valid, order[np.minimum(slot, max(nnz - 1, 0))], nnz)
