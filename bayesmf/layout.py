@@ -345,8 +345,7 @@ def segment_chunks(degree: np.ndarray, design_width: int, chunk_bytes: int, item
     degree = np.asarray(degree, np.int64)
     width = segment_width(degree) if width is None else int(width)
     segments = max(1, int((-(-degree // width)).sum()))
-    per_segment = row_bytes(width, design_width, itemsize) - 3 * itemsize * int(design_width) ** 2
-    k = -(-segments // min(segments, max(1, chunk_bytes // per_segment)))
+    k = -(-segments // min(segments, max(1, chunk_bytes // _segment_bytes(width, design_width, itemsize))))
     rows = max(1, degree.size)
     r = -(-rows // min(rows, max(1, chunk_bytes // row_bytes(0, design_width, itemsize))))
     return k, -(-segments // k), r, -(-rows // r)
@@ -355,10 +354,18 @@ def segment_chunks(degree: np.ndarray, design_width: int, chunk_bytes: int, item
 def segment_working_bytes(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4) -> int:
     """What :func:`map_rows` holds at once with a ``"segment"`` layout: every
     row's statistics plus the larger of a chunk of segments and a chunk of rows."""
-    k, c, _, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize)
+    width = segment_width(degree)
+    _, c, _, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, width)
     d = int(design_width)
-    seg = c * itemsize * (segment_width(degree) * (d + 1) + (d + 1) ** 2)
+    seg = c * _segment_bytes(width, d, itemsize)
     return segment_stats_bytes(np.size(degree), d, itemsize) + max(seg, per_chunk * row_bytes(0, d, itemsize))
+
+
+def _segment_bytes(width: int, design_width: int, itemsize: int = 4) -> int:
+    """Working memory of one segment of ``width`` ratings: its gathered design
+    rows with the response and its ``(d + 1)^2`` statistics."""
+    d = int(design_width)
+    return itemsize * (width * (d + 1) + (d + 1) ** 2)
 
 
 def _padded_rows(plan: tuple) -> int:
@@ -690,19 +697,25 @@ def _segment_rows(layout: SegmentLayout, design_pad: Array, response_pad: Array,
     """:func:`map_rows` with a :class:`SegmentLayout`: every row's statistics
     (one loop over the segments), then ``finish`` over even chunks of rows."""
     stats = _segment_stats(layout, design_pad, response_pad)
-    n, d = layout.num_rows.shape[0], stats.shape[-1] - 1
-
-    def chunk(index):
-        s = stats[index]
-        inputs = tuple(x[jnp.minimum(index, n - 1)] for x in row_inputs)
-        return finish(s[:, :d, :d], s[:, d, :d], s[:, d, d], inputs)
-
-    index = layout.row_chunks
-    if index.shape[0] == 1:
-        out = chunk(index[0])
-    else:
-        out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), jax.lax.map(chunk, index))
+    n = layout.num_rows.shape[0]
+    rows = jnp.minimum(jnp.arange(n + 1, dtype=jnp.int32), n - 1)  # (the padding row's inputs: any row's)
+    out = _update_in_chunks(stats, rows, layout.row_chunks, finish, row_inputs)
     return jax.tree.map(lambda a: a[:n], out)
+
+
+def _update_in_chunks(stats: Array, rows: Array, index: Array, finish, row_inputs: tuple):
+    """``finish`` over chunks of the statistics' rows: ``index`` (chunks, c)
+    holds each chunk's positions in ``stats`` (m, d + 1, d + 1), ``rows``
+    (m,) the row whose ``row_inputs`` each position takes. Shape (chunks c, ...)."""
+    d = stats.shape[-1] - 1
+
+    def chunk(positions):
+        s = stats[positions]
+        return finish(s[:, :d, :d], s[:, d, :d], s[:, d, d], tuple(x[rows[positions]] for x in row_inputs))
+
+    if index.shape[0] == 1:
+        return chunk(index[0])
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), jax.lax.map(chunk, index))
 
 
 def _two_stage(layout: BucketLayout, design_pad: Array, response_pad: Array, finish, row_inputs: tuple):
@@ -722,16 +735,5 @@ def _two_stage(layout: BucketLayout, design_pad: Array, response_pad: Array, fin
     w = stats[0].shape[-1]
     stats = jnp.concatenate(stats + [jnp.zeros((1, w, w), stats[0].dtype)])
     rows = jnp.concatenate(rows + [jnp.zeros((1,), jnp.int32)])
-    d = w - 1
-
-    def chunk(index):
-        s = stats[index]
-        return finish(s[:, :d, :d], s[:, d, :d], s[:, d, d], tuple(x[rows[index]] for x in row_inputs))
-
-    index = layout.stage_index
-    if index.shape[0] == 1:
-        out = chunk(index[0])
-    else:
-        out = jax.lax.map(chunk, index)
-        out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+    out = _update_in_chunks(stats, rows, layout.stage_index, finish, row_inputs)
     return jax.tree.map(lambda a: a[layout.stage_order], out)
