@@ -46,9 +46,13 @@ every shape it runs, so the model is checked where it is used.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 # The process before any data: Python, NumPy, pandas, JAX with XLA:CPU and
 # the package (~280 MB measured), and XLA's compiler working memory for a
@@ -176,6 +180,71 @@ def host_available() -> int | None:
     except OSError:
         pass
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: no malloc_trim
+        return None
+
+
+def release_freed() -> bool:
+    """Give the C heap's freed memory back to the operating system (glibc's
+    ``malloc_trim``); False where there is no such call (not glibc).
+
+    XLA's compiler frees its working memory when a program is compiled, but
+    glibc keeps the freed pages in its arenas, so the first run's buffers come
+    on top of them: at ML-1M shape, rank 32, the process stood at 575 MB after
+    compiling the sweep program and peaked at 665 MB sampling; trimmed after
+    the compile, it stood at 390 MB and the compile's 567 MB was the peak.
+    Cheap (milliseconds); the driver calls it after every compile.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+class Programs:
+    """A jitted function compiled ahead of time, once per static arguments and
+    argument types, with the compiler's freed memory released after each
+    compile (:func:`release_freed`).
+
+    Called as the jitted function is (``programs(*args, **static)``). Jit's
+    implicit compile runs the program at once, so its buffers stack on the
+    compiler's retained memory: ``evaluate`` at ML-1M shape (rank 32, 20
+    draws, 100,000 test ratings) peaked at 767 MB that way, 627 MB with
+    this.
+
+    Parameters
+    ----------
+    jitted : jax.stages.Wrapped
+        ``jax.jit(fn, static_argnames=...)``; static arguments passed by name.
+    max_size : int
+        Programs kept; the oldest goes first.
+    """
+
+    def __init__(self, jitted, max_size: int = 64):
+        self.jitted, self.max_size, self.compiled = jitted, int(max_size), {}
+
+    def __call__(self, *args, **static):
+        leaves, tree = jax.tree.flatten(args)
+        key = (tuple(sorted(static.items())), tree, bool(jax.config.jax_enable_x64), tuple(
+            (np.shape(x), np.result_type(x), bool(getattr(x, "weak_type", False)), getattr(x, "sharding", None))
+            for x in leaves
+        ))
+        program = self.compiled.get(key)
+        if program is None:
+            program = self.jitted.lower(*args, **static).compile()
+            release_freed()
+            if len(self.compiled) >= self.max_size:
+                self.compiled.pop(next(iter(self.compiled)))
+            self.compiled[key] = program
+        return program(*args)
 
 
 def _accelerator_stats(device) -> dict:

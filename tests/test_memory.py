@@ -106,3 +106,36 @@ def test_plan_counts_features_and_link_matrices(ratings):
     assert plan.host["kept_link_draws"] == 2 * 50 * (m + n) * 4 * 4
     assert plan.host["link_factorization"] == 3 * 8 * min(n, m) ** 2
     assert plan.device_bytes > base.device_bytes and plan.host_bytes > base.host_bytes
+
+
+def test_programs_compile_once_per_static_arguments_and_types():
+    import jax
+    import jax.numpy as jnp
+
+    lowered = []
+
+    class Counting:  # counts ahead-of-time compiles
+        def __init__(self, jitted):
+            self.jitted = jitted
+
+        def lower(self, *args, **static):
+            lowered.append(static["power"])
+            return self.jitted.lower(*args, **static)
+
+    programs = memory.Programs(Counting(jax.jit(lambda x, *, power: x**power, static_argnames=("power",))), max_size=2)
+    x = jnp.arange(4.0)
+    np.testing.assert_array_equal(programs(x, power=2), x**2)
+    np.testing.assert_array_equal(programs(x + 1, power=2), (x + 1) ** 2)  # same types: no new compile
+    assert lowered == [2]
+    np.testing.assert_array_equal(programs(x, power=3), x**3)  # another static argument
+    programs(jnp.arange(5.0), power=2)  # another shape; the oldest program goes (max_size=2)
+    assert lowered == [2, 3, 2] and len(programs.compiled) == 2
+    programs(x, power=3)
+    assert lowered == [2, 3, 2]
+    np.testing.assert_array_equal(programs(x, power=2), x**2)  # evicted: compiled again
+    assert lowered == [2, 3, 2, 2]
+
+
+def test_release_freed_is_safe_to_call():
+    # glibc (Linux CI) has malloc_trim; elsewhere it is a no-op that says so.
+    assert memory.release_freed() in (True, False)

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.engines.common import TrackedMoments, progress, to_numpy
+from bayesmf.memory import release_freed
 
 Array = jax.Array
 
@@ -204,9 +205,15 @@ def compiler_options() -> dict:
 
 
 def timed_compile(fn: Callable, *args):
-    """Jit-compile ``fn`` for ``args`` ahead of time (:func:`compiler_options`); return (compiled, seconds)."""
+    """Jit-compile ``fn`` for ``args`` ahead of time (:func:`compiler_options`); return (compiled, seconds).
+
+    The compiler's freed working memory goes back to the operating system
+    afterwards (:func:`bayesmf.memory.release_freed`), so the first run's
+    buffers do not stack on top of it in the peak.
+    """
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options() or None)
+    release_freed()
     return compiled, time.perf_counter() - start
 
 
@@ -635,6 +642,7 @@ def sample(
         bar.close()
 
     out = run.concatenated()
+    release_freed()  # the runs' freed buffers: evaluate's compile then starts lower (ML-1M shape: 477 MB to 390 MB)
     tracked = None
     if track:
         acc = out["acc"]
