@@ -234,7 +234,8 @@ class Programs:
     def __call__(self, *args, **static):
         leaves, tree = jax.tree.flatten(args)
         key = (tuple(sorted(static.items())), tree, bool(jax.config.jax_enable_x64), tuple(
-            (np.shape(x), np.result_type(x), bool(getattr(x, "weak_type", False)), getattr(x, "sharding", None))
+            (np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x), bool(getattr(x, "weak_type", False)),
+             getattr(x, "sharding", None))
             for x in leaves
         ))
         program = self.compiled.get(key)

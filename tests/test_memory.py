@@ -134,6 +134,9 @@ def test_programs_compile_once_per_static_arguments_and_types():
     assert lowered == [2, 3, 2]
     np.testing.assert_array_equal(programs(x, power=2), x**2)  # evicted: compiled again
     assert lowered == [2, 3, 2, 2]
+    # New-style (typed) keys have no NumPy dtype; they key the cache by theirs.
+    draw = memory.Programs(jax.jit(lambda key, *, n: jax.random.normal(key, (n,)), static_argnames=("n",)))
+    np.testing.assert_array_equal(draw(jax.random.key(1), n=3), jax.random.normal(jax.random.key(1), (3,)))
 
 
 def test_release_freed_is_safe_to_call():
