@@ -297,8 +297,14 @@ def main() -> None:
     if unknown or ("map-baseline" in methods and args.baseline_src is None):
         raise SystemExit(f"unknown methods {sorted(unknown)} or map-baseline without --baseline-src")
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    # A shape's runs are replaced; the replaced ones move to earlier_runs (the
+    # README cites some), and the --gap analyses stay.
     result = dict(question=__doc__.split("\n\n")[1], cpus=os.cpu_count(), platform=platform.platform(),
-                  runs=[r for r in previous.get("runs", []) if r["shape"] != args.shape])
+                  runs=[r for r in previous.get("runs", []) if r["shape"] != args.shape],
+                  earlier_runs=previous.get("earlier_runs", [])
+                  + [r for r in previous.get("runs", []) if r["shape"] == args.shape])
+    if "gap" in previous:
+        result["gap"] = previous["gap"]
     result.setdefault("generated", {}).update(previous.get("generated", {}))
     result["uptime_start"] = {**previous.get("uptime_start", {}), args.shape: _uptime()}
     with tempfile.TemporaryDirectory() as tmp:
