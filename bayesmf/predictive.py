@@ -405,11 +405,6 @@ def _score_chunk(params, user_index, item_index, y, rng_key, *, moments_fn, leve
     )
 
 
-# Scoring chunks dispatched before the oldest is waited for. Unbounded, the
-# CPU client ran many at once: evaluate at ML-1M shape (20 draws, 100,000
-# test ratings) rose 170 MB while scoring, against MEASURE with two.
-SCORE_CHUNKS_IN_FLIGHT = 2
-
 _score_chunk_jit = Programs(jax.jit(_score_chunk, static_argnames=("moments_fn", "levels", "num_shifts", "tol", "cuts")))
 
 
@@ -496,11 +491,8 @@ def stream_score_rows(
                     moments_fn=moments_fn, levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
                 )
                 # Collected after every chunk is dispatched: the device (or the CPU client's
-                # threads) runs chunks back to back while Python prepares the next. At most
-                # SCORE_CHUNKS_IN_FLIGHT run at once: each holds its (S, c) temporaries.
+                # threads) runs chunks back to back while Python prepares the next.
                 pending.append((rows[start : start + c], part))
-                if len(pending) > SCORE_CHUNKS_IN_FLIGHT:
-                    jax.block_until_ready(pending[-1 - SCORE_CHUNKS_IN_FLIGHT][1])
         out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
         if cuts is not None:
             out["star_mass"] = np.empty((n, len(cuts) + 1))
