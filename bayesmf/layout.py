@@ -78,12 +78,16 @@ SEGMENT_OVERHEAD = 32
 SEGMENT_WIDTH = None
 
 
+def _segments_per_row(degree: np.ndarray, width: int) -> np.ndarray:
+    """Segments of ``width`` ratings each row of these degrees takes (the last one padded)."""
+    return -(-np.asarray(degree, np.int64) // width)
+
+
 def segment_width(degree: np.ndarray) -> int:
     """Ratings per segment for rows of these degrees (see :data:`SEGMENT_WIDTHS`)."""
     if SEGMENT_WIDTH is not None:
         return int(SEGMENT_WIDTH)
-    degree = np.asarray(degree, np.int64)
-    costs = [int((-(-degree // w)).sum()) * (w + SEGMENT_OVERHEAD) for w in SEGMENT_WIDTHS]
+    costs = [int(_segments_per_row(degree, w).sum()) * (w + SEGMENT_OVERHEAD) for w in SEGMENT_WIDTHS]
     return SEGMENT_WIDTHS[int(np.argmin(costs))]
 
 
@@ -199,7 +203,7 @@ def padded_fraction(degree: np.ndarray, kind: str = "bucket") -> float:
         return 1.0
     if kind == "segment":
         width = segment_width(degree)
-        return float((-(-degree // width)).sum() * width / total)
+        return float(_segments_per_row(degree, width).sum() * width / total)
     return float(bucket_widths(degree[degree > 0]).sum() / total)
 
 
@@ -344,7 +348,7 @@ def segment_chunks(degree: np.ndarray, design_width: int, chunk_bytes: int, item
     """
     degree = np.asarray(degree, np.int64)
     width = segment_width(degree) if width is None else int(width)
-    segments = max(1, int((-(-degree // width)).sum()))
+    segments = max(1, int(_segments_per_row(degree, width).sum()))
     k = -(-segments // min(segments, max(1, chunk_bytes // _segment_bytes(width, design_width, itemsize))))
     rows = max(1, degree.size)
     r = -(-rows // min(rows, max(1, chunk_bytes // row_bytes(0, design_width, itemsize))))
@@ -448,7 +452,7 @@ def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols:
     degree = np.bincount(rows, minlength=num_rows)
     w = segment_width(degree)
     k, c, r, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, w)
-    per_row = -(-degree // w)
+    per_row = _segments_per_row(degree, w)
     seg_row = np.repeat(np.arange(num_rows), per_row)
     first = np.cumsum(per_row) - per_row  # each row's first segment
     ends = np.cumsum(degree)  # one past each row's last entry in the sorted order

@@ -47,6 +47,8 @@ def child(args) -> dict:
     import jax
     import numpy as np
 
+    import scale  # its peak-RSS reader
+
     from bayesmf import synthetic
     from bayesmf.engines import gibbs
     from bayesmf.model import ModelConfig
@@ -59,10 +61,9 @@ def child(args) -> dict:
     out = dict(layout=type(ctx.user_layout).__name__, layout_seconds=time.perf_counter() - start)
     result = gibbs.sample(jax.random.PRNGKey(0), data, ModelConfig(rank=args.rank), num_samples=args.sweeps,
                           num_warmup=2, keep_draws=False, progress_bar=False, layout=args.layout, context=ctx)
-    status = Path("/proc/self/status").read_text()
     out.update(compile_seconds=result.timing["compile_seconds"], seconds_per_sweep=result.timing["seconds_per_sample"],
                train_rmse_last=float(np.asarray(result.stats["train_rmse"])[0, -1]),
-               peak_rss_mb=int(status.split("VmHWM:")[1].split()[0]) / 1024)
+               peak_rss_mb=scale.peak_rss_mb())
     return out
 
 
