@@ -35,6 +35,7 @@ from pathlib import Path
 from bayesmf import __version__
 from bayesmf.choices import (
     DEFAULT_METHOD,
+    MAP_METHODS,
     METHODS,
     PREDEFINED_SPLITS,
     SAMPLERS,
@@ -310,6 +311,11 @@ def cmd_fit(args):
     if args.init_from is not None and args.method not in SAMPLERS:
         raise CLIError(f"--init-from needs a sampler (--method {' or '.join(SAMPLERS)}), not --method {args.method}")
     init_from = _load_model(args.init_from) if args.init_from is not None else None
+    if (args.keep_draws or args.thin) and args.method in MAP_METHODS:
+        raise CLIError(f"--keep-draws / --thin choose among draws; --method {args.method} gives one point estimate")
+    if args.keep_draws and args.keep_draws > args.num_samples:
+        raise CLIError(f"--keep-draws {args.keep_draws} is more than the {args.num_samples} draws per chain "
+                       "(--num-samples)")
     if args.resume and not Path(args.resume).is_file():
         raise CLIError(f"cannot resume: checkpoint file {args.resume!r} does not exist (a finished run deletes it)")
     try:
@@ -322,7 +328,8 @@ def cmd_fit(args):
         raise
     if not _is_writer():
         return
-    storage.save(posterior, args.out)
+    storage.save(posterior, args.out, serving=args.serving, dtype=args.file_dtype, num_draws=args.keep_draws,
+                 thin=args.thin)
     out = dict(model=str(args.out), method=args.method, rank=args.rank, num_train=len(train),
                fit_seconds=posterior.timing["fit_seconds"], **_device_counts(posterior))
     _emit(out, args.json, f"saved {args.method} rank-{args.rank} model fitted on {len(train)} ratings to {args.out}")
@@ -568,6 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "options as the killed run; the draws equal an uninterrupted run's) and keep saving there")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N", default=None,
                    help="save every N sweeps (NUTS: steps), warm-up included (default: about once a minute)")
+    g = p.add_argument_group("smaller model files (see bayesmf.save; e.g. --serving --file-dtype int8 --keep-draws "
+                             "80 for a compact file)")
+    g.add_argument("--serving", action="store_true",
+                   help="keep only what predict, recommend and fold-in read (same predictions)")
+    g.add_argument("--file-dtype", choices=("int8", "float16", "float32", "float64"), default=None,
+                   help="store the factor draws in this dtype (int8: per-row 8-bit codes, a quarter of float32)")
+    kd = g.add_mutually_exclusive_group()
+    kd.add_argument("--keep-draws", type=_positive_int, metavar="N", default=None,
+                    help="keep N evenly spaced draws per chain")
+    kd.add_argument("--thin", type=_positive_int, metavar="K", default=None, help="keep every K-th draw per chain")
     p.add_argument("--init-from", metavar="MODEL",
                    help="continue from a model file written by fit (gibbs, nuts): known users and movies start from "
                         "its last draw, new ones from its prior; same --rank and --offsets")

@@ -54,6 +54,12 @@ and refuses any other with an error naming the version found.
   half precision (relative error at most ``2**-11`` per entry of magnitude
   at least ``2**-14``, absolute error at most ``2**-25`` below); they load
   back in their original dtype (attribute ``bayesmf_dtype``).
+* ``dtype="int8"`` stores them as 8-bit codes (:mod:`bayesmf.compact`): per
+  chain and row a float32 centre (``<field>_centre``, the row's mean over
+  all the draws, also when fewer are kept) and step (``<field>_scale``),
+  and each kept draw's deviation from the kept draws' mean in int8 steps;
+  a quarter of float32's bytes, each entry within half a step (1/254 of the
+  row's largest deviation) of the kept draw moved to the full mean.
 
 The root attributes ``contents`` (``"full"`` or ``"serving"``),
 ``factor_dtype`` (the stored dtype of the factors) and ``draws_kept`` (JSON:
@@ -79,6 +85,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from bayesmf import compact
+from bayesmf.compact import DTYPE_ATTR, FACTOR_DTYPES, FACTOR_FIELDS  # noqa: F401  (FACTOR_DTYPES: public here too)
 from bayesmf.data import RatingScale, Ratings, Vocabulary, encoder_from_dict, encoder_to_dict
 from bayesmf.diagnostics import identifiable_quantities, label_probes
 from bayesmf.encoding import to_jsonable
@@ -92,6 +100,8 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 ENGINE = "h5netcdf"
 
+# Suffixes of the per-row variables beside int8 factor codes (bayesmf.compact.Quantized).
+CENTRE, SCALE = "_centre", "_scale"
 # ArviZ dims of each Params field after (chain, draw).
 PARAM_DIMS = dict(
     user_factors=("user", "factor"),
@@ -404,66 +414,9 @@ def _numeric_encoding(ds: xr.Dataset) -> dict:
 
 # --- smaller files ---------------------------------------------------------------------
 
-# Params fields that ``dtype=`` narrows (the factor draws: almost all of a model file).
-FACTOR_FIELDS = ("user_factors", "item_factors")
-# Storage dtypes ``dtype=`` accepts (bfloat16 is not an HDF5 / netCDF type).
-FACTOR_DTYPES = ("float16", "float32", "float64")
-# Variable attribute naming the dtype an array is restored to on load.
-DTYPE_ATTR = "bayesmf_dtype"
-
-
-def _check_factor_dtype(dtype) -> np.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        name = np.dtype(dtype).name
-    except TypeError:
-        name = str(dtype)
-    if name not in FACTOR_DTYPES:
-        raise ValueError(f"dtype must be one of {FACTOR_DTYPES} (the stored dtype of the factor draws), got {dtype!r}")
-    return np.dtype(name)
-
-
-def _narrow_factors(name: str, value: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, dict]:
-    """``value`` cast to ``dtype`` (rounded to nearest) and the attribute that restores its dtype."""
-    if value.dtype == dtype:
-        return value, {}
-    with np.errstate(over="ignore"):  # overflow is reported below, with the largest magnitude
-        out = value.astype(dtype)
-    if not np.array_equal(np.isfinite(out), np.isfinite(value)):
-        raise ValueError(
-            f"{name} has entries beyond the range of {dtype.name} (largest magnitude "
-            f"{np.nanmax(np.abs(np.where(np.isfinite(value), value, 0))):.4g}); save it in a wider dtype"
-        )
-    return out, {DTYPE_ATTR: value.dtype.str}
-
-
-def _narrow_lossless(value: np.ndarray) -> tuple[np.ndarray, dict]:
-    """``value`` in the smallest dtype that holds it exactly (ints: int16 / int32; floats: float16 /
-    float32), with the attribute that restores its dtype; unchanged when nothing smaller fits."""
-    value = np.asarray(value)
-    if value.size == 0 or value.dtype.kind not in "iuf":
-        return value, {}
-    candidates = ("int16", "int32") if value.dtype.kind in "iu" else ("float16", "float32")
-    for name in candidates:
-        target = np.dtype(name)
-        if target.itemsize >= value.dtype.itemsize:
-            break
-        if value.dtype.kind in "iu":
-            info = np.iinfo(target)
-            if value.min() < info.min or value.max() > info.max:
-                continue
-            return value.astype(target), {DTYPE_ATTR: value.dtype.str}
-        with np.errstate(over="ignore"):
-            narrow = value.astype(target)
-        if np.array_equal(narrow.astype(value.dtype), value, equal_nan=True):
-            return narrow, {DTYPE_ATTR: value.dtype.str}
-    return value, {}
-
-
 def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool = False,
-               draws_kept: dict | None = None) -> tuple[xr.DataTree, dict]:
-    """The tree :func:`save` writes, and its encoding."""
+               draws_kept: dict | None = None, centres: dict | None = None) -> tuple[xr.DataTree, dict]:
+    """The tree :func:`save` writes, and its encoding (``centres``: the int8 codes' centre per factor field)."""
     user_ids, user_kind = _encode_ids(posterior.user_vocab.ids)
     item_ids, item_kind = _encode_ids(posterior.item_vocab.ids)
     coords = dict(
@@ -477,8 +430,13 @@ def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool
         if getattr(posterior.draws, name) is None:  # a field this model does not have
             continue
         value, attrs = np.asarray(getattr(posterior.draws, name)), {}
-        if factor_dtype is not None and name in FACTOR_FIELDS:
-            value, attrs = _narrow_factors(name, value, factor_dtype)
+        if factor_dtype == np.int8 and name in FACTOR_FIELDS:
+            q = compact.quantize_rows(value, (centres or {}).get(name), name)
+            fields[name + CENTRE] = (SAMPLE_DIMS[:1] + PARAM_DIMS[name], q.centre)
+            fields[name + SCALE] = (SAMPLE_DIMS[:1] + PARAM_DIMS[name][:1], q.scale)
+            value, attrs = q.codes, {DTYPE_ATTR: value.dtype.str}
+        elif factor_dtype is not None and name in FACTOR_FIELDS:
+            value, attrs = compact.narrow_factors(name, value, factor_dtype)
         fields[name] = (SAMPLE_DIMS + PARAM_DIMS[name], value, attrs)
     draws = xr.Dataset(fields, coords=coords)
     nodes = {"/posterior": draws}
@@ -497,7 +455,7 @@ def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool
             rating=("row", np.asarray(train.rating)),
         )
         if serving:  # predict, recommend and fold-in read no timestamps; store the rest exactly but small
-            columns = {k: ("row", *_narrow_lossless(v)) for k, (_, v) in columns.items()}
+            columns = {k: ("row", *compact.narrow_lossless(v)) for k, (_, v) in columns.items()}
         elif getattr(train, "timestamp", None) is not None:
             columns["timestamp"] = ("row", np.asarray(train.timestamp))
         nodes["/train"] = xr.Dataset(columns)
@@ -536,7 +494,7 @@ def _file_tree(posterior, *, factor_dtype: np.dtype | None = None, serving: bool
     # One chunk per draw of each per-row field: no padding of partial edge chunks (5% of a file's
     # factor bytes with the default chunk shapes), and a draw is read in one piece.
     for name, var in draws.data_vars.items():
-        if var.ndim > 2 and var.size > 0:
+        if var.dims[:2] == SAMPLE_DIMS and var.ndim > 2 and var.size > 0:
             encoding["/posterior"][name]["chunksizes"] = (1, 1) + var.shape[2:]
     if serving and "/train" in encoding:  # lossless: shuffled gzip shrinks sorted indices and few distinct stars
         for enc in encoding["/train"].values():
@@ -585,12 +543,15 @@ def save(posterior, path, *, thin: int | None = None, num_draws: int | None = No
         Keep this many evenly spaced draws of each chain (first and last
         included). At most one of ``thin`` and ``num_draws``; the file
         predicts exactly as :func:`thinned` with the same argument.
-    dtype : {"float16", "float32", "float64"}, optional
+    dtype : {"int8", "float16", "float32", "float64"}, optional
         Store ``user_factors`` and ``item_factors`` in this dtype (rounded to
         nearest); they load back in their original dtype. ``"float16"``
         halves a float32 file's factor bytes: each entry changes by at most
         ``2**-11`` of its magnitude (``2**-25`` absolutely below ``2**-14``);
-        factors beyond float16's range (65504) are an error.
+        factors beyond float16's range (65504) are an error. ``"int8"``
+        stores a quarter of float32's bytes as per-row 8-bit codes (see the
+        module docstring); with ``thin`` / ``num_draws`` the kept draws
+        take, per row, the mean of all the draws.
     serving : bool
         Keep only what ``predict``, ``recommend`` and fold-in need: drop
         ``stats``, ``timing``, ``info`` and the training timestamps, and
@@ -610,14 +571,18 @@ def save(posterior, path, *, thin: int | None = None, num_draws: int | None = No
     >>> save(posterior, "serve.nc", serving=True, num_draws=25, dtype="float16")  # doctest: +SKIP
     """
     path = Path(path)
-    factor_dtype = _check_factor_dtype(dtype)
+    factor_dtype = compact.check_factor_dtype(dtype)
     draws_kept = None
+    centres = None
     if thin is not None or num_draws is not None:
+        if factor_dtype == np.int8:  # the kept draws take the mean of all the draws (see bayesmf.compact)
+            centres = {name: compact.chain_means(getattr(posterior.draws, name)) for name in FACTOR_FIELDS}
         source = posterior.num_draws
         posterior = thinned(posterior, thin=thin, num_draws=num_draws)
         index = draw_indices(source, thin=thin, keep=num_draws)
         draws_kept = dict(thin=thin, num_draws=num_draws, source_num_draws=source, indices=index.tolist())
-    tree, encoding = _file_tree(posterior, factor_dtype=factor_dtype, serving=bool(serving), draws_kept=draws_kept)
+    tree, encoding = _file_tree(posterior, factor_dtype=factor_dtype, serving=bool(serving), draws_kept=draws_kept,
+                                centres=centres)
     directory = path.parent
     tmp = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -688,14 +653,21 @@ def _draws_and_ids(tree: xr.DataTree, version: int) -> tuple[xr.Dataset, xr.Data
 
 def _restored(var: xr.DataArray) -> np.ndarray:
     """A stored array in the dtype it was saved from (attribute :data:`DTYPE_ATTR`), else as stored."""
-    original = var.attrs.get(DTYPE_ATTR)
-    return var.values if original is None else var.values.astype(np.dtype(str(original)))
+    return compact.restored(var.values, var.attrs)
+
+
+def _field(draws: xr.Dataset, name: str) -> np.ndarray:
+    """A Params field of the stored draws, decoded from int8 codes where the file has them."""
+    if name + SCALE not in draws:
+        return _restored(draws[name])
+    quantized = compact.Quantized(draws[name].values, draws[name + CENTRE].values, draws[name + SCALE].values)
+    return compact.dequantize_rows(quantized, np.dtype(str(draws[name].attrs[DTYPE_ATTR])))
 
 
 def _posterior_from_tree(tree: xr.DataTree, version: int) -> Posterior:
     attrs = tree.attrs
     draws_ds, user_ids, item_ids = _draws_and_ids(tree, version)
-    draws = Params(**{name: _restored(draws_ds[name]) for name in Params._fields
+    draws = Params(**{name: _field(draws_ds, name) for name in Params._fields
                       if name in draws_ds or name not in OPTIONAL_FIELDS})
     user_vocab = Vocabulary(_decode_ids(user_ids.values, user_ids.attrs["kind"]))
     item_vocab = Vocabulary(_decode_ids(item_ids.values, item_ids.attrs["kind"]))

@@ -1,4 +1,4 @@
-"""Model file sizes and what thinning, serving files and float16 factors cost in accuracy.
+"""Model file sizes and what thinning, serving files and float16 / int8 factors cost in accuracy.
 
 Questions (issue 18, item 6):
 
@@ -25,13 +25,20 @@ size of its arrays into factor draws, the other per-draw arrays, the
 training ratings and the rest (attributes, ids, titles, metadata), and
 scaled as
 
-    size_10M = f * S * (N + M) * D + o * S * M + t * R + rest
+    size_10M = f * S * (N + M) * D + o * S * M + t * R + i * (N + M) + rest
 
-with f = factor bytes / (S (N + M) D) (4 for float32, 2 for float16),
+with f = factor bytes / (S (N + M) D) (4 for float32, 2 for float16, 1 for
+int8), i = bytes per row of the ids and of int8's per-row centres and steps,
 o = other per-draw bytes / (S M) (the item offsets dominate), t = training
 bytes / R, S the draws kept (e.g. 100 or 25), N = 69,878, M = 10,677,
 D = 32, R = 9,000,054 training ratings (a 90% split of 10,000,054), and
-rest from the measured file (the id vocabularies scaled by rows).
+rest from the measured file (attributes, titles, metadata).
+
+The compact file (``COMPACT``: serving, int8 factors, 80 of 100 draws) is
+also written at ML-10M shape, not only extrapolated: 100 draws of random
+factors (a file's factor bytes do not depend on their values) with the
+fitted hyperparameter draws, and the training split of ML-10M-shaped
+synthetic ratings (``ml10m_written``).
 
 Run::
 
@@ -64,6 +71,10 @@ VARIANTS = {
     "compact_float16_draws_45": dict(serving=True, dtype="float16", num_draws=45),
     "compact_float16_draws_30": dict(serving=True, dtype="float16", num_draws=30),
     "compact_float16_draws_25": dict(serving=True, dtype="float16", num_draws=25),
+    "int8": dict(dtype="int8"),
+    "serving_int8": dict(serving=True, dtype="int8"),
+    "compact_int8_draws_80": dict(serving=True, dtype="int8", num_draws=80),
+    "compact_int8_draws_85": dict(serving=True, dtype="int8", num_draws=85),
 }
 
 
@@ -71,7 +82,7 @@ def storage_bytes(path: Path) -> dict:
     """Bytes of each HDF5 dataset's storage, grouped as the extrapolation needs."""
     import h5py
 
-    out = dict(factors=0, other_per_draw=0, train=0, train_widening=0, ids=0)
+    out = dict(factors=0, factor_rows=0, other_per_draw=0, train=0, train_widening=0, ids=0)
     with h5py.File(path, "r") as f:
         def visit(name, obj):
             if not isinstance(obj, h5py.Dataset):
@@ -80,6 +91,8 @@ def storage_bytes(path: Path) -> dict:
             leaf = name.rsplit("/", 1)[-1]
             if name.startswith("posterior/") and leaf in ("user_factors", "item_factors"):
                 out["factors"] += size
+            elif name.startswith("posterior/") and leaf.endswith(("_factors_centre", "_factors_scale")):
+                out["factor_rows"] += size  # int8 codes' per-row centre and step: no draw axis
             elif name.startswith("posterior/") and leaf in ("user", "item"):
                 out["ids"] += size
             elif name.startswith("posterior/") and obj.ndim >= 2:
@@ -92,7 +105,8 @@ def storage_bytes(path: Path) -> dict:
                 out["train_widening"] += size if limit > np.iinfo(np.int16).max else 0
         f.visititems(visit)
     out["file"] = path.stat().st_size
-    out["rest"] = out["file"] - out["factors"] - out["other_per_draw"] - out["train"] - out["ids"]
+    out["rest"] = (out["file"] - out["factors"] - out["factor_rows"] - out["other_per_draw"] - out["train"]
+                   - out["ids"])
     return out
 
 
@@ -101,7 +115,7 @@ def extrapolate(parts: dict, *, num_users: int, num_items: int, rank: int, draws
     factor_b = parts["factors"] / (draws * (num_users + num_items) * rank)
     other_b = parts["other_per_draw"] / (draws * num_items)
     train_b = (parts["train"] + parts["train_widening"]) / train_ratings  # int16 columns that need int32
-    id_b = parts["ids"] / (num_users + num_items)
+    id_b = (parts["ids"] + parts["factor_rows"]) / (num_users + num_items)  # both scale with the rows
     kept = parts["kept_fraction"] * t["num_draws"]
     size = (factor_b * kept * (t["num_users"] + t["num_items"]) * t["rank"] + other_b * kept * t["num_items"]
             + train_b * t["train_ratings"] + id_b * (t["num_users"] + t["num_items"]) + parts["rest"])
@@ -117,6 +131,47 @@ def top10_overlap(a, b) -> dict:
     return dict(mean_changed=float(10 - common.mean()), median_changed=float(10 - np.median(common)),
                 max_changed=int(10 - common.min()),
                 share_users_changed=float(np.mean(common < 10)))
+
+
+def ml10m_file(posterior, seed: int, options: dict) -> dict:
+    """The bytes of a file saved with ``options`` from a posterior at ML-10M shape: 100 draws of
+    random factors and offsets (their bytes do not depend on their values) with ``posterior``'s
+    hyperparameter draws, and the 90% training split of ML-10M-shaped synthetic ratings."""
+    import jax
+
+    from bayesmf import split, storage, synthetic
+    from bayesmf.posterior import Posterior
+
+    t0 = time.perf_counter()
+    sim = synthetic.movielens_like(seed, rank=8, noise_sd=0.9, **synthetic.SHAPES["ml-10m"]._asdict())
+    train = split.random_holdout(sim.ratings, 0.1, seed).train
+    del sim
+    rng = np.random.default_rng(seed)
+    n, m, s, d = len(train.user_vocab), len(train.item_vocab), ML10M["num_draws"], ML10M["rank"]
+    kept = storage.thinned(posterior, num_draws=s)
+    draws = kept.draws._replace(
+        user_factors=rng.standard_normal((1, s, n, d), np.float32) * 0.5,
+        item_factors=rng.standard_normal((1, s, m, d), np.float32) * 0.5,
+        item_offsets=rng.standard_normal((1, s, m), np.float32) * 0.3 + 3.5,
+    )
+    big = Posterior(jax.tree.map(np.asarray, draws), kept.config, train.user_vocab, train.item_vocab, train.scale,
+                    method=kept.method, train=train)
+    build = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = storage.save(big, Path(tmp) / "ml10m.nc", **options)
+        save_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loaded = storage.load(path)
+        load_s = time.perf_counter() - t0
+        size = path.stat().st_size
+    return dict(options=options, num_users=n, num_items=m, train_ratings=len(train), draws_saved=s,
+                draws_kept=loaded.num_draws, bytes=size, mb=round(size / 1e6, 1), build_seconds=round(build, 1),
+                save_seconds=round(save_s, 1), load_seconds=round(load_s, 1))
+
+
+# The compact file the README recommends, written at ML-10M shape (not extrapolated).
+COMPACT = "compact_int8_draws_80"
 
 
 def main(argv=None) -> dict:
@@ -157,6 +212,8 @@ def main(argv=None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VARIANTS.items():
+            if "num_draws" in kw:  # the variants' draw counts are out of 100: scaled to --draws
+                kw = dict(kw, num_draws=max(1, round(kw["num_draws"] * args.draws / 100)))
             path = Path(tmp) / f"{name}.nc"
             t0 = time.perf_counter()
             storage.save(posterior, path, **kw)
@@ -197,8 +254,13 @@ def main(argv=None) -> dict:
             and row["ml10m_extrapolated"]["mb"] <= 250)
     for row in results.values():
         del row["top10"]
+    written = None if args.tiny else ml10m_file(posterior, args.seed, VARIANTS[COMPACT])
+    if written is not None:
+        print("written at ML-10M shape:", written, flush=True)
+        results[COMPACT]["ml10m_written"] = written
+        results[COMPACT]["meets_compact_target"] &= written["mb"] <= 250
     out = dict(
-        question="model file sizes; accuracy cost of thinning, serving files, float16 factors",
+        question="model file sizes; accuracy cost of thinning, serving files, float16 / int8 factors",
         command="python benchmarks/model_files.py" + (" --tiny" if args.tiny else ""),
         data=dict(generator="bayesmf.synthetic.movielens_like", true_rank=8, noise_sd=0.9, split="random 90/10",
                   **shape, train_ratings=len(s.train), test_ratings=len(s.test)),
@@ -206,6 +268,7 @@ def main(argv=None) -> dict:
                    fit_seconds=round(fit_seconds, 1)),
         top10_users=len(users),
         extrapolation=("size_10M = f*S*(N+M)*D + o*S*M + t*R + i*(N+M) + rest, with per-entry bytes f, o, t, i "
+                       "(i: ids, and the int8 codes' per-row centres and steps) "
                        "measured from each file's HDF5 storage sizes; N=69,878, M=10,677, D=32, R=9,000,054, "
                        "S = 100 x the kept fraction of draws"),
         ml10m=ML10M,

@@ -89,6 +89,33 @@ def test_fit_predict_recommend_similar(tmp_path, small_dir, capsys):
     assert len(sims) == 4 and 1 not in {s["item"] for s in sims}
 
 
+def test_fit_writes_a_compact_model_file(tmp_path, small_dir, capsys):
+    """--serving --file-dtype int8 --keep-draws N: the file holds int8 codes of N draws and predicts."""
+    import h5py
+
+    model = tmp_path / "small.nc"
+    assert cli.main(["fit", "--data", str(small_dir), "--method", "gibbs", "--out", str(model), "--serving",
+                     "--file-dtype", "int8", "--keep-draws", "8", *FAST]) == 0
+    with h5py.File(model, "r") as f:
+        assert f["posterior/user_factors"].dtype == np.int8 and f["posterior/user_factors"].shape[1] == 8
+        assert f.attrs["contents"] in ("serving", b"serving") and "sample_stats" not in f
+    capsys.readouterr()
+    assert cli.main(["predict", "--model", str(model), "--user", "1", "--item", "1", "--json"]) == 0
+    out = last_json(capsys)
+    assert out["lower"] < out["mean"] < out["upper"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--keep-draws", "50"], "more than the 20 draws per chain"),
+    (["--method", "map", "--keep-draws", "5"], "one point estimate"),
+])
+def test_fit_refuses_draw_options_it_cannot_honour_before_fitting(tmp_path, small_dir, capsys, extra, match):
+    model = tmp_path / "m.nc"
+    assert cli.main(["fit", "--data", str(small_dir), "--method", "gibbs", "--out", str(model), *FAST, *extra]) == 2
+    assert match in capsys.readouterr().err
+    assert not model.exists()
+
+
 def test_features_fit_predict_recommend(tmp_path, small_dir, capsys):
     """--user-features / --item-features / --implicit on fit; a new user's features (and ratings) on
     predict and recommend move its prediction away from the mean-based prior."""

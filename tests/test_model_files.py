@@ -1,4 +1,4 @@
-"""Smaller model files: thinning, serving files and float16 factors (issue 18, item 6).
+"""Smaller model files: thinning, serving files, float16 and int8 factors (issue 18, item 6).
 
 Uses the synthetic posterior of ``test_storage`` (30 users x 20 items, rank 2,
 2 chains x 50 float32 draws); seeds are fixed, so each test is deterministic.
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bayesmf import storage
+from bayesmf import compact, storage
 from bayesmf.coldstart import fold_in_users
 from bayesmf.ranking import recommend
 
@@ -186,6 +186,71 @@ def test_float16_out_of_range_is_an_error(fitted, tmp_path):
     assert not (tmp_path / "big.nc").exists()
 
 
+# --- int8 factors ---------------------------------------------------------------------------
+
+
+def test_int8_factors_decode_within_half_a_step(fitted, tmp_path):
+    path = storage.save(fitted, tmp_path / "q8.nc", dtype="int8")
+    with h5py.File(path, "r") as f:
+        assert f["posterior/user_factors"].dtype == np.int8
+        assert f["posterior/user_factors_centre"].shape == (fitted.num_chains, len(fitted.user_vocab), fitted.config.rank)
+        assert f["posterior/item_factors_scale"].shape == (fitted.num_chains, len(fitted.item_vocab))
+    loaded = storage.load(path)
+    for name in storage.FACTOR_FIELDS:
+        a, b = getattr(loaded.draws, name), np.asarray(getattr(fitted.draws, name), np.float64)
+        assert a.dtype == np.float32 and a.shape == b.shape
+        # Half a step per entry, the step being the row's largest deviation from its chain mean / 127
+        # (plus float32 rounding of centre + code * step, a few ulps of the entries).
+        step = np.abs(b - b.mean(1, keepdims=True)).max(axis=(1, 3), keepdims=True) / 127
+        assert np.all(np.abs(a - b) <= step / 2 + 1e-6 * (1 + np.abs(b)))
+        assert not np.array_equal(a, b)  # lossy: the test would notice float32 being written instead
+        np.testing.assert_allclose(a.mean(1), b.mean(1), atol=float(step.max()) / 2 + 1e-6)
+    for name in ("item_offsets", "noise_precision", "user_precision"):
+        np.testing.assert_array_equal(getattr(loaded.draws, name), getattr(fitted.draws, name))
+    pa, pb = predictions(loaded), predictions(fitted)
+    assert np.array_equal(pa.known_user, pb.known_user)
+    np.testing.assert_allclose(pa.mean, pb.mean, atol=0.05)
+
+
+def test_int8_thinned_draws_take_the_mean_of_all_draws(fitted, tmp_path):
+    path = storage.save(fitted, tmp_path / "q8thin.nc", dtype="int8", num_draws=10, serving=True)
+    loaded = storage.load(path)
+    kept = storage.thinned(fitted, num_draws=10)
+    assert loaded.num_draws == 10
+    np.testing.assert_array_equal(loaded.draws.item_offsets, kept.draws.item_offsets)  # thinned exactly
+    for name in storage.FACTOR_FIELDS:
+        a = getattr(loaded.draws, name)
+        full, k = (np.asarray(getattr(p.draws, name), np.float64) for p in (fitted, kept))
+        step = np.abs(k - k.mean(1, keepdims=True)).max(axis=(1, 3), keepdims=True) / 127
+        # each loaded draw is the kept draw moved by (mean of all draws - mean of the kept ones)
+        moved = k - k.mean(1, keepdims=True) + full.mean(1, keepdims=True)
+        assert np.all(np.abs(a - moved) <= step / 2 + 1e-6 * (1 + np.abs(moved)))
+        np.testing.assert_allclose(a.mean(1), full.mean(1), atol=float(step.max()) / 2 + 1e-6)
+        assert np.abs(k.mean(1) - full.mean(1)).max() > step.max()  # the shift is not within rounding
+
+
+def test_int8_of_non_finite_factors_is_an_error(fitted, tmp_path):
+    bad = type(fitted)(
+        fitted.draws._replace(user_factors=np.where(np.arange(fitted.config.rank) == 0, np.nan,
+                                                    fitted.draws.user_factors)),
+        fitted.config, fitted.user_vocab, fitted.item_vocab, fitted.scale, method=fitted.method, train=fitted.train,
+    )
+    existing = storage.save(fitted, tmp_path / "model.nc")
+    before = existing.read_bytes()
+    with pytest.raises(ValueError, match="user_factors has non-finite entries"):
+        storage.save(bad, existing, dtype="int8")
+    assert existing.read_bytes() == before  # nothing already saved is lost
+
+
+def test_quantize_rows_with_constant_rows_and_one_draw():
+    draws = np.zeros((2, 1, 3, 4), np.float32) + np.arange(4, dtype=np.float32)
+    q = compact.quantize_rows(draws)
+    assert np.all(q.scale == 0) and np.all(q.codes == 0)
+    np.testing.assert_array_equal(compact.dequantize_rows(q, np.float32), draws)
+    with pytest.raises(ValueError, match="shape"):
+        compact.quantize_rows(draws, centre=np.zeros((2, 3, 5)))
+
+
 # --- bad arguments and the default -----------------------------------------------------
 
 
@@ -197,7 +262,7 @@ def test_float16_out_of_range_is_an_error(fitted, tmp_path):
     (dict(num_draws=10**6), "num_draws must be an integer from 1"),
     (dict(thin=2, num_draws=3), "not both"),
     (dict(dtype="bfloat16"), "dtype must be one of"),
-    (dict(dtype="int8"), "dtype must be one of"),
+    (dict(dtype="int16"), "dtype must be one of"),
     (dict(dtype="float8"), "dtype must be one of"),
 ])
 def test_bad_arguments_are_clear_errors(fitted, tmp_path, kw, match):
