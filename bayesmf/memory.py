@@ -32,9 +32,11 @@ link matrices             ``4 f (F_u + F_v) D`` per chain, and ``(F_u + F_v) D f
                           per draw in flight
 ========================  =====================================================
 
-On the host, the kept draws, ``2 C S f (n + m)(D + 1)`` for ``C`` chains of
-``S`` draws (the chunks and their concatenation, at the end; with features
-``2 C S f (F_u + F_v) D`` more for the link matrices), plus the process itself
+On the host, the kept draws, ``C S f (n + m)(D + 1)`` for ``C`` chains of
+``S`` draws (written into one array as the chunks arrive; chains run one
+after another, ``chain_method="sequential"``, are joined at the end, which
+holds them twice; with features ``C S f (F_u + F_v) D`` more for the link
+matrices), plus the process itself
 (:data:`RUNTIME_BYTES`: Python, JAX, XLA's compiler), and with features the
 one-off factorization of the larger side's Gram, ``3 * 8 b^2`` (the float64
 Gram, its eigenvectors and LAPACK's workspace). On the CPU, host and device
@@ -149,7 +151,7 @@ def gibbs_plan(
         link_systems=sum(itemsize * (b * b + f_s * b + f_s * f_s) for b, (_, f_s, _, _) in zip(bases, links)),
         link_matrices=4 * num_chains * link_rows + min(draws, num_chains * DRAWS_IN_FLIGHT) * link_rows,
     ) if links else {}
-    host_links = dict(kept_link_draws=2 * draws * link_rows, link_factorization=3 * 8 * max(bases) ** 2) if links else {}
+    host_links = dict(kept_link_draws=draws * link_rows, link_factorization=3 * 8 * max(bases) ** 2) if links else {}
     device = dict(
         ratings=(8 + itemsize) * nnz,
         layouts=layouts / num_devices,
@@ -162,7 +164,7 @@ def gibbs_plan(
     )
     host = dict(
         runtime=RUNTIME_BYTES,
-        kept_draws=2 * draws * rows,
+        kept_draws=draws * rows,
         tracked_draws=2 * draws * num_tracked * itemsize,
         **host_links,
     )

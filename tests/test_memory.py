@@ -21,10 +21,10 @@ def ratings():
 def test_plan_scales_with_draws_rank_and_ratings():
     base = dict(num_samples=100, padded=1.5, working_bytes=2**24)
     plan = memory.gibbs_plan(1000, 500, 50_000, 10, **base)
-    # Kept draws on the host: chunks and their concatenation, (n + m)(D + 1) floats each.
-    assert plan.host["kept_draws"] == 2 * 100 * 1500 * 11 * 4
+    # Kept draws on the host: one array, written as the chunks arrive, (n + m)(D + 1) floats each.
+    assert plan.host["kept_draws"] == 100 * 1500 * 11 * 4
     assert memory.gibbs_plan(1000, 500, 50_000, 10, **{**base, "num_samples": 200}).host["kept_draws"] == 2 * plan.host["kept_draws"]
-    assert memory.gibbs_plan(1000, 500, 50_000, 10, keep_draws=False, **base).host["kept_draws"] == 2 * 1500 * 11 * 4
+    assert memory.gibbs_plan(1000, 500, 50_000, 10, keep_draws=False, **base).host["kept_draws"] == 1500 * 11 * 4
     assert memory.gibbs_plan(1000, 500, 50_000, 10, itemsize=8, **base).host["kept_draws"] == 2 * plan.host["kept_draws"]
     # Ratings and layouts grow with nnz alone.
     more = memory.gibbs_plan(1000, 500, 100_000, 10, **base)
@@ -103,7 +103,7 @@ def test_plan_counts_features_and_link_matrices(ratings):
     assert plan.device["link_systems"] == 4 * 2 * min(n, m) ** 2
     entries = int(full.user_features.values.shape[0])
     assert plan.device["features"] == 4 * (m + n) + 2 * 12 * entries
-    assert plan.host["kept_link_draws"] == 2 * 50 * (m + n) * 4 * 4
+    assert plan.host["kept_link_draws"] == 50 * (m + n) * 4 * 4
     assert plan.host["link_factorization"] == 3 * 8 * min(n, m) ** 2
     assert plan.device_bytes > base.device_bytes and plan.host_bytes > base.host_bytes
 
@@ -142,3 +142,28 @@ def test_programs_compile_once_per_static_arguments_and_types():
 def test_release_freed_is_safe_to_call():
     # glibc (Linux CI) has malloc_trim; elsewhere it is a no-op that says so.
     assert memory.release_freed() in (True, False)
+
+
+def test_kept_draws_are_written_into_one_array_as_chunks_arrive():
+    """The driver holds the kept draws once: each chunk (on the device, or read back from a
+    checkpoint) is copied into one array per leaf, allocated for all the group's draws."""
+    import jax
+
+    from bayesmf.engines.driver import _Progress
+
+    rng = np.random.default_rng(0)
+    chunks = [dict(a=rng.normal(size=(2, n, 3)), b=rng.normal(size=(2, n))) for n in (4, 4, 2)]
+    chunks = [{k: v.astype(np.float32) for k, v in c.items()} for c in chunks]  # as the device holds them
+    run = _Progress.fresh()
+    run.draws.append(chunks[0])  # a partial group read back from a checkpoint (host arrays)
+    run.draws.append(jax.device_put(chunks[1]))
+    run.settle(10)
+    assert len(run.draws) == 1 and run.filled == 8
+    run.settle(10)  # nothing new: unchanged
+    run.draws.append(jax.device_put(chunks[2]))
+    run.settle(10)
+    out = run.draws[0]
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(out[name], np.concatenate([np.asarray(c[name]) for c in chunks], axis=1))
+        assert out[name].base is run.kept[name]  # a view of the one array, not a copy
+        assert out[name].dtype == chunks[0][name].dtype

@@ -384,12 +384,6 @@ def _chunk_fn(engine: Engine, thin: int, keep: bool, track: bool):
     return chunk
 
 
-def _settle(chunks: list) -> None:
-    """Move the last chunk of ``chunks`` to the host if it is still on the device (in place)."""
-    if chunks and not isinstance(jax.tree_util.tree_leaves(chunks[-1])[0], np.ndarray):
-        chunks[-1] = to_numpy(chunks[-1])
-
-
 def _over_chains(chunk, width: int, method: str):
     """``chunk`` over a leading chain axis of its first three arguments.
 
@@ -609,7 +603,7 @@ def sample(
                 # The previous chunk's draws move to the host while this one
                 # runs (dispatch is asynchronous): moving them first left a GPU
                 # idle for 40 of 160 ms per sweep at Netflix shape, rank 32.
-                _settle(run.draws)
+                run.settle(num_samples)
                 infos = to_numpy(infos)
                 _raise_nonfinite(engine, infos, groups[g], done[phase], phase)
                 if phase == "warmup":
@@ -632,11 +626,11 @@ def sample(
                     time.perf_counter() - last_save >= seconds or (every is not None and since_save >= every)
                 ):
                     run.group = g
-                    _settle(run.draws)
+                    run.settle(num_samples)
                     write_checkpoint(path, run.arrays(expected, run_sig))
                     last_save, since_save = time.perf_counter(), 0
             jax.block_until_ready(state)
-            _settle(run.draws)
+            run.settle(num_samples)
             run.finish_group(jax.vmap(engine.draw_fn, in_axes=(0, None))(state, context), state, acc)
     finally:
         bar.close()
@@ -703,6 +697,7 @@ class _Progress:
         self.group, self.chunk = 0, 0
         self.state = self.acc = None
         self.draws, self.infos, self.warm_infos, self.tracked = [], [], [], []
+        self.kept, self.filled = None, 0  # the group's kept draws on the host, and how many are in
         self.done = dict(draws=[], infos=[], warm_infos=[], tracked=[], acc=[], final_draw=[], final_state=[])
         self.warmup_seconds = self.draw_seconds = 0.0
 
@@ -710,9 +705,27 @@ class _Progress:
     def fresh(cls):
         return cls()
 
+    def settle(self, capacity: int) -> None:
+        """Move the chunks of draws to the host, into one array per leaf for the group's
+        ``capacity`` draws per chain, allocated once: the host then holds the kept draws once and
+        a chunk in transit, never the chunks and their concatenation together (ML-1M shape, rank
+        32, 100 draws: 128 MB, not 257). ``draws`` becomes that array's filled part."""
+        merged = 1 if self.kept is not None else 0  # draws[0] is then the filled part already
+        if len(self.draws) <= merged:
+            return
+        if self.kept is None:
+            self.kept = jax.tree_util.tree_map(
+                lambda x: np.empty(x.shape[:1] + (capacity,) + x.shape[2:], x.dtype), self.draws[0])
+        for chunk in self.draws[merged:]:
+            chunk, start = to_numpy(chunk), self.filled
+            self.filled += jax.tree_util.tree_leaves(chunk)[0].shape[1]
+            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((slice(None), slice(start, self.filled)), x),
+                                   self.kept, chunk)
+        self.draws = [jax.tree_util.tree_map(lambda buf: buf[:, :self.filled], self.kept)]
+
     def _current(self) -> dict:
         def cat(chunks):
-            return concat_draws(chunks) if chunks else None
+            return None if not chunks else chunks[0] if len(chunks) == 1 else concat_draws(chunks)
 
         return dict(draws=cat(self.draws), infos=cat(self.infos), warm_infos=cat(self.warm_infos),
                     tracked=np.concatenate(self.tracked, axis=1) if self.tracked else None)
@@ -727,11 +740,13 @@ class _Progress:
         self.group += 1
         self.chunk, self.state, self.acc = 0, None, None
         self.draws, self.infos, self.warm_infos, self.tracked = [], [], [], []
+        self.kept, self.filled = None, 0
 
     def concatenated(self) -> dict:
         out = {}
         for name, values in self.done.items():
-            out[name] = None if values[0] is None else concat_draws(values, axis=0)
+            out[name] = (None if values[0] is None else values[0] if len(values) == 1
+                         else concat_draws(values, axis=0))
         return out
 
     def arrays(self, sig: str, run_sig: str) -> dict:
