@@ -80,7 +80,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # this checkout's bayesmf, also where another is installed
 GIBBS = dict(num_samples=200, num_warmup=50)
-TUNE_FTOL_VARIANTS = {"map-tune-ftol-1e-6": 1e-6, "map-tune-ftol-1e-7": 1e-7}
+TUNE_FTOL_VARIANTS = {"map-tune-ftol-1e-6": 1e-6, "map-tune-ftol-1e-7": 1e-7, "map-tune-ftol-3e-5": 3e-5,
+                      "map-tune-ftol-1e-4": 1e-4}
 METHODS = ("gibbs", "map", *TUNE_FTOL_VARIANTS, "map-baseline")
 # benchmarks/scale.py's recipe for the synthetic shapes.
 TRUTH_RANK, NOISE_SD, TEST_FRACTION = 8, 0.9, 0.1
