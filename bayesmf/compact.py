@@ -62,9 +62,9 @@ def narrow_factors(name: str, value: np.ndarray, dtype: np.dtype) -> tuple[np.nd
     """``value`` cast to the float ``dtype`` (rounded to nearest) and the attribute that restores its dtype."""
     if value.dtype == dtype:
         return value, {}
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # overflow is reported below, with the largest magnitude
         out = value.astype(dtype)
-    if np.any(np.isinf(out) & ~np.isinf(value)):
+    if not np.array_equal(np.isfinite(out), np.isfinite(value)):
         raise ValueError(
             f"{name} has entries beyond the range of {dtype.name} (largest magnitude "
             f"{np.nanmax(np.abs(np.where(np.isfinite(value), value, 0))):.4g}); save it in a wider dtype"

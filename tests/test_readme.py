@@ -91,7 +91,7 @@ def concrete(line: str, ws: dict) -> list[str]:
             token = str(ws["small"])
         elif token == "FILE":
             token = str(ws["root"] / "shop.csv") if "--sep" in argv else str(next(files))
-        elif token in ("model.nc", "updated.nc", "run.ckpt.npz"):
+        elif token in ("model.nc", "updated.nc", "serve.nc", "run.ckpt.npz"):
             token = str(ws["root"] / token)
         elif token == "U":
             token = ws["user"]
@@ -102,6 +102,8 @@ def concrete(line: str, ws: dict) -> list[str]:
         out.append(token)
     if out and out[0] in FITTING:
         out += FAST
+        if "--keep-draws" in out:  # a README's draws kept, scaled down with FAST's draws
+            out[out.index("--keep-draws") + 1] = "4"
     return out
 
 
