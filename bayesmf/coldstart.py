@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
-from bayesmf.featurerows import training_implicit_rows
+from bayesmf.featurerows import training_implicit_mean
 from bayesmf.given import PaddedRatings  # noqa: F401 - part of this module's API (fold_in_users takes it)
 from bayesmf.given import Given, frame_rows, next_pow2, pad_given, validate_given
 from bayesmf.model import Params, user_row_prior
@@ -709,14 +709,14 @@ def _feature_rows(posterior: Posterior, side: str, given: Given, labels, frame) 
 
 def _centre_shift(posterior: Posterior, side: str) -> Array:
     """``B^T mean`` per draw, (S, d): the implicit part of the training rows' mean row
-    (the centre of :func:`bayesmf.featurerows.training_implicit_rows`) through each draw's link matrix, cached per posterior."""
+    (:func:`bayesmf.featurerows.training_implicit_mean`) through each draw's link matrix, cached per posterior."""
     cached = _IMPLICIT_CENTRES.setdefault(posterior, {})
     if side not in cached:
         train, spec = posterior.train, getattr(posterior.config, f"{side}_features")
         if train is None:
             raise ValueError("folding in with implicit feedback needs the training ratings (posterior.train)")
         link = getattr(_device_draws(posterior), f"{side}_link")[:, spec.num_side :]
-        centre = training_implicit_rows(train, side, link.dtype).centre
+        centre = jnp.asarray(training_implicit_mean(train, side), link.dtype)
         cached[side] = jnp.einsum("f,sfd->sd", centre, link)
     return cached[side]
 

@@ -186,6 +186,10 @@ def implicit_mean(index, other_index, num_rows: int, num_other: int) -> np.ndarr
     with no pairs can be given the average row (``x = 0`` after centring).
     """
     _, cols, values = implicit_entries(index, other_index, num_rows, num_other)
+    return _column_mean(cols, values, num_rows, num_other)
+
+
+def _column_mean(cols: np.ndarray, values: np.ndarray, num_rows: int, num_other: int) -> np.ndarray:
     return np.bincount(cols, weights=values, minlength=num_other) / max(num_rows, 1)
 
 
@@ -210,7 +214,7 @@ def implicit_rows(index, other_index, num_rows: int, num_other: int, side=None, 
     FeatureRows
     """
     rows, cols, values = implicit_entries(index, other_index, num_rows, num_other)
-    centre = np.bincount(cols, weights=values, minlength=num_other) / max(num_rows, 1)
+    centre = _column_mean(cols, values, num_rows, num_other)
     side = np.zeros((num_rows, 0)) if side is None else np.asarray(side, np.float64)
     return FeatureRows(
         side=jnp.asarray(side, dtype),
@@ -221,8 +225,19 @@ def implicit_rows(index, other_index, num_rows: int, num_other: int, side=None, 
     )
 
 
-def training_implicit_rows(train, side: str, dtype=jnp.float32) -> FeatureRows:
-    """:func:`implicit_rows` of a :class:`bayesmf.data.Ratings`' ``side`` (``"user"`` or ``"item"``), no side columns."""
+def _side_pairs(train, side: str) -> tuple:
+    """``(index, other_index, num_rows, num_other)`` of a Ratings' ``side`` (``"user"`` or ``"item"``)."""
     own, other = (train.user_index, train.item_index) if side == "user" else (train.item_index, train.user_index)
     sizes = (train.num_users, train.num_items) if side == "user" else (train.num_items, train.num_users)
-    return implicit_rows(own, other, *sizes, dtype=dtype)
+    return own, other, *sizes
+
+
+def training_implicit_rows(train, side: str, dtype=jnp.float32) -> FeatureRows:
+    """:func:`implicit_rows` of a :class:`bayesmf.data.Ratings`' ``side`` (``"user"`` or ``"item"``), no side columns."""
+    return implicit_rows(*_side_pairs(train, side), dtype=dtype)
+
+
+def training_implicit_mean(train, side: str) -> np.ndarray:
+    """The centre of :func:`training_implicit_rows` (:func:`implicit_mean`), float64 on the host, without
+    the rows themselves."""
+    return implicit_mean(*_side_pairs(train, side))

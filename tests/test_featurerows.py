@@ -27,6 +27,16 @@ def test_implicit_rows_match_the_dense_definition():
     assert x.shape == (30, 15) and x.num_side == 3
 
 
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_training_implicit_mean_is_the_centre_of_the_training_rows(side):
+    from bayesmf.synthetic import movielens_like
+
+    train = movielens_like(0, num_users=40, num_items=25, num_ratings=400, rank=2, min_per_user=3).ratings
+    centre = featurerows.training_implicit_mean(train, side)
+    assert centre.dtype == np.float64 and centre.shape == ((train.num_items,) if side == "user" else (train.num_users,))
+    np.testing.assert_array_equal(jnp.asarray(centre, jnp.float32), featurerows.training_implicit_rows(train, side).centre)
+
+
 def _pairs(seed, n, num_other, pairs):
     rng = np.random.default_rng(seed)
     rng.normal(size=(n, 3))  # the side draw of rows(), so that the pairs are the same
