@@ -29,3 +29,6 @@ SIMILARITY_METRICS = ("invariant", "euclidean", "profile")
 UNCERTAINTIES = ("posterior", "laplace")
 #: Breakdowns of :meth:`bayesmf.Posterior.evaluate`.
 BREAKDOWNS = ("user_activity", "item_popularity", "cold")
+#: Dtypes a model file can store the factor draws in (:func:`bayesmf.save`; int8: per-row 8-bit codes,
+#: :mod:`bayesmf.compact`; bfloat16 is not an HDF5 / netCDF type).
+FACTOR_DTYPES = ("int8", "float16", "float32", "float64")

@@ -35,6 +35,7 @@ from pathlib import Path
 from bayesmf import __version__
 from bayesmf.choices import (
     DEFAULT_METHOD,
+    FACTOR_DTYPES,
     MAP_METHODS,
     METHODS,
     PREDEFINED_SPLITS,
@@ -579,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "80 for a compact file)")
     g.add_argument("--serving", action="store_true",
                    help="keep only what predict, recommend and fold-in read (same predictions)")
-    g.add_argument("--file-dtype", choices=("int8", "float16", "float32", "float64"), default=None,
+    g.add_argument("--file-dtype", choices=FACTOR_DTYPES, default=None,
                    help="store the factor draws in this dtype (int8: per-row 8-bit codes, a quarter of float32)")
     kd = g.add_mutually_exclusive_group()
     kd.add_argument("--keep-draws", type=_positive_int, metavar="N", default=None,

@@ -35,10 +35,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bayesmf.choices import FACTOR_DTYPES
+
 # Params fields that ``dtype=`` narrows (the factor draws: almost all of a model file).
 FACTOR_FIELDS = ("user_factors", "item_factors")
-# Storage dtypes of the factor draws (bfloat16 is not an HDF5 / netCDF type; int8 is quantize_rows's codes).
-FACTOR_DTYPES = ("int8", "float16", "float32", "float64")
 # Variable attribute naming the dtype an array is restored to on load.
 DTYPE_ATTR = "bayesmf_dtype"
 # Largest code magnitude of quantize_rows (symmetric, so -128 is unused).

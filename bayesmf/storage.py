@@ -86,7 +86,8 @@ import numpy as np
 import xarray as xr
 
 from bayesmf import compact
-from bayesmf.compact import DTYPE_ATTR, FACTOR_DTYPES, FACTOR_FIELDS  # noqa: F401  (FACTOR_DTYPES: public here too)
+from bayesmf.choices import FACTOR_DTYPES  # noqa: F401  (public here too)
+from bayesmf.compact import DTYPE_ATTR, FACTOR_FIELDS
 from bayesmf.data import RatingScale, Ratings, Vocabulary, encoder_from_dict, encoder_to_dict
 from bayesmf.diagnostics import identifiable_quantities, label_probes
 from bayesmf.encoding import to_jsonable
