@@ -9,9 +9,9 @@ measures the path with the draws a user keeps (100 by default).
 Data: ratings drawn from the model at a MovieLens shape
 (``bayesmf.synthetic.movielens_like``, true rank 8, noise sd 0.9, rounded to
 stars), written as ``user,item,rating`` CSV. Each measured checkout runs in
-its own process, which samples its RSS every 10 ms around
-``bayesmf.cli.main`` and reports the peak of each phase (start-up and
-parsing, fit, save). ``--source DIR`` measures another checkout of the
+its own process, which runs ``bayesmf.cli.main`` and reports the peak RSS of
+each phase (start-up and parsing, fit, save): the kernel's high-water mark,
+reset at each phase's start (Linux's ``/proc/self/clear_refs``). ``--source DIR`` measures another checkout of the
 package (for example the previous commit, from ``git worktree add``) in the
 same run, one after the other.
 
@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,47 +38,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def child(source: str, argv: list) -> dict:
-    """Run ``bayesmf.cli.main(argv)`` from the checkout ``source`` with an RSS sampler; peaks by phase (MiB)."""
+    """Run ``bayesmf.cli.main(argv)`` from the checkout ``source``; the peak RSS of each phase (MiB): the
+    kernel's high-water mark (VmHWM), read at the phase's end and reset at its start."""
     sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # not an installed bayesmf
     sys.path.insert(0, source)
-    samples, marks, stop = [], [], []
+    from scale import peak_rss_mb, reset_peak_rss  # this benchmark's sibling: stdlib and NumPy only
 
-    def rss_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    if not reset_peak_rss():
+        raise RuntimeError("per-phase peaks need /proc/self/clear_refs (Linux)")
+    phases, current = {}, ["start", time.perf_counter()]
 
-    def sample():
-        while not stop:
-            samples.append((time.perf_counter(), rss_mib()))
-            time.sleep(0.01)
+    def mark(name: str) -> None:
+        phases[current[0]] = dict(seconds=round(time.perf_counter() - current[1], 2), peak_mib=round(peak_rss_mb()))
+        reset_peak_rss()
+        current[:] = [name, time.perf_counter()]
 
-    threading.Thread(target=sample, daemon=True).start()
-    marks.append(("start", time.perf_counter()))
     import bayesmf
     from bayesmf import cli, estimator, storage
 
     def marked(name, fn):
         def wrapper(*args, **kwargs):
-            marks.append((f"{name} start", time.perf_counter()))
+            mark(name)
             try:
                 return fn(*args, **kwargs)
             finally:
-                marks.append((f"{name} end", time.perf_counter()))
+                mark(f"after {name}")
         return wrapper
 
     storage.save = marked("save", storage.save)
     estimator.BayesMF.fit = marked("fit", estimator.BayesMF.fit)
     code = cli.main(argv)
-    marks.append(("end", time.perf_counter()))
-    stop.append(True)
-    phases = {}
-    for (name, t0), (_, t1) in zip(marks, marks[1:]):
-        peak = max((r for t, r in samples if t0 <= t <= t1), default=None)
-        if peak is not None:
-            phases[name.replace(" start", "").replace(" end", " to next")] = dict(seconds=round(t1 - t0, 2),
-                                                                                   peak_mib=round(peak))
+    mark("end")
     return dict(source=source, bayesmf_file=bayesmf.__file__, exit_code=code,
-                peak_mib=round(max(r for _, r in samples)), phases=phases)
+                peak_mib=max(p["peak_mib"] for p in phases.values()), phases=phases)
 
 
 def estimate_mib(csv: Path, rank: int, num_samples: int) -> int:

@@ -88,6 +88,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> bool:
+    """Reset :func:`peak_rss_mb` to the current resident set (Linux: ``5`` to ``/proc/self/clear_refs``);
+    False where the kernel does not offer it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def uptime() -> dict:
     out = dict(load_average=list(os.getloadavg()))
     try:
