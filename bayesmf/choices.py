@@ -11,6 +11,10 @@ METHODS = ("map", "map-adam", "als", "gibbs", "nuts", "svi")
 SAMPLERS = ("gibbs", "nuts")
 #: Engines that give a point estimate.
 MAP_METHODS = ("map", "map-adam", "als")
+#: How MAP tunes its precisions on the validation split (:func:`bayesmf.tuning.tune`): ``"quick"``
+#: brackets the factor ratio and holds the offset ratio; ``"thorough"`` also searches the offset ratio
+#: and the whole coarse factor grid. The first is the default.
+MAP_SEARCHES = ("quick", "thorough")
 #: The default engine, in Python and on the command line alike.
 DEFAULT_METHOD = "gibbs"
 

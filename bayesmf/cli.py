@@ -37,6 +37,7 @@ from bayesmf.choices import (
     DEFAULT_METHOD,
     FACTOR_DTYPES,
     MAP_METHODS,
+    MAP_SEARCHES,
     METHODS,
     PREDEFINED_SPLITS,
     SAMPLERS,
@@ -161,6 +162,9 @@ def _titles(args) -> dict:
 def _model(args):
     from bayesmf import BayesMF
 
+    if args.search != MAP_SEARCHES[0] and (args.method not in MAP_METHODS or args.no_tune):
+        raise CLIError(f"--search {args.search} picks how a MAP method tunes its precisions: use it with "
+                       f"--method {' or '.join(MAP_METHODS)}, without --no-tune")
     options = dict(rank=args.rank, method=args.method, offsets=args.offsets, user_offsets=args.user_offsets,
                    implicit=args.implicit, likelihood=args.likelihood, progress_bar=not args.no_progress)
     if args.devices is not None or args.coordinator is not None:
@@ -171,6 +175,8 @@ def _model(args):
         options.update(num_samples=args.num_samples)
     elif args.no_tune:
         options.update(tune=False)
+    else:
+        options.update(search=args.search)
     return BayesMF(**options)
 
 
@@ -531,6 +537,8 @@ def _add_model_args(p):
     p.add_argument("--num-chains", type=_positive_int, default=1, help="chains (samplers)")
     p.add_argument("--no-tune", action="store_true",
                    help="MAP methods: keep the default precisions instead of tuning them on a validation split")
+    p.add_argument("--search", choices=MAP_SEARCHES, default=MAP_SEARCHES[0],
+                   help="MAP methods: how the precisions are tuned (thorough also tunes the offset ratio; slower)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     g = p.add_argument_group("devices (gibbs): the sweep sharded over a device mesh")

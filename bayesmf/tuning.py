@@ -4,11 +4,15 @@ The layer above the MAP engine (:mod:`bayesmf.engines.map`, which finds the
 mode at given precisions): it decides which precisions, on which ratings.
 
 :func:`tune` picks ``lambda_L / alpha = lambda_R / alpha`` (or the two
-separately) and ``tau_m / alpha`` by validation RMSE on a log scale: a coarse
-grid, then parabolic interpolation of the factor ratio around the best point,
-each fit warm-started from a nearby earlier solution, all through one
-compiled loop (:func:`bayesmf.engines.map.make_solver`) that the refit of
-:func:`fit_ratings` shares. Separate user and item ratios
+separately) and ``tau_m / alpha`` by validation RMSE on a log scale, each fit
+warm-started from a nearby earlier solution, all through one compiled loop
+(:func:`bayesmf.engines.map.make_solver`) that the refit of
+:func:`fit_ratings` shares. Two searches (``search``):
+``"quick"`` (the default) walks the coarse factor grid from its middle toward
+lower validation RMSE until it rises, then refines the factor ratio by
+parabolic interpolation, holding the offset ratio at its middle value;
+``"thorough"`` searches the offset ratio's line first and evaluates the whole
+coarse factor line (:mod:`bayesmf.ratio_search` holds the searches). Separate user and item ratios
 rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
 ``lambda_L -> lambda_L / c^2, lambda_R -> lambda_R c^2``, so the MAP
 predictions depend on the product ``lambda_L lambda_R`` only.
@@ -31,10 +35,7 @@ Examples
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,32 +57,11 @@ from bayesmf.model import (
     with_features,
 )
 from bayesmf.ordinal_model import star_grid
+from bayesmf.ratio_search import COARSE_GRIDS, Point, adaptive_search, check_search, grid_points
 from bayesmf.split import validation_split
 
 Array = jax.Array
 
-# Precision ratios searched by tune (rho = lambda / alpha, in units of
-# squared error): a coarse log grid per coordinate, extended past an end while
-# the best point is on it (at most MAX_EXTENSIONS times): the offset ratio at
-# the middle factor ratio, then the factor ratio at the best offset ratio;
-# then REFINE_STEPS steps of successive parabolic interpolation of the
-# validation RMSE in the log factor ratio. On MovieLens-100K (rank 10) the
-# validation RMSE varies by ~0.001 between factor ratios 3^(1/4) apart near
-# the optimum (~11-13), which a parabola through three grid points resolves;
-# the offset ratio matters less (0.3 to 30 within 0.0025) and keeps its coarse
-# grid. A finer search would chase differences below what the tuning
-# tolerance (TUNE_FTOL) resolves on the validation RMSE (~5e-4).
-#
-# With features the link precisions (each group's lambda_g, a ratio to the
-# factor precision, shared by users and movies) are searched too, side
-# features before implicit feedback, after the offset ratio: on
-# MovieLens-100K u1 at rank 10 the test RMSE of MAP with side features goes
-# from 0.929 at lambda_g = 3 to 0.907 at 300, and with implicit feedback from
-# 0.919 at 1000 to 0.886 at 1 (Gibbs learns ~15-30 and ~0.6-0.9).
-COARSE_GRIDS = {"factor": (3.0, 10.0, 30.0), "offset": (0.3, 3.0, 30.0), "side": (10.0, 100.0, 1000.0),
-                "implicit": (0.1, 1.0, 10.0)}
-REFINE_STEPS = 2
-MAX_EXTENSIONS = 3
 # Stopping tolerances of the tuned path (the objective per rating fell by less
 # than this per iteration over the last FTOL_WINDOW iterations; data of the
 # compiled loop, so the tuning fits and the refit share one compilation).
@@ -105,37 +85,9 @@ ALIVE_RATIO = 1e-2
 # -- tuning on validation ratings -----------------------------------------------------------
 
 
-class _Point(NamedTuple):
-    """Precision ratios ``lambda / alpha`` of one tuning point."""
-
-    user: float
-    item: float
-    offset: float
-    side: float = 1.0
-    implicit: float = 1.0
-
-    def links(self, config: ModelConfig) -> ModelConfig:
-        """``config`` with this point's link precisions in its feature specs."""
-        specs = {f"{side}_features": getattr(config, f"{side}_features") for side in ("user", "item")}
-        return config.replace(**{name: spec._replace(link_precision=self.side, implicit_precision=self.implicit)
-                                 for name, spec in specs.items() if spec is not None})
-
-    def priors(self, noise_precision: float = 1.0, mean_precision: float = 0.0,
-               user_offset: float = FixedPriors().user_offset_precision) -> FixedPriors:
-        """The precisions at noise precision ``noise_precision``; ``user_offset`` is the ratio
-        ``tau_b / alpha`` of the user offsets' precision, which is held, not tuned."""
-        return FixedPriors(
-            self.user * noise_precision, self.item * noise_precision, self.offset * noise_precision, noise_precision,
-            mean_precision, user_offset * noise_precision,
-        )
-
-    def key(self) -> tuple:
-        return tuple(round(math.log(x), 6) for x in self)
-
-
-def _ratios(priors: FixedPriors, config: ModelConfig | None = None) -> _Point:
+def _ratios(priors: FixedPriors, config: ModelConfig | None = None) -> Point:
     a = priors.noise_precision
-    point = _Point(priors.user_precision / a, priors.item_precision / a, priors.offset_precision / a)
+    point = Point(priors.user_precision / a, priors.item_precision / a, priors.offset_precision / a)
     specs = [] if config is None else [s for s in (config.user_features, config.item_features) if s is not None]
     return point._replace(side=specs[0].link_precision, implicit=specs[0].implicit_precision) if specs else point
 
@@ -216,7 +168,7 @@ class _Tuner:
         self.rows: list = []
         self.bar = tqdm(desc="map tune", unit="fit", leave=False, disable=None if progress_bar else True)
 
-    def _start(self, point: _Point) -> dict:
+    def _start(self, point: Point) -> dict:
         target = np.log(np.asarray(point))
         best, best_distance = self.init, np.inf
         for fit in self.fits.values():
@@ -227,7 +179,7 @@ class _Tuner:
                     best, best_distance = fit["latent"], distance
         return best
 
-    def __call__(self, point: _Point) -> float:
+    def __call__(self, point: Point) -> float:
         key = point.key()
         if key not in self.fits:
             start = time.perf_counter()
@@ -252,7 +204,7 @@ class _Tuner:
             self.bar.set_postfix(valid_rmse=f"{rmse:.4f}")
         return self.fits[key]["rmse"]
 
-    def _link_columns(self, point: _Point) -> dict:
+    def _link_columns(self, point: Point) -> dict:
         return {f"{name}_ratio": getattr(point, name) for name in _link_coordinates(self.config)}
 
     def best(self) -> dict:
@@ -269,132 +221,11 @@ class _Tuner:
         return pd.DataFrame(self.rows).sort_values("valid_rmse", kind="stable").reset_index(drop=True)
 
 
-def _with(point: _Point, coordinate: str, value: float) -> _Point:
-    if coordinate == "factor":
-        return point._replace(user=value, item=value)
-    return point._replace(**{coordinate: value})
-
-
 def _link_coordinates(config: ModelConfig) -> tuple:
     """The link-precision coordinates the search takes: ``"side"`` and ``"implicit"`` where a side has them."""
     specs = [s for s in (config.user_features, config.item_features) if s is not None]
     return tuple(name for name, present in (("side", any(s.num_side for s in specs)),
                                              ("implicit", any(s.implicit for s in specs))) if present)
-
-
-def _get(point: _Point, coordinate: str) -> float:
-    return point.user if coordinate == "factor" else getattr(point, coordinate)
-
-
-def _line_search(tuner: _Tuner, point: _Point, coordinate: str, grid) -> _Point:
-    """Best point along one coordinate over ``grid`` (ascending, evenly spaced
-    on a log scale), extending the grid past an end while the best value is
-    on it (at most :data:`MAX_EXTENSIONS` times)."""
-    values = sorted(float(v) for v in grid)
-    ratio = values[1] / values[0]
-    # Nearest to the current value first, so that warm starts chain outward.
-    here = math.log(_get(point, coordinate))
-    for value in sorted(values, key=lambda v: abs(math.log(v) - here)):
-        tuner(_with(point, coordinate, value))
-    for extension in range(MAX_EXTENSIONS + 1):
-        scores = [tuner(_with(point, coordinate, v)) for v in values]
-        best = int(np.argmin(scores))
-        if extension == MAX_EXTENSIONS or 0 < best < len(values) - 1:
-            break
-        if best == 0:
-            values.insert(0, values[0] / ratio)
-        else:
-            values.append(values[-1] * ratio)
-    return _with(point, coordinate, values[best])
-
-
-def _parabolic_step(tuner: _Tuner, point: _Point, coordinate: str) -> _Point:
-    """One step of successive parabolic interpolation along ``coordinate``.
-
-    Through the best evaluated point on this line (the other coordinates as in
-    ``point``) and its nearest evaluated neighbours on either side, a parabola
-    in the log ratio; its vertex (which lies between the neighbours when the
-    middle point is the lowest) is evaluated, unless it is within
-    :data:`_MIN_LOG_STEP` of a point already evaluated. Returns the best point
-    on the line afterwards."""
-    line = {}
-    for fit in tuner.fits.values():
-        if _with(fit["point"], coordinate, 1.0) == _with(point, coordinate, 1.0):
-            line[math.log(_get(fit["point"], coordinate))] = fit["rmse"]
-    xs = sorted(line)
-    best = min(range(len(xs)), key=lambda k: line[xs[k]])
-    if 0 < best < len(xs) - 1:
-        (x0, y0), (x1, y1), (x2, y2) = ((xs[k], line[xs[k]]) for k in (best - 1, best, best + 1))
-        numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
-        denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
-        if denominator != 0:
-            vertex = x1 - 0.5 * numerator / denominator
-            if min(abs(vertex - x) for x in xs) > _MIN_LOG_STEP:
-                line[vertex] = tuner(_with(point, coordinate, math.exp(vertex)))
-    return _with(point, coordinate, math.exp(min(line, key=line.get)))
-
-
-# Parabolic steps closer than this (in log ratio) to an evaluated point are
-# not taken: ratios 3^(1/16) apart differ by less than the tuning tolerance
-# resolves on MovieLens-100K.
-_MIN_LOG_STEP = math.log(3.0) / 16
-
-
-def _adaptive_search(tuner: _Tuner, start: _Point, coordinates: tuple) -> None:
-    # Coarse: the offset ratio over its grid at the middle factor ratio, then
-    # the factor ratio(s) at the best offset ratio (the offset ratio matters
-    # least, so the factor line is searched last, where it is refined).
-    # With features, the link precisions after the offset ratio.
-    point = start
-    for coordinate in ("offset", "side", "implicit"):
-        if coordinate in coordinates:
-            point = _line_search(tuner, point, coordinate, COARSE_GRIDS[coordinate])
-    point = _line_search(tuner, point, "factor", COARSE_GRIDS["factor"])
-    factors = [c for c in coordinates if c not in ("offset", "side", "implicit")]
-    if factors != ["factor"]:
-        # Separate user and item ratios: a line of three around the shared best, each.
-        step = math.sqrt(COARSE_GRIDS["factor"][1] / COARSE_GRIDS["factor"][0])
-        for coordinate in factors:
-            value = _get(point, coordinate)
-            point = _line_search(tuner, point, coordinate, (value / step, value, value * step))
-    # Refine the factor ratio(s) by successive parabolic interpolation.
-    for _ in range(REFINE_STEPS):
-        for coordinate in factors:
-            point = _parabolic_step(tuner, point, coordinate)
-    # The link precisions and the factor ratio interact (a link row's
-    # precision is their product): once more each link line around its best
-    # value at the refined factor ratio, then the factor line again.
-    links = [c for c in coordinates if c in ("side", "implicit")]
-    if links:
-        for coordinate in links:
-            value = _get(point, coordinate)
-            point = _line_search(tuner, point, coordinate, (value / 3.0, value, value * 3.0))
-        for coordinate in factors:
-            value = _get(point, coordinate)
-            point = _line_search(tuner, point, coordinate, (value / 1.5, value, value * 1.5))
-
-
-def _grid_points(grid: dict, start: _Point, estimated: bool) -> list:
-    allowed = {"factor", "user", "item", "offset", "side", "implicit"}
-    unknown = set(grid) - allowed
-    if unknown:
-        raise ValueError(f"unknown grid keys {sorted(unknown)}; expected some of {sorted(allowed)}")
-    if "factor" in grid and ({"user", "item"} & set(grid)):
-        raise ValueError("give grid['factor'] (shared user/item ratio) or grid['user'] / grid['item'], not both")
-    for name, values in grid.items():
-        values = np.asarray(values, dtype=float)
-        if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values) & (values > 0)):
-            raise ValueError(f"grid[{name!r}] must be a non-empty list of positive finite ratios, got {grid[name]!r}")
-    offsets = [float(x) for x in grid.get("offset", [start.offset])] if estimated else [start.offset]
-    if "factor" in grid:
-        pairs = [(float(x), float(x)) for x in grid["factor"]]
-    else:
-        pairs = list(itertools.product(grid.get("user", [start.user]), grid.get("item", [start.item])))
-    links = itertools.product(grid.get("side", [start.side]), grid.get("implicit", [start.implicit]))
-    points = [_Point(float(u), float(i), m, float(a), float(b))
-              for (u, i), m, (a, b) in itertools.product(pairs, offsets, links)]
-    # Weakest factor regularization first, so that warm starts follow the shrinkage path.
-    return sorted(points, key=lambda p: (p.user * p.item, p.offset, -p.side, -p.implicit))
 
 
 def tune(
@@ -407,6 +238,7 @@ def tune(
     solver: str = "lbfgs",
     grid: dict | None = None,
     shared: bool = True,
+    search: str = "quick",
     optimizer=None,
     max_iters: int | None = None,
     tol: float = map_engine.DEFAULT_TOL,
@@ -420,16 +252,20 @@ def tune(
     The MAP depends on the precisions only through the ratios
     ``rho = lambda / alpha``; the search runs over ``rho_L`` and ``rho_R``
     (equal when ``shared``) and ``rho_m`` on a log scale. Without ``grid`` it
-    is a coarse grid (:data:`COARSE_GRIDS`: the offset ratio at the middle
-    factor ratio, then the factor ratio at the best offset ratio), extended
-    past an end while the best point sits on it, then :data:`REFINE_STEPS`
-    steps of successive parabolic interpolation in the log factor ratio;
+    starts on a coarse grid (:data:`COARSE_GRIDS`): with ``search="quick"``
+    a walk along the factor ratio's grid from its middle value in the
+    direction that lowers the validation RMSE, the offset ratio held at its
+    middle value; with ``"thorough"`` the offset ratio's line at the middle
+    factor ratio, then the factor ratio's whole line at the best offset ratio,
+    each extended past an end while the best point sits on it. Then
+    :data:`REFINE_STEPS` steps of successive parabolic interpolation in the
+    log factor ratio;
     every fit is warm-started from the nearest evaluated point with weaker
     factor regularization, and one compiled loop serves all of them (with
     ``"lbfgs"`` and ``"adam"`` the training ratings are padded with the
     validation ratings at weight 0, so that the loop has the shapes of the
-    refit on all of them in :func:`fit_ratings`). Typically 6-8 fits, at the
-    tolerance :data:`TUNE_FTOL`.
+    refit on all of them in :func:`fit_ratings`). Typically 4-5 fits
+    (quick) or 6-8 (thorough), at the tolerance :data:`TUNE_FTOL`.
 
     ``shared=False`` also searches ``rho_L`` and ``rho_R`` separately, which
     rarely pays: the objective is invariant under ``L -> cL, R -> R/c`` with
@@ -457,6 +293,8 @@ def tune(
         ``{"user": [...], "item": [...], "offset": [...]}``.
     shared : bool
         Tie ``rho_L = rho_R`` in the adaptive search.
+    search : {"quick", "thorough"}
+        The adaptive search (ignored with ``grid``): see above.
     optimizer, max_iters, tol, layout
         As in :func:`bayesmf.engines.map.fit`.
     ftol : float
@@ -489,7 +327,7 @@ def tune(
     """
     start_time = time.perf_counter()
     tuner = _search(
-        rng_key, data, valid_pairs, valid_ratings, config, solver=solver, grid=grid, shared=shared,
+        rng_key, data, valid_pairs, valid_ratings, config, solver=solver, grid=grid, shared=shared, search=search,
         options=dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout),
         progress_bar=progress_bar, star_values=star_values,
     )
@@ -508,7 +346,7 @@ def tune(
 
 
 def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, shared, options, progress_bar,
-            pad_to=None, star_values=None) -> _Tuner:
+            search="quick", pad_to=None, star_values=None) -> _Tuner:
     """The search of :func:`tune`; returns the tuner with every fit.
 
     ``pad_to``: the ``(num_users, num_items)`` of the data the caller will
@@ -517,6 +355,7 @@ def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, 
     ``pad_to``)."""
     map_engine.check_config(config)
     map_engine.check_solver(solver)
+    check_search(search)
     if config.ordinal and (star_values is None or data.star is None):
         raise ValueError("the ordinal likelihood needs the stars: data from star_model_data and star_values")
     valid_u = np.asarray(valid_pairs[0])
@@ -535,17 +374,17 @@ def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, 
     estimated = config.offsets == "estimated"
     tuner = _Tuner(init, data, config, compiled, (valid_u, valid_i), valid_r, progress_bar, star_values)
     middle = {name: grid[len(grid) // 2] for name, grid in COARSE_GRIDS.items()}
-    start = _Point(middle["factor"], middle["factor"], middle["offset"] if estimated else _ratios(config.fixed).offset,
+    start = Point(middle["factor"], middle["factor"], middle["offset"] if estimated else _ratios(config.fixed).offset,
                    middle["side"], middle["implicit"])
     try:
         if grid is not None:
-            for point in _grid_points(grid, _ratios(config.fixed, config), estimated):
+            for point in grid_points(grid, _ratios(config.fixed, config), estimated):
                 tuner(point)
         else:
             coordinates = ("factor",) if shared else ("user", "item")
             coordinates += ("offset",) if estimated else ()
             coordinates += _link_coordinates(config)
-            _adaptive_search(tuner, start, coordinates)
+            adaptive_search(tuner, start, coordinates, search)
     finally:
         tuner.bar.close()
     return tuner
@@ -590,8 +429,8 @@ def _feature_data(data: ModelData, ratings, config: ModelConfig, sides: dict, so
     return with_features(data, config, rows.get("user"), rows.get("item"))
 
 
-def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, solver, grid, shared, progress_bar,
-                   options, pad_to, star_values=None) -> tuple:
+def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, solver, grid, shared, search,
+                   progress_bar, options, pad_to, star_values=None) -> tuple:
     """Steps 2 and 3 of :func:`fit_ratings` on the sub-train data: the
     config (precisions: tuned ratios, or those of ``config``, times the
     validation noise precision; tuned link precisions), the sub-train fit's
@@ -599,7 +438,8 @@ def _fit_sub_train(rng_key, sub_data, pairs, valid_rating, config, *, tuned, sol
     if tuned:
         tuner = _search(
             rng_key, sub_data, pairs, valid_rating, config,
-            solver=solver, grid=grid, shared=shared, options=options, progress_bar=progress_bar, pad_to=pad_to,
+            solver=solver, grid=grid, shared=shared, search=search, options=options, progress_bar=progress_bar,
+            pad_to=pad_to,
             star_values=star_values,
         )
         best, best_config = tuner.best_config()
@@ -627,6 +467,7 @@ def fit_ratings(
     seed: int = 0,
     grid: dict | None = None,
     shared: bool = True,
+    search: str = "quick",
     optimizer=None,
     max_iters: int | None = None,
     tol: float = map_engine.DEFAULT_TOL,
@@ -672,7 +513,7 @@ def fit_ratings(
         terminal) over the tuning fits and for the refit.
     seed : int
         Seed of the validation split.
-    grid, shared
+    grid, shared, search
         Passed to :func:`tune`.
     optimizer, max_iters, tol, layout
         Passed to :func:`bayesmf.engines.map.fit` and :func:`tune`.
@@ -711,6 +552,7 @@ def fit_ratings(
     start_time = time.perf_counter()
     map_engine.check_config(config)
     map_engine.check_solver(solver)
+    check_search(search)
     if ftol is None:
         ftol = REFIT_FTOL if tune else map_engine.DEFAULT_FTOL
     options = dict(optimizer=optimizer, max_iters=max_iters, tol=tol, ftol=ftol, layout=layout)
@@ -725,7 +567,7 @@ def fit_ratings(
     pairs = (sub.user_vocab.index(valid.user_ids), sub.item_vocab.index(valid.item_ids))
     final_config, sub_latent, table, validation_rmse = _fit_sub_train(
         key_tune, sub_data, pairs, valid.rating, config,
-        tuned=tune, solver=solver, grid=grid, shared=shared, progress_bar=progress_bar,
+        tuned=tune, solver=solver, grid=grid, shared=shared, search=search, progress_bar=progress_bar,
         options=tune_options if tune else options, pad_to=(ratings.num_users, ratings.num_items),
         star_values=star_values,
     )
@@ -753,6 +595,7 @@ def fit_ratings(
         validation_fraction=validation_fraction,
         validation_seed=seed,
         tuned=bool(tune),
+        search=search if tune and grid is None else None,
     )
     timing = dict(
         fit_seconds=time.perf_counter() - start_time,

@@ -75,6 +75,7 @@ def fit_and_score(split, method: str, fit_seed: int, **options) -> dict:
     """
     import bayesmf
 
+    options.setdefault("search", "thorough")  # the search these figures were measured with; map_speed.py times both
     model = bayesmf.BayesMF(rank=options.pop("rank", RANK), method=method, progress_bar=False, **options)
     start = time.perf_counter()
     posterior = model.fit(fit_seed, split.train)

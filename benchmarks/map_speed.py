@@ -22,7 +22,11 @@ Methods (``--methods``, comma-separated):
 ``gibbs``
     250 sweeps (200 kept after 50 of warm-up), one chain.
 ``map``
-    The tuned MAP as shipped.
+    The tuned MAP as shipped (``search="quick"``, :mod:`bayesmf.ratio_search`).
+``map-thorough``
+    The thorough search (``search="thorough"``: the offset ratio's line and
+    the whole coarse factor line too), the default before it and what the
+    experiments use.
 ``map-tune-ftol-1e-6``, ``map-tune-ftol-1e-7``
     The same search with the tuning fits run to a tighter tolerance
     (``tune_ftol``): the price of the default :data:`bayesmf.tuning.TUNE_FTOL`.
@@ -44,8 +48,8 @@ Shapes (``--shape``):
 
 Run::
 
-    python benchmarks/map_speed.py --data ../shared/data                       # u1, ~3 min on 2 cores
-    python benchmarks/map_speed.py --shape ml-1m --repeats 1 --methods gibbs,map  # ~6 min on 2 cores
+    python benchmarks/map_speed.py --data ../shared/data --methods gibbs,map,map-thorough  # u1, ~3 min on 2 cores
+    python benchmarks/map_speed.py --shape ml-1m --repeats 1 --methods gibbs,map,map-thorough  # ~5 min on 2 cores
     # On a GPU machine (the lead's check; ~10 min on one H100/H200):
     python benchmarks/map_speed.py --shape ml-10m --repeats 1 --methods gibbs,map \\
         --out results/benchmarks/map_speed_ml10m_gpu.json
@@ -82,7 +86,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's bayesmf, also where another is 
 GIBBS = dict(num_samples=200, num_warmup=50)
 TUNE_FTOL_VARIANTS = {"map-tune-ftol-1e-6": 1e-6, "map-tune-ftol-1e-7": 1e-7, "map-tune-ftol-3e-5": 3e-5,
                       "map-tune-ftol-1e-4": 1e-4}
-METHODS = ("gibbs", "map", *TUNE_FTOL_VARIANTS, "map-baseline")
+METHODS = ("gibbs", "map", "map-thorough", *TUNE_FTOL_VARIANTS, "map-baseline")
 # benchmarks/scale.py's recipe for the synthetic shapes.
 TRUTH_RANK, NOISE_SD, TEST_FRACTION = 8, 0.9, 0.1
 
@@ -148,6 +152,8 @@ def one(shape: str, method: str, rank: int, data_dir: Path, path: Path | None) -
         model = bayesmf.BayesMF(rank=rank, method="gibbs", progress_bar=False, **GIBBS)
     else:
         options = {"tune_ftol": TUNE_FTOL_VARIANTS[method]} if method in TUNE_FTOL_VARIANTS else {}
+        if method == "map-thorough":
+            options = {"search": "thorough"}
         model = bayesmf.BayesMF(rank=rank, method="map", progress_bar=False, **options)
     start = time.perf_counter()
     posterior = model.fit(jax.random.PRNGKey(0), train)

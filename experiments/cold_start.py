@@ -209,7 +209,7 @@ def fit_side(train, args, side: str, features=(None, None)) -> dict:
     sampler = dict(rank=args.rank, method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup,
                    progress_bar=not args.no_progress)
     for name, model, data in (
-        ("map", BayesMF(rank=args.rank, method="map", progress_bar=False), {}),
+        ("map", BayesMF(rank=args.rank, method="map", search="thorough", progress_bar=False), {}),
         ("gibbs", BayesMF(**sampler), {}),
         # Side features (with --implicit, implicit feedback too: a new row's is unknown until it has
         # ratings, and its prior carries the spread of the unknown rows, bayesmf.spread).

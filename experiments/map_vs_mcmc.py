@@ -149,7 +149,8 @@ def make_model(method: str, rank: int, args):
     if method == "map":
         # --tiny: a 2-point grid of precision ratios instead of the engine's full search (seconds, not minutes).
         grid = dict(grid={"factor": [3.0, 30.0], "offset": [10.0]}) if args.tiny else {}
-        return BayesMF(rank=rank, method="map", **grid, **quiet)
+        # The thorough search (offset ratio too, the whole coarse factor line): the research baseline.
+        return BayesMF(rank=rank, method="map", search="thorough", **grid, **quiet)
     if method == "map-fixed":
         from bayesmf import FixedPriors
 

@@ -133,7 +133,7 @@ def make_model(method: str, variant: str, rank: int, args):
     if method == "gibbs":
         return BayesMF(method="gibbs", num_samples=args.num_samples, num_warmup=args.num_warmup, **options)
     grid = dict(grid={"factor": [3.0, 30.0], "offset": [10.0]}) if args.tiny else {}
-    return BayesMF(method="map", **grid, **options)
+    return BayesMF(method="map", search="thorough", **grid, **options)  # the research baseline's search
 
 
 def run_one(fold, train, test, rank, method, variant, seed, args, features) -> dict:

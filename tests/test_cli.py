@@ -108,6 +108,8 @@ def test_fit_writes_a_compact_model_file(tmp_path, small_dir, capsys):
 @pytest.mark.parametrize("extra, match", [
     (["--keep-draws", "50"], "more than the 20 draws per chain"),
     (["--method", "map", "--keep-draws", "5"], "one point estimate"),
+    (["--search", "thorough"], "--search thorough picks how a MAP method tunes"),
+    (["--method", "map", "--no-tune", "--search", "thorough"], "without --no-tune"),
 ])
 def test_fit_refuses_draw_options_it_cannot_honour_before_fitting(tmp_path, small_dir, capsys, extra, match):
     model = tmp_path / "m.nc"

@@ -50,7 +50,7 @@ def validation(sim):
 
 def test_tune_picks_a_finite_best_and_the_noise_from_validation(validation):
     sub_data, pairs, valid_rating = validation
-    out = tuning.tune(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, solver="als")
+    out = tuning.tune(jax.random.PRNGKey(0), sub_data, pairs, valid_rating, CONFIG, solver="als", search="thorough")
     table = out["table"]
     assert len(table) >= 7 and np.all(np.isfinite(table["valid_rmse"]))
     assert table["valid_rmse"].is_monotonic_increasing
@@ -160,8 +160,25 @@ def test_progress_bar_is_silent_off_a_terminal(validation, capsys):
 # --- bad input ------------------------------------------------------------------------------------
 
 
+def test_quick_search_fits_a_subset_of_the_thorough_points(sim):
+    """The default search holds the offset ratio at the middle of its grid and fits fewer points; the
+    thorough one fits the offset line too. Both refit, and record which search chose the ratios."""
+    common = dict(validation_fraction=VALIDATION_FRACTION, solver="als")
+    quick = tuning.fit_ratings(jax.random.PRNGKey(0), sim.ratings, CONFIG, **common)
+    thorough = tuning.fit_ratings(jax.random.PRNGKey(0), sim.ratings, CONFIG, search="thorough", **common)
+    assert quick.info["search"] == "quick" and thorough.info["search"] == "thorough"
+    offsets = {name: {row["offset_ratio"] for row in r.info["tuning"]} for name, r in (("q", quick), ("t", thorough))}
+    middle = tuning.COARSE_GRIDS["offset"][1]
+    assert offsets["q"] == {middle} and len(offsets["t"]) >= 3
+    assert 3 <= len(quick.info["tuning"]) < len(thorough.info["tuning"])
+    assert quick.info["ratios"]["offset"] == middle
+    assert tuning.fit_ratings(jax.random.PRNGKey(0), sim.ratings, CONFIG, tune=False, **common).info["search"] is None
+
+
 def test_bad_input(data, sim):
     key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="search must be one of"):
+        tuning.fit_ratings(key, sim.ratings, CONFIG, search="fast")
     with pytest.raises(ValueError, match="unknown solver"):
         tuning.fit_ratings(key, sim.ratings, CONFIG, solver="sgd")
     with pytest.raises(ValueError, match="degenerate"):
@@ -233,27 +250,3 @@ def test_padded_tuning_fits_are_the_unpadded_ones(validation):
         other = plain.fits[key]
         np.testing.assert_allclose(fit["info"]["final_value"], other["info"]["final_value"], rtol=1e-5)
         np.testing.assert_allclose(fit["rmse"], other["rmse"], atol=3e-4)
-
-
-class _QuadraticTuner:
-    """Stands in for tuning._Tuner: the score is a parabola in the log factor ratio."""
-
-    def __init__(self, minimum):
-        self.minimum, self.fits = minimum, {}
-
-    def __call__(self, point):
-        rmse = 1.0 + (np.log(point.user) - np.log(self.minimum)) ** 2
-        self.fits[point.key()] = dict(point=point, rmse=rmse)
-        return rmse
-
-
-def test_parabolic_step_lands_on_the_vertex_of_a_parabola():
-    tuner = _QuadraticTuner(minimum=13.0)
-    for ratio in (3.0, 10.0, 30.0):
-        tuner(tuning._Point(ratio, ratio, 3.0))
-    point = tuning._parabolic_step(tuner, tuning._Point(10.0, 10.0, 3.0), "factor")
-    assert point.user == pytest.approx(13.0) and point.item == point.user and point.offset == 3.0
-    assert len(tuner.fits) == 4
-    # The next step stops: the vertex is already evaluated.
-    tuning._parabolic_step(tuner, point, "factor")
-    assert len(tuner.fits) == 4
