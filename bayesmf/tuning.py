@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -100,12 +101,19 @@ def _user_offset_ratio(priors: FixedPriors) -> float:
 def _validation_rmse(latent: dict, data: ModelData, config: ModelConfig, pairs, ratings, star_values=None) -> float:
     """RMSE of the validation ratings' predictive means; with the ordinal likelihood the mean of the star
     distribution (``star_values`` (K,): each star's rating)."""
-    offsets = latent.get("item_offsets", data.empirical_offsets)
+    return float(_validation_rmse_program(latent, data.empirical_offsets, config, pairs, ratings, star_values))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _validation_rmse_program(latent: dict, empirical_offsets, config: ModelConfig, pairs, ratings, star_values):
+    """:func:`_validation_rmse` as one compiled program: its eager operations compiled one by one took 0.4 s
+    of a tuned MAP fit on MovieLens-100K u1."""
+    offsets = latent.get("item_offsets", empirical_offsets)
     mean = pair_mean(latent["user_factors"], latent["item_factors"], offsets, pairs[0], pairs[1],
                      latent.get("user_offsets"))
     if config.ordinal:
         mean = ordinal.star_masses(latent["cutpoints"], mean) @ jnp.asarray(star_values, mean.dtype)
-    return float(jnp.sqrt(jnp.mean((ratings - mean) ** 2)))
+    return jnp.sqrt(jnp.mean((ratings - mean) ** 2))
 
 
 def _noise_precision(validation_rmse: float, config: ModelConfig) -> float:
@@ -133,16 +141,19 @@ def _padded(data: ModelData, pairs, ratings, star_values=None) -> tuple[ModelDat
     the refit on all ratings share one compiled loop.
     """
     dtype = data.rating.dtype
+
+    def appended(field, values):  # on the host: eager concatenations compiled one program each
+        return jnp.asarray(np.concatenate([np.asarray(field), np.asarray(values, field.dtype)]))
+
     padded = data._replace(
-        user_index=jnp.concatenate([data.user_index, jnp.asarray(pairs[0], data.user_index.dtype)]),
-        item_index=jnp.concatenate([data.item_index, jnp.asarray(pairs[1], data.item_index.dtype)]),
-        rating=jnp.concatenate([data.rating, jnp.asarray(ratings, dtype)]),
+        user_index=appended(data.user_index, pairs[0]),
+        item_index=appended(data.item_index, pairs[1]),
+        rating=appended(data.rating, ratings),
     )
     if data.star is not None:  # the ordinal likelihood reads the stars (star_model_data's stand-in ratings)
         stars = np.abs(np.asarray(ratings)[:, None] - np.asarray(star_values)[None, :]).argmin(axis=1)
-        padded = padded._replace(star=jnp.concatenate([data.star, jnp.asarray(stars, data.star.dtype)]),
-                                 rating=jnp.concatenate([data.rating, jnp.asarray(stars - 0.5, dtype)]))
-    weights = jnp.concatenate([jnp.ones(data.nnz, dtype), jnp.zeros(len(ratings), dtype)])
+        padded = padded._replace(star=appended(data.star, stars), rating=appended(data.rating, stars - 0.5))
+    weights = jnp.asarray(np.concatenate([np.ones(data.nnz, dtype), np.zeros(len(ratings), dtype)]))
     return padded, weights
 
 
@@ -395,16 +406,16 @@ def _search(rng_key, data, valid_pairs, valid_ratings, config, *, solver, grid, 
 
 def _transfer(latent: dict, source_vocabs, target_vocabs, base: dict) -> dict:
     """Copy the rows of ``latent`` (indexed by ``source_vocabs``) into ``base``
-    (indexed by ``target_vocabs``) by external id."""
+    (indexed by ``target_vocabs``) by external id (on the host: the same values, without compiling a scatter
+    per site)."""
     out = dict(base)
-    user_rows = target_vocabs[0].index(source_vocabs[0].ids)
-    item_rows = target_vocabs[1].index(source_vocabs[1].ids)
-    out["user_factors"] = base["user_factors"].at[user_rows].set(latent["user_factors"])
-    out["item_factors"] = base["item_factors"].at[item_rows].set(latent["item_factors"])
-    if "item_offsets" in base:
-        out["item_offsets"] = base["item_offsets"].at[item_rows].set(latent["item_offsets"])
-    if "user_offsets" in base:
-        out["user_offsets"] = base["user_offsets"].at[user_rows].set(latent["user_offsets"])
+    rows = {"user": target_vocabs[0].index(source_vocabs[0].ids), "item": target_vocabs[1].index(source_vocabs[1].ids)}
+    for name, side in (("user_factors", "user"), ("item_factors", "item"), ("item_offsets", "item"),
+                       ("user_offsets", "user")):
+        if name in base:
+            values = np.array(base[name])
+            values[rows[side]] = np.asarray(latent[name])
+            out[name] = jnp.asarray(values)
     for name in ("user_mean", "item_mean"):
         if name in base:
             out[name] = latent[name]
