@@ -49,9 +49,9 @@ from bayesmf.model import FixedPriors, ModelConfig
 # the offset ratio matters less (0.3 to 30 within 0.0025) and keeps its coarse
 # grid. On u1 and on the ML-1M shape (rank 32) the thorough search picks the
 # middle offset ratio, and the quick one skips the offset line (two fits) and
-# the weaker end of the factor line there (at ML-1M a 236-iteration fit): 53 s
-# against 74 s at ML-1M with the same test RMSE to 2e-4
-# (benchmarks/map_speed.py). A finer search would chase differences below
+# the weaker end of the factor line there (at ML-1M a 236-iteration fit):
+# 54.4 s against 76.5 s at ML-1M and 7.8 s against 9.0 s on u1, the same
+# ratios and test RMSE (benchmarks/map_speed.py). A finer search would chase differences below
 # what the tuning tolerance (bayesmf.tuning.TUNE_FTOL) resolves on the
 # validation RMSE (~5e-4).
 #
@@ -200,6 +200,13 @@ MIN_LOG_STEP = math.log(3.0) / 16
 
 
 def adaptive_search(tuner, start: Point, coordinates: tuple, search: str = "quick") -> None:
+    """The search without an explicit grid: fits ``tuner`` at the points it chooses, from ``start``.
+
+    ``coordinates``: those searched, from ``"factor"`` (shared) or
+    ``"user"`` and ``"item"``, ``"offset"``, ``"side"``, ``"implicit"``.
+    ``search``: ``"quick"`` or ``"thorough"`` (the module's comment above
+    :data:`COARSE_GRIDS`). The best point is the tuner's lowest score.
+    """
     # Coarse: the offset ratio over its grid at the middle factor ratio
     # ("thorough" only), then the factor ratio(s) at the best offset ratio
     # (the offset ratio matters least, so the factor line is searched last,
@@ -243,6 +250,8 @@ def check_search(search: str) -> None:
 
 
 def grid_points(grid: dict, start: Point, estimated: bool) -> list:
+    """The points of an explicit ``grid`` (all combinations of its ratios; ``start`` fills the coordinates it
+    leaves out, and the offset ratio unless ``estimated``), weakest factor regularization first."""
     allowed = {"factor", "user", "item", "offset", "side", "implicit"}
     unknown = set(grid) - allowed
     if unknown:

@@ -12,8 +12,8 @@ warm-started from a nearby earlier solution, all through one compiled loop
 lower validation RMSE until it rises, then refines the factor ratio by
 parabolic interpolation, holding the offset ratio at its middle value;
 ``"thorough"`` searches the offset ratio's line first and evaluates the whole
-coarse factor line (:mod:`bayesmf.ratio_search` holds the searches). Separate user and item ratios
-rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
+coarse factor line (:mod:`bayesmf.ratio_search` holds the searches).
+Separate user and item ratios rarely pay: the objective is invariant under ``L -> cL, R -> R / c`` with
 ``lambda_L -> lambda_L / c^2, lambda_R -> lambda_R c^2``, so the MAP
 predictions depend on the product ``lambda_L lambda_R`` only.
 
@@ -269,8 +269,8 @@ def tune(
     middle value; with ``"thorough"`` the offset ratio's line at the middle
     factor ratio, then the factor ratio's whole line at the best offset ratio,
     each extended past an end while the best point sits on it. Then
-    :data:`REFINE_STEPS` steps of successive parabolic interpolation in the
-    log factor ratio;
+    :data:`bayesmf.ratio_search.REFINE_STEPS` steps of successive parabolic
+    interpolation in the log factor ratio;
     every fit is warm-started from the nearest evaluated point with weaker
     factor regularization, and one compiled loop serves all of them (with
     ``"lbfgs"`` and ``"adam"`` the training ratings are padded with the
