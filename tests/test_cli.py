@@ -118,6 +118,19 @@ def test_fit_refuses_draw_options_it_cannot_honour_before_fitting(tmp_path, smal
     assert not model.exists()
 
 
+def test_fit_search_thorough_is_what_the_saved_model_records(tmp_path, small_dir, capsys):
+    """--search reaches the MAP tuning: the saved model's info names the search and its tuning table holds
+    the offset ratios only the thorough search fits."""
+    import bayesmf
+
+    model = tmp_path / "als.nc"
+    assert cli.main(["fit", "--data", str(small_dir), "--method", "als", "--search", "thorough", "--out", str(model),
+                     *FAST]) == 0
+    info = bayesmf.load(model).info
+    assert info["search"] == "thorough"
+    assert len({row["offset_ratio"] for row in info["tuning"]}) >= 3
+
+
 def test_features_fit_predict_recommend(tmp_path, small_dir, capsys):
     """--user-features / --item-features / --implicit on fit; a new user's features (and ratings) on
     predict and recommend move its prediction away from the mean-based prior."""
