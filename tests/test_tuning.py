@@ -160,7 +160,7 @@ def test_progress_bar_is_silent_off_a_terminal(validation, capsys):
 # --- bad input ------------------------------------------------------------------------------------
 
 
-def test_quick_search_fits_a_subset_of_the_thorough_points(sim):
+def test_quick_search_holds_the_offset_ratio_and_fits_fewer_points(sim):
     """The default search holds the offset ratio at the middle of its grid and fits fewer points; the
     thorough one fits the offset line too. Both refit, and record which search chose the ratios."""
     common = dict(validation_fraction=VALIDATION_FRACTION, solver="als")
