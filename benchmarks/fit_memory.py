@@ -74,16 +74,14 @@ def child(source: str, argv: list) -> dict:
 
 
 def estimate_mib(csv: Path, rank: int, num_samples: int) -> int:
-    """The memory model's total (host + device, one memory on the CPU) for the file's ratings."""
-    import pandas as pd
-
-    from bayesmf.data import Ratings
+    """The memory model's total (host + device, one memory on the CPU) for the file's ratings, read as
+    ``bayesmf fit`` reads them."""
+    from bayesmf.data import read_ratings
     from bayesmf.engines import gibbs
     from bayesmf.model import ModelConfig
     from bayesmf.modeldata import model_data_from_ratings
 
-    frame = pd.read_csv(csv)
-    ratings = Ratings.from_arrays(frame["user"].to_numpy(), frame["item"].to_numpy(), frame["rating"].to_numpy())
+    ratings = read_ratings(csv)
     plan = gibbs.memory_plan(model_data_from_ratings(ratings), ModelConfig(rank=rank), num_samples=num_samples)
     return round((sum(plan.device.values()) + sum(plan.host.values())) / 2**20)
 
