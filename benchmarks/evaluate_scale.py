@@ -42,12 +42,15 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from scale import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402  (this benchmark's sibling: stdlib and NumPy)
 TARGET_CPU_S = 60.0
 
 
@@ -116,33 +119,14 @@ def old_evaluate(posterior, test, levels):
     return metrics.summarize(rows)
 
 
-def _rss_mb(field: str) -> float | None:
-    """``VmRSS`` / ``VmHWM`` (peak) of this process in MB, from /proc (None elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> None:
-    """Reset the peak RSS (VmHWM) to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def _timed(fn):
     load = os.getloadavg()[0]
-    _reset_peak()
-    rss = _rss_mb("VmRSS")
+    reset_peak_rss()
+    rss = rss_mb()
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = _rss_mb("VmHWM")
+    peak = peak_rss_mb()
     return out, dict(wall_s=round(wall, 3), cpu_s=round(cpu, 3), load_before=load, load_after=os.getloadavg()[0],
                      rss_before_mb=rss, peak_rss_mb=peak)
 

@@ -88,6 +88,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mb() -> float | None:
+    """This process's resident set now in MB (VmRSS; None where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def reset_peak_rss() -> bool:
     """Reset :func:`peak_rss_mb` to the current resident set (Linux: ``5`` to ``/proc/self/clear_refs``);
     False where the kernel does not offer it."""
