@@ -33,10 +33,9 @@ link matrices             ``4 f (F_u + F_v) D`` per chain, and ``(F_u + F_v) D f
 ========================  =====================================================
 
 On the host, the kept draws, ``C S f (n + m)(D + 1)`` for ``C`` chains of
-``S`` draws (written into one array as the chunks arrive; chains run one
-after another, ``chain_method="sequential"``, are joined at the end, which
-holds them twice; with features ``C S f (F_u + F_v) D`` more for the link
-matrices), plus the process itself
+``S`` draws (written into one array for all the chains as the chunks
+arrive, also when chains run one after another; with features
+``C S f (F_u + F_v) D`` more for the link matrices), plus the process itself
 (:data:`RUNTIME_BYTES`: Python, JAX, XLA's compiler), and with features the
 one-off factorization of the larger side's Gram, ``3 * 8 b^2`` (the float64
 Gram, its eigenvectors and LAPACK's workspace). On the CPU, host and device

@@ -167,3 +167,25 @@ def test_kept_draws_are_written_into_one_array_as_chunks_arrive():
         np.testing.assert_array_equal(out[name], np.concatenate([np.asarray(c[name]) for c in chunks], axis=1))
         assert out[name].base is run.kept[name]  # a view of the one array, not a copy
         assert out[name].dtype == chunks[0][name].dtype
+
+
+def test_chains_run_one_after_another_fill_one_array_without_a_join():
+    """With chains run one after another (``chain_method="sequential"``), each chain's draws go into
+    its rows of one array allocated for all the chains: the run's draws are that array, not a
+    concatenation of per-chain arrays made at the end (which held every draw twice)."""
+    import jax
+
+    from bayesmf.engines.driver import _Progress
+
+    rng = np.random.default_rng(1)
+    chains = [[rng.normal(size=(1, n, 3)).astype(np.float32) for n in (4, 2)] for _ in range(3)]
+    run = _Progress.fresh()
+    for chunks in chains:
+        for chunk in chunks:
+            run.draws.append(jax.device_put(chunk))
+            run.settle(6, 3)
+        run.finish_group(np.zeros((1, 3), np.float32), np.zeros(1), np.zeros(1))
+    out = run.concatenated()["draws"]
+    np.testing.assert_array_equal(out, np.concatenate([np.concatenate(c, axis=1) for c in chains], axis=0))
+    assert out.base is run.kept  # the one array's rows, not a join
+    assert run.kept.shape == (3, 6, 3) and run.offset == 3

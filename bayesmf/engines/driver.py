@@ -603,7 +603,7 @@ def sample(
                 # The previous chunk's draws move to the host while this one
                 # runs (dispatch is asynchronous): moving them first left a GPU
                 # idle for 40 of 160 ms per sweep at Netflix shape, rank 32.
-                run.settle(num_samples)
+                run.settle(num_samples, num_chains)
                 infos = to_numpy(infos)
                 _raise_nonfinite(engine, infos, groups[g], done[phase], phase)
                 if phase == "warmup":
@@ -626,11 +626,11 @@ def sample(
                     time.perf_counter() - last_save >= seconds or (every is not None and since_save >= every)
                 ):
                     run.group = g
-                    run.settle(num_samples)
+                    run.settle(num_samples, num_chains)
                     write_checkpoint(path, run.arrays(expected, run_sig))
                     last_save, since_save = time.perf_counter(), 0
             jax.block_until_ready(state)
-            run.settle(num_samples)
+            run.settle(num_samples, num_chains)
             run.finish_group(jax.vmap(engine.draw_fn, in_axes=(0, None))(state, context), state, acc)
     finally:
         bar.close()
@@ -697,7 +697,8 @@ class _Progress:
         self.group, self.chunk = 0, 0
         self.state = self.acc = None
         self.draws, self.infos, self.warm_infos, self.tracked = [], [], [], []
-        self.kept, self.filled = None, 0  # the group's kept draws on the host, and how many are in
+        # Kept draws on the host ((chains, draws, ...) per leaf), chains of the groups done, draws in this one.
+        self.kept, self.offset, self.filled = None, 0, 0
         self.done = dict(draws=[], infos=[], warm_infos=[], tracked=[], acc=[], final_draw=[], final_state=[])
         self.warmup_seconds = self.draw_seconds = 0.0
 
@@ -705,23 +706,29 @@ class _Progress:
     def fresh(cls):
         return cls()
 
-    def settle(self, capacity: int) -> None:
-        """Move the chunks of draws to the host, into one array per leaf for the group's
-        ``capacity`` draws per chain, allocated once: the host then holds the kept draws once and
-        a chunk in transit, never the chunks and their concatenation together (ML-1M shape, rank
-        32, 100 draws: 128 MB, not 257). ``draws`` becomes that array's filled part."""
-        merged = 1 if self.kept is not None else 0  # draws[0] is then the filled part already
+    def settle(self, capacity: int, chains: int | None = None) -> None:
+        """Move the chunks of draws to the host, into one array per leaf for the ``capacity`` draws
+        of each of the run's ``chains`` (default: this group's), allocated once: the host then holds
+        the kept draws once and a chunk in transit, never the chunks and their concatenation together
+        (ML-1M shape, rank 32, 100 draws: 128 MB, not 257), nor, with chains run one after another,
+        every chain's draws and their join. ``draws`` becomes this group's filled part of it."""
+        merged = 1 if self.kept is not None and self.filled else 0  # draws[0] is then the filled part already
         if len(self.draws) <= merged:
             return
         if self.kept is None:
-            self.kept = jax.tree_util.tree_map(
-                lambda x: np.empty(x.shape[:1] + (capacity,) + x.shape[2:], x.dtype), self.draws[0])
+            total = max(chains or 0, self.offset + jax.tree_util.tree_leaves(self.draws[0])[0].shape[0])
+            self.kept = jax.tree_util.tree_map(lambda x: np.empty((total, capacity) + x.shape[2:], x.dtype),
+                                               self.draws[0])
+            if self.offset:  # the groups done before a resume, read back from the checkpoint as one array
+                jax.tree_util.tree_map(lambda buf, x: buf.__setitem__(slice(0, self.offset), x), self.kept,
+                                       self.done["draws"][0])
+                self.done["draws"] = [jax.tree_util.tree_map(lambda buf: buf[: self.offset], self.kept)]
         for chunk in self.draws[merged:]:
-            chunk, start = to_numpy(chunk), self.filled
-            self.filled += jax.tree_util.tree_leaves(chunk)[0].shape[1]
-            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((slice(None), slice(start, self.filled)), x),
+            chunk, start, (width, length) = to_numpy(chunk), self.filled, jax.tree_util.tree_leaves(chunk)[0].shape[:2]
+            rows, self.filled = slice(self.offset, self.offset + width), self.filled + length
+            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((rows, slice(start, self.filled)), x),
                                    self.kept, chunk)
-        self.draws = [jax.tree_util.tree_map(lambda buf: buf[:, :self.filled], self.kept)]
+        self.draws = [jax.tree_util.tree_map(lambda buf: buf[rows, :self.filled], self.kept)]
 
     def _current(self) -> dict:
         def cat(chunks):
@@ -740,7 +747,10 @@ class _Progress:
         self.group += 1
         self.chunk, self.state, self.acc = 0, None, None
         self.draws, self.infos, self.warm_infos, self.tracked = [], [], [], []
-        self.kept, self.filled = None, 0
+        self.offset += jax.tree_util.tree_leaves(final_draw)[0].shape[0]
+        self.filled = 0
+        if self.kept is not None:  # the done groups' draws: the first rows of the one array, not a join
+            self.done["draws"] = [jax.tree_util.tree_map(lambda buf: buf[: self.offset], self.kept)]
 
     def concatenated(self) -> dict:
         out = {}
@@ -786,4 +796,5 @@ class _Progress:
             like.update(acc=accs[0], final_draw=draw_like, final_state=starts[0])
             for name in run.done:
                 run.done[name].append(_unflat(f"done/{name}", arrays, like[name]))
+            run.offset = jax.tree_util.tree_leaves(run.done["final_draw"][0])[0].shape[0]
         return run
