@@ -61,9 +61,19 @@ the truth's rank 8 (:func:`gap`)::
 
     python benchmarks/map_speed.py --shape ml-1m --gap 13.4 3.0   # the tuned ratios of the timing run; ~15 min
 
+``--trace FACTOR`` times nothing either: it follows the quick search's first
+fit -- from random factors at that factor ratio, offset ratio 3 -- along its
+L-BFGS path and scores the validation ratings at ``--trace-stops``
+iterations, against the fit as the tuning stops it (:func:`trace`): does a
+tuning fit stopped earlier only cost less, or does it fit something else?
+::
+
+    python benchmarks/map_speed.py --shape ml-1m --trace 10    # ~3 min on 2 cores
+    python benchmarks/map_speed.py --data ../shared/data --trace 10   # u1, ~1 min
+
 Writes ``results/benchmarks/map_speed.json`` (``--out``); rows of other shapes
-already there are kept, rows of the shapes run are replaced; ``--gap`` results
-go under ``gap``.
+already there are kept, rows of the shapes run are replaced; ``--gap`` and
+``--trace`` results go under ``gap`` and ``trace``.
 """
 
 from __future__ import annotations
@@ -223,6 +233,53 @@ def gap(shape: str, rank: int, data_dir: Path, path: Path | None, factor: float,
     return out
 
 
+def trace(shape: str, rank: int, data_dir: Path, path: Path | None, factor: float, checkpoints) -> dict:
+    """The validation RMSE along one tuning fit's L-BFGS path (``--trace``):
+    the first fit of the quick search -- from random factors, factor ratio
+    ``factor``, offset ratio 3, on the tuning's sub-train split -- stopped
+    after each of ``checkpoints`` iterations (``tol = ftol = 0``; the path is
+    deterministic, so each stop is a point of the one path), with the
+    objective per rating there. Also the fit as the tuning stops it
+    (``TUNE_FTOL``). Does stopping the tuning fits earlier only save time,
+    or does it change what is fitted?"""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf import tuning
+    from bayesmf.engines import map as map_engine
+    from bayesmf.model import FixedPriors, ModelConfig, model_data_from_ratings, params_from_sites, predict_mean
+    from bayesmf.ratio_search import Point
+    from bayesmf.split import validation_split
+
+    train, _ = load(shape, data_dir, path)
+    split = validation_split(train, 0.1, 0)  # fit_ratings's defaults
+    data = model_data_from_ratings(split.train)
+    config = ModelConfig(rank=rank, priors="fixed", fixed=FixedPriors(mean_precision=2.0))
+    pairs = (jnp.asarray(split.train.user_vocab.index(split.test.user_ids), jnp.int32),
+             jnp.asarray(split.train.item_vocab.index(split.test.item_ids), jnp.int32))
+    valid = np.asarray(split.test.rating, np.float64)
+    priors = Point(factor, factor, 3.0).priors(user_offset=config.fixed.user_offset_precision / config.fixed.noise_precision)
+    start = map_engine.init_latent(jax.random.PRNGKey(0), data, config)
+
+    def scored(latent, info, seconds) -> dict:
+        mean = np.asarray(predict_mean(params_from_sites(latent, data, config), *pairs), np.float64)
+        return dict(iterations=info["iterations"], valid_rmse=float(np.sqrt(np.mean((mean - valid) ** 2))),
+                    objective=info["final_value"], seconds=seconds)
+
+    rows = []
+    for stop in checkpoints:
+        solver = map_engine.make_solver(data, config, "lbfgs", max_iters=stop, tol=0.0, ftol=0.0)
+        begin = time.perf_counter()
+        latent, info = map_engine.solve(solver, start, priors)
+        rows.append(scored(latent, info, time.perf_counter() - begin))
+        print(f"trace {factor} {rows[-1]}", file=sys.stderr, flush=True)
+    solver = map_engine.make_solver(data, config, "lbfgs", ftol=tuning.TUNE_FTOL)
+    begin = time.perf_counter()
+    latent, info = map_engine.solve(solver, start, priors)
+    return dict(factor=factor, offset=3.0, num_validation=len(valid), path=rows,
+                tuning_stop=scored(latent, info, time.perf_counter() - begin))
+
+
 def run_child(args, shape: str, method: str, rank: int, path: Path | None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--one", shape, method,
            "--rank", str(rank)] + (["--path", str(path)] if path else [])
@@ -281,6 +338,11 @@ def main() -> None:
     parser.add_argument("--gap", nargs=2, type=float, metavar=("FACTOR", "OFFSET"),
                         help="instead of timing: the oracle / validation RMSE curves around these tuned ratios "
                              "and MAP at the truth's rank (synthetic shapes; written under 'gap' in --out)")
+    parser.add_argument("--trace", type=float, metavar="FACTOR", default=None,
+                        help="instead of timing: the validation RMSE along the first tuning fit's L-BFGS path at "
+                             "this factor ratio (written under 'trace' in --out)")
+    parser.add_argument("--trace-stops", default="25,50,75,100,125,150,200,300,400,500",
+                        help="iterations at which --trace scores the path")
     parser.add_argument("--one", nargs=2, metavar=("SHAPE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -288,13 +350,20 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], rank, args.data, args.path), default=float))
         return
-    if args.gap:
+    start_uptime = _uptime()
+    if args.gap or args.trace:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "split.npz"
-            generated = generate(args.shape, args.seed, path)
-            out = dict(generated, **gap(args.shape, rank, args.data, path, *args.gap), uptime_end=_uptime())
+            path = None if args.shape == "ml-100k-u1" else Path(tmp) / "split.npz"
+            generated = {} if path is None else generate(args.shape, args.seed, path)
+            if args.gap:
+                section, found = "gap", gap(args.shape, rank, args.data, path, *args.gap)
+            else:
+                stops = [int(x) for x in args.trace_stops.split(",")]
+                section, found = "trace", trace(args.shape, rank, args.data, path, args.trace, stops)
+            out = dict(generated, **found, uptime_start=start_uptime, uptime_end=_uptime())
         result = json.loads(args.out.read_text()) if args.out.exists() else {}
-        result.setdefault("gap", {})[f"{args.shape}/rank{rank}"] = out
+        key = f"{args.shape}/rank{rank}" + (f"/factor{args.trace:g}" if args.trace else "")
+        result.setdefault(section, {})[key] = out
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
         print(json.dumps(out, indent=1, default=float))
@@ -305,13 +374,14 @@ def main() -> None:
         raise SystemExit(f"unknown methods {sorted(unknown)} or map-baseline without --baseline-src")
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     # A shape's runs are replaced; the replaced ones move to earlier_runs (the
-    # README cites some), and the --gap analyses stay.
+    # README cites some), and the --gap and --trace analyses stay.
     result = dict(question=__doc__.split("\n\n")[1], cpus=os.cpu_count(), platform=platform.platform(),
                   runs=[r for r in previous.get("runs", []) if r["shape"] != args.shape],
                   earlier_runs=previous.get("earlier_runs", [])
                   + [r for r in previous.get("runs", []) if r["shape"] == args.shape])
-    if "gap" in previous:
-        result["gap"] = previous["gap"]
+    for section in ("gap", "trace"):
+        if section in previous:
+            result[section] = previous[section]
     result.setdefault("generated", {}).update(previous.get("generated", {}))
     result["uptime_start"] = {**previous.get("uptime_start", {}), args.shape: _uptime()}
     with tempfile.TemporaryDirectory() as tmp:
