@@ -74,15 +74,23 @@ TINY_SHAPE = dict(num_users=120, num_items=80, num_ratings=3_000, min_per_user=5
 # --------------------------------------------------------------------------- helpers (all processes)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set in MB (VmHWM; ru_maxrss where /proc is missing)."""
+def _status_mb(field: str) -> float | None:
+    """A field of ``/proc/self/status`` in MB (``VmRSS``, ``VmHWM``); None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -90,14 +98,7 @@ def peak_rss_mb() -> float:
 
 def rss_mb() -> float | None:
     """This process's resident set now in MB (VmRSS; None where /proc is missing)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _status_mb("VmRSS")
 
 
 def reset_peak_rss() -> bool:
