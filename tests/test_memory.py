@@ -189,3 +189,22 @@ def test_chains_run_one_after_another_fill_one_array_without_a_join():
     np.testing.assert_array_equal(out, np.concatenate([np.concatenate(c, axis=1) for c in chains], axis=0))
     assert out.base is run.kept  # the one array's rows, not a join
     assert run.kept.shape == (3, 6, 3) and run.offset == 3
+
+
+def test_chain_memory_benchmark_runs_tiny(tmp_path):
+    """benchmarks/chain_memory.py --tiny: both chain methods run in their own process and keep the
+    same draws up to float32 round-off (one vmapped program against one per chain)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "chain_memory.py"
+    spec = importlib.util.spec_from_file_location("chain_memory_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--tiny", "--out", str(tmp_path / "chain_memory.json")])
+    assert json.loads((tmp_path / "chain_memory.json").read_text())["runs"] == out["runs"]
+    vectorized, sequential = out["runs"]
+    assert (vectorized["method"], sequential["method"]) == ("vectorized", "sequential")
+    assert vectorized["draws_mb"] == sequential["draws_mb"] > 0
+    assert sequential["checksum"] == pytest.approx(vectorized["checksum"], rel=1e-4)
