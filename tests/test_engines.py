@@ -290,7 +290,8 @@ class _Killed(Exception):
 
 
 @pytest.mark.parametrize("chain_method,kill_at,reached,draws_so_far",
-                         [("sequential", 8, (1, 2), "done/draws/0"), ("vectorized", 5, (0, 5), "draws/0")])
+                         [("sequential", 8, (1, 2), "done/draws/0"), ("sequential", 10, (1, 4), "draws/0"),
+                          ("vectorized", 5, (0, 5), "draws/0")])
 def test_driver_checkpoint_resumes_to_the_same_draws_without_pickle(tmp_path, monkeypatch, chain_method, kill_at,
                                                                     reached, draws_so_far):
     """A run killed after some chunks resumes from its checkpoint file to the
@@ -311,7 +312,9 @@ def test_driver_checkpoint_resumes_to_the_same_draws_without_pickle(tmp_path, mo
     def write_then_die(*args):
         write(*args)
         saves.append(1)
-        if len(saves) == kill_at:  # 6 chunks per chain: sequential dies in chain 1, vectorized in the draws
+        # 6 chunks per chain (2 of warm-up): sequential dies in chain 1's warm-up (8) or draws (10), vectorized
+        # in the draws.
+        if len(saves) == kill_at:
             raise _Killed
 
     monkeypatch.setattr(driver, "CHECKPOINT_SECONDS", 0.0)
