@@ -92,7 +92,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))  # this checkout's bayesmf, also where another is installed
+# This checkout's bayesmf, also where another is installed; map-baseline's child is given its tree.
+sys.path.insert(0, os.environ.get("MAP_SPEED_SOURCE") or str(ROOT))
 GIBBS = dict(num_samples=200, num_warmup=50)
 TUNE_FTOL_VARIANTS = {"map-tune-ftol-1e-6": 1e-6, "map-tune-ftol-1e-7": 1e-7, "map-tune-ftol-3e-5": 3e-5,
                       "map-tune-ftol-1e-4": 1e-4}
@@ -286,6 +287,7 @@ def run_child(args, shape: str, method: str, rank: int, path: Path | None) -> di
     env = dict(os.environ)
     src = [str(args.baseline_src)] if method == "map-baseline" else [str(ROOT)]
     env["PYTHONPATH"] = os.pathsep.join(src + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["MAP_SPEED_SOURCE"] = src[0]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
