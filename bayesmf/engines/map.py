@@ -409,7 +409,7 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int):
     def run(latent, precisions, ctx, thresholds):
         # Jitted, so that the optimizer's several calls (its value and gradient, the line
         # search's, the final ones) trace the NumPyro model once, not five times: 1.1 s to
-        # 0.2 s of tracing on MovieLens-100K u1, the same program and the same iterates.
+        # 0.2 s of tracing on MovieLens-100K u1, with the same iterates bit for bit.
         objective = jax.jit(objective_fn(ctx.data, config, precisions, ctx.weights))
         if solver == "als":
             step = _als_step_fn(ctx, config, precisions, objective)
