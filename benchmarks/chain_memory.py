@@ -88,8 +88,7 @@ def main(argv=None) -> dict:
     for source in [str(ROOT)] + args.source:
         for method in args.methods.split(","):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", source, method] + (["--tiny"] if args.tiny else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT,
-                                  env=dict(os.environ, PYTHONPATH=source))
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
             if proc.returncode != 0:
                 raise RuntimeError(f"{method} run from {source} failed: {proc.stderr.strip()[-2000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))

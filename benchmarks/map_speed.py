@@ -33,8 +33,8 @@ Methods (``--methods``, comma-separated):
 ``map-baseline``
     The tuned MAP of another source tree (``--baseline-src``, e.g. the
     package as of the commit before this search: ``git archive c1aff76
-    bayesmf | tar -x -C /tmp/base``), run with that tree first on
-    ``PYTHONPATH``.
+    bayesmf | tar -x -C /tmp/base``), run with that tree first on the
+    child's ``sys.path``.
 
 Shapes (``--shape``):
 
@@ -92,7 +92,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# This checkout's bayesmf, also where another is installed; map-baseline's child is given its tree.
+# This checkout's bayesmf, also where another is installed; a child is told its tree (map-baseline's, run_child).
 sys.path.insert(0, os.environ.get("MAP_SPEED_SOURCE") or str(ROOT))
 GIBBS = dict(num_samples=200, num_warmup=50)
 TUNE_FTOL_VARIANTS = {"map-tune-ftol-1e-6": 1e-6, "map-tune-ftol-1e-7": 1e-7, "map-tune-ftol-3e-5": 3e-5,
@@ -284,10 +284,7 @@ def trace(shape: str, rank: int, data_dir: Path, path: Path | None, factor: floa
 def run_child(args, shape: str, method: str, rank: int, path: Path | None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--one", shape, method,
            "--rank", str(rank)] + (["--path", str(path)] if path else [])
-    env = dict(os.environ)
-    src = [str(args.baseline_src)] if method == "map-baseline" else [str(ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join(src + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["MAP_SPEED_SOURCE"] = src[0]
+    env = dict(os.environ, MAP_SPEED_SOURCE=str(args.baseline_src if method == "map-baseline" else ROOT))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -352,8 +349,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], rank, args.data, args.path), default=float))
         return
-    start_uptime = _uptime()
     if args.gap or args.trace:
+        start_uptime = _uptime()
         with tempfile.TemporaryDirectory() as tmp:
             path = None if args.shape == "ml-100k-u1" else Path(tmp) / "split.npz"
             generated = {} if path is None else generate(args.shape, args.seed, path)
