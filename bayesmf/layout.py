@@ -446,11 +446,11 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
 
 
 def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, design_width: int,
-                    chunk_bytes: int, itemsize: int) -> SegmentLayout:
+                    chunk_bytes: int, itemsize: int, segment: int | None = None) -> SegmentLayout:
     nnz = rows.size
     order = np.argsort(rows, kind="stable")
     degree = np.bincount(rows, minlength=num_rows)
-    w = segment_width(degree)
+    w = segment_width(degree) if segment is None else int(segment)
     k, c, r, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, w)
     per_row = _segments_per_row(degree, w)
     seg_row = np.repeat(np.arange(num_rows), per_row)
@@ -486,7 +486,8 @@ def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: i
 
 
 def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None,
-                 chunk_bytes: int | None = None, stats_bytes: int | None = None, itemsize: int = 4):
+                 chunk_bytes: int | None = None, stats_bytes: int | None = None, itemsize: int = 4,
+                 segment: int | None = None):
     """Layout of the entries ``(rows[j], cols[j])`` grouped by row.
 
     Parameters
@@ -511,6 +512,10 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     itemsize : int
         Bytes per float of the design rows the layout will be used with (4 or
         8): the chunks' sizes count them.
+    segment : int, optional
+        Ratings per segment of the ``"segment"`` layout (default
+        :func:`segment_width`, which weighs padding against the per-segment
+        cost of a Gram; :func:`row_sums` has none).
 
     Returns
     -------
@@ -528,7 +533,7 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     if kind == "segment":
         if width is None:
             raise ValueError("the 'segment' layout needs the design width (width=)")
-        return _segment_layout(rows, cols, num_rows, num_cols, int(width), int(chunk_bytes), int(itemsize))
+        return _segment_layout(rows, cols, num_rows, num_cols, int(width), int(chunk_bytes), int(itemsize), segment)
     return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes), int(itemsize))
 
 
@@ -606,6 +611,37 @@ def _segment_stats(layout: SegmentLayout, design_pad: Array, response_pad: Array
         return acc
     acc, _ = jax.lax.scan(body, acc, (layout.rows, layout.cols, layout.entries))
     return acc
+
+
+def row_sums(layout: SegmentLayout, design: Array, weights: Array) -> Array:
+    """``sum_j w_j z_{col_j}`` over each row's entries, shape (num_rows, d).
+
+    The transpose of the gather ``design[cols]`` weighted per entry (the
+    gradient of ``<L_u, R_v>`` with respect to ``L``, with ``design = R``),
+    computed segment by segment: each chunk gathers its design rows, sums
+    them per segment and adds ``segments x d`` values into the rows, where
+    the gather's own transpose adds ``nnz x d`` values one by one (a
+    scatter-add, element by element on XLA:CPU).
+
+    Parameters
+    ----------
+    layout : SegmentLayout
+        Built for these rows and columns by :func:`build_layout`.
+    design : array, shape (num_cols, d)
+    weights : array, shape (nnz,)
+        ``w`` per entry, in the order of the arrays the layout was built on.
+    """
+    d = design.shape[-1]
+    design_pad = jnp.concatenate([design, jnp.zeros((1, d), design.dtype)])
+    weights_pad = jnp.concatenate([weights, jnp.zeros((1,), weights.dtype)])
+
+    def body(acc, chunk):
+        rows, cols, entries = chunk
+        return acc.at[rows].add(jnp.einsum("cw,cwd->cd", weights_pad[entries], design_pad[cols])), None
+
+    acc = jnp.zeros((layout.num_rows.shape[0] + 1, d), design.dtype)
+    acc, _ = jax.lax.scan(body, acc, (layout.rows, layout.cols, layout.entries))
+    return acc[:-1]
 
 
 def residual_sums(x: Array, gram: Array, rhs: Array, yy: Array) -> Array:

@@ -16,8 +16,58 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf import ordinal_model
+from bayesmf.layout import SegmentLayout, build_layout
 
 Array = jax.Array
+
+
+class PairLayouts(NamedTuple):
+    """The ratings grouped in segments by user and by movie (:func:`with_pair_layouts`).
+
+    The gradient of the pair means ``<L_u, R_v> + m_v`` with respect to
+    ``L`` sums each user's ``g_uv R_v`` (and to ``R`` and ``m`` each
+    movie's): :func:`bayesmf.layout.row_sums` over these layouts, instead of
+    the gathers' transposes (scatter-adds of ``nnz x D`` values, element by
+    element on XLA:CPU). The means themselves still come from the gathers,
+    which fuse with the likelihood: computed segment by segment instead (one
+    ``L_u`` per segment) they were slower in a probe of the L-BFGS loop at
+    ML-10M shape, rank 32 (1,015-1,101 against 803-942 ms per iteration).
+    Each side's rows are split by blocks of the other side's rows
+    (``row = block * num_rows + row``), so that the rows a chunk gathers come
+    from one block of about :data:`PAIR_BLOCK_BYTES`, which stays in cache.
+
+    Attributes
+    ----------
+    users : SegmentLayout
+        Rows ``user_blocks x num_users`` (each user's ratings of one block of
+        movies), columns the movies.
+    items : SegmentLayout
+        Rows ``item_blocks x num_items``, columns the users.
+    nnz : int32 array, shape (nnz, 0)
+        No data: the number of ratings they were built on, as a static shape
+        (checked against the ratings where they are used).
+    """
+
+    users: SegmentLayout
+    items: SegmentLayout
+    nnz: Array
+
+
+# Ratings per segment of the pair layouts. The per-segment cost is one small
+# add into the row (no Gram, as in the Gibbs layouts, whose width weighs one),
+# and the width matters little: L-BFGS iterations of the MAP objective at ML-1M
+# shape (6,040 x 3,706, 1M ratings), rank 32, on 2 CPU cores took 84 / 92 / 80
+# / 87 ms with segments of 16 / 32 / 64 / 128 ratings, against 147 ms through
+# the scatter-adds in the same run (``benchmarks/pair_mean_grad.py --loop
+# --segment-widths``).
+PAIR_SEGMENT_WIDTH = 32
+# Bytes of the other side's factor rows one block holds. At ML-10M shape, rank
+# 32 (the 69,878 users' factors are 8.9 MB), an L-BFGS iteration took 841 /
+# 1,018 ms with blocks of ~1 MB (2 blocks of movies, 9 of users), 1,278 /
+# 1,550 ms without, and 1,443 / 1,727 ms through the scatter-adds, in two
+# alternating rounds on 2 CPU cores (``benchmarks/pair_mean_grad.py --loop
+# --block-bytes``): the rows a chunk gathers then stay in cache.
+PAIR_BLOCK_BYTES = 2**20
 
 
 class ModelData(NamedTuple):
@@ -44,6 +94,10 @@ class ModelData(NamedTuple):
     star : int32 array, shape (nnz,), or None
         Each rating's star ``0..K-1`` for the ordinal likelihood
         (:func:`star_model_data`); None otherwise.
+    pair_layouts : PairLayouts or None
+        The ratings grouped by user and by movie, for the gradient of the
+        pair means (:func:`with_pair_layouts`); None: the gradient scatters.
+        Built on these index arrays: replacing them needs new layouts.
     """
 
     user_index: Array
@@ -57,6 +111,7 @@ class ModelData(NamedTuple):
     user_features: Array | None = None
     item_features: Array | None = None
     star: Array | None = None
+    pair_layouts: PairLayouts | None = None
 
     @property
     def num_users(self) -> int:
@@ -165,6 +220,41 @@ def with_features(data: ModelData, config, user_side=None, item_side=None) -> Mo
         else:
             out[f"{side}_features"] = jnp.asarray(side_part, dtype)
     return data._replace(**out)
+
+
+def with_pair_layouts(data: ModelData, rank: int) -> ModelData:
+    """``data`` with the :class:`PairLayouts` of its ratings (built on the host, O(nnz) memory).
+
+    The pair means' gradient then goes through them
+    (:func:`bayesmf.model.pair_mean`); the values are the same, summed in
+    another order.
+
+    Parameters
+    ----------
+    data : ModelData
+    rank : int
+        The factors' rank: sizes the blocks (:data:`PAIR_BLOCK_BYTES`) and
+        the chunks of segments (about :data:`bayesmf.layout.CHUNK_BYTES` of
+        gathered factor rows each on the CPU).
+
+    Returns
+    -------
+    ModelData
+    """
+    users, items = np.asarray(data.user_index, np.int64), np.asarray(data.item_index, np.int64)
+    itemsize = data.rating.dtype.itemsize
+
+    def side(rows, cols, num_rows, num_cols):
+        blocks = max(1, -(-num_cols * (int(rank) + 1) * itemsize // PAIR_BLOCK_BYTES))
+        block_rows = (cols // -(-num_cols // blocks)) * num_rows + rows
+        return build_layout(block_rows, cols, blocks * num_rows, num_cols, kind="segment", width=int(rank) + 1,
+                            itemsize=itemsize, segment=PAIR_SEGMENT_WIDTH)
+
+    return data._replace(pair_layouts=PairLayouts(
+        users=side(users, items, data.num_users, data.num_items),
+        items=side(items, users, data.num_items, data.num_users),
+        nnz=jnp.zeros((data.nnz, 0), jnp.int32),
+    ))
 
 
 def model_data_from_ratings(ratings, dtype=jnp.float32) -> ModelData:

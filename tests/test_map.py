@@ -136,6 +136,66 @@ def test_pair_mean_dense_gradient_equals_the_gathers():
         jax.config.update("jax_enable_x64", False)
 
 
+@pytest.mark.parametrize("block_bytes", [None, 64])
+def test_pair_mean_segment_layouts_equal_the_gathers(monkeypatch, block_bytes):
+    """With the ratings' pair layouts ``pair_mean`` sums segments, in blocks
+    of the other side's rows: value and gradient must be those of the
+    gathers (float64: the sums differ only in order, ~1e-15 relative), with
+    users and movies without ratings, a repeated pair, user offsets, many
+    blocks (64 bytes: one or two rows per block) and under vmap."""
+    from bayesmf import model, modeldata
+
+    if block_bytes is not None:
+        monkeypatch.setattr(modeldata, "PAIR_BLOCK_BYTES", block_bytes)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(6)
+        n, m, rank = 14, 11, 4  # user 13 and movie 10 have no ratings
+        pairs = np.concatenate([rng.choice((n - 1) * (m - 1), 70, replace=False), [5]])
+        u, v = pairs // (m - 1), pairs % (m - 1)
+        data = model.with_pair_layouts(make_model_data(u, v, rng.normal(size=pairs.size), n, m, jnp.float64), rank)
+        layouts = data.pair_layouts
+        assert layouts.users.num_rows.shape[0] // n > (1 if block_bytes else 0)
+        u, v = data.user_index, data.item_index
+        L, R = jnp.asarray(rng.normal(size=(n, rank))), jnp.asarray(rng.normal(size=(m, rank)))
+        o, b, g = jnp.asarray(rng.normal(size=m)), jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=u.size))
+
+        def loss(fn):
+            return lambda L, R, o, b: jnp.sum(g * fn(L, R, o, u, v, b) ** 2)
+
+        segments = jax.value_and_grad(loss(lambda *a: model.pair_mean(*a, layouts=layouts)), (0, 1, 2, 3))
+        gathers = jax.value_and_grad(loss(model.pair_mean), (0, 1, 2, 3))
+        expected = jax.tree_util.tree_leaves(gathers(L, R, o, b))
+        for a, e in zip(jax.tree_util.tree_leaves(jax.jit(segments)(L, R, o, b)), expected):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+        batched = jax.vmap(jax.grad(loss(lambda *a: model.pair_mean(*a, layouts=layouts)), (0, 1, 2, 3)))(
+            L[None], R[None], o[None], b[None])
+        for a, e in zip(batched, gathers(L, R, o, b)[1]):
+            np.testing.assert_allclose(a[0], e, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="pair layouts built for"):
+            model.pair_mean(L, R, o, u[:-1], v[:-1], layouts=layouts)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_lbfgs_reaches_the_same_mode_through_the_pair_layouts(data, monkeypatch):
+    """From SEGMENT_GRAD_MIN_RANK the engine attaches the pair layouts: the
+    same mode as through the scatter-adds, to the tolerances of two converged
+    float32 solvers (the gradients differ only in summation order)."""
+    from bayesmf.model import SEGMENT_GRAD_MIN_RANK
+
+    config = CONFIG.replace(rank=SEGMENT_GRAD_MIN_RANK)
+    key = jax.random.PRNGKey(3)
+    assert map_engine.make_solver(data, config).ctx.data.pair_layouts is not None
+    segments = map_engine.fit(key, data, config)
+    monkeypatch.setattr(map_engine, "SEGMENT_GRAD_MIN_RANK", SEGMENT_GRAD_MIN_RANK + 1)
+    assert map_engine.make_solver(data, config).ctx.data.pair_layouts is None
+    scatter = map_engine.fit(key, data, config)
+    assert segments.info["converged"] and scatter.info["converged"]
+    np.testing.assert_allclose(segments.info["objective"], scatter.info["objective"], rtol=SOLVER_OBJECTIVE_RTOL)
+    np.testing.assert_allclose(all_pairs_mean(segments), all_pairs_mean(scatter), atol=SOLVER_PREDICTION_ATOL)
+
+
 @pytest.mark.parametrize("offsets", ["estimated", "empirical"])
 @pytest.mark.parametrize("mean_precision", [0.0, 2.0])
 def test_compiled_objective_has_the_model_gradient(data, offsets, mean_precision):

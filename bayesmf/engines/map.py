@@ -86,14 +86,17 @@ from bayesmf.engines.map_objective import (
 )
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.model import (
+    SEGMENT_GRAD_MIN_RANK,
     FixedPriors,
     ModelConfig,
     ModelData,
     Params,
+    dense_gradient_applies,
     fixed_values,
     latent_sites,
     params_from_sites,
     predict_mean,
+    with_pair_layouts,
 )
 
 Array = jax.Array
@@ -443,10 +446,29 @@ def _default_optimizer(solver: str, optimizer):
     return _default_optimizer_for(solver) if optimizer is None else optimizer
 
 
+def _pair_layouts_pay(data: ModelData, rank: int | None) -> bool:
+    """Whether the loop's data should carry the ratings' pair layouts (:func:`bayesmf.model.with_pair_layouts`).
+
+    Every step takes the gradient of the pair means; on the CPU from
+    :data:`bayesmf.model.SEGMENT_GRAD_MIN_RANK` it is faster through the
+    ratings' segments than through scatter-adds (L-BFGS iterations 1.7-1.9x
+    faster at ML-1M and ML-10M shapes, rank 32), unless the grid is small
+    enough for the dense form (:func:`bayesmf.model.dense_gradient_applies`).
+    On an accelerator the scatter-adds stay: the segments were not measured
+    there.
+    """
+    if rank is None or rank < SEGMENT_GRAD_MIN_RANK or data.pair_layouts is not None:
+        return False
+    dense = dense_gradient_applies(data.num_users, data.num_items, rank, data.nnz)
+    return not dense and jax.default_backend() == "cpu"
+
+
 def _build_context(
     data: ModelData, solver: str, layout: str = "auto", rank: int | None = None, weights=None
 ) -> MapContext:
     if solver != "als":
+        if _pair_layouts_pay(data, rank):
+            data = with_pair_layouts(data, rank)
         return MapContext(data=data, user_layout=None, item_layout=None, weights=weights)
     u = np.asarray(data.user_index)
     v = np.asarray(data.item_index)
