@@ -28,10 +28,12 @@ class PairLayouts(NamedTuple):
     ``L`` sums each user's ``g_uv R_v`` (and to ``R`` and ``m`` each
     movie's): :func:`bayesmf.layout.row_sums` over these layouts, instead of
     the gathers' transposes (scatter-adds of ``nnz x D`` values, element by
-    element on XLA:CPU). The means themselves still come from the gathers,
-    which fuse with the likelihood: computed segment by segment instead (one
-    ``L_u`` per segment) they were slower in a probe of the L-BFGS loop at
-    ML-10M shape, rank 32 (1,015-1,101 against 803-942 ms per iteration).
+    element on XLA:CPU). The means themselves still come from the plain
+    gathers, which fuse with the likelihood: computed segment by segment (one
+    ``L_u`` per segment) or in chunks of 8,192 ratings they were faster alone
+    but slower in probes of the L-BFGS loop at ML-10M shape, rank 32
+    (1,015-1,101 against 803-942 ms per iteration; chunks 946-948 against
+    747-801).
     Each side's rows are split by blocks of the other side's rows
     (``row = block * num_rows + row``), so that the rows a chunk gathers come
     from one block of about :data:`PAIR_BLOCK_BYTES`, which stays in cache.
