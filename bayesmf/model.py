@@ -574,6 +574,11 @@ def _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index)
     return products @ jnp.ones(products.shape[-1], products.dtype) + item_offsets[item_index]
 
 
+def _no_cotangent(tree):
+    """Zero cotangents (``float0``) of integer arguments of a ``custom_vjp``."""
+    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, jax.dtypes.float0), tree)
+
+
 @jax.custom_vjp
 def _pair_mean_dense_grad(user_factors, item_factors, item_offsets, user_index, item_index):
     return _pair_mean(user_factors, item_factors, item_offsets, user_index, item_index)
@@ -587,20 +592,15 @@ def _pair_mean_fwd(user_factors, item_factors, item_offsets, user_index, item_in
 def _pair_mean_bwd(residuals, g):
     user_factors, item_factors, item_offsets, user_index, item_index = residuals
     grid = jnp.zeros((user_factors.shape[0], item_factors.shape[0]), g.dtype).at[user_index, item_index].add(g)
-    zero_index = (np.zeros(user_index.shape, jax.dtypes.float0), np.zeros(item_index.shape, jax.dtypes.float0))
     return (
         (grid @ item_factors).astype(user_factors.dtype),
         (grid.T @ user_factors).astype(item_factors.dtype),
         jax.ops.segment_sum(g, item_index, item_offsets.shape[0]).astype(item_offsets.dtype),
-        *zero_index,
+        *_no_cotangent((user_index, item_index)),
     )
 
 
 _pair_mean_dense_grad.defvjp(_pair_mean_fwd, _pair_mean_bwd)
-
-
-def _no_cotangent(tree):
-    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, jax.dtypes.float0), tree)
 
 
 def _block_sums(layout, design, g, num_rows):
