@@ -184,6 +184,71 @@ def from_optimizer(latent: dict, data: ModelData, config: ModelConfig) -> dict:
     return _prior_shift(latent, data, config, 1.0)
 
 
+def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, precisions: Array) -> dict:
+    """Jacobi scales of the optimizer's coordinates: ``x = s * z``, ``s = sqrt(h_ref / h)`` per entry.
+
+    ``h`` estimates the diagonal of the objective's (Gauss-Newton) Hessian
+    (times ``n``) at ``coordinates``, the loop's start:
+
+    - a user's factor entry ``alpha n_u k_R + lambda_L`` (``n_u`` its
+      ratings, ``k_R`` the movie factors' mean squared entry; a movie's the
+      same way round);
+    - a movie offset ``alpha n_v + tau_m``, a user offset ``alpha n_u + tau_b``;
+    - a learned factor mean ``(N + beta) lambda`` (``N`` the side's rows):
+      the centred prior ties it to every row of its side.
+
+    ``h_ref`` is the users' mean factor curvature. The loop minimizes
+    ``f(s * z)`` over ``z``: the same mode, with curvatures that spread over
+    orders of magnitude (a movie with one rating against one with thousands, a
+    mean tied to every row) brought to one scale. L-BFGS keeps ten
+    curvature pairs, far too few to learn such a spread itself: on
+    MovieLens-100K u1 at rank 10 with learned means a cold fit at factor ratio
+    10 took 446 iterations without the scales and 136 with them, to a lower
+    objective (4.3241 against 4.3251). Sites not listed (links, cut points)
+    keep scale 1.
+
+    Parameters
+    ----------
+    coordinates : dict of str -> array
+        The optimizer's coordinates (:func:`to_optimizer`) at the start.
+    data : ModelData
+    config : ModelConfig
+    precisions : array, shape (9,)
+        :func:`precision_vector`.
+
+    Returns
+    -------
+    dict of str -> array
+        Per site, an array that broadcasts against it: ``(num_users, 1)``
+        for the user factors, ``(num_items,)`` for the offsets, ``()`` for a mean.
+    """
+    dtype = data.rating.dtype
+    lam_user, lam_item, tau_m, alpha, tau_b = (precisions[k] for k in range(5))
+    n_user = data.user_degree.astype(dtype)
+    n_item = data.item_degree.astype(dtype)
+    k_item = jnp.mean(jnp.square(coordinates["item_factors"]))
+    k_user = jnp.mean(jnp.square(coordinates["user_factors"]))
+    curvature = {
+        "user_factors": (alpha * n_user * k_item + lam_user)[:, None],
+        "item_factors": (alpha * n_item * k_user + lam_item)[:, None],
+    }
+    if "item_offsets" in coordinates:
+        curvature["item_offsets"] = alpha * n_item + tau_m
+    if "user_offsets" in coordinates:
+        curvature["user_offsets"] = alpha * n_user + tau_b
+    if "user_mean" in coordinates:
+        beta = config.fixed.mean_precision
+        curvature["user_mean"] = (data.num_users + beta) * lam_user
+        curvature["item_mean"] = (data.num_items + beta) * lam_item
+    reference = jnp.mean(curvature["user_factors"])
+    return {name: jnp.sqrt(reference / h) for name, h in curvature.items()}
+
+
+def scaled(coordinates: dict, scales: dict, power: float = 1.0) -> dict:
+    """``coordinates`` with each site in ``scales`` multiplied by its scale to ``power`` (``-1``: divided)."""
+    return {name: value * scales[name] ** power if name in scales else value for name, value in coordinates.items()}
+
+
 def unit_config(config: ModelConfig) -> ModelConfig:
     """``config`` at unit precisions (link precisions included): the model :func:`objective_fn` scales."""
     # mean_precision is relative to the factor precisions, so it stays.
