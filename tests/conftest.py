@@ -1,13 +1,37 @@
-"""Shared fixtures: where the MovieLens test data lives (never inside the repository)."""
+"""Shared fixtures: where the MovieLens test data lives (never inside the repository).
+
+One persistent XLA compilation cache serves the whole session, in a fresh
+temporary directory removed at its end: the programs that many tests compile
+alike (a fit's loop on the same shapes, the CLI's and the README's commands
+in their own processes, the experiments' tiny runs) compile once. It caches
+compiled programs only, so results are bit-identical with or without it
+(JAX's documented contract); ``JAX_COMPILATION_CACHE_DIR`` set by the caller
+is kept.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+_OWN_CACHE = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="bayesmf-tests-jax-cache-")
+    # Read by jax at import, here and in every child process the tests start;
+    # BAYESMF_JAX_CACHE points the experiments' own cache there too.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ["BAYESMF_JAX_CACHE"] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
