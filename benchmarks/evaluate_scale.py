@@ -19,7 +19,8 @@ compilation). ``old`` is the path it replaced: ``Posterior.components``
 ``bayesmf.predictive.score_rows`` (NumPy) and ``metrics.summarize``; skip
 it with ``--skip-old`` (it takes minutes and ~3 GB). Each timing records the
 process's RSS before the call and its peak during the call (the peak is
-reset before each, Linux only). When both run, their
+reset before each, Linux only) and XLA's backend compiles during it (count,
+total and largest seconds, from ``jax.monitoring``). When both run, their
 tables are compared: the largest absolute difference per column is written.
 The CRPS pair term is estimated in both at this size (draws^2 x rows >
 ``metrics.MAX_PAIRS``), each with its own random shifts, so CRPS agrees to
@@ -119,16 +120,27 @@ def old_evaluate(posterior, test, levels):
     return metrics.summarize(rows)
 
 
+# Durations of XLA's backend compiles, appended by a jax.monitoring listener (registered in main).
+_COMPILES: list[float] = []
+
+
+def _record_compile(event: str, duration: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(duration)
+
+
 def _timed(fn):
     load = os.getloadavg()[0]
     reset_peak_rss()
     rss = rss_mb()
+    _COMPILES.clear()
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     peak = peak_rss_mb()
     return out, dict(wall_s=round(wall, 3), cpu_s=round(cpu, 3), load_before=load, load_after=os.getloadavg()[0],
-                     rss_before_mb=rss, peak_rss_mb=peak)
+                     rss_before_mb=rss, peak_rss_mb=peak, num_compiles=len(_COMPILES),
+                     compile_s=round(sum(_COMPILES), 3), largest_compile_s=round(max(_COMPILES, default=0.0), 3))
 
 
 def main(argv=None) -> dict:
@@ -141,8 +153,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(HERE.parent / "results" / "benchmarks" / "evaluate_scale.json"))
     args = parser.parse_args(argv)
 
+    import jax
+
     from bayesmf import metrics
 
+    jax.monitoring.register_event_duration_secs_listener(_record_compile)
     levels = metrics.DEFAULT_LEVELS
     shape = dict(num_users=69_878, num_items=10_677, rank=32, num_draws=100)
     num_test, num_cold = args.num_test, args.num_cold

@@ -198,6 +198,25 @@ def test_evaluate_star_scores_equal_the_host_path(posterior):
     pd.testing.assert_frame_equal(plain, table[plain.columns], check_exact=True)
 
 
+def test_evaluate_compiles_one_scoring_program_for_known_and_cold_pairs(posterior, caplog):
+    """Known and cold pairs are the branches of one program: a first evaluate compiles the scoring once.
+
+    A program per part compiled the scoring (most of a first call's compile) once per part.
+    """
+    import logging
+
+    test = make_ratings(7, 400)
+    cold = ~(np.isin(test.user_ids, posterior.user_vocab.ids) & np.isin(test.item_ids, posterior.item_vocab.ids))
+    assert 0 < cold.sum() < len(test)
+    levels = (0.7,)  # no other test scores at these levels: the programs are compiled here
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        table = posterior.evaluate(test, levels=levels, expect_cold=True)
+    compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(_score_chunk)" in r.getMessage()]
+    assert len(compiles) == 1, compiles
+    rows, _ = host_path(posterior, test, levels)
+    assert table.loc[("all", "all"), "coverage_70"] == metrics.summarize(rows).iloc[0]["coverage_70"]
+
+
 def test_stream_score_rows_is_the_same_in_any_chunking(posterior):
     test = make_ratings(9, 300)
     pairs = posterior.pairs(test.user_ids, test.item_ids)
