@@ -435,7 +435,7 @@ def stream_score_rows(
     *,
     max_pairs: int | None = metrics.MAX_PAIRS,
     tol: float = metrics.QUANTILE_TOL,
-    chunk_cells: int = streaming.CHUNK_CELLS,
+    chunk_cells: int | None = None,
     scale=None,
 ) -> dict:
     """Per-row scores of ratings ``y`` under a uniform mixture over draws, streamed over the pairs on the device.
@@ -473,7 +473,9 @@ def stream_score_rows(
         :func:`bayesmf.metrics.streaming.num_shifts_for`); None: exact.
     tol : float
         Absolute tolerance of the mixture quantiles.
-    chunk_cells : int
+    chunk_cells : int, optional
+        Components x rows per chunk; default
+        :func:`bayesmf.metrics.streaming.default_chunk_cells` of the backend.
     scale : bayesmf.data.RatingScale, optional
         On a star scale the star masses are formed on the device too (``K``
         floats per row come back) and scored on the host as
@@ -489,7 +491,7 @@ def stream_score_rows(
     n = y.shape[0]
     num_draws = params.noise_precision.shape[0]
     num_shifts = streaming.num_shifts_for(num_draws, n, max_pairs)
-    size = streaming.chunk_rows(num_draws, chunk_cells)
+    size = streaming.chunk_rows(num_draws, streaming.default_chunk_cells() if chunk_cells is None else chunk_cells)
     parts = [(np.asarray(rows), moments_fn, *own) for rows, moments_fn, *own in parts]
     parts = [part for part in parts if part[0].size]
     # One chunk shape for every part, so that one program serves them all: a short evaluate

@@ -24,7 +24,8 @@ what it measured.
   optionally ``evaluate`` on the test ratings and save / load.
 
 Run (the GPU machine runs the package from source; see README, "GPU"; `--plan fourth`,
-`fourth-2`, `fourth-3` are the H100 runs of `fourth_run` in the JSON)::
+`fourth-2`, `fourth-3` are the H100 runs of `fourth_run` in the JSON; `--plan fifth`
+is prepared for the next device: evaluate's chunks and the scaled MAP)::
 
     python benchmarks/gpu_check.py --data ../shared/data --out results/benchmarks/gpu_check.json
     python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check.json      # seconds, on any backend (tests)
@@ -136,6 +137,18 @@ FOURTH_PLAN_3 = [
     ("ml-10m-d512-h100-default", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
                                   "--no-keep"], 60),
     ("paths-final", ["paths", "--precision", "default"], 45),
+]
+# The fifth (prepared, not yet run: no device was lent since): evaluate's one
+# scoring program for known and cold pairs and its chunks of
+# streaming.ACCELERATOR_CHUNK_CELLS on a GPU, against chunks of the CPU's
+# size; the tuned MAP with the Jacobi-scaled L-BFGS against 250 Gibbs sweeps,
+# at ML-10M shape and on u1.
+_ML10M_EVAL = ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "20", "--sweeps", "100", "--evaluate",
+               "--evaluate-twice"]
+FIFTH_PLAN = [
+    ("ml-10m-d32-evaluate-map", _ML10M_EVAL + ["--map"], 150),
+    ("ml-10m-d32-evaluate-cpu-chunks", _ML10M_EVAL + ["--evaluate-chunk-cells", str(2**19)], 90),
+    ("paths-map", ["paths", "--precision", "default", "--map"], 80),
 ]
 
 
@@ -250,6 +263,11 @@ def child_scale(args) -> dict:
     out["peak_after_fit"] = _device()
     emit(out)
     if args.evaluate:
+        if args.evaluate_chunk_cells:  # evaluate's chunks on an accelerator (the CPU's size for comparison)
+            from bayesmf.metrics import streaming
+
+            streaming.ACCELERATOR_CHUNK_CELLS = args.evaluate_chunk_cells
+        out["evaluate_chunk_cells"] = _chunk_cells()
         table, out["evaluate_seconds"] = _timed(post.evaluate, s.test)
         out.update(_summary(table), num_test=len(s.test))
         emit(out)
@@ -271,6 +289,12 @@ def child_scale(args) -> dict:
         out["map_rmse"] = _summary(map_post.evaluate(s.test))["rmse"]
     out.update(_device())
     return out
+
+
+def _chunk_cells() -> int:
+    from bayesmf.metrics import streaming
+
+    return streaming.default_chunk_cells()
 
 
 def _last_json(text: str) -> dict:
@@ -509,8 +533,8 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="segment,bucket", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3"), default="first",
-                        help="the steps to run: the first run's plan, or the fourth's (segments, H100)")
+    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3", "fifth"), default="first",
+                        help="the steps to run: the first run's plan, the fourth's (segments, H100), or the fifth")
     parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
@@ -519,6 +543,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-keep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--evaluate-twice", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate-chunk-cells", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-fraction", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
@@ -529,11 +554,12 @@ def main(argv=None) -> None:
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    plan = PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3
+    plan = PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3 + FIFTH_PLAN
     if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
         plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
                                                 "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
-    steps = {"first": PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2, "fourth-3": FOURTH_PLAN_3}[args.plan]
+    steps = {"first": PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2, "fourth-3": FOURTH_PLAN_3,
+             "fifth": FIFTH_PLAN}[args.plan]
     if args.only:  # (a name in two plans runs once)
         steps = list({p[0]: p for p in plan if p[0] in args.only.split(",")}.values())
     import scale  # the machine and version records of the scale benchmark

@@ -261,3 +261,11 @@ def test_evaluate_scale_benchmark_runs_tiny(tmp_path):
     for key, gap in out["max_abs_difference"].items():
         assert gap <= EVALUATE_ATOL, key
     assert isinstance(pd.Series(out["new_scores"]), pd.Series)
+
+
+def test_chunks_are_larger_on_an_accelerator():
+    """The CPU's chunks fit its caches; a GPU's are 8x larger, to spread the fixed costs of a chunk."""
+    assert streaming.default_chunk_cells("cpu") == streaming.CHUNK_CELLS
+    assert streaming.default_chunk_cells("gpu") == streaming.ACCELERATOR_CHUNK_CELLS == 8 * streaming.CHUNK_CELLS
+    assert streaming.default_chunk_cells() == (streaming.CHUNK_CELLS if jax.default_backend() == "cpu"
+                                               else streaming.ACCELERATOR_CHUNK_CELLS)

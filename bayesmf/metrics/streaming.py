@@ -68,6 +68,14 @@ Array = jax.Array
 # (S, c) temporary; the quantile loop holds 2 x len(levels) of them. Chosen,
 # not tuned (5,242 rows per chunk at 100 draws; benchmarks/evaluate_scale.py).
 CHUNK_CELLS = 2**19
+# On a GPU (or TPU) 8x that: there a chunk's arithmetic takes far less time than its fixed costs
+# (the quantile loop's steps, each a few kernels and a predicate read by the host, and the
+# chunk's transfers). On an H100 at ML-10M shape (1M ratings x 100 draws, 191 chunks of
+# CHUNK_CELLS) the scoring took 3.0 s, 16 ms per chunk, where the CPU's 2 cores take 190 ms for
+# work that card does ~1,000x faster. 2**22 float64 cells are 32 MiB per (S, c) temporary and
+# about 1 GiB for the quantile loop's (levels x S x c) ones. Not yet measured on a GPU
+# (benchmarks/gpu_check.py, plan "evaluate-chunks", times both).
+ACCELERATOR_CHUNK_CELLS = 2**22
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -285,6 +293,13 @@ def _host_chunk(y, mu, var, w, rng_key, *, levels, num_shifts, tol, cuts):
 
 
 _host_chunk_jit = jax.jit(_host_chunk, static_argnames=("levels", "num_shifts", "tol", "cuts"))
+
+
+def default_chunk_cells(platform: str | None = None) -> int:
+    """Cells per chunk on ``platform`` (default: JAX's default backend's): :data:`CHUNK_CELLS` on the CPU,
+    :data:`ACCELERATOR_CHUNK_CELLS` elsewhere (read at call time)."""
+    platform = jax.default_backend() if platform is None else platform
+    return CHUNK_CELLS if platform == "cpu" else ACCELERATOR_CHUNK_CELLS
 
 
 def chunk_rows(num_components: int, chunk_cells: int = CHUNK_CELLS) -> int:
