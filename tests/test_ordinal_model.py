@@ -125,14 +125,18 @@ def test_map_fits_the_ordinal_likelihood():
                          max_iters=3000)
     names = ("user_factors", "item_factors", "item_offsets", "user_mean", "item_mean", "cutpoints")
     latent = {name: jnp.asarray(getattr(fit.draws, name)[0, 0]) for name in names}
-    start = {name: jnp.asarray(getattr(post.draws, name)[0, 0]) for name in names}
+    # The scale of "vanishes": a random start's gradient, 0.25 here (the tuned fit's own stop depends
+    # on its tolerance and start, so it is no yardstick: its norm was 4e-4 to 1e-3 by the start
+    # drawn). The tight run gets to 2.6e-5, float32 round-off of this per-rating objective's gradient.
+    start = map_engine.init_latent(jax.random.PRNGKey(0), data, config)
+    start = {name: start[name] for name in names}
 
     def grad_norm(values):  # c_0 = 0 is not free: its derivative is left out
         grad = jax.grad(map_objective.neg_log_joint)(values, data, config)
         grad["cutpoints"] = grad["cutpoints"][1:]
         return float(sum(jnp.sum(g**2) for g in jax.tree.leaves(grad))) ** 0.5
 
-    assert grad_norm(latent) < 2e-4 and grad_norm(latent) < 0.05 * grad_norm(start)
+    assert grad_norm(latent) < 2e-4 and grad_norm(latent) < 1e-3 * grad_norm(start)
     rmse = float(post.evaluate(parts.test)["rmse"].iloc[0])
     train = parts.train
     means = pd.Series(np.asarray(train.rating)).groupby(np.asarray(train.item_ids)).mean()
