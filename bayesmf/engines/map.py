@@ -225,8 +225,8 @@ def _latent_with(users: Array, items: Array, data: ModelData, config: ModelConfi
 def _initial_factors(rng_key: Array, num_users: int, num_items: int, rank: int, dtype, scale: float):
     """``scale`` times standard normals, (num_users, rank) and (num_items, rank), drawn by NumPy from
     a generator seeded with the key's data (the same key, the same start). Not ``jax.random``: its
-    threefry bits compiled for 0.75-0.9 s on the 2-core CPU, one tenth of a tuned MAP fit on
-    MovieLens-100K u1 (8-9 s), for a start that needs no device program."""
+    threefry bits compiled for 0.75-1.07 s on the 2-core CPU, a tenth of a tuned MAP fit on
+    MovieLens-100K u1 (8-10 s), for a start that needs no device program."""
     rng = np.random.default_rng(np.asarray(jax.random.key_data(rng_key)).ravel())
     draw = np.float32 if np.dtype(dtype) == np.float32 else np.float64  # the dtypes NumPy draws in
     users = rng.standard_normal((num_users, rank), dtype=draw) * draw(scale)

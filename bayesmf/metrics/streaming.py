@@ -74,7 +74,7 @@ CHUNK_CELLS = 2**19
 # CHUNK_CELLS) the scoring took 3.0 s, 16 ms per chunk, where the CPU's 2 cores take 190 ms for
 # work that card does ~1,000x faster. 2**22 float64 cells are 32 MiB per (S, c) temporary and
 # about 1 GiB for the quantile loop's (levels x S x c) ones. Not yet measured on a GPU
-# (benchmarks/gpu_check.py, plan "evaluate-chunks", times both).
+# (benchmarks/gpu_check.py --plan fifth times both).
 ACCELERATOR_CHUNK_CELLS = 2**22
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
