@@ -193,6 +193,23 @@ def _column_mean(cols: np.ndarray, values: np.ndarray, num_rows: int, num_other:
     return np.bincount(cols, weights=values, minlength=num_other) / max(num_rows, 1)
 
 
+def with_empty_entries(x: FeatureRows, count: int) -> FeatureRows:
+    """``x`` with ``count`` more entries of ``N``, each 0 (at the last row, column 0): the same matrix.
+
+    For array shapes that match another data set's (the tuning's sub-train
+    rows padded to the refit's, one compiled loop for both). The rows stay
+    sorted.
+    """
+    if count <= 0 or x.centre.shape[0] == 0:
+        return x
+    last = max(x.side.shape[0] - 1, 0)
+
+    def appended(field, value):
+        return jnp.concatenate([field, jnp.full((count,), value, field.dtype)])
+
+    return x._replace(rows=appended(x.rows, last), cols=appended(x.cols, 0), values=appended(x.values, 0))
+
+
 def implicit_rows(index, other_index, num_rows: int, num_other: int, side=None, dtype=jnp.float32) -> FeatureRows:
     """:class:`FeatureRows` of implicit feedback from the training pairs, centred on the training rows.
 

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from bayesmf import ordinal
 from bayesmf.engines import map as map_engine
 from bayesmf.engines.common import EngineResult
+from bayesmf.featurerows import FeatureRows, with_empty_entries
 from bayesmf.model import (
     FixedPriors,
     ModelConfig,
@@ -158,6 +159,13 @@ def _padded(data: ModelData, pairs, ratings, star_values=None) -> tuple[ModelDat
     if data.star is not None:  # the ordinal likelihood reads the stars (star_model_data's stand-in ratings)
         stars = np.abs(np.asarray(ratings)[:, None] - np.asarray(star_values)[None, :]).argmin(axis=1)
         padded = padded._replace(star=appended(data.star, stars), rating=appended(data.rating, stars - 0.5))
+    # Implicit-feedback rows have an entry per distinct training pair: the refit's have as many
+    # more as there are validation pairs (when pairs are distinct), so pad them with zero entries
+    # too, or the refit compiles the loop again (4.6 s of a tiny implicit-feedback MAP fit's 14 s).
+    for side in ("user_features", "item_features"):
+        rows = getattr(padded, side)
+        if isinstance(rows, FeatureRows):
+            padded = padded._replace(**{side: with_empty_entries(rows, len(ratings))})
     weights = jnp.asarray(np.concatenate([np.ones(data.nnz, dtype), np.zeros(len(ratings), dtype)]))
     return padded, weights
 

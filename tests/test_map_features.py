@@ -122,3 +122,20 @@ def test_map_with_implicit_feedback_runs_end_to_end(map_sim):
     assert "implicit" in post.info["ratios"] and post.config.item_features.implicit
     assert np.isfinite(post.info["validation_rmse"])
     assert post.draws.user_link.shape == (1, 1, map_sim.ratings.num_items, 3)
+
+
+def test_tuned_implicit_feedback_map_compiles_its_loop_once(caplog):
+    """The tuning fits and the refit share one compiled L-BFGS loop with implicit-feedback rows too:
+    the sub-train's implicit entries are padded with zero entries to the refit's count."""
+    import logging
+
+    from bayesmf import BayesMF, split
+    from bayesmf.synthetic import movielens_like
+
+    sim = movielens_like(5, num_users=31, num_items=23, num_ratings=500, rank=2, min_per_user=6)
+    train = split.make_split(sim.ratings, "random", test_fraction=0.2, seed=5).train
+    model = BayesMF(rank=2, method="map", implicit=True, progress_bar=False, grid={"factor": [3.0, 30.0], "offset": [10.0]})
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        model.fit(5, train)
+    compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(run)" in r.getMessage()]
+    assert len(compiles) == 1, compiles
