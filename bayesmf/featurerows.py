@@ -204,8 +204,8 @@ def with_empty_entries(x: FeatureRows, count: int) -> FeatureRows:
         return x
     last = max(x.side.shape[0] - 1, 0)
 
-    def appended(field, value):
-        return jnp.concatenate([field, jnp.full((count,), value, field.dtype)])
+    def appended(field, value):  # on the host: an eager jnp.concatenate compiles a program per field
+        return jnp.asarray(np.concatenate([np.asarray(field), np.full(count, value, field.dtype)]))
 
     return x._replace(rows=appended(x.rows, last), cols=appended(x.cols, 0), values=appended(x.values, 0))
 

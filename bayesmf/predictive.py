@@ -492,16 +492,14 @@ def stream_score_rows(
     num_draws = params.noise_precision.shape[0]
     num_shifts = streaming.num_shifts_for(num_draws, n, max_pairs)
     size = streaming.chunk_rows(num_draws, streaming.default_chunk_cells() if chunk_cells is None else chunk_cells)
-    parts = [(np.asarray(rows), moments_fn, *own) for rows, moments_fn, *own in parts]
+    parts = [(np.asarray(rows), moments_fn, own[0] if own else None) for rows, moments_fn, *own in parts]
     parts = [part for part in parts if part[0].size]
     # One chunk shape for every part, so that one program serves them all: a short evaluate
     # pads to a power of two (few shapes), a short part to the others' chunk.
-    c = min(size, 1 << (max((rows.size for rows, *_ in parts), default=1) - 1).bit_length())
-    on_device = None
-    if any(len(part) == 2 for part in parts):
-        on_device = jax.tree.map(jnp.asarray, params)
-    tables = tuple(part[2] if len(part) == 3 else on_device for part in parts)
-    moments_fns = tuple(part[1] for part in parts)
+    c = min(size, 1 << (max((rows.size for rows, _, _ in parts), default=1) - 1).bit_length())
+    on_device = jax.tree.map(jnp.asarray, params) if any(own is None for _, _, own in parts) else None
+    tables = tuple(on_device if own is None else own for _, _, own in parts)
+    moments_fns = tuple(moments_fn for _, moments_fn, _ in parts)
     pending = []
     with jax.enable_x64(True):
         for j, (rows, *_) in enumerate(parts):

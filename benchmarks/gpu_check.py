@@ -263,11 +263,11 @@ def child_scale(args) -> dict:
     out["peak_after_fit"] = _device()
     emit(out)
     if args.evaluate:
-        if args.evaluate_chunk_cells:  # evaluate's chunks on an accelerator (the CPU's size for comparison)
-            from bayesmf.metrics import streaming
+        from bayesmf.metrics import streaming
 
+        if args.evaluate_chunk_cells:  # evaluate's chunks on an accelerator (the CPU's size for comparison)
             streaming.ACCELERATOR_CHUNK_CELLS = args.evaluate_chunk_cells
-        out["evaluate_chunk_cells"] = _chunk_cells()
+        out["evaluate_chunk_cells"] = streaming.default_chunk_cells()
         table, out["evaluate_seconds"] = _timed(post.evaluate, s.test)
         out.update(_summary(table), num_test=len(s.test))
         emit(out)
@@ -289,12 +289,6 @@ def child_scale(args) -> dict:
         out["map_rmse"] = _summary(map_post.evaluate(s.test))["rmse"]
     out.update(_device())
     return out
-
-
-def _chunk_cells() -> int:
-    from bayesmf.metrics import streaming
-
-    return streaming.default_chunk_cells()
 
 
 def _last_json(text: str) -> dict:
