@@ -3,8 +3,16 @@
 Every row update needs, per row ``u``, the Gram matrix
 ``G_u = sum_{v in I_u} z_v z_v^T`` and ``h_u = sum_{v in I_u} z_v y_uv``. A
 naive per-rating outer-product sum materializes an ``nnz x d x d`` array
-(about 4 GB at MovieLens-1M size with d = 32). Two layouts avoid it:
+(about 4 GB at MovieLens-1M size with d = 32). Three layouts avoid it:
 
+``"segment"`` (memory O(nnz) for the indices, plus a block of rows' statistics)
+    Every row's ratings are cut into segments of one width (the last one
+    padded); one loop body sums each chunk of segments' ``[z y]^T [z y]``
+    into its rows' ``(d + 1)^2`` statistics, a second updates the rows in
+    even chunks, so compile time does not depend on the degrees. The rows'
+    statistics are held a block of rows at a time: one block while every
+    row's fit in ``stats_bytes``, otherwise blocks of about equal rows and
+    segments, one after another.
 ``"bucket"`` (degree-bucketed CSR, memory O(nnz) for the indices)
     Rows are grouped by degree into buckets of widths 1, 2, 4, 8, ...; each
     bucket is a padded ``(rows, width)`` block of column indices. Padding
@@ -17,6 +25,7 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     ``nnz`` ratings: the peak working memory is about ``chunk_bytes``
     whatever the data size (plus every row's ``(d + 1)^2`` statistics when
     they fit in ``stats_bytes`` and the row update runs in two stages).
+    Each group of buckets compiles its own row update.
 ``"dense"`` (memory O(n m + nnz + m d^2))
     A 0/1 mask ``W`` (n, m): all Grams at once as one GEMM ``W @ (z ⊗ z)``
     over the ``d (d + 1) / 2`` distinct entries of each symmetric outer
@@ -24,13 +33,13 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     small problems, but its memory grows with ``n x m`` (1.6 GB at
     MovieLens-10M size).
 
-:func:`build_layout` with ``kind="auto"`` takes ``"dense"`` while
-``n * m <= DENSE_MAX_CELLS`` and, when the design width ``w`` is given,
-``n * m * w^2 <= DENSE_MAX_WORK`` (the dense GEMM's flops grow with ``n m w^2``,
-the bucketed layout's with ``nnz w^2``); see ``benchmarks/layout_crossover.py``
-for the measured crossover.
+How each is cut, what it holds, and which one :func:`build_layout` with
+``kind="auto"`` takes (:func:`bayesmf.layout_plan.resolve_kind`) live in
+:mod:`bayesmf.layout_plan`: ``"dense"`` for small problems (see
+``benchmarks/layout_crossover.py`` for the measured crossover), otherwise
+``"segment"``, or ``"bucket"`` on an accelerator when every row's
+statistics do not fit.
 """
-
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -39,79 +48,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmf.memory import device_limit
+from bayesmf.layout_plan import (
+    CHUNK_BYTES,
+    STATS_BYTES,
+    bucket_plan,
+    bucket_widths,
+    default_chunk_bytes,
+    default_stats_bytes,
+    resolve_kind,
+    row_blocks,
+    segment_plan,
+    segment_width,
+    segments_per_row,
+    stage_rows,
+)
 
 Array = jax.Array
 
-# Largest n * m for which the automatic choice is the dense layout. The
-# crossover measured by benchmarks/layout_crossover.py on 2 CPU cores is
-# reported in the README; 4e6 cells (16 MB per float32 matrix) keeps the dense
-# matrices small while covering MovieLens-100K (943 x 1682 = 1.6e6).
-DENSE_MAX_CELLS = 4_000_000
-# Largest n * m * w^2 for which the automatic choice is dense. On the
-# MovieLens-100K shape (1.6e6 cells) the two layouts were level at rank 10
-# (dense / bucket seconds per sweep 1.13, measured on a loaded 2-core
-# machine) and the bucketed one 1.8x faster at rank 50
-# (benchmarks/layout_crossover.py): 2e8 keeps rank 10 (1.6e6 x 11^2 = 1.9e8)
-# dense and takes buckets from rank ~12 up. Since the dense GEMM builds only
-# the symmetric half of each Gram, the two were level at rank 20 (dense /
-# bucket 1.02) and the bucketed one still 1.7x faster at rank 50
-# (``--factors 1 --rank 20`` and ``--rank 50``, quiet machine), so the
-# threshold stands.
-DENSE_MAX_WORK = 2e8
-
-LAYOUTS = ("auto", "bucket", "segment", "dense")
-
-# Ratings per segment of the ``"segment"`` layout: every row's ratings are cut
-# into segments of one width per side (the last one padded), so the
-# statistics of any data set run through one loop body of one shape per side
-# (compile time does not grow with the degree distribution, as one body per
-# bucket width did). :func:`segment_width` picks the power of 2 within these
-# bounds that minimises ``segments x (width + SEGMENT_OVERHEAD)``: padding
-# costs its slots, and each segment a fixed overhead (adding its statistics
-# into its row, a small GEMM's setup) worth about 32 slots on the 2-core CPU:
-# at ML-1M shape, rank 32, widths 16/32/64/128 for both sides gave
-# 0.301/0.307/0.281/0.256 s per sweep, padding 4.5/9/20/33% on the users' side.
-SEGMENT_WIDTHS = (16, 32, 64, 128, 256, 512)
-SEGMENT_OVERHEAD = 32
-# A fixed width for every side instead (None: :func:`segment_width` decides).
-SEGMENT_WIDTH = None
-
-
-def _segments_per_row(degree: np.ndarray, width: int) -> np.ndarray:
-    """Segments of ``width`` ratings each row of these degrees takes (the last one padded)."""
-    return -(-np.asarray(degree, np.int64) // width)
-
-
-def segment_width(degree: np.ndarray) -> int:
-    """Ratings per segment for rows of these degrees (see :data:`SEGMENT_WIDTHS`)."""
-    if SEGMENT_WIDTH is not None:
-        return int(SEGMENT_WIDTH)
-    costs = [int(_segments_per_row(degree, w).sum()) * (w + SEGMENT_OVERHEAD) for w in SEGMENT_WIDTHS]
-    return SEGMENT_WIDTHS[int(np.argmin(costs))]
-
-
-# Working memory one chunk of rows (or segments) may take in :func:`map_rows`
-# on the CPU (the gathered design rows and the per-row d x d matrices),
-# bytes. At the ML-1M shape, rank 32 (2 cores, loaded), XLA's temporary
-# buffers per sweep were 213 MB with 64 MB chunks, 49 MB with 16 MB and 19 MB
-# with 4 MB. With segments, 4 MB chunks (which stay in cache) are also the
-# fastest on the quiet 2-core CPU (benchmarks/segment_layout.py, alternating
-# fresh processes, rank 32): ML-1M shape 0.221 s/sweep against 0.281-0.290
-# with 16 MB (1 MB: 0.237, 2 MB: 0.230 in a probe); ML-10M shape 1.99-2.11
-# against 2.38-2.52. On an accelerator the chunk is a fraction of the device's
-# memory instead (:func:`default_chunk_bytes`): large chunks keep its
-# batched kernels full.
-CHUNK_BYTES = 4 * 2**20
-# Fraction of an accelerator's memory one chunk may take.
-DEVICE_CHUNK_FRACTION = 1 / 16
-# Largest buffer of every row's statistics (n (d + 1)^2 floats) for which
-# :func:`map_rows` runs in two stages (the buckets' statistics first, then
-# the row update over even chunks of rows: one call site of the Cholesky and
-# its solves, each of which costs ~0.35 s of XLA:CPU compile time, instead
-# of one per group): 512 MB on the CPU, 1/32 of an accelerator's memory.
-STATS_BYTES = 512 * 2**20
-DEVICE_STATS_FRACTION = 1 / 32
 
 
 class Bucket(NamedTuple):
@@ -150,25 +103,34 @@ class BucketLayout(NamedTuple):
 
 
 class SegmentLayout(NamedTuple):
-    """Every row's ratings in segments of one width, in ``k`` chunks of ``c`` segments.
+    """Every row's ratings in segments of one width, in blocks of rows, each in ``k`` chunks of ``c`` segments.
 
-    :func:`map_rows` sums each chunk's per-segment statistics into every
-    row's ``(d + 1)^2`` statistics (one loop body), then updates the rows in
-    even chunks (a second loop body). Built by :func:`build_layout` with
-    ``kind="segment"`` (or ``"auto"`` where every row's statistics fit in
-    ``stats_bytes``).
+    :func:`map_rows` takes the blocks one after another (one loop body):
+    it sums each chunk's per-segment statistics into the block's rows'
+    ``(d + 1)^2`` statistics, then updates those rows in even chunks. One
+    block holds every row, in order, while their statistics fit in
+    ``stats_bytes``; otherwise blocks of about equal rows and segments
+    (:func:`bayesmf.layout_plan.segment_plan`). Built by :func:`build_layout`
+    with ``kind="segment"`` (or ``"auto"``: see
+    :func:`bayesmf.layout_plan.resolve_kind`).
 
     Attributes
     ----------
-    rows : int32 array, shape (k, c)
-        Row of each segment; padding segments point at ``num_rows``.
-    cols : int32 array, shape (k, c, width)
+    rows : int32 array, shape (blocks, k, c)
+        Position of each segment's row in its block; padding segments point
+        at ``R``, the block's padding row (``R = block_rows.shape[1] - 1``).
+    cols : int32 array, shape (blocks, k, c, width)
         Column ids of the segment's entries; padding is ``num_cols``.
-    entries : int32 array, shape (k, c, width)
+    entries : int32 array, shape (blocks, k, c, width)
         Positions of those entries in the rating arrays; padding is ``nnz``.
     row_chunks : int32 array, shape (chunks, rows_per_chunk)
-        The rows ``0 .. num_rows - 1`` in even chunks for the row update;
-        padding is ``num_rows`` (a row of zero statistics).
+        The positions ``0 .. R - 1`` of a block in even chunks for the row
+        update; padding is ``R`` (a row of zero statistics).
+    block_rows : int32 array, shape (blocks, R + 1)
+        The row at each position of each block (padding: some real row, whose
+        output is never read).
+    order : int32 array, shape (num_rows,)
+        Each row's position ``block * R + position`` in the blocks' outputs.
     num_rows : int32 array, shape (num_rows, 0)
         No data: carries the row count as a static shape through ``jit``.
     """
@@ -177,6 +139,8 @@ class SegmentLayout(NamedTuple):
     cols: Array
     entries: Array
     row_chunks: Array
+    block_rows: Array
+    order: Array
     num_rows: Array
 
 
@@ -185,210 +149,6 @@ class DenseLayout(NamedTuple):
     rows: Array  # (nnz,) int32 row of each rating
     cols: Array  # (nnz,) int32 column of each rating
 
-
-def bucket_widths(degree: np.ndarray) -> np.ndarray:
-    """Bucket width of rows of these degrees: the next power of 2 (1 for an empty row)."""
-    degree = np.asarray(degree, np.int64)
-    return np.where(degree > 0, 2 ** np.ceil(np.log2(np.maximum(degree, 1))).astype(np.int64), 1)
-
-
-def padded_fraction(degree: np.ndarray, kind: str = "bucket") -> float:
-    """Entries of a layout (padding included) per entry, for rows of these
-    degrees: ``"bucket"`` 1 to 2 (widths up to the next power of 2),
-    ``"segment"`` (segments of :func:`segment_width`) at most
-    ``1 + (width - 1) rows / nnz``."""
-    degree = np.asarray(degree, np.int64)
-    total = int(degree.sum())
-    if not total:
-        return 1.0
-    if kind == "segment":
-        width = segment_width(degree)
-        return float(_segments_per_row(degree, width).sum() * width / total)
-    return float(bucket_widths(degree[degree > 0]).sum() / total)
-
-
-def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = None,
-                 stats_bytes: int | None = None, itemsize: int = 4) -> str:
-    """The layout ``build_layout(kind=...)`` builds: ``"auto"`` resolved by size and design width.
-
-    ``"auto"`` is ``"dense"`` for small problems (:data:`DENSE_MAX_CELLS`,
-    :data:`DENSE_MAX_WORK`); otherwise ``"segment"`` when every row's
-    ``(w + 1)^2`` statistics fit in ``stats_bytes`` (default
-    :func:`default_stats_bytes`), else ``"bucket"`` (chunks of rows, whose
-    working memory is bounded whatever the rank).
-    """
-    if kind not in LAYOUTS:
-        raise ValueError(f"unknown layout {kind!r}; expected one of {LAYOUTS}")
-    if kind != "auto":
-        return kind
-    cells = num_rows * num_cols
-    if cells <= DENSE_MAX_CELLS and (width is None or cells * width**2 <= DENSE_MAX_WORK):
-        return "dense"
-    if width is None:
-        return "bucket"
-    stats_bytes = default_stats_bytes() if stats_bytes is None else stats_bytes
-    return "segment" if segment_stats_bytes(num_rows, width, itemsize) <= stats_bytes else "bucket"
-
-
-def segment_stats_bytes(num_rows: int, design_width: int, itemsize: int = 4) -> int:
-    """Every row's ``(d + 1)^2`` statistics in the ``"segment"`` layout (one padding row included)."""
-    return (num_rows + 1) * (design_width + 1) ** 2 * itemsize
-
-
-def row_bytes(width: int, design_width: int | None, itemsize: int = 4) -> int:
-    """Working memory of one row of a bucket of ``width`` entries in :func:`map_rows`.
-
-    The gathered design rows with the response, ``width (d + 1)`` floats;
-    the matmul's ``(d + 1)^2``; the precision, its Cholesky factor and the
-    solves' temporaries, ``3 d^2`` (``d`` = ``design_width``; without it,
-    0: no bound).
-    """
-    if design_width is None:
-        return 0
-    d = int(design_width)
-    return itemsize * (width * (d + 1) + (d + 1) ** 2 + 3 * d * d)
-
-
-class BucketShape(NamedTuple):
-    """One bucket of the plan: ``rows`` rows of ``width`` entries in ``chunks``
-    chunks of ``chunk_rows`` rows, each taking ``working_bytes``."""
-
-    width: int
-    rows: int
-    chunks: int
-    chunk_rows: int
-    working_bytes: int
-
-
-def bucket_plan(degree: np.ndarray, design_width: int | None, chunk_bytes: int,
-                itemsize: int = 4) -> tuple[tuple[BucketShape, ...], ...]:
-    """How :func:`build_layout` cuts rows of these degrees: groups of buckets.
-
-    A bucket whose rows' working memory exceeds ``chunk_bytes`` is cut into
-    the fewest even chunks within it and forms a group of its own (a loop
-    over its chunks); consecutive buckets that fit in one chunk share a
-    group while their sum does (one batched call for all of them: each call
-    site of the Cholesky and its solves adds compile time). So no group
-    holds more than ``chunk_bytes`` of working memory, except a single row
-    wider than it.
-
-    Parameters
-    ----------
-    degree : int array, shape (num_rows,)
-    design_width : int or None
-    chunk_bytes : int
-    itemsize : int
-
-    Returns
-    -------
-    tuple of tuples of BucketShape, in increasing width
-    """
-    widths = bucket_widths(degree)
-    values, counts = np.unique(widths, return_counts=True)
-    groups, current, current_bytes = [], [], 0
-    for width, n_b in zip(values.tolist(), counts.tolist()):
-        per_row = row_bytes(width, design_width, itemsize)
-        most = max(1, chunk_bytes // per_row) if per_row else n_b
-        k = -(-n_b // min(n_b, most))
-        c = -(-n_b // k)
-        shape = BucketShape(width, n_b, k, c, c * per_row)
-        if k > 1 or (current and current_bytes + shape.working_bytes > chunk_bytes):
-            if current:
-                groups.append(tuple(current))
-            current, current_bytes = [], 0
-        if k > 1:
-            groups.append((shape,))
-        else:
-            current.append(shape)
-            current_bytes += shape.working_bytes
-    if current:
-        groups.append(tuple(current))
-    return tuple(groups)
-
-
-def stage_rows(plan: tuple, design_width: int | None, chunk_bytes: int, stats_bytes: int,
-               itemsize: int = 4) -> int | None:
-    """Rows per chunk of the second stage of :func:`map_rows`, or None for one stage.
-
-    Two stages when there is more than one group (so one call site of the
-    row update replaces several) and every row's statistics, padding
-    included, fit in ``stats_bytes``; a chunk of rows then takes
-    ``chunk_bytes`` of working memory for the row update.
-    """
-    if design_width is None or len(plan) < 2:
-        return None
-    d = int(design_width)
-    if _padded_rows(plan) * (d + 1) ** 2 * itemsize > stats_bytes:
-        return None
-    return max(1, chunk_bytes // row_bytes(0, d, itemsize))
-
-
-def peak_working_bytes(degree: np.ndarray, design_width: int | None, chunk_bytes: int, itemsize: int = 4,
-                       stats_bytes: int | None = None) -> int:
-    """What :func:`map_rows` holds at once: the largest group's working memory
-    in :func:`bucket_plan`; with two stages (:func:`stage_rows`), every row's
-    statistics plus the larger of that and a second-stage chunk."""
-    plan = bucket_plan(degree, design_width, chunk_bytes, itemsize)
-    group_bytes = max((sum(b.working_bytes for b in group) for group in plan), default=0)
-    stats_bytes = STATS_BYTES if stats_bytes is None else stats_bytes
-    per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes, itemsize)
-    if per_chunk is None:
-        return group_bytes
-    d = int(design_width)
-    return _padded_rows(plan) * (d + 1) ** 2 * itemsize + max(group_bytes, per_chunk * row_bytes(0, d, itemsize))
-
-
-def segment_chunks(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4,
-                   width: int | None = None) -> tuple[int, int, int, int]:
-    """How :func:`build_layout` cuts rows of these degrees into a ``"segment"`` layout.
-
-    Returns
-    -------
-    (chunks, segments per chunk, row chunks, rows per row chunk)
-    """
-    degree = np.asarray(degree, np.int64)
-    width = segment_width(degree) if width is None else int(width)
-    segments = max(1, int(_segments_per_row(degree, width).sum()))
-    k = -(-segments // min(segments, max(1, chunk_bytes // _segment_bytes(width, design_width, itemsize))))
-    rows = max(1, degree.size)
-    r = -(-rows // min(rows, max(1, chunk_bytes // row_bytes(0, design_width, itemsize))))
-    return k, -(-segments // k), r, -(-rows // r)
-
-
-def segment_working_bytes(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4) -> int:
-    """What :func:`map_rows` holds at once with a ``"segment"`` layout: every
-    row's statistics plus the larger of a chunk of segments and a chunk of rows."""
-    width = segment_width(degree)
-    _, c, _, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, width)
-    d = int(design_width)
-    seg = c * _segment_bytes(width, d, itemsize)
-    return segment_stats_bytes(np.size(degree), d, itemsize) + max(seg, per_chunk * row_bytes(0, d, itemsize))
-
-
-def _segment_bytes(width: int, design_width: int, itemsize: int = 4) -> int:
-    """Working memory of one segment of ``width`` ratings: its gathered design
-    rows with the response and its ``(d + 1)^2`` statistics."""
-    d = int(design_width)
-    return itemsize * (width * (d + 1) + (d + 1) ** 2)
-
-
-def _padded_rows(plan: tuple) -> int:
-    """Rows of a :func:`bucket_plan`, chunk padding included."""
-    return sum(b.chunks * b.chunk_rows for group in plan for b in group)
-
-
-def default_chunk_bytes(device=None) -> int:
-    """:data:`CHUNK_BYTES` on the CPU; on an accelerator that reports its
-    memory, :data:`DEVICE_CHUNK_FRACTION` of it."""
-    limit = device_limit(device)
-    return int(limit * DEVICE_CHUNK_FRACTION) if limit else CHUNK_BYTES
-
-
-def default_stats_bytes(device=None) -> int:
-    """:data:`STATS_BYTES` on the CPU; on an accelerator that reports its
-    memory, :data:`DEVICE_STATS_FRACTION` of it."""
-    limit = device_limit(device)
-    return int(limit * DEVICE_STATS_FRACTION) if limit else STATS_BYTES
 
 
 def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int,
@@ -445,34 +205,55 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
                         stage_order=jnp.asarray(stage_order, jnp.int32))
 
 
+# Segment slots (ratings, padding included) :func:`_segment_layout` fills
+# at once: bounds its NumPy temporaries (about 25 bytes a slot), where every
+# segment at once held 40 bytes per rating on top of the layout (ML-25M shape:
+# a host peak of 3.0 GB for a fit whose sweep needs 2.5).
+BUILD_SLOTS = 2**22
+
+
 def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, design_width: int,
-                    chunk_bytes: int, itemsize: int, segment: int | None = None) -> SegmentLayout:
+                    chunk_bytes: int, stats_bytes: int, itemsize: int, segment: int | None = None) -> SegmentLayout:
     nnz = rows.size
-    order = np.argsort(rows, kind="stable")
+    order = np.argsort(rows, kind="stable").astype(np.int32)
     degree = np.bincount(rows, minlength=num_rows)
     w = segment_width(degree) if segment is None else int(segment)
-    k, c, r, per_chunk = segment_chunks(degree, design_width, chunk_bytes, itemsize, w)
-    per_row = _segments_per_row(degree, w)
-    seg_row = np.repeat(np.arange(num_rows), per_row)
-    first = np.cumsum(per_row) - per_row  # each row's first segment
+    shape = segment_plan(degree, design_width, chunk_bytes, stats_bytes, itemsize, w)
+    blocks, size, k, c = shape.blocks, shape.block_rows, shape.chunks, shape.chunk_segments
+    per_row = segments_per_row(degree, w)
+    block, position = row_blocks(per_row, blocks)
+    # The segments in their places: block by block, each block's rows by position.
+    placed = np.argsort(block * size + position, kind="stable")
+    seg_row = np.repeat(placed, per_row[placed])
+    first = np.cumsum(per_row[placed]) - per_row[placed]
     ends = np.cumsum(degree)  # one past each row's last entry in the sorted order
-    start = (ends - degree)[seg_row] + (np.arange(seg_row.size) - first[seg_row]) * w
-    end = ends[seg_row]
-    slot = start[:, None] + np.arange(w)[None, :]
-    valid = slot < end[:, None]
-    entries = np.where(valid, order[np.minimum(slot, max(nnz - 1, 0))], nnz)
-    seg_cols = np.where(valid, cols[np.minimum(entries, max(nnz - 1, 0))], num_cols)
-    pad = k * c - seg_row.size
-    seg_row = np.concatenate([seg_row, np.full(pad, num_rows, np.int64)])
-    entries = np.concatenate([entries, np.full((pad, w), nnz, np.int64)])
-    seg_cols = np.concatenate([seg_cols, np.full((pad, w), num_cols, np.int64)])
-    row_chunks = np.full(r * per_chunk, num_rows, np.int64)
-    row_chunks[:num_rows] = np.arange(num_rows)
+    start = (ends - degree)[seg_row] + (np.arange(seg_row.size) - np.repeat(first, per_row[placed])) * w
+    counts = np.bincount(block, per_row, minlength=blocks).astype(np.int64)
+    seg_block = np.repeat(np.arange(blocks), counts)
+    dest = seg_block * (k * c) + np.arange(seg_row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out_rows = np.full(blocks * k * c, size, np.int32)
+    out_entries = np.full((blocks * k * c, w), nnz, np.int32)
+    out_cols = np.full((blocks * k * c, w), num_cols, np.int32)
+    out_rows[dest] = position[seg_row]
+    step = max(1, BUILD_SLOTS // w)
+    for lo in range(0, seg_row.size, step):
+        piece = slice(lo, lo + step)
+        slot = start[piece, None] + np.arange(w)
+        valid = slot < ends[seg_row[piece], None]
+        entries = np.where(valid, order[np.minimum(slot, max(nnz - 1, 0))], nnz)
+        out_entries[dest[piece]] = entries
+        out_cols[dest[piece]] = np.where(valid, cols[np.minimum(entries, max(nnz - 1, 0))], num_cols)
+    members = np.zeros((blocks, size + 1), np.int32)
+    members[block, position] = np.arange(num_rows)
+    row_chunks = np.full(shape.row_chunks * shape.chunk_rows, size, np.int32)
+    row_chunks[:size] = np.arange(size)
     return SegmentLayout(
-        rows=jnp.asarray(seg_row.reshape(k, c), jnp.int32),
-        cols=jnp.asarray(seg_cols.reshape(k, c, w), jnp.int32),
-        entries=jnp.asarray(entries.reshape(k, c, w), jnp.int32),
-        row_chunks=jnp.asarray(row_chunks.reshape(r, per_chunk), jnp.int32),
+        rows=jnp.asarray(out_rows.reshape(blocks, k, c)),
+        cols=jnp.asarray(out_cols.reshape(blocks, k, c, w)),
+        entries=jnp.asarray(out_entries.reshape(blocks, k, c, w)),
+        row_chunks=jnp.asarray(row_chunks.reshape(shape.row_chunks, shape.chunk_rows)),
+        block_rows=jnp.asarray(members),
+        order=jnp.asarray(block * size + position, jnp.int32),
         num_rows=jnp.zeros((num_rows, 0), jnp.int32),
     )
 
@@ -499,7 +280,7 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     width : int, optional
         Width ``w`` of the design rows the layout will be used with (the
         rank, or rank + 1 with an offset column); lets ``"auto"`` weigh the
-        dense GEMM's cost (:data:`DENSE_MAX_WORK`) and the statistics'
+        dense GEMM's cost (:data:`bayesmf.layout_plan.DENSE_MAX_WORK`) and the statistics'
         memory, and bounds the chunks (without it, each bucket is one chunk;
         ``"segment"`` needs it).
     chunk_bytes : int, optional
@@ -533,7 +314,8 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     if kind == "segment":
         if width is None:
             raise ValueError("the 'segment' layout needs the design width (width=)")
-        return _segment_layout(rows, cols, num_rows, num_cols, int(width), int(chunk_bytes), int(itemsize), segment)
+        return _segment_layout(rows, cols, num_rows, num_cols, int(width), int(chunk_bytes), int(stats_bytes),
+                               int(itemsize), segment)
     return _bucket_layout(rows, cols, num_rows, num_cols, width, int(chunk_bytes), int(stats_bytes), int(itemsize))
 
 
@@ -572,7 +354,8 @@ def gram_and_rhs(layout, design: Array, response: Array) -> tuple[Array, Array]:
     design_pad = jnp.concatenate([design, jnp.zeros((1, d), design.dtype)])
     response_pad = jnp.concatenate([response, jnp.zeros((1,), response.dtype)])
     if isinstance(layout, SegmentLayout):
-        stats = _segment_stats(layout, design_pad, response_pad)[:-1]
+        size = layout.block_rows.shape[1] - 1
+        stats = _in_row_order(layout, _over_blocks(layout, lambda *b: _block_stats(design_pad, response_pad, size, *b)))
         return stats[:, :d, :d], stats[:, d, :d]
     # One batched matmul per bucket: with the response appended as an extra
     # column, [z y]^T [z y] holds the Gram (top-left block) and the rhs (last
@@ -594,23 +377,45 @@ def _bucket_stats(design_pad: Array, response_pad: Array, cols: Array, entries: 
     return jnp.matmul(jnp.swapaxes(zy, -1, -2), zy)
 
 
-def _segment_stats(layout: SegmentLayout, design_pad: Array, response_pad: Array) -> Array:
-    """Every row's ``[z y]^T [z y]`` (num_rows + 1, d + 1, d + 1) from a
-    :class:`SegmentLayout`: one loop over its chunks of segments, each
-    chunk's statistics added into their rows (the last row takes the
-    padding's zeros)."""
-    w = design_pad.shape[-1] + 1
+def _accumulate(acc: Array, rows: Array, cols: Array, entries: Array, part) -> Array:
+    """``acc`` plus each chunk's ``part(cols, entries)`` added at its ``rows``:
+    one loop over the chunks (``rows`` (k, c), ``cols`` and ``entries`` (k, c, width))."""
 
     def body(acc, chunk):
         rows, cols, entries = chunk
-        return acc.at[rows].add(_bucket_stats(design_pad, response_pad, cols, entries)), None
+        return acc.at[rows].add(part(cols, entries)), None
 
-    acc = jnp.zeros((layout.num_rows.shape[0] + 1, w, w), design_pad.dtype)
+    if rows.shape[0] == 1:
+        return body(acc, (rows[0], cols[0], entries[0]))[0]
+    return jax.lax.scan(body, acc, (rows, cols, entries))[0]
+
+
+def _block_stats(design_pad: Array, response_pad: Array, size: int, rows: Array, cols: Array,
+                 entries: Array) -> Array:
+    """One block's ``[z y]^T [z y]`` per position, shape (size + 1, d + 1, d + 1),
+    from its chunks of segments (:class:`SegmentLayout`'s fields of one
+    block); position ``size`` takes the padding's zeros."""
+    w = design_pad.shape[-1] + 1
+    return _accumulate(jnp.zeros((size + 1, w, w), design_pad.dtype), rows, cols, entries,
+                       lambda c, e: _bucket_stats(design_pad, response_pad, c, e))
+
+
+def _over_blocks(layout: SegmentLayout, fn, *per_block):
+    """``fn(rows, cols, entries, *x)`` for each block of ``layout`` (with
+    ``per_block`` arrays' slices), stacked on a leading axis: a loop over the
+    blocks, or one call for one block."""
+    args = (layout.rows, layout.cols, layout.entries) + per_block
     if layout.rows.shape[0] == 1:
-        acc, _ = body(acc, (layout.rows[0], layout.cols[0], layout.entries[0]))
-        return acc
-    acc, _ = jax.lax.scan(body, acc, (layout.rows, layout.cols, layout.entries))
-    return acc
+        return jax.tree.map(lambda a: a[None], fn(*(a[0] for a in args)))
+    return jax.lax.map(lambda a: fn(*a), args)
+
+
+def _in_row_order(layout: SegmentLayout, out):
+    """The blocks' outputs, each (blocks, >= R, ...) by position, in row order: shape (num_rows, ...)."""
+    n, size = layout.num_rows.shape[0], layout.block_rows.shape[1] - 1
+    if layout.rows.shape[0] == 1:  # one block holds the rows in order
+        return jax.tree.map(lambda a: a[0, :n], out)
+    return jax.tree.map(lambda a: a[:, :size].reshape((-1,) + a.shape[2:])[layout.order], out)
 
 
 def row_sums(layout: SegmentLayout, design: Array, weights: Array) -> Array:
@@ -634,14 +439,13 @@ def row_sums(layout: SegmentLayout, design: Array, weights: Array) -> Array:
     d = design.shape[-1]
     design_pad = jnp.concatenate([design, jnp.zeros((1, d), design.dtype)])
     weights_pad = jnp.concatenate([weights, jnp.zeros((1,), weights.dtype)])
+    acc = jnp.zeros((layout.block_rows.shape[1], d), design.dtype)
 
-    def body(acc, chunk):
-        rows, cols, entries = chunk
-        return acc.at[rows].add(jnp.einsum("cw,cwd->cd", weights_pad[entries], design_pad[cols])), None
+    def block(rows, cols, entries):
+        return _accumulate(acc, rows, cols, entries,
+                           lambda c, e: jnp.einsum("cw,cwd->cd", weights_pad[e], design_pad[c]))
 
-    acc = jnp.zeros((layout.num_rows.shape[0] + 1, d), design.dtype)
-    acc, _ = jax.lax.scan(body, acc, (layout.rows, layout.cols, layout.entries))
-    return acc[:-1]
+    return _in_row_order(layout, _over_blocks(layout, block))
 
 
 def residual_sums(x: Array, gram: Array, rhs: Array, yy: Array) -> Array:
@@ -734,13 +538,15 @@ def map_rows(layout, design: Array, response: Array, fn, row_inputs: tuple = (),
 
 
 def _segment_rows(layout: SegmentLayout, design_pad: Array, response_pad: Array, finish, row_inputs: tuple):
-    """:func:`map_rows` with a :class:`SegmentLayout`: every row's statistics
-    (one loop over the segments), then ``finish`` over even chunks of rows."""
-    stats = _segment_stats(layout, design_pad, response_pad)
-    n = layout.num_rows.shape[0]
-    rows = jnp.minimum(jnp.arange(n + 1, dtype=jnp.int32), n - 1)  # (the padding row's inputs: any row's)
-    out = _update_in_chunks(stats, rows, layout.row_chunks, finish, row_inputs)
-    return jax.tree.map(lambda a: a[:n], out)
+    """:func:`map_rows` with a :class:`SegmentLayout`: block by block, the
+    block's rows' statistics (one loop over its segments), then ``finish``
+    over even chunks of them."""
+
+    def block(rows, cols, entries, members):
+        stats = _block_stats(design_pad, response_pad, layout.block_rows.shape[1] - 1, rows, cols, entries)
+        return _update_in_chunks(stats, members, layout.row_chunks, finish, row_inputs)
+
+    return _in_row_order(layout, _over_blocks(layout, block, layout.block_rows))
 
 
 def _update_in_chunks(stats: Array, rows: Array, index: Array, finish, row_inputs: tuple):

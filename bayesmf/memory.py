@@ -4,7 +4,7 @@ The memory model counts the arrays a fit holds, in bytes (``f`` = bytes per
 float: 4 in float32, 8 in float64; ``D`` = rank; ``n``, ``m`` = users,
 movies; ``p`` = the layouts' padded entries per rating, between 1 and 2 for
 the bucketed layout, computed from the degrees by
-:func:`bayesmf.layout.padded_fraction`):
+:func:`bayesmf.layout_plan.padded_fraction`):
 
 ========================  =====================================================
 on the device             bytes
@@ -16,10 +16,10 @@ per-rating temporaries    ``3 f nnz`` (responses of a half-sweep)
 per-row state             ``4 f (n + m)(D + 1)`` per chain (state, variates,
                           new rows, one spare)
 row chunks                twice the largest group's working memory
-                          (:func:`bayesmf.layout.peak_working_bytes`: at
-                          most ``chunk_bytes``; with segments, every row's
-                          statistics and a chunk,
-                          :func:`bayesmf.layout.segment_working_bytes`)
+                          (:func:`bayesmf.layout_plan.peak_working_bytes`: at
+                          most ``chunk_bytes``; with segments, a block of
+                          rows' statistics (at most ``stats_bytes``) and a
+                          chunk, :func:`bayesmf.layout_plan.segment_working_bytes`)
 draws in flight           ``2 k f (n + m)(D + 1)`` per chain (two driver chunks of
                           ``k`` kept draws: one moves to the host while the
                           next runs)
@@ -123,7 +123,7 @@ def gibbs_plan(
         ``n m`` when the layout is dense (replaces the bucketed indices).
     working_bytes : int
         Working memory of the largest group of rows :func:`bayesmf.layout.map_rows`
-        takes at once (:func:`bayesmf.layout.peak_working_bytes`).
+        takes at once (:func:`bayesmf.layout_plan.peak_working_bytes`).
     num_tracked : int
         Tracked pairs (their moments, and per-draw means when kept).
     num_devices : int

@@ -17,6 +17,7 @@ import numpy as np
 
 from bayesmf import ordinal_model
 from bayesmf.layout import SegmentLayout, build_layout
+from bayesmf.layout_plan import segment_stats_bytes
 
 Array = jax.Array
 
@@ -236,7 +237,7 @@ def with_pair_layouts(data: ModelData, rank: int) -> ModelData:
     data : ModelData
     rank : int
         The factors' rank: sizes the blocks (:data:`PAIR_BLOCK_BYTES`) and
-        the chunks of segments (about :data:`bayesmf.layout.CHUNK_BYTES` of
+        the chunks of segments (about :data:`bayesmf.layout_plan.CHUNK_BYTES` of
         gathered factor rows each on the CPU).
 
     Returns
@@ -249,8 +250,11 @@ def with_pair_layouts(data: ModelData, rank: int) -> ModelData:
     def side(rows, cols, num_rows, num_cols):
         blocks = max(1, -(-num_cols * (int(rank) + 1) * itemsize // PAIR_BLOCK_BYTES))
         block_rows = (cols // -(-num_cols // blocks)) * num_rows + rows
+        # One block of rows: row_sums holds d floats per row, not the Gibbs
+        # layouts' (d + 1)^2 statistics that blocks bound.
         return build_layout(block_rows, cols, blocks * num_rows, num_cols, kind="segment", width=int(rank) + 1,
-                            itemsize=itemsize, segment=PAIR_SEGMENT_WIDTH)
+                            itemsize=itemsize, segment=PAIR_SEGMENT_WIDTH,
+                            stats_bytes=segment_stats_bytes(blocks * num_rows, int(rank) + 1, itemsize))
 
     return data._replace(pair_layouts=PairLayouts(
         users=side(users, items, data.num_users, data.num_items),

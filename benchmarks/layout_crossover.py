@@ -42,7 +42,7 @@ def run_size(factor: float, rank: int, sweeps: int, seed: int) -> dict:
     import jax
 
     from bayesmf.engines import gibbs
-    from bayesmf.layout import DENSE_MAX_CELLS
+    from bayesmf.layout_plan import DENSE_MAX_CELLS
     from bayesmf.model import ModelConfig, model_data_from_ratings
     from bayesmf.synthetic import movielens_like
 
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     import jax
 
     import bayesmf
-    from bayesmf.layout import DENSE_MAX_CELLS
+    from bayesmf.layout_plan import DENSE_MAX_CELLS
 
     result = dict(
         config=dict(factors=args.factors, rank=args.rank, sweeps=args.sweeps, seed=args.seed),

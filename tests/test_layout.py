@@ -8,18 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bayesmf.layout import (
-    DENSE_MAX_CELLS,
-    DENSE_MAX_WORK,
-    BucketLayout,
-    DenseLayout,
-    SegmentLayout,
-    bucket_plan,
-    build_layout,
-    gram_and_rhs,
-    map_rows,
-    peak_working_bytes,
-)
+from bayesmf.layout import BucketLayout, DenseLayout, SegmentLayout, build_layout, gram_and_rhs, map_rows, row_sums
+from bayesmf.layout_plan import DENSE_MAX_CELLS, DENSE_MAX_WORK, bucket_plan, peak_working_bytes
 
 
 def reference(rows, cols, num_rows, design, response):
@@ -62,15 +52,25 @@ def test_auto_weighs_size_and_width():
     n, m = 943, 1682
     assert n * m * 11**2 <= DENSE_MAX_WORK < n * m * 13**2
     assert isinstance(build_layout(rows, cols, n, m, "auto", width=11), DenseLayout)
-    # Beyond: segments while every row's (w + 1)^2 statistics fit, buckets (rows in chunks) when not.
+    # Beyond: segments, in one block while every row's (w + 1)^2 statistics fit, in blocks of rows when not.
     assert isinstance(build_layout(rows, cols, n, m, "auto", width=51), SegmentLayout)
     need = (n + 1) * 52**2 * 4
-    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need), SegmentLayout)
-    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need - 1), BucketLayout)
+    assert build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need).rows.shape[0] == 1
+    assert build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need - 1).rows.shape[0] == 2
     # Too many cells is never dense, whatever the width; without the width, bucketed.
     big = DENSE_MAX_CELLS // 1000 + 1
     assert isinstance(build_layout(rows, cols, 1000, big, "auto", width=1), SegmentLayout)
     assert isinstance(build_layout(rows, cols, 1000, big, "auto"), BucketLayout)
+
+
+def test_auto_takes_buckets_on_an_accelerator_when_the_statistics_do_not_fit(monkeypatch):
+    """Buckets swept faster than segments on an H100 at Netflix shape; blocks
+    of segments are the CPU's choice only (bayesmf.layout_plan.resolve_kind)."""
+    rows, cols, n, m = np.array([0, 1]), np.array([1, 0]), 943, 1682
+    need = (n + 1) * 52**2 * 4
+    monkeypatch.setattr("bayesmf.layout_plan.device_limit", lambda device=None: 80 * 2**30)
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need), SegmentLayout)
+    assert isinstance(build_layout(rows, cols, n, m, "auto", width=51, stats_bytes=need - 1), BucketLayout)
 
 
 def test_segment_layout_needs_the_width():
@@ -114,6 +114,8 @@ def test_map_rows_matches_the_whole_gram_in_every_chunking(num_rows, num_cols, f
                               stats_bytes=stats_bytes)
         if kind == "bucket" and stats_bytes == 0:
             assert layout.stage_index is None  # no room for every row's statistics: one stage
+        if kind == "segment":  # no room for any row's statistics: a block per row
+            assert layout.rows.shape[0] == (num_rows if stats_bytes == 0 else 1)
         if kind == "bucket" and chunk_bytes == 1:
             assert all(b.rows.shape[1] == 1 for group in layout.buckets for b in group)  # one row per chunk
         x, sse = map_rows(layout, design, response, fn, (z,), residuals=True)
@@ -131,7 +133,7 @@ def test_segments_split_long_rows_and_sum_back(monkeypatch, chunk_bytes):
     """Rows longer than a segment are cut into several (here of 3 ratings),
     in one or many chunks of segments and of rows; their statistics sum back
     to each row's Gram and rhs, and map_rows hands fn each row's own."""
-    monkeypatch.setattr("bayesmf.layout.SEGMENT_WIDTH", 3)
+    monkeypatch.setattr("bayesmf.layout_plan.SEGMENT_WIDTH", 3)
     rng = np.random.default_rng(2)
     num_rows, num_cols, d = 30, 12, 3
     cells = rng.permutation(num_rows * num_cols)[:200]
@@ -142,7 +144,7 @@ def test_segments_split_long_rows_and_sum_back(monkeypatch, chunk_bytes):
     assert layout.cols.shape[-1] == 3
     assert layout.rows.size >= int(np.sum(-(-np.bincount(rows, minlength=num_rows) // 3)))
     if chunk_bytes == 1:
-        assert layout.rows.shape[1] == 1 and layout.row_chunks.shape[1] == 1  # one segment, one row per chunk
+        assert layout.rows.shape[2] == 1 and layout.row_chunks.shape[1] == 1  # one segment, one row per chunk
     want_gram, want_rhs = reference(rows, cols, num_rows, design, response)
     gram, rhs = gram_and_rhs(layout, jnp.asarray(design, jnp.float32), jnp.asarray(response, jnp.float32))
     # float32 sums of at most 12 products of O(1) normals.
@@ -155,10 +157,53 @@ def test_segments_split_long_rows_and_sum_back(monkeypatch, chunk_bytes):
     np.testing.assert_allclose(x, want, atol=1e-3)
 
 
+@pytest.mark.parametrize("stats_rows", [1, 7, 40])
+def test_blocks_of_rows_hold_every_row_once_with_about_equal_segments(monkeypatch, stats_rows):
+    """With room for only ``stats_rows`` rows' statistics, the segment layout
+    takes the rows in blocks, one after another: every row in one block at
+    one position, blocks of ceil or floor n / B rows whose segment counts
+    differ by at most one row's (dealt in a snake by decreasing segments, here
+    with the ids in decreasing degree, where blocks of consecutive ids would
+    be lopsided), and map_rows, gram_and_rhs and row_sums give what one
+    block gives."""
+    monkeypatch.setattr("bayesmf.layout_plan.SEGMENT_WIDTH", 4)
+    rng = np.random.default_rng(3)
+    num_rows, num_cols, d = 60, 25, 3
+    degree = np.sort(np.minimum(rng.zipf(1.6, num_rows), num_cols))[::-1]
+    rows = np.repeat(np.arange(num_rows), degree)
+    cols = np.concatenate([rng.choice(num_cols, k, replace=False) for k in degree])
+    design = jnp.asarray(rng.normal(size=(num_cols, d)), jnp.float32)
+    response = jnp.asarray(rng.normal(size=rows.size), jnp.float32)
+    z = jnp.asarray(rng.normal(size=(num_rows, d)), jnp.float32)
+    one = build_layout(rows, cols, num_rows, num_cols, "segment", width=d, stats_bytes=10**9)
+    blocked = build_layout(rows, cols, num_rows, num_cols, "segment", width=d, chunk_bytes=2_000,
+                           stats_bytes=(stats_rows + 1) * (d + 1) ** 2 * 4)
+    blocks = -(-num_rows // stats_rows)
+    size = blocked.block_rows.shape[1] - 1
+    assert one.rows.shape[0] == 1 and blocked.rows.shape[0] == blocks and size == -(-num_rows // blocks)
+    members = np.asarray(blocked.block_rows)[:, :size].ravel()
+    assert np.array_equal(members[np.asarray(blocked.order)], np.arange(num_rows))
+    assert np.unique(np.asarray(blocked.order)).size == num_rows
+    segments = (np.asarray(blocked.rows) < size).sum(axis=(1, 2))  # real segments point inside the block
+    assert segments.sum() == np.sum(-(-degree // 4))
+    assert segments.max() - segments.min() <= -(-degree.max() // 4)
+
+    def fn(gram, rhs, z):
+        return jnp.linalg.solve(gram + jnp.eye(d), rhs[..., None])[..., 0] + z
+
+    # The same float32 sums in another order: round-off ~1e-6 on O(1)-O(10) values.
+    for got, want in ((gram_and_rhs(blocked, design, response), gram_and_rhs(one, design, response)),
+                      (map_rows(blocked, design, response, fn, (z,), residuals=True),
+                       map_rows(one, design, response, fn, (z,), residuals=True)),
+                      ((row_sums(blocked, design, response),), (row_sums(one, design, response),))):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_segment_width_weighs_padding_against_segments():
     """The width minimises segments x (width + overhead): short rows get short
     segments (little padding), rows of thousands of ratings long ones."""
-    from bayesmf.layout import SEGMENT_OVERHEAD, SEGMENT_WIDTHS, segment_width
+    from bayesmf.layout_plan import SEGMENT_OVERHEAD, SEGMENT_WIDTHS, segment_width
 
     short, long = np.full(1000, 20), np.full(100, 5000)
     assert segment_width(short) < segment_width(long)

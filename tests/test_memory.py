@@ -8,7 +8,7 @@ import pytest
 import bayesmf
 from bayesmf import memory
 from bayesmf.engines import gibbs
-from bayesmf.layout import default_stats_bytes, padded_fraction, peak_working_bytes
+from bayesmf.layout_plan import default_stats_bytes, padded_fraction, peak_working_bytes
 from bayesmf.model import ModelConfig, model_data_from_ratings
 from bayesmf.synthetic import movielens_like
 
@@ -66,7 +66,7 @@ def test_gibbs_plan_reflects_the_layout_and_dtype(ratings):
     bucket = gibbs.memory_plan(data, config, num_samples=10, layout="bucket", chunk_bytes=2**20)
     small = gibbs.memory_plan(data, config, num_samples=10, layout="bucket", chunk_bytes=2**12)
     assert dense.device["layouts"] == 2 * (4 * 60 * 40 + 8 * len(ratings))
-    # The working memory is what map_rows holds at once on either side (bayesmf.layout.peak_working_bytes,
+    # The working memory is what map_rows holds at once on either side (bayesmf.layout_plan.peak_working_bytes,
     # tested there), twice: 900 ratings need far less than a 1 MB chunk.
     assert 0 < bucket.device["row_chunks"] < 2 * 2**20
     want = max(peak_working_bytes(np.asarray(data.user_degree), 4, 2**12, 4, default_stats_bytes()),

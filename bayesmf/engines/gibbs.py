@@ -60,11 +60,10 @@ from bayesmf.link import (
 from bayesmf.engines import driver, sharding
 from bayesmf.engines.common import EngineResult
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
-from bayesmf.layout import (
-    build_layout,
+from bayesmf.layout import build_layout, map_rows
+from bayesmf.layout_plan import (
     default_chunk_bytes,
     default_stats_bytes,
-    map_rows,
     padded_fraction,
     peak_working_bytes,
     resolve_kind,
@@ -168,7 +167,7 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
         if kind == "bucket":
             working = max(working, peak_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
         elif kind == "segment":
-            working = max(working, segment_working_bytes(degree, width, chunk_bytes, itemsize))
+            working = max(working, segment_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
     return memory.gibbs_plan(
         data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
         keep_draws=keep_draws, itemsize=itemsize,
@@ -672,7 +671,7 @@ def sample(
     chunk_bytes : int, optional
         Working memory of one chunk of rows in the bucketed layout
         (:func:`bayesmf.layout.build_layout`; default
-        :func:`bayesmf.layout.default_chunk_bytes`: 4 MB on the CPU, 1/16 of
+        :func:`bayesmf.layout_plan.default_chunk_bytes`: 4 MB on the CPU, 1/16 of
         an accelerator's memory).
     check_memory : bool
         Stop with a ``MemoryError`` that says what the fit needs, what there

@@ -152,7 +152,7 @@ def pad_bucket_layout(layout: BucketLayout, multiple: int, num_cols: int, nnz: i
     BucketLayout (NumPy arrays)
     """
     order = np.asarray(layout.order)
-    flat = [bucket for group in layout.buckets for bucket in group]  # (groups: bayesmf.layout.bucket_plan)
+    flat = [bucket for group in layout.buckets for bucket in group]  # (groups: bayesmf.layout_plan.bucket_plan)
     sizes = [int(np.prod(np.shape(bucket.rows))) for bucket in flat]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     real = np.zeros(starts[-1], bool)
