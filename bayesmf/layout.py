@@ -25,7 +25,7 @@ naive per-rating outer-product sum materializes an ``nnz x d x d`` array
     ``nnz`` ratings: the peak working memory is about ``chunk_bytes``
     whatever the data size (plus every row's ``(d + 1)^2`` statistics when
     they fit in ``stats_bytes`` and the row update runs in two stages).
-    Each group of buckets compiles its own row update.
+    In one stage, each group of buckets compiles its own row update.
 ``"dense"`` (memory O(n m + nnz + m d^2))
     A 0/1 mask ``W`` (n, m): all Grams at once as one GEMM ``W @ (z ⊗ z)``
     over the ``d (d + 1) / 2`` distinct entries of each symmetric outer
@@ -206,9 +206,10 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
 
 
 # Segment slots (ratings, padding included) :func:`_segment_layout` fills
-# at once: bounds its NumPy temporaries (about 25 bytes a slot), where every
-# segment at once held 40 bytes per rating on top of the layout (ML-25M shape:
-# a host peak of 3.0 GB for a fit whose sweep needs 2.5).
+# at once: its NumPy temporaries (a few int64 and int32 arrays per slot,
+# under 200 MB for 2**22 slots) exist for one piece, not for every rating.
+# ML-25M shape, rank 32: the build's host peak 2.5 GB before blocks (every
+# segment at once), 1.96 GB in pieces, 6.3 instead of 11.5 s.
 BUILD_SLOTS = 2**22
 
 
