@@ -35,6 +35,7 @@ the user's factors, ``R_v^T P_u^{-1} R_v``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -48,6 +49,7 @@ from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_pairs, as_ratings
 from bayesmf.layout import build_layout, gram_and_rhs
+from bayesmf.memory import device_limit
 from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_design, user_row_prior
 from bayesmf.predictive import (
     Components,
@@ -119,25 +121,40 @@ class DrawMinor(NamedTuple):
     user_offsets: Array | None = None
 
 
-@jax.jit
-def _rows_draw_minor(x: Array) -> Array:
-    """(S, N, ...) -> (N * S, ...): row ``n * S + s`` is ``x[s, n]``."""
-    return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+# Bytes of a field's draw-major rows on the device at once while draw_minor transposes it on the
+# CPU (an accelerator: 1/16 of its memory), written in place: the field is never whole beside it.
+DRAW_MINOR_PIECE_BYTES = 64 * 2**20
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_draw_minor(out: Array, start: Array, x: Array) -> Array:
+    """``out`` (N * S, ...) with ``x`` (S, n, ...) written in place from row
+    ``start``: row ``start + j S + s`` is ``x[s, j]``."""
+    return jax.lax.dynamic_update_slice_in_dim(out, jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), start, 0)
+
+
+def _rows_draw_minor(x) -> Array:
+    """(S, N, ...) -> (N * S, ...) on the device: row ``n * S + s`` is ``x[s, n]``."""
+    num_draws, n = x.shape[:2]
+    limit = device_limit()
+    piece = DRAW_MINOR_PIECE_BYTES if limit is None else limit // 16
+    step = max(1, min(n, piece * max(n, 1) // max(x.nbytes, 1)))
+    out = jnp.zeros((n * num_draws,) + x.shape[2:], x.dtype)
+    for end in range(step, n + step, step):
+        start = min(end, n) - step  # (the last piece overlaps the one before: one shape, one compile)
+        out = _put_draw_minor(out, np.int32(start * num_draws), jnp.asarray(x[:, start : start + step]))
+    return out
 
 
 def draw_minor(user_factors, item_factors, item_offsets, noise_precision, user_offsets=None) -> DrawMinor:
     """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,) (and (S, N) or None),
-    transposed on the device.
-
-    One field at a time, so that only one field's draw-major copy is on the
-    device beside the result.
-    """
+    transposed on the device a piece of rows at a time (:data:`DRAW_MINOR_PIECE_BYTES`)."""
     return DrawMinor(
-        _rows_draw_minor(jnp.asarray(user_factors)),
-        _rows_draw_minor(jnp.asarray(item_factors)),
-        _rows_draw_minor(jnp.asarray(item_offsets)),
+        _rows_draw_minor(user_factors),
+        _rows_draw_minor(item_factors),
+        _rows_draw_minor(item_offsets),
         jnp.asarray(noise_precision).reshape(-1),
-        None if user_offsets is None else _rows_draw_minor(jnp.asarray(user_offsets)),
+        None if user_offsets is None else _rows_draw_minor(user_offsets),
     )
 
 

@@ -29,6 +29,7 @@ from a draw.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -421,6 +422,8 @@ def _score_chunk(tables, user_index, item_index, y, rng_key, part, *, moments_fn
     )
 
 
+# Chunks of stream_score_rows dispatched ahead of the one whose scores it copies to the host.
+CHUNKS_IN_FLIGHT = 4
 _score_chunk_jit = Programs(jax.jit(_score_chunk, static_argnames=("moments_fns", "levels", "num_shifts", "tol", "cuts")))
 
 
@@ -500,25 +503,33 @@ def stream_score_rows(
     on_device = jax.tree.map(jnp.asarray, params) if any(own is None for _, _, own in parts) else None
     tables = tuple(on_device if own is None else own for _, _, own in parts)
     moments_fns = tuple(moments_fn for _, moments_fn, _ in parts)
-    pending = []
+    out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
+    if cuts is not None:
+        out["star_mass"] = np.empty((n, len(cuts) + 1))
+
+    def collect(keep, part):
+        for name, values in part.items():
+            out[name][keep] = np.asarray(values)[: keep.size]
+
+    pending, count = collections.deque(), 0
     with jax.enable_x64(True):
         for j, (rows, *_) in enumerate(parts):
             for start in range(0, rows.size, c):
                 take = rows[np.minimum(np.arange(start, start + c), rows.size - 1)]  # pad with the last row
                 scores = _score_chunk_jit(
                     tables, jnp.asarray(user_index[take], jnp.int32), jnp.asarray(item_index[take], jnp.int32),
-                    jnp.asarray(y[take]), jax.random.fold_in(rng_key, len(pending)), np.int32(j),
+                    jnp.asarray(y[take]), jax.random.fold_in(rng_key, count), np.int32(j),
                     moments_fns=moments_fns, levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
                 )
-                # Collected after every chunk is dispatched: the device (or the CPU client's
-                # threads) runs chunks back to back while Python prepares the next.
+                count += 1
+                # Collected CHUNKS_IN_FLIGHT chunks later: the device (or the CPU client's threads)
+                # runs chunks back to back while Python prepares the next, and only those chunks'
+                # scores wait on the device (all of them did: 1M rows, ~200 MB).
                 pending.append((rows[start : start + c], scores))
-        out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
-        if cuts is not None:
-            out["star_mass"] = np.empty((n, len(cuts) + 1))
-        for keep, part in pending:
-            for name, values in part.items():
-                out[name][keep] = np.asarray(values)[: keep.size]
+                if len(pending) > CHUNKS_IN_FLIGHT:
+                    collect(*pending.popleft())
+        while pending:
+            collect(*pending.popleft())
     return streaming.add_star_rows(out, y, cuts, levels)
 
 

@@ -264,8 +264,40 @@ def test_evaluate_scale_benchmark_runs_tiny(tmp_path):
 
 
 def test_chunks_are_larger_on_an_accelerator():
-    """The CPU's chunks fit its caches; a GPU's are 8x larger, to spread the fixed costs of a chunk."""
+    """The CPU's chunks bound a chunk's temporaries; a GPU's are 32x larger, to spread the fixed costs of a chunk."""
     assert streaming.default_chunk_cells("cpu") == streaming.CHUNK_CELLS
-    assert streaming.default_chunk_cells("gpu") == streaming.ACCELERATOR_CHUNK_CELLS == 8 * streaming.CHUNK_CELLS
+    assert streaming.default_chunk_cells("gpu") == streaming.ACCELERATOR_CHUNK_CELLS == 32 * streaming.CHUNK_CELLS
     assert streaming.default_chunk_cells() == (streaming.CHUNK_CELLS if jax.default_backend() == "cpu"
                                                else streaming.ACCELERATOR_CHUNK_CELLS)
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 700, 10**9])
+def test_draw_minor_is_the_transpose_in_any_pieces(monkeypatch, piece_bytes):
+    """The draw-minor layout is written in place a piece of rows at a time (a
+    row per piece at 1 byte; pieces that do not divide the rows overlap the
+    one before): the same array as one transpose, exactly (copies, no arithmetic)."""
+    monkeypatch.setattr("bayesmf.posterior.DRAW_MINOR_PIECE_BYTES", piece_bytes)
+    rng = np.random.default_rng(4)
+    factors, offsets = rng.normal(size=(6, 11, 3)).astype(np.float32), rng.normal(size=(6, 11)).astype(np.float32)
+    dm = draw_minor(factors, factors[:, :5], offsets, np.ones(6, np.float32), offsets)
+    np.testing.assert_array_equal(dm.user_factors, np.swapaxes(factors, 0, 1).reshape(-1, 3))
+    np.testing.assert_array_equal(dm.item_factors, np.swapaxes(factors[:, :5], 0, 1).reshape(-1, 3))
+    np.testing.assert_array_equal(dm.item_offsets, np.swapaxes(offsets, 0, 1).reshape(-1))
+    np.testing.assert_array_equal(dm.user_offsets, dm.item_offsets)
+
+
+def test_star_scores_are_the_same_in_blocks_of_rows(monkeypatch):
+    """add_star_rows scores a block of rows at a time (here 3, which does not
+    divide 10): the scores of star_rows on all rows at once, exactly (row-wise)."""
+    from bayesmf.metrics import star_rows
+
+    rng = np.random.default_rng(5)
+    masses = rng.dirichlet(np.ones(5), size=10)
+    y = rng.integers(1, 6, 10).astype(np.float64)
+    cuts, levels = (1.5, 2.5, 3.5, 4.5), (0.5, 0.9)
+    want = star_rows(y, masses, cuts, levels)
+    monkeypatch.setattr(streaming, "STAR_ROWS_BLOCK", 3)
+    got = streaming.add_star_rows({"star_mass": masses}, y, cuts, levels)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

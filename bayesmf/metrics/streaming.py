@@ -64,17 +64,22 @@ from bayesmf.metrics.stars import level_tags, mixture_masses, star_cuts, star_ro
 
 Array = jax.Array
 
-# Cells (components x rows) of one chunk: 2**19 float64 cells are 4 MiB per
-# (S, c) temporary; the quantile loop holds 2 x len(levels) of them. Chosen,
-# not tuned (5,242 rows per chunk at 100 draws; benchmarks/evaluate_scale.py).
-CHUNK_CELLS = 2**19
-# On a GPU (or TPU) 8x that: there a chunk's arithmetic takes far less time than its fixed costs
+# Cells (components x rows) of one chunk on the CPU: 2**17 float64 cells are
+# 1 MiB per (S, c) temporary; a chunk's program holds about 34 MB of them
+# (XLA's temp_size_in_bytes at 20 draws, star masses included; 134 MB at
+# 2**19, the previous size). At ML-10M shape, 1M test ratings x 100 draws,
+# evaluate took 38.7-39.4 s warm with 2**17 cells, 44.9-48.6 with 2**18 and
+# 42.0-45.7 with 2**19 (two alternating rounds, benchmarks/evaluate_scale.py
+# --skip-old): no cost; at ML-1M shape, 20 draws, a fit's peak with evaluate
+# after it fell from 620 MB (above the fit's 577) to the fit's 577.
+CHUNK_CELLS = 2**17
+# On a GPU (or TPU) 2**22, 32x that: there a chunk's arithmetic takes far less time than its fixed costs
 # (the quantile loop's steps, each a few kernels and a predicate read by the host, and the
 # chunk's transfers). On an H100 at ML-10M shape (1M ratings x 100 draws, 191 chunks of
-# CHUNK_CELLS) the scoring took 3.0 s, 16 ms per chunk, where the CPU's 2 cores take 190 ms for
+# 2**19 cells) the scoring took 3.0 s, 16 ms per chunk, where the CPU's 2 cores take 190 ms for
 # work that card does ~1,000x faster. 2**22 float64 cells are 32 MiB per (S, c) temporary and
 # about 1 GiB for the quantile loop's (levels x S x c) ones. Not yet measured on a GPU
-# (benchmarks/gpu_check.py --plan fifth times both).
+# (benchmarks/gpu_check.py --plan fifth times it against 2**19).
 ACCELERATOR_CHUNK_CELLS = 2**22
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -281,10 +286,22 @@ def chunk_scores(
     return rows
 
 
+# Rows add_star_rows scores at once: star_rows' (n, K) float64 temporaries exist for a block
+# of rows (1M rows at K = 5: ~270 MB on top of evaluate's peak at once).
+STAR_ROWS_BLOCK = 2**16
+
+
 def add_star_rows(rows: dict, y: np.ndarray, cuts: tuple[float, ...] | None, levels: Sequence[float]) -> dict:
-    """Replace a streamed ``star_mass`` (n, K) by the star scores of :func:`bayesmf.metrics.star_rows` (in place)."""
-    if cuts is not None:
-        rows.update(star_rows(y, rows.pop("star_mass"), cuts, levels))
+    """Replace a streamed ``star_mass`` (n, K) by the star scores of :func:`bayesmf.metrics.star_rows` (in place),
+    a block of :data:`STAR_ROWS_BLOCK` rows at a time."""
+    if cuts is None:
+        return rows
+    masses, n, out = rows.pop("star_mass"), len(y), {}
+    for start in range(0, max(n, 1), STAR_ROWS_BLOCK):
+        block = slice(start, start + STAR_ROWS_BLOCK)
+        for name, values in star_rows(y[block], masses[block], cuts, levels).items():
+            out.setdefault(name, np.empty(n))[block] = values
+    rows.update(out)
     return rows
 
 
