@@ -121,24 +121,25 @@ class DrawMinor(NamedTuple):
     user_offsets: Array | None = None
 
 
-# Bytes of a field's draw-major rows on the device at once while draw_minor transposes it on the
-# CPU (an accelerator: 1/16 of its memory), written in place: the field is never whole beside it.
+# Draw-major bytes on the device at once in draw_minor on the CPU (an accelerator: 1/16 of its memory).
 DRAW_MINOR_PIECE_BYTES = 64 * 2**20
+_transposed = jax.jit(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]))  # (S, n, ...) -> (n S, ...)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _put_draw_minor(out: Array, start: Array, x: Array) -> Array:
-    """``out`` (N * S, ...) with ``x`` (S, n, ...) written in place from row
-    ``start``: row ``start + j S + s`` is ``x[s, j]``."""
-    return jax.lax.dynamic_update_slice_in_dim(out, jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), start, 0)
+    """``out`` (N * S, ...) with ``x`` (S, n, ...) draw-minor from row ``start`` on, in place."""
+    return jax.lax.dynamic_update_slice_in_dim(out, _transposed(x), start, 0)
 
 
 def _rows_draw_minor(x) -> Array:
-    """(S, N, ...) -> (N * S, ...) on the device: row ``n * S + s`` is ``x[s, n]``."""
+    """(S, N, ...) -> (N * S, ...) on the device (row ``n * S + s`` is ``x[s, n]``), in place piece by piece."""
     num_draws, n = x.shape[:2]
     limit = device_limit()
     piece = DRAW_MINOR_PIECE_BYTES if limit is None else limit // 16
     step = max(1, min(n, piece * max(n, 1) // max(x.nbytes, 1)))
+    if step == n:  # one piece: the transpose alone, one program
+        return _transposed(jnp.asarray(x))
     out = jnp.zeros((n * num_draws,) + x.shape[2:], x.dtype)
     for end in range(step, n + step, step):
         start = min(end, n) - step  # (the last piece overlaps the one before: one shape, one compile)
@@ -147,8 +148,7 @@ def _rows_draw_minor(x) -> Array:
 
 
 def draw_minor(user_factors, item_factors, item_offsets, noise_precision, user_offsets=None) -> DrawMinor:
-    """:class:`DrawMinor` from draw-major arrays (S, N, D), (S, M, D), (S, M), (S,) (and (S, N) or None),
-    transposed on the device a piece of rows at a time (:data:`DRAW_MINOR_PIECE_BYTES`)."""
+    """:class:`DrawMinor` from draw-major (S, N, D), (S, M, D), (S, M), (S,) (and (S, N) or None), in pieces."""
     return DrawMinor(
         _rows_draw_minor(user_factors),
         _rows_draw_minor(item_factors),
