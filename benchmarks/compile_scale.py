@@ -109,7 +109,7 @@ def main(argv=None) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--shape", shape, "--rank", rank,
                "--layouts", args.layouts] + (["--tiny"] if args.tiny else [])
         uptime = scale.uptime()
-        row = scale.run_json_child(cmd, args.timeout)
+        row = scale.run_json_child(cmd, args.timeout, case)
         row["uptime"] = uptime
         cases[f"{case}:{row.get('backend', 'unknown')}"] = row
         print(json.dumps(row), flush=True)

@@ -255,15 +255,15 @@ def child_main(args) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def run_json_child(cmd: list, timeout: float) -> dict:
-    """Run ``cmd`` (a benchmark's child process) under a watchdog of ``timeout``
-    seconds; its last stdout line as JSON with ``wall_seconds``, or
-    ``{"error": ...}`` (the watchdog, or the last lines of stderr)."""
+def run_json_child(cmd: list, timeout: float, label: str = "child") -> dict:
+    """Run ``cmd`` (a benchmark's child process, ``label`` in messages) under a
+    watchdog of ``timeout`` seconds; its last stdout line as JSON with
+    ``wall_seconds``, or ``{"error": ...}`` (the watchdog, or the last lines of stderr)."""
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return dict(error=f"watchdog: exceeded {timeout:.0f} s")
+        return dict(error=f"watchdog: {label} exceeded {timeout:.0f} s")
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:] if proc.stderr.strip() else [f"exit code {proc.returncode}"]
@@ -277,10 +277,7 @@ def run_child(step: str, args, path: str, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, "--shape", args.current_shape,
            "--rank", str(args.current_rank), "--sweeps", str(args.sweeps), "--warmup", str(args.warmup),
            "--seed", str(args.seed), "--path", path] + (["--tiny"] if args.tiny else [])
-    out = run_json_child(cmd, timeout)
-    if out.get("error", "").startswith("watchdog"):
-        out["error"] = f"watchdog: {step} exceeded {timeout:.0f} s"
-    return out
+    return run_json_child(cmd, timeout, step)
 
 
 def run_myfm(path: str, rank: int, n_iter: int, seed: int, timeout: float) -> dict:
