@@ -37,8 +37,8 @@ How each is cut, what it holds, and which one :func:`build_layout` with
 ``kind="auto"`` takes (:func:`bayesmf.layout_plan.resolve_kind`) live in
 :mod:`bayesmf.layout_plan`: ``"dense"`` for small problems (see
 ``benchmarks/layout_crossover.py`` for the measured crossover), otherwise
-``"segment"``, or ``"bucket"`` on an accelerator when every row's
-statistics do not fit.
+``"segment"`` (in blocks of rows when every row's statistics do not fit), on
+the CPU and on accelerators.
 """
 from __future__ import annotations
 
@@ -305,7 +305,7 @@ def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", w
     """
     if stats_bytes is None:
         stats_bytes = default_stats_bytes()
-    kind = resolve_kind(kind, num_rows, num_cols, width, stats_bytes, itemsize)
+    kind = resolve_kind(kind, num_rows, num_cols, width)
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     if kind == "dense":

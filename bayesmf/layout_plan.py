@@ -111,20 +111,20 @@ def padded_fraction(degree: np.ndarray, kind: str = "bucket") -> float:
     return float(bucket_widths(degree[degree > 0]).sum() / total)
 
 
-def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = None,
-                 stats_bytes: int | None = None, itemsize: int = 4) -> str:
+def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = None) -> str:
     """The layout ``build_layout(kind=...)`` builds: ``"auto"`` resolved by size and design width.
 
     ``"auto"`` is ``"dense"`` for small problems (:data:`DENSE_MAX_CELLS`,
-    :data:`DENSE_MAX_WORK`); otherwise ``"segment"`` when every row's
-    ``(w + 1)^2`` statistics fit in ``stats_bytes`` (default
-    :func:`default_stats_bytes`). When they do not: ``"segment"`` in blocks
-    of rows on the CPU (:func:`segment_plan`: one loop body whatever the
-    degrees, where the buckets' groups each compiled a row update: ML-25M
-    shape, rank 32, 5.5 s to compile a sweep), ``"bucket"`` on an
-    accelerator, where buckets swept faster at Netflix shape (0.098 against
-    0.120 s with every row's statistics in segments, on an H100) and blocks
-    are not measured yet. Without the width, ``"bucket"``.
+    :data:`DENSE_MAX_WORK`); otherwise ``"segment"``: every row's
+    ``(w + 1)^2`` statistics at once when they fit in ``stats_bytes``
+    (default :func:`default_stats_bytes`), else in blocks of rows
+    (:func:`segment_plan`). One loop body whatever the degrees, where the
+    buckets' groups each compile a row update: on the CPU, ML-25M shape,
+    rank 32, a sweep compiled in 2.6 s against 5.2; on an H200 at Netflix
+    shape, rank 32, in 2.0 s against 5.4 and swept in 0.104 s against 0.114;
+    at ML-10M shape, rank 512 (blocks), in 3.3 s against 12.2, sweeping in
+    1.29 s against 1.13 (``benchmarks/gpu_check.py``, fifth run). Without the
+    width, ``"bucket"``.
     """
     if kind not in LAYOUTS:
         raise ValueError(f"unknown layout {kind!r}; expected one of {LAYOUTS}")
@@ -133,12 +133,7 @@ def resolve_kind(kind: str, num_rows: int, num_cols: int, width: int | None = No
     cells = num_rows * num_cols
     if cells <= DENSE_MAX_CELLS and (width is None or cells * width**2 <= DENSE_MAX_WORK):
         return "dense"
-    if width is None:
-        return "bucket"
-    stats_bytes = default_stats_bytes() if stats_bytes is None else stats_bytes
-    if segment_stats_bytes(num_rows, width, itemsize) <= stats_bytes or device_limit() is None:
-        return "segment"
-    return "bucket"
+    return "bucket" if width is None else "segment"
 
 
 def segment_stats_bytes(num_rows: int, design_width: int, itemsize: int = 4) -> int:

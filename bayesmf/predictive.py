@@ -397,7 +397,7 @@ def score_rows(y: np.ndarray, comps: Components, levels, *, scale=None) -> dict:
     return rows
 
 
-def _score_chunk(tables, user_index, item_index, y, rng_key, part, *, moments_fns, levels, num_shifts, tol, cuts):
+def _score_chunk(tables, user_index, item_index, y, shifts, part, *, moments_fns, levels, tol, cuts):
     """Form a chunk's components on the device with ``moments_fns[part]`` (of ``tables[part]``) and score them.
 
     Uniform weights; scored in the dtype of ``y`` (float64, as the host
@@ -417,14 +417,12 @@ def _score_chunk(tables, user_index, item_index, y, rng_key, part, *, moments_fn
     branches = [functools.partial(moments, fn, table) for fn, table in zip(moments_fns, tables)]
     mean, var = branches[0]() if len(branches) == 1 else jax.lax.switch(part, branches)
     w = jnp.full(mean.shape[0], 1.0 / mean.shape[0], y.dtype)
-    return streaming.chunk_scores(
-        y, mean, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol, cuts=cuts
-    )
+    return streaming.chunk_scores(y, mean, var, w, levels=levels, shifts=shifts, tol=tol, cuts=cuts)
 
 
 # Chunks of stream_score_rows dispatched ahead of the one whose scores it copies to the host.
 CHUNKS_IN_FLIGHT = 4
-_score_chunk_jit = Programs(jax.jit(_score_chunk, static_argnames=("moments_fns", "levels", "num_shifts", "tol", "cuts")))
+_score_chunk_jit = Programs(jax.jit(_score_chunk, static_argnames=("moments_fns", "levels", "tol", "cuts")))
 
 
 def stream_score_rows(
@@ -457,8 +455,8 @@ def stream_score_rows(
     Parameters
     ----------
     rng_key : jax.Array
-        Key of the sampled CRPS pair term (used only when ``S^2 n > max_pairs``;
-        chunk ``j`` uses ``fold_in(rng_key, j)``).
+        Seeds the shifts of the sampled CRPS pair term (used only when
+        ``S^2 n > max_pairs``; :func:`bayesmf.metrics.streaming.chunk_shifts`).
     params : Params
         Draws with one leading axis ``S`` (device or host arrays); only
         copied to the device when a part uses them.
@@ -494,6 +492,7 @@ def stream_score_rows(
     n = y.shape[0]
     num_draws = params.noise_precision.shape[0]
     num_shifts = streaming.num_shifts_for(num_draws, n, max_pairs)
+    rng = streaming.shift_generator(rng_key)
     size = streaming.chunk_rows(num_draws, streaming.default_chunk_cells() if chunk_cells is None else chunk_cells)
     parts = [(np.asarray(rows), moments_fn, own[0] if own else None) for rows, moments_fn, *own in parts]
     parts = [part for part in parts if part[0].size]
@@ -511,17 +510,16 @@ def stream_score_rows(
         for name, values in part.items():
             out[name][keep] = np.asarray(values)[: keep.size]
 
-    pending, count = collections.deque(), 0
+    pending = collections.deque()
     with jax.enable_x64(True):
         for j, (rows, *_) in enumerate(parts):
             for start in range(0, rows.size, c):
                 take = rows[np.minimum(np.arange(start, start + c), rows.size - 1)]  # pad with the last row
                 scores = _score_chunk_jit(
                     tables, jnp.asarray(user_index[take], jnp.int32), jnp.asarray(item_index[take], jnp.int32),
-                    jnp.asarray(y[take]), jax.random.fold_in(rng_key, count), np.int32(j),
-                    moments_fns=moments_fns, levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
+                    jnp.asarray(y[take]), streaming.chunk_shifts(rng, num_shifts, num_draws, c), np.int32(j),
+                    moments_fns=moments_fns, levels=levels, tol=float(tol), cuts=cuts,
                 )
-                count += 1
                 # Collected CHUNKS_IN_FLIGHT chunks later: the device (or the CPU client's threads)
                 # runs chunks back to back while Python prepares the next, and only those chunks'
                 # scores wait on the device (all of them did: 1M rows, ~200 MB).

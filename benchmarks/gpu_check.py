@@ -150,12 +150,26 @@ FOURTH_PLAN_3 = [
 _ML10M_EVAL = ["scale", "--shape", "ml-10m", "--rank", "32", "--warmup", "20", "--sweeps", "100", "--evaluate",
                "--evaluate-twice"]
 FIFTH_PLAN = [
-    ("ml-10m-d32-evaluate-map", _ML10M_EVAL + ["--map"], 150),
-    ("netflix-d32-segment-blocks", _NETFLIX + ["--layout", "segment"], 90),
+    ("ml-10m-d32-evaluate-map", _ML10M_EVAL + ["--map"], 120),
+    ("netflix-d32-segment-blocks", _NETFLIX + ["--layout", "segment"], 80),
+    ("netflix-d32-bucket-peer", _NETFLIX + ["--layout", "bucket"], 70),
     ("ml-10m-d512-segment-blocks", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
                                     "--no-keep", "--layout", "segment"], 60),
-    ("ml-10m-d32-evaluate-cpu-chunks", _ML10M_EVAL + ["--evaluate-chunk-cells", str(2**19)], 90),
-    ("paths-map", ["paths", "--precision", "default", "--map"], 80),
+    ("ml-10m-d512-bucket-peer", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                                 "--no-keep", "--layout", "bucket"], 55),
+    ("paths-map", ["paths", "--precision", "default", "--map"], 60),
+    ("ml-10m-d32-evaluate-cpu-chunks", _ML10M_EVAL + ["--evaluate-chunk-cells", str(2**19)], 70),
+]
+# The sixth, after the fifth (H200): evaluate's scoring program without
+# jax.random, the star masses' cut points and ndtri in it (its CPU compile
+# 2.2-2.4 -> 1.0-1.3 s), the tuned MAP's fits apart, and "auto" taking
+# segments on accelerators too (in blocks at rank 512).
+SIXTH_PLAN = [
+    ("ml-10m-d32-evaluate-map-6", _ML10M_EVAL + ["--map"], 110),
+    ("netflix-d32-auto-6", _NETFLIX, 70),
+    ("ml-10m-d512-auto-6", ["engine", "--shape", "ml-10m", "--rank", "512", "--warmup", "0", "--sweeps", "2",
+                            "--no-keep"], 50),
+    ("paths-map-6", ["paths", "--precision", "default", "--map"], 50),
 ]
 
 
@@ -186,6 +200,14 @@ def _timed(fn, *args, **kwargs):
 def _summary(table) -> dict:
     row = table.loc[("all", "all")]
     return dict(rmse=float(row["rmse"]), coverage_90=float(row["coverage_90"]))
+
+
+def _map_parts(post) -> dict:
+    """Where a tuned MAP fit's time went: the tuning grid's fits and the refit on all ratings."""
+    fits = [{k: row.get(k) for k in ("user_ratio", "offset_ratio", "valid_rmse", "iterations", "seconds")}
+            for row in post.info.get("tuning") or ()]
+    return dict(map_tune_seconds=post.timing.get("tune_seconds"), map_refit_seconds=post.timing.get("refit_seconds"),
+                map_tuning_fits=len(fits), map_fits=fits)
 
 
 def child_paths(args) -> dict:
@@ -237,6 +259,7 @@ def child_paths(args) -> dict:
         if args.map:
             map_model = bayesmf.BayesMF(rank, "map", progress_bar=False)
             map_post, out["map_fit_seconds"] = _timed(map_model.fit, 0, train)
+            out.update(_map_parts(map_post))
             out["map_rmse"] = _summary(map_post.evaluate(test))["rmse"]
     out.update(_device())
     return out
@@ -278,8 +301,16 @@ def child_scale(args) -> dict:
         table, out["evaluate_seconds"] = _timed(post.evaluate, s.test)
         out.update(_summary(table), num_test=len(s.test))
         emit(out)
-        if args.evaluate_twice:  # compiled already: the scoring alone
-            _, out["evaluate_again_seconds"] = _timed(post.evaluate, s.test)
+        if args.evaluate_twice:  # compiled already: the scoring alone, and where its time goes
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            _, out["evaluate_again_seconds"] = _timed(profile.runcall, post.evaluate, s.test)
+            stats = pstats.Stats(profile).sort_stats("cumulative").stats
+            top = sorted(stats.items(), key=lambda kv: -kv[1][3])[:25]
+            out["evaluate_again_profile"] = [f"{fn[2]} ({Path(fn[0]).name}:{fn[1]}) {st[3]:.3f}s cum, {st[2]:.3f}s own"
+                                             for fn, st in top]
             emit(out)
     if args.save:
         with tempfile.TemporaryDirectory() as tmp:
@@ -293,6 +324,7 @@ def child_scale(args) -> dict:
         out["gibbs_250_seconds"] = out["compile_seconds"] + 250 * out["seconds_per_sweep"]
         map_post, out["map_fit_seconds"] = _timed(bayesmf.BayesMF(args.rank, "map", progress_bar=False).fit,
                                                   jax.random.PRNGKey(args.seed), s.train)
+        out.update(_map_parts(map_post))
         out["map_rmse"] = _summary(map_post.evaluate(s.test))["rmse"]
     out.update(_device())
     return out
@@ -383,6 +415,12 @@ def child_engine(args) -> dict:
     out["seconds_per_sweep"] = result.timing["seconds_per_sample"]
     out["train_rmse_last"] = float(np.asarray(result.stats["train_rmse"])[0, -1])
     out["layout"] = result.info["layout"]
+    try:  # segments hold every row's statistics at once up to this, in blocks of rows beyond (an older package: none)
+        from bayesmf.layout_plan import default_stats_bytes
+
+        out["stats_budget_mb"] = default_stats_bytes() / 2**20
+    except ImportError:
+        pass
     out.update(_device())
     return out
 
@@ -534,7 +572,8 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="segment,bucket", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3", "fifth"), default="first",
+    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3", "fifth", "sixth"),
+                        default="first",
                         help="the steps to run: the first run's plan, the fourth's (segments, H100), or the fifth")
     parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=32, help=argparse.SUPPRESS)
@@ -555,12 +594,13 @@ def main(argv=None) -> None:
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    plan = PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3 + FIFTH_PLAN
+    plan = (PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3 + FIFTH_PLAN
+            + SIXTH_PLAN)
     if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
         plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
                                                 "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
     steps = {"first": PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2, "fourth-3": FOURTH_PLAN_3,
-             "fifth": FIFTH_PLAN}[args.plan]
+             "fifth": FIFTH_PLAN, "sixth": SIXTH_PLAN}[args.plan]
     if args.only:  # (a name in two plans runs once)
         steps = list({p[0]: p for p in plan if p[0] in args.only.split(",")}.values())
     import scale  # the machine and version records of the scale benchmark

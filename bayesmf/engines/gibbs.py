@@ -161,7 +161,7 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
     working, kinds, padded = 0, set(), 0.0
     for degree, rows, cols, width in ((user_degree, data.num_users, data.num_items, config.rank),
                                       (item_degree, data.num_items, data.num_users, config.rank + 1)):
-        kind = resolve_kind(layout, rows, cols, width, stats_bytes, itemsize)
+        kind = resolve_kind(layout, rows, cols, width)
         kinds.add(kind)
         padded += padded_fraction(degree, kind) / 2  # (each side indexes every rating)
         if kind == "bucket":

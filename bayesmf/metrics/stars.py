@@ -136,10 +136,12 @@ def mixture_masses(mu, sd, weights, cuts: Sequence[float], *, xp=np):
         import jax.scipy.special
 
         erfc = jax.scipy.special.erfc
-    z = [(c - mu) / sd for c in cuts]  # per cut point, (S, n)
-    tail = [0.5 * erfc(xp.abs(zk) * _INV_SQRT_2) for zk in z]  # Phi(-|z|)
-    below = [xp.where(zk < 0, tk, 1.0 - tk) for zk, tk in zip(z, tail)]  # P(X <= c)
-    above = [xp.where(zk > 0, tk, 1.0 - tk) for zk, tk in zip(z, tail)]  # P(X > c)
+    # The tails of all cut points in one special-function evaluation, (K - 1, S, n): in a jitted
+    # program one per cut point, unrolled, took 0.5 s more to compile in evaluate's scoring (CPU).
+    z = (xp.asarray(cuts, dtype=mu.dtype)[:, None, None] - mu[None]) / sd[None]
+    tail = 0.5 * erfc(xp.abs(z) * _INV_SQRT_2)  # Phi(-|z|)
+    below = xp.where(z < 0, tail, 1.0 - tail)  # P(X <= c)
+    above = xp.where(z > 0, tail, 1.0 - tail)  # P(X > c)
     num_stars = len(cuts) + 1
     masses = []
     for k in range(num_stars):

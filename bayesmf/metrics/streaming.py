@@ -17,13 +17,14 @@ The scores are those of the reference, step for step:
   and the pairwise term ``P = sum_{s,t} w_s w_t A(mu_s - mu_t, sqrt(var_s + var_t))``.
   ``P`` is the sum over cyclic shifts ``k = 0..S-1`` of
   ``a_k = sum_j w_j w_{j+k} A_{j, j+k}`` (indices mod S). Exact
-  (``num_shifts=None``): ``a_0 + 2 sum_{0<k<S/2} a_k (+ a_{S/2})``, using
+  (``shifts=None``): ``a_0 + 2 sum_{0<k<S/2} a_k (+ a_{S/2})``, using
   ``a_k = a_{S-k}``, ``S^2 / 2`` evaluations per row. Sampled
-  (``num_shifts=K``): ``S a_k`` for ``K`` shifts ``k`` drawn uniformly and
-  independently per row with a JAX key, averaged, an unbiased estimate of
+  (``shifts`` of shape ``(K, c)``): ``S a_k`` for ``K`` shifts ``k`` drawn uniformly and
+  independently per row (on the host, by a NumPy generator seeded from a JAX
+  key, :func:`chunk_shifts`), averaged, an unbiased estimate of
   ``P`` with standard error per row about ``sd_pairs(A) / sqrt(K S)`` (the
-  reference's estimator, with a JAX key instead of NumPy's generator and no
-  random reordering of the components, which unbiasedness does not need);
+  reference's estimator, without its random reordering of the components,
+  which unbiasedness does not need);
 - central intervals from mixture quantiles by the reference's safeguarded
   Newton (:func:`bayesmf.metrics.quantile`): the same bracket,
   Newton/bisection rule and stopping rule per row, from a closer start
@@ -56,8 +57,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtri
 from numpy.typing import ArrayLike
+from scipy.special import ndtri
 
 from bayesmf.metrics.scores import BRACKET_SDS, MAX_PAIRS, QUANTILE_TOL
 from bayesmf.metrics.stars import level_tags, mixture_masses, star_cuts, star_rows
@@ -137,33 +138,54 @@ def _pair_term_exact(mu: Array, var: Array, w: Array) -> Array:
     return jax.lax.fori_loop(1, num_components // 2 + 1, shift, diag)
 
 
-def _pair_term_sampled(rng_key: Array, mu: Array, var: Array, w: Array, num_shifts: int) -> Array:
-    """Unbiased estimate of :func:`_pair_term_exact` from ``num_shifts`` uniform shifts per row."""
-    num_components, c = mu.shape
+def _pair_term_sampled(shifts: Array, mu: Array, var: Array, w: Array) -> Array:
+    """Unbiased estimate of :func:`_pair_term_exact` from the uniform shifts ``shifts`` (K, c) of each row."""
+    num_components = mu.shape[0]
     base = jnp.arange(num_components)[:, None]
 
-    def one(key, total):
-        k = jax.random.randint(key, (1, c), 0, num_components)
-        idx = (base + k) % num_components  # (S, c)
+    def one(j, total):
+        idx = (base + shifts[j][None, :]) % num_components  # (S, c)
         m_k = jnp.take_along_axis(mu, idx, axis=0)
         v_k = jnp.take_along_axis(var, idx, axis=0)
         a = _abs_mean(mu - m_k, jnp.sqrt(var + v_k))
         return total + num_components * jnp.sum(w[:, None] * w[idx] * a, axis=0)
 
-    keys = jax.random.split(rng_key, num_shifts)
-    total = jax.lax.fori_loop(0, num_shifts, lambda j, t: one(keys[j], t), jnp.zeros((c,), mu.dtype))
-    return total / num_shifts
+    total = jax.lax.fori_loop(0, shifts.shape[0], one, jnp.zeros(mu.shape[1:], mu.dtype))
+    return total / shifts.shape[0]
 
 
-def _quantiles(p: Array, mu: Array, sd: Array, w: Array, tol: float) -> Array:
-    """Mixture quantiles at probabilities ``p`` (q,) for every row: (q, c); see the module docstring."""
+def shift_generator(rng_key: Array) -> np.random.Generator:
+    """The NumPy generator of the sampled pair term's shifts, seeded by a JAX key (raw or typed)."""
+    if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        rng_key = jax.random.key_data(rng_key)
+    return np.random.default_rng(np.asarray(rng_key, np.uint32).ravel().tolist())
+
+
+def chunk_shifts(rng: np.random.Generator, num_shifts: int | None, num_components: int, rows: int):
+    """Uniform shifts ``(num_shifts, rows)`` int32 of :func:`chunk_scores`, or None (the exact pair term).
+
+    Drawn on the host: ``jax.random`` inside the scoring program added about
+    0.9 s to its compile on the CPU (2.6 s in all), for a few integers per row.
+    """
+    if num_shifts is None or num_components == 1:
+        return None
+    return rng.integers(0, num_components, (num_shifts, rows), dtype=np.int32)
+
+
+def _quantiles(p: ArrayLike, mu: Array, sd: Array, w: Array, tol: float) -> Array:
+    """Mixture quantiles at probabilities ``p`` (q,) for every row: (q, c); see the module docstring.
+
+    ``p`` is a host array (the levels are static): its Normal quantiles are
+    constants of the program, not ``ndtri`` in it (0.2 s of its compile on the CPU).
+    """
     # z by a product with 1 / sd and the cdf by erf (not ndtr, which evaluates both erf and erfc
     # and selects): 7x less time per cdf evaluation in float64 on the CPU, the same values to
     # round-off (1e-16 absolute; the quantiles here are not in the far tails).
     m, inv = mu[None], (1.0 / sd)[None]  # (1, S, c)
     wq = w[None, :, None]
     w_inv = wq * inv
-    pq = p[:, None]  # (q, 1)
+    p = np.asarray(p, np.float64)
+    pq = jnp.asarray(p[:, None], mu.dtype)  # (q, 1)
     lo0 = jnp.min(mu - BRACKET_SDS * sd, axis=0)
     hi0 = jnp.max(mu + BRACKET_SDS * sd, axis=0)
     # Start: the Cornish-Fisher expansion of the mixture's quantile in its skewness g1 and excess
@@ -179,7 +201,7 @@ def _quantiles(p: Array, mu: Array, sd: Array, w: Array, tol: float) -> Array:
     m3 = jnp.sum(wc * dev * (dev * dev + 3.0 * var), axis=0)
     m4 = jnp.sum(wc * (dev**4 + 6.0 * dev * dev * var + 3.0 * var * var), axis=0)
     g1, g2 = m3 / m2**1.5, m4 / (m2 * m2) - 3.0
-    z = ndtri(pq)
+    z = jnp.asarray(ndtri(p)[:, None], mu.dtype)
     cf = z + (z * z - 1.0) * g1 / 6.0 + (z**3 - 3.0 * z) * g2 / 24.0 - (2.0 * z**3 - 5.0 * z) * g1 * g1 / 36.0
     x0 = jnp.clip(mean + jnp.sqrt(m2) * cf, lo0, hi0)
     shape = x0.shape
@@ -219,8 +241,7 @@ def chunk_scores(
     w: Array,
     *,
     levels: Sequence[float],
-    num_shifts: int | None,
-    rng_key: Array | None = None,
+    shifts: Array | None = None,
     tol: float = QUANTILE_TOL,
     cuts: tuple[float, ...] | None = None,
 ) -> dict[str, Array]:
@@ -235,11 +256,9 @@ def chunk_scores(
         Component weights, summing to 1.
     levels : sequence of float (static)
         Central-interval probabilities.
-    num_shifts : int or None (static)
-        None for the exact CRPS pair term, else the number of sampled shifts
-        per row (:func:`num_shifts_for`).
-    rng_key : jax.Array, optional
-        Needed when ``num_shifts`` is set.
+    shifts : int array, shape (K, c), optional
+        Shifts drawn uniformly from ``0..S-1`` per row (:func:`chunk_shifts`)
+        for the sampled CRPS pair term; None for the exact one.
     tol : float (static)
         Absolute tolerance of the mixture quantiles.
     cuts : tuple of float (static), optional
@@ -265,18 +284,15 @@ def chunk_scores(
         logpdf = -0.5 * z * z - jnp.log(sd) - 0.5 * _LOG_2PI
         nll = -jax.scipy.special.logsumexp(logpdf, axis=0, b=wc)
         first = jnp.sum(wc * _abs_mean(y - mu, sd), axis=0)
-        if num_shifts is None:
-            pairs = _pair_term_exact(mu, var, w)
-        else:
-            pairs = _pair_term_sampled(rng_key, mu, var, w, num_shifts)
+        pairs = _pair_term_exact(mu, var, w) if shifts is None else _pair_term_sampled(shifts, mu, var, w)
         crps = first - 0.5 * pairs
     rows = dict(squared_error=error * error, absolute_error=jnp.abs(error), nll=nll, crps=crps)
-    p = jnp.asarray(levels, mu.dtype)
+    p = np.asarray(levels, np.float64)
     if num_components == 1:
-        zq = ndtri(0.5 + 0.5 * p)[:, None]
+        zq = jnp.asarray(ndtri(0.5 + 0.5 * p)[:, None], mu.dtype)
         lower, upper = mu[0] - zq * sd[0], mu[0] + zq * sd[0]
     else:
-        q = _quantiles(jnp.concatenate([0.5 - 0.5 * p, 0.5 + 0.5 * p]), mu, sd, w, tol)
+        q = _quantiles(np.concatenate([0.5 - 0.5 * p, 0.5 + 0.5 * p]), mu, sd, w, tol)
         lower, upper = q[: len(levels)], q[len(levels):]
     for j, tag in enumerate(level_tags(levels)):
         rows[f"covered_{tag}"] = ((lower[j] <= y) & (y <= upper[j])).astype(mu.dtype)
@@ -305,11 +321,11 @@ def add_star_rows(rows: dict, y: np.ndarray, cuts: tuple[float, ...] | None, lev
     return rows
 
 
-def _host_chunk(y, mu, var, w, rng_key, *, levels, num_shifts, tol, cuts):
-    return chunk_scores(y, mu, var, w, levels=levels, num_shifts=num_shifts, rng_key=rng_key, tol=tol, cuts=cuts)
+def _host_chunk(y, mu, var, w, shifts, *, levels, tol, cuts):
+    return chunk_scores(y, mu, var, w, levels=levels, shifts=shifts, tol=tol, cuts=cuts)
 
 
-_host_chunk_jit = jax.jit(_host_chunk, static_argnames=("levels", "num_shifts", "tol", "cuts"))
+_host_chunk_jit = jax.jit(_host_chunk, static_argnames=("levels", "tol", "cuts"))
 
 
 def default_chunk_cells(platform: str | None = None) -> int:
@@ -377,7 +393,7 @@ def score_rows(
     w = np.full(num_components, 1.0 / num_components) if weights is None else np.asarray(weights, np.float64)
     w = w / w.sum()
     num_shifts = num_shifts_for(num_components, n, max_pairs)
-    key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    rng = shift_generator(jax.random.PRNGKey(0) if rng_key is None else rng_key)
     size = min(n, chunk_rows(num_components, chunk_cells))
     cuts = star_cuts(scale)
     out = {name: np.empty(n) for name in row_keys(levels)}  # the reference's order (jit returns keys sorted)
@@ -389,7 +405,7 @@ def score_rows(
             take = np.minimum(np.arange(start, start + size), n - 1)  # pad the last chunk with its last row
             part = _host_chunk_jit(
                 jnp.asarray(y[take]), jnp.asarray(m[:, take]), jnp.asarray(s[:, take] ** 2), jnp.asarray(w),
-                jax.random.fold_in(key, start), levels=levels, num_shifts=num_shifts, tol=float(tol), cuts=cuts,
+                chunk_shifts(rng, num_shifts, num_components, size), levels=levels, tol=float(tol), cuts=cuts,
             )
             for name, values in part.items():
                 out[name][start:stop] = np.asarray(values)[: stop - start]
