@@ -243,18 +243,31 @@ def prediction_set(masses: ArrayLike, prob: float) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"masses must have shape (n, K), got {m.shape}")
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob must be in the open interval (0, 1), got {prob}")
+    return _set_at(*_best_runs(m), prob)
+
+
+def _best_runs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The heaviest run of each length 1..K (the first maximum: the lowest of equal masses) of every row:
+    its start and its mass, two arrays of shape (K, n) -- what every level's prediction set is chosen from."""
     n, num_stars = m.shape
     rows = np.arange(n)
-    start, size, mass = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
-    run = m.copy()  # run[:, a] = mass of the stars a..a+length-1
+    starts, masses = np.empty((num_stars, n), np.int64), np.empty((num_stars, n))
+    run = m  # run[:, a] = mass of the stars a..a+length-1
     for length in range(1, num_stars + 1):
         if length > 1:
             run = run[:, :-1] + m[:, length - 1 :]
-        best = np.argmax(run, axis=1)  # the first maximum: the lowest of equal masses
-        best_mass = run[rows, best]
-        new = (size == 0) & ((best_mass >= prob) | (length == num_stars))  # the whole scale always qualifies
-        start[new], size[new], mass[new] = best[new], length, best_mass[new]
-    return start, size, mass
+        starts[length - 1] = np.argmax(run, axis=1)
+        masses[length - 1] = run[rows, starts[length - 1]]
+    return starts, masses
+
+
+def _set_at(starts: np.ndarray, masses: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prediction_set` from :func:`_best_runs`: the shortest length whose heaviest run reaches ``prob``."""
+    qualifies = masses >= prob
+    qualifies[-1] = True  # the whole scale always qualifies
+    length = np.argmax(qualifies, axis=0)
+    rows = np.arange(starts.shape[1])
+    return starts[length, rows], length + 1, masses[length, rows]
 
 
 def level_tags(levels: Sequence[float]) -> list[str]:
@@ -310,8 +323,9 @@ def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Se
     below = np.cumsum(m, axis=1)[:, :-1]  # F_k, k = 0..K-2
     step = (np.arange(c.size)[None, :] >= k[:, None]).astype(np.float64)  # 1[y <= star k]
     out["rps"] = np.sum((below - step) ** 2, axis=1)
+    runs = _best_runs(m)  # shared by the levels
     for p, tag in zip(levels, level_tags(levels)):
-        start, size, mass = prediction_set(m, float(p))
+        start, size, mass = _set_at(*runs, float(p))
         out[f"set_covered_{tag}"] = ((start <= k) & (k < start + size)).astype(np.float64)
         out[f"set_mass_{tag}"] = mass
         out[f"set_size_{tag}"] = size.astype(np.float64)
