@@ -62,6 +62,7 @@ from bayesmf.layout_plan import (
     segments_per_row,
     stage_rows,
 )
+from bayesmf.memory import to_device
 
 Array = jax.Array
 
@@ -180,9 +181,9 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
             entries_p = np.concatenate([entries, np.full((pad, width), nnz, entries.dtype)])
             buckets.append(
                 Bucket(
-                    rows=jnp.asarray(members_p.reshape(k, c), jnp.int32),
-                    cols=jnp.asarray(cols_p.reshape(k, c, width), jnp.int32),
-                    entries=jnp.asarray(entries_p.reshape(k, c, width), jnp.int32),
+                    rows=to_device(members_p.reshape(k, c), jnp.int32),
+                    cols=to_device(cols_p.reshape(k, c, width), jnp.int32),
+                    entries=to_device(entries_p.reshape(k, c, width), jnp.int32),
                 )
             )
             position[members] = offset + np.arange(members.size)
@@ -190,7 +191,7 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
         groups.append(tuple(buckets))
     per_chunk = stage_rows(plan, design_width, chunk_bytes, stats_bytes, itemsize)
     if per_chunk is None:
-        return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32))
+        return BucketLayout(buckets=tuple(groups), order=to_device(position, jnp.int32))
     # Second stage: the rows in the first stage's order, in even chunks
     # (padding points one past the statistics, at a zero row).
     real = np.sort(position)
@@ -200,9 +201,9 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
     index[: real.size] = real
     stage_order = np.empty(num_rows, np.int64)
     stage_order[np.argsort(position, kind="stable")] = np.arange(num_rows)
-    return BucketLayout(buckets=tuple(groups), order=jnp.asarray(position, jnp.int32),
-                        stage_index=jnp.asarray(index.reshape(chunks, per_chunk), jnp.int32),
-                        stage_order=jnp.asarray(stage_order, jnp.int32))
+    return BucketLayout(buckets=tuple(groups), order=to_device(position, jnp.int32),
+                        stage_index=to_device(index.reshape(chunks, per_chunk), jnp.int32),
+                        stage_order=to_device(stage_order, jnp.int32))
 
 
 # Segment slots (ratings, padding included) :func:`_segment_layout` fills
@@ -249,13 +250,13 @@ def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols:
     row_chunks = np.full(shape.row_chunks * shape.chunk_rows, size, np.int32)
     row_chunks[:size] = np.arange(size)
     return SegmentLayout(
-        rows=jnp.asarray(out_rows.reshape(blocks, k, c)),
-        cols=jnp.asarray(out_cols.reshape(blocks, k, c, w)),
-        entries=jnp.asarray(out_entries.reshape(blocks, k, c, w)),
-        row_chunks=jnp.asarray(row_chunks.reshape(shape.row_chunks, shape.chunk_rows)),
-        block_rows=jnp.asarray(members),
-        order=jnp.asarray(block * size + position, jnp.int32),
-        num_rows=jnp.zeros((num_rows, 0), jnp.int32),
+        rows=to_device(out_rows.reshape(blocks, k, c)),
+        cols=to_device(out_cols.reshape(blocks, k, c, w)),
+        entries=to_device(out_entries.reshape(blocks, k, c, w)),
+        row_chunks=to_device(row_chunks.reshape(shape.row_chunks, shape.chunk_rows)),
+        block_rows=to_device(members),
+        order=to_device(block * size + position, jnp.int32),
+        num_rows=to_device(np.zeros((num_rows, 0), np.int32)),
     )
 
 
@@ -264,7 +265,7 @@ def _dense_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: i
     # as in the rhs and y'y (as it does in the bucketed layout).
     mask = np.zeros((num_rows, num_cols), np.float32)
     np.add.at(mask, (rows, cols), 1.0)
-    return DenseLayout(mask=jnp.asarray(mask), rows=jnp.asarray(rows, jnp.int32), cols=jnp.asarray(cols, jnp.int32))
+    return DenseLayout(mask=to_device(mask), rows=to_device(rows, jnp.int32), cols=to_device(cols, jnp.int32))
 
 
 def build_layout(rows, cols, num_rows: int, num_cols: int, kind: str = "auto", width: int | None = None,

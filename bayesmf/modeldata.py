@@ -18,6 +18,7 @@ import numpy as np
 from bayesmf import ordinal_model
 from bayesmf.layout import SegmentLayout, build_layout
 from bayesmf.layout_plan import segment_stats_bytes
+from bayesmf.memory import to_device
 
 Array = jax.Array
 
@@ -160,14 +161,14 @@ def make_model_data(user_index, item_index, rating, num_users: int, num_items: i
     seen_means = means[item_degree > 0]
     spread = seen_means.var() if seen_means.size > 1 else 1.0
     return ModelData(
-        user_index=jnp.asarray(user_index),
-        item_index=jnp.asarray(item_index),
-        rating=jnp.asarray(rating, dtype=dtype),
-        user_degree=jnp.asarray(user_degree, dtype=jnp.int32),
-        item_degree=jnp.asarray(item_degree, dtype=jnp.int32),
-        global_mean=jnp.asarray(global_mean, dtype=dtype),
-        empirical_offsets=jnp.asarray(means, dtype=dtype),
-        empirical_offset_precision=jnp.asarray(1.0 / max(spread, 1e-6), dtype=dtype),
+        user_index=to_device(user_index),
+        item_index=to_device(item_index),
+        rating=to_device(rating, dtype=dtype),
+        user_degree=to_device(user_degree, dtype=jnp.int32),
+        item_degree=to_device(item_degree, dtype=jnp.int32),
+        global_mean=to_device(global_mean, dtype=dtype),
+        empirical_offsets=to_device(means, dtype=dtype),
+        empirical_offset_precision=to_device(1.0 / max(spread, 1e-6), dtype=dtype),
     )
 
 
@@ -221,7 +222,7 @@ def with_features(data: ModelData, config, user_side=None, item_side=None) -> Mo
         if spec.implicit:  # kept sparse: N - 1 c^T (FeatureRows)
             out[f"{side}_features"] = implicit_rows(index, other, num_rows, num_other, side_part, dtype)
         else:
-            out[f"{side}_features"] = jnp.asarray(side_part, dtype)
+            out[f"{side}_features"] = to_device(side_part, dtype)
     return data._replace(**out)
 
 
@@ -259,7 +260,7 @@ def with_pair_layouts(data: ModelData, rank: int) -> ModelData:
     return data._replace(pair_layouts=PairLayouts(
         users=side(users, items, data.num_users, data.num_items),
         items=side(items, users, data.num_items, data.num_users),
-        nnz=jnp.zeros((data.nnz, 0), jnp.int32),
+        nnz=to_device(np.zeros((data.nnz, 0), np.int32)),
     ))
 
 
@@ -287,4 +288,4 @@ def star_model_data(ratings, dtype=jnp.float32) -> ModelData:
     star = ordinal_model.stars_of(ratings.rating, ratings.scale)
     data = make_model_data(ratings.user_index, ratings.item_index, star - 0.5, ratings.num_users, ratings.num_items,
                            dtype=dtype)
-    return data._replace(star=jnp.asarray(star))
+    return data._replace(star=to_device(star))

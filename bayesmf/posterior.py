@@ -49,7 +49,7 @@ from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_pairs, as_ratings
 from bayesmf.layout import build_layout, gram_and_rhs
-from bayesmf.memory import device_limit
+from bayesmf.memory import device_limit, to_device
 from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_design, user_row_prior
 from bayesmf.predictive import (
     Components,
@@ -139,11 +139,11 @@ def _rows_draw_minor(x) -> Array:
     piece = DRAW_MINOR_PIECE_BYTES if limit is None else limit // 16
     step = max(1, min(n, piece * max(n, 1) // max(x.nbytes, 1)))
     if step == n:  # one piece: the transpose alone, one program
-        return _transposed(jnp.asarray(x))
+        return _transposed(to_device(x))
     out = jnp.zeros((n * num_draws,) + x.shape[2:], x.dtype)
     for end in range(step, n + step, step):
         start = min(end, n) - step  # (the last piece overlaps the one before: one shape, one compile)
-        out = _put_draw_minor(out, np.int32(start * num_draws), jnp.asarray(x[:, start : start + step]))
+        out = _put_draw_minor(out, np.int32(start * num_draws), to_device(x[:, start : start + step]))
     return out
 
 
@@ -153,7 +153,7 @@ def draw_minor(user_factors, item_factors, item_offsets, noise_precision, user_o
         _rows_draw_minor(user_factors),
         _rows_draw_minor(item_factors),
         _rows_draw_minor(item_offsets),
-        jnp.asarray(noise_precision).reshape(-1),
+        to_device(noise_precision).reshape(-1),
         None if user_offsets is None else _rows_draw_minor(user_offsets),
     )
 
@@ -365,12 +365,12 @@ class Posterior:
         var = np.empty((total, n), np.float64)
         block = max(1, DRAW_BLOCK_CELLS // max(n, 1))
         for start in range(0, total, block):
-            draws = jax.tree.map(lambda x: jnp.asarray(x[start : start + block]), flat)
+            draws = jax.tree.map(lambda x: to_device(x[start : start + block]), flat)
             for rows, fn in parts:
                 if rows.size:
-                    x = [None if a is None else jnp.asarray(a[rows]) for a in (user_x, item_x)]
-                    args = (draws, jnp.asarray(user_index[rows]), jnp.asarray(item_index[rows]))
-                    spread = [None if a is None else jnp.asarray(a[start : start + block]) for a in spreads]
+                    x = [None if a is None else to_device(a[rows]) for a in (user_x, item_x)]
+                    args = (draws, to_device(user_index[rows]), to_device(item_index[rows]))
+                    spread = [None if a is None else to_device(a[start : start + block]) for a in spreads]
                     m, v = fn(*args) if fn is _batched_known else fn(*args, *x, *spread)
                     mean[start : start + block, rows] = np.asarray(m)
                     var[start : start + block, rows] = np.asarray(v)
@@ -671,7 +671,7 @@ class Posterior:
         if cold.any():
             rows = np.flatnonzero(cold)
             params, user_index[rows], item_index[rows] = cold_draws(flat, user_index[rows], item_index[rows])
-            parts.append((rows, _draws_cold, jax.tree.map(jnp.asarray, params)))
+            parts.append((rows, _draws_cold, jax.tree.map(to_device, params)))
         if self.config.ordinal:  # the star distribution's scores (bayesmf.ordinal_predictive)
             rows = self._ordinal_rows(pairs, test, levels)
         else:

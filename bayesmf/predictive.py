@@ -41,7 +41,7 @@ import pandas as pd
 
 from bayesmf import metrics
 from bayesmf.metrics import streaming
-from bayesmf.memory import Programs
+from bayesmf.memory import Programs, to_device
 from bayesmf.model import Params, pair_mean
 
 Array = jax.Array
@@ -499,7 +499,7 @@ def stream_score_rows(
     # One chunk shape for every part, so that one program serves them all: a short evaluate
     # pads to a power of two (few shapes), a short part to the others' chunk.
     c = min(size, 1 << (max((rows.size for rows, _, _ in parts), default=1) - 1).bit_length())
-    on_device = jax.tree.map(jnp.asarray, params) if any(own is None for _, _, own in parts) else None
+    on_device = jax.tree.map(to_device, params) if any(own is None for _, _, own in parts) else None
     tables = tuple(on_device if own is None else own for _, _, own in parts)
     moments_fns = tuple(moments_fn for _, moments_fn, _ in parts)
     out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
@@ -516,8 +516,8 @@ def stream_score_rows(
             for start in range(0, rows.size, c):
                 take = rows[np.minimum(np.arange(start, start + c), rows.size - 1)]  # pad with the last row
                 scores = _score_chunk_jit(
-                    tables, jnp.asarray(user_index[take], jnp.int32), jnp.asarray(item_index[take], jnp.int32),
-                    jnp.asarray(y[take]), streaming.chunk_shifts(rng, num_shifts, num_draws, c), np.int32(j),
+                    tables, to_device(user_index[take], jnp.int32), to_device(item_index[take], jnp.int32),
+                    to_device(y[take]), streaming.chunk_shifts(rng, num_shifts, num_draws, c), np.int32(j),
                     moments_fns=moments_fns, levels=levels, tol=float(tol), cuts=cuts,
                 )
                 # Collected CHUNKS_IN_FLIGHT chunks later: the device (or the CPU client's threads)

@@ -142,8 +142,12 @@ def _count(fraction: float, n: int) -> int:
 
 
 def _random_rank(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each row's position, in a random order, among the rows of its group: int64 array, shape (n,)."""
-    order = np.lexsort((rng.random(groups.size), groups))
+    """Each row's position, in a random order, among the rows of its group: int64 array, shape (n,).
+
+    A random permutation, then a stable sort by group (2.4x faster than a lexsort on random keys at 9M rows).
+    """
+    perm = rng.permutation(groups.size)
+    order = perm[np.argsort(groups[perm], kind="stable")]
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     lengths = np.diff(np.r_[starts, groups.size])
@@ -151,6 +155,20 @@ def _random_rank(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rank = np.empty(groups.size, np.int64)
     rank[order] = rank_sorted
     return rank
+
+
+def _random_member(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One row of each group, drawn uniformly: bool mask, shape (n,).
+
+    The first row of each group in a random order, found without sorting
+    (:func:`_random_rank` ``== 0`` sorts: 10 s of a validation split at ML-10M shape against 1).
+    """
+    perm = rng.permutation(groups.size)
+    first = np.full(int(groups.max()) + 1, groups.size)
+    np.minimum.at(first, groups[perm], np.arange(groups.size))
+    mask = np.zeros(groups.size, bool)
+    mask[perm[first[first < groups.size]]] = True
+    return mask
 
 
 # --- splits -------------------------------------------------------------------------------------------
@@ -420,9 +438,7 @@ def validation_split(train: Ratings, fraction: float, seed) -> Split:
     train = _check_ratings(train)
     fraction = _check_fraction(fraction, "fraction")
     rng = np.random.default_rng(seed)
-    protected = np.zeros(train.nnz, bool)
-    protected[_random_rank(train.user_index, rng) == 0] = True
-    protected[_random_rank(train.item_index, rng) == 0] = True
+    protected = _random_member(train.user_index, rng) | _random_member(train.item_index, rng)
     candidates = np.flatnonzero(~protected)
     if candidates.size == 0:
         raise ValueError(

@@ -48,6 +48,7 @@ from bayesmf import ordinal
 from bayesmf.engines import map as map_engine
 from bayesmf.engines.common import EngineResult
 from bayesmf.featurerows import FeatureRows, with_empty_entries
+from bayesmf.memory import to_device
 from bayesmf.model import (
     FixedPriors,
     ModelConfig,
@@ -149,7 +150,7 @@ def _padded(data: ModelData, pairs, ratings, star_values=None) -> tuple[ModelDat
     dtype = data.rating.dtype
 
     def appended(field, values):  # on the host: eager concatenations compiled one program each
-        return jnp.asarray(np.concatenate([np.asarray(field), np.asarray(values, field.dtype)]))
+        return to_device(np.concatenate([np.asarray(field), np.asarray(values, field.dtype)]))
 
     padded = data._replace(
         user_index=appended(data.user_index, pairs[0]),
@@ -166,7 +167,7 @@ def _padded(data: ModelData, pairs, ratings, star_values=None) -> tuple[ModelDat
         rows = getattr(padded, side)
         if isinstance(rows, FeatureRows):
             padded = padded._replace(**{side: with_empty_entries(rows, len(ratings))})
-    weights = jnp.asarray(np.concatenate([np.ones(data.nnz, dtype), np.zeros(len(ratings), dtype)]))
+    weights = to_device(np.concatenate([np.ones(data.nnz, dtype), np.zeros(len(ratings), dtype)]))
     return padded, weights
 
 
@@ -185,8 +186,8 @@ class _Tuner:
     def __init__(self, init, data, config, solver, pairs, ratings, progress_bar, star_values=None):
         self.data, self.config, self.solver = data, config, solver
         self.star_values = star_values
-        self.pairs = (jnp.asarray(pairs[0], jnp.int32), jnp.asarray(pairs[1], jnp.int32))
-        self.ratings = jnp.asarray(ratings, data.rating.dtype)
+        self.pairs = (to_device(pairs[0], jnp.int32), to_device(pairs[1], jnp.int32))
+        self.ratings = to_device(ratings, data.rating.dtype)
         self.init = init
         self.fits: dict = {}
         self.rows: list = []
@@ -428,7 +429,7 @@ def _transfer(latent: dict, source_vocabs, target_vocabs, base: dict) -> dict:
         if name in base:
             values = np.array(base[name])
             values[rows[side]] = np.asarray(latent[name])
-            out[name] = jnp.asarray(values)
+            out[name] = to_device(values)
     for name in ("user_mean", "item_mean"):
         if name in base:
             out[name] = latent[name]

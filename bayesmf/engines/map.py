@@ -92,6 +92,7 @@ from bayesmf.engines.map_objective import (
     unit_config,
 )
 from bayesmf.layout import build_layout, gram_and_rhs
+from bayesmf.memory import to_device
 from bayesmf.model import (
     SEGMENT_GRAD_MIN_RANK,
     FixedPriors,
@@ -594,7 +595,7 @@ def make_solver(
     if weights is not None:
         if solver == "als":
             raise ValueError("weights need solver='lbfgs' or 'adam' (ALS's block solves take no rating weights)")
-        weights = jnp.asarray(weights, data.rating.dtype)
+        weights = to_device(weights, data.rating.dtype)
         if weights.shape != (data.nnz,):
             raise ValueError(f"weights must have shape ({data.nnz},), got {tuple(weights.shape)}")
     optimizer = _default_optimizer(solver, optimizer)
