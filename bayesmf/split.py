@@ -160,15 +160,15 @@ def _random_rank(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _random_member(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One row of each group, drawn uniformly: bool mask, shape (n,).
 
-    The first row of each group in a random order, found without sorting
-    (:func:`_random_rank` ``== 0`` sorts: 10 s of a validation split at ML-10M shape against 1).
+    The row of the lowest uniform key in each group, found without sorting
+    (:func:`_random_rank` ``== 0`` sorts: 10 s of a validation split at
+    ML-10M shape; this, 0.4 s a side). Two equal keys in a group (odds
+    about ``n_g^2 / 2^54``) would both be taken.
     """
-    perm = rng.permutation(groups.size)
-    first = np.full(int(groups.max()) + 1, groups.size)
-    np.minimum.at(first, groups[perm], np.arange(groups.size))
-    mask = np.zeros(groups.size, bool)
-    mask[perm[first[first < groups.size]]] = True
-    return mask
+    key = rng.random(groups.size)
+    lowest = np.full(int(groups.max()) + 1, np.inf)
+    np.minimum.at(lowest, groups, key)
+    return key == lowest[groups]
 
 
 # --- splits -------------------------------------------------------------------------------------------
