@@ -208,3 +208,18 @@ def test_chain_memory_benchmark_runs_tiny(tmp_path):
     assert (vectorized["method"], sequential["method"]) == ("vectorized", "sequential")
     assert vectorized["draws_mb"] == sequential["draws_mb"] > 0
     assert sequential["checksum"] == pytest.approx(vectorized["checksum"], rel=1e-4)
+
+
+def test_to_device_gives_what_jnp_asarray_gives():
+    """memory.to_device: the device array jnp.asarray would give (canonical dtype), by device_put."""
+    import jax
+    import jax.numpy as jnp
+
+    for x, dtype in ((np.arange(6, dtype=np.int64).reshape(2, 3), None), (np.linspace(0, 1, 5), None),
+                     (np.arange(4), jnp.float32), ([1.5, 2.5], jnp.int32)):
+        got, want = memory.to_device(x, dtype), jnp.asarray(x, dtype)
+        assert isinstance(got, jax.Array) and got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    already = jnp.ones(3)
+    assert memory.to_device(already) is already
+    assert memory.to_device(already, jnp.int32).dtype == jnp.int32

@@ -118,6 +118,21 @@ def test_sampled_pair_term_is_unbiased():
     assert abs(gap.mean()) <= MC_SIGMAS * gap.std() / np.sqrt(gap.size)
 
 
+def test_sampled_shifts_follow_the_key():
+    """The shifts are drawn on the host from the key: the same key gives the same scores, another key others;
+    each shift lies in 0..S-1, and a typed key seeds as its raw data does."""
+    y, mu, sd = mixture(6, 30, 500, spread=0.5)
+    crps = [streaming.score_rows(key, y, mu, sd, levels=(0.9,), max_pairs=10**4)["crps"]
+            for key in (jax.random.PRNGKey(3), jax.random.PRNGKey(3), jax.random.PRNGKey(4))]
+    np.testing.assert_array_equal(crps[0], crps[1])
+    assert np.any(crps[0] != crps[2])
+    shifts = streaming.chunk_shifts(streaming.shift_generator(jax.random.PRNGKey(3)), 7, 30, 1000)
+    assert shifts.shape == (7, 1000) and shifts.dtype == np.int32 and shifts.min() >= 0 and shifts.max() <= 29
+    typed = streaming.chunk_shifts(streaming.shift_generator(jax.random.key(3)), 7, 30, 1000)
+    np.testing.assert_array_equal(shifts, typed)
+    assert streaming.chunk_shifts(streaming.shift_generator(jax.random.PRNGKey(3)), None, 30, 1000) is None
+
+
 # --- Posterior.evaluate --------------------------------------------------------------------------
 
 
