@@ -186,6 +186,11 @@ EIGHTH_PLAN = [
     ("paths-map-8", ["paths", "--precision", "default", "--map"], 50),
 ]
 
+# Every run's plan by name (--plan); --only picks steps from all of them.
+PLANS = {"first": PLAN, "second": SECOND_PLAN, "third": THIRD_PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2,
+         "fourth-3": FOURTH_PLAN_3, "fifth": FIFTH_PLAN, "sixth": SIXTH_PLAN, "seventh": SEVENTH_PLAN,
+         "eighth": EIGHTH_PLAN}
+
 
 def _device() -> dict:
     import jax
@@ -321,8 +326,7 @@ def child_scale(args) -> dict:
 
             profile = cProfile.Profile()
             _, out["evaluate_again_seconds"] = _timed(profile.runcall, post.evaluate, s.test)
-            stats = pstats.Stats(profile).sort_stats("cumulative").stats
-            top = sorted(stats.items(), key=lambda kv: -kv[1][3])[:25]
+            top = sorted(pstats.Stats(profile).stats.items(), key=lambda kv: -kv[1][3])[:25]  # by cumulative time
             out["evaluate_again_profile"] = [f"{fn[2]} ({Path(fn[0]).name}:{fn[1]}) {st[3]:.3f}s cum, {st[2]:.3f}s own"
                                              for fn, st in top]
             emit(out)
@@ -586,9 +590,7 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="segment,bucket", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--map", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--plan", choices=("first", "fourth", "fourth-2", "fourth-3", "fifth", "sixth", "seventh",
-                                            "eighth"),
-                        default="first",
+    parser.add_argument("--plan", choices=tuple(PLANS), default="first",
                         help="the steps to run: the first run's plan, or a later run's (see the JSON's runs)")
     parser.add_argument("--shape", default="ml-10m", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=32, help=argparse.SUPPRESS)
@@ -609,14 +611,11 @@ def main(argv=None) -> None:
         return
     if not args.tiny and not args.data:
         parser.error("--data (or BAYESMF_DATA) must name the folder holding ml-100k/")
-    plan = (PLAN + SECOND_PLAN + THIRD_PLAN + FOURTH_PLAN + FOURTH_PLAN_2 + FOURTH_PLAN_3 + FIFTH_PLAN
-            + SIXTH_PLAN + SEVENTH_PLAN + EIGHTH_PLAN)
+    plan = [step for steps in PLANS.values() for step in steps]
     if args.baseline:  # the same sweep by an older package (its own layout; it takes no chunk option)
         plan = plan + [("ml-10m-d32-baseline", ["engine", "--shape", "ml-10m", "--rank", "32", "--warmup", "2",
                                                 "--sweeps", "10"], 45, {"PYTHONPATH": args.baseline})]
-    steps = {"first": PLAN, "fourth": FOURTH_PLAN, "fourth-2": FOURTH_PLAN_2, "fourth-3": FOURTH_PLAN_3,
-             "fifth": FIFTH_PLAN, "sixth": SIXTH_PLAN,
-             "seventh": SEVENTH_PLAN, "eighth": EIGHTH_PLAN}[args.plan]
+    steps = PLANS[args.plan]
     if args.only:  # (a name in two plans runs once)
         steps = list({p[0]: p for p in plan if p[0] in args.only.split(",")}.values())
     import scale  # the machine and version records of the scale benchmark
