@@ -707,13 +707,13 @@ def numpyro_model(data: ModelData, config: ModelConfig, observed: bool = True):
     user_loc = _link_prior("user", config, data.user_features, data.num_items, user_mean, user_precision, fixed)
     item_loc = _link_prior("item", config, data.item_features, data.num_users, item_mean, item_precision, fixed)
     with numpyro.plate("users", num_users, dim=-1):
-        user_factors = numpyro.sample("user_factors", dist.MultivariateNormal(user_loc, precision_matrix=user_precision))
+        user_factors = numpyro.sample("user_factors", _gaussian(user_loc, user_precision, _scalar(config, "user")))
         if config.user_offsets:
             user_offsets = numpyro.sample(
                 "user_offsets", dist.Normal(jnp.zeros((), dtype), jax.lax.rsqrt(user_offset_precision))
             )
     with numpyro.plate("items", num_items, dim=-1):
-        item_factors = numpyro.sample("item_factors", dist.MultivariateNormal(item_loc, precision_matrix=item_precision))
+        item_factors = numpyro.sample("item_factors", _gaussian(item_loc, item_precision, _scalar(config, "item")))
         if config.offsets == "estimated":
             item_offsets = numpyro.sample(
                 "item_offsets", dist.Normal(offset_mean, jax.lax.rsqrt(offset_precision))
@@ -749,12 +749,27 @@ def _link_prior(side: str, config: ModelConfig, features, num_other: int, mean, 
     else:
         link_precision = fixed[f"{side}_link_precision"]
     column_precision = link_precision[jnp.asarray(spec.groups(num_other))]
+    scalar = _scalar(config, side)
     with numpyro.plate(f"{side}_feature_columns", features.shape[1], dim=-1):
-        link = numpyro.sample(
-            f"{side}_link",
-            dist.MultivariateNormal(jnp.zeros(config.rank, dtype), precision_matrix=column_precision[:, None, None] * precision),
-        )
+        link = numpyro.sample(f"{side}_link", _gaussian(
+            jnp.zeros(config.rank, dtype), column_precision[:, None, None] * precision,
+            None if scalar is None else column_precision[:, None] * scalar))
     return mean + features @ link
+
+
+def _scalar(config: ModelConfig, side: str):
+    """The fixed mode's factor precision of one side (its precision matrix is this times I); None with hyperpriors."""
+    return getattr(config.fixed, f"{side}_precision") if config.priors == "fixed" else None
+
+
+def _gaussian(loc, precision, scalar=None):
+    """``N(loc, precision^-1)`` over the last axis; where ``precision`` is ``scalar I`` (``scalar`` given, broadcasting
+    against ``loc``'s batch axes with a trailing 1), as independent Normals: the same density without the
+    Cholesky factor and the batched triangular solves of ``MultivariateNormal``, which were ~60 of ~68 ms of a
+    MAP value-and-gradient on MovieLens-100K (XLA:CPU) and most of the compile of :func:`log_joint`."""
+    if scalar is None:
+        return dist.MultivariateNormal(loc, precision_matrix=precision)
+    return dist.Normal(loc, jnp.asarray(scalar, jnp.result_type(loc)) ** -0.5).to_event(1)
 
 
 def log_joint(params: Params, data: ModelData, config: ModelConfig) -> Array:

@@ -139,3 +139,37 @@ def test_tuned_implicit_feedback_map_compiles_its_loop_once(caplog):
         model.fit(5, train)
     compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(run)" in r.getMessage()]
     assert len(compiles) == 1, compiles
+
+
+def test_fixed_mode_log_joint_is_the_gaussian_density_written_out(problem):
+    """The fixed mode's factor and link priors are ``MultivariateNormal(loc, (lambda I)^-1)``, which the model
+    evaluates as independent Normals (no Cholesky factors): its log joint must equal the density written out
+    with SciPy's multivariate normal, term by term (float64, so 1e-9 relative is round-off)."""
+    from scipy import stats
+
+    data32, config = problem
+    rng = np.random.default_rng(5)
+    f = config.fixed
+    with jax.enable_x64(True):
+        data = jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, data32)
+        latent = {name: jnp.asarray(rng.normal(scale=0.7, size=np.shape(value)))
+                  for name, value in map_engine.init_latent(jax.random.PRNGKey(0), data, config).items()}
+        got = -float(map_objective.neg_log_joint(latent, data, config)) * data.nnz
+    x = {name: np.asarray(value, np.float64) for name, value in latent.items()}
+    expected = 0.0
+    for side, precision, other in (("user", f.user_precision, data.num_items), ("item", f.item_precision, data.num_users)):
+        spec = getattr(config, f"{side}_features")
+        column_precision = spec.fixed_precisions()[spec.groups(other)] * precision
+        for row, lam in zip(x[f"{side}_link"], column_precision):
+            expected += stats.multivariate_normal.logpdf(row, np.zeros(config.rank), np.eye(config.rank) / lam)
+        mean_cov = np.eye(config.rank) / (f.mean_precision * precision)
+        expected += stats.multivariate_normal.logpdf(x[f"{side}_mean"], np.zeros(config.rank), mean_cov)
+        loc = x[f"{side}_mean"] + np.asarray(getattr(data, f"{side}_features"), np.float64) @ x[f"{side}_link"]
+        expected += sum(stats.multivariate_normal.logpdf(row, mu, np.eye(config.rank) / precision)
+                        for row, mu in zip(x[f"{side}_factors"], loc))
+    expected += stats.norm.logpdf(x["item_offsets"], float(data.global_mean), f.offset_precision ** -0.5).sum()
+    expected += stats.norm.logpdf(x["user_offsets"], 0.0, f.user_offset_precision ** -0.5).sum()
+    u, v = np.asarray(data.user_index), np.asarray(data.item_index)
+    mean = np.sum(x["user_factors"][u] * x["item_factors"][v], axis=1) + x["item_offsets"][v] + x["user_offsets"][u]
+    expected += stats.norm.logpdf(np.asarray(data.rating, np.float64), mean, f.noise_precision ** -0.5).sum()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)

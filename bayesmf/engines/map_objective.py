@@ -33,10 +33,8 @@ log density scaled by its precision (a NumPyro ``scale`` per site). For a
 Gaussian site that is the log density at that precision up to a constant, so
 the gradient and the mode are exactly those of the model (tested against
 :func:`neg_log_joint`); one compilation then serves every point of a tuning
-grid. At unit precision the factor and link priors
-``MultivariateNormal(loc, I)`` are evaluated as independent unit Normals, the
-same density without the batched triangular solves that made each gradient
-~10x slower on XLA:CPU.
+grid. (The fixed mode's factor and link priors are independent Normals in
+the model itself, :func:`bayesmf.model.numpyro_model`.)
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 from numpyro.infer.util import log_density
 from numpyro.primitives import Messenger
 
@@ -111,31 +108,12 @@ def neg_log_joint(latent: dict, data: ModelData, config: ModelConfig) -> Array:
         return -log_joint(params_from_sites(latent, data, config), data, config) / data.nnz
 
 
-# Sites whose unit-precision prior is N(loc, I) (the fixed mode's factor priors
-# are MultivariateNormal(loc, lambda I), the link rows' MultivariateNormal(0,
-# lambda_g lambda I)).
-_ISOTROPIC_SITES = ("user_factors", "item_factors", "user_link", "item_link")
-
-
-def _isotropic(fn):
-    """``MultivariateNormal(loc, precision_matrix=I)`` (expanded over a plate)
-    as independent unit Normals: the same density, without the batched
-    triangular solves of the MVN, which dominate a value-and-gradient on
-    XLA:CPU (~60 of ~68 ms on MovieLens-100K, against ~7 ms for the rest)."""
-    base, batch_shape = (fn.base_dist, fn.batch_shape) if isinstance(fn, dist.ExpandedDistribution) else (fn, None)
-    if not isinstance(base, dist.MultivariateNormal):
-        return fn
-    iid = dist.Normal(base.loc, jnp.ones_like(base.loc)).to_event(1)
-    return iid if batch_shape is None else iid.expand(batch_shape)
-
-
 class _scaled_unit_model(Messenger):
     """Run the model at unit precisions with per-site log-density scales.
 
     ``weights`` maps site names to the factor their log density is multiplied
-    by (NumPyro's ``scale``, per site). The factor priors, ``N(0, I)`` at unit
-    precisions, are evaluated as independent unit Normals (:func:`_isotropic`);
-    only valid with the unit-precision config (:func:`unit_config`).
+    by (NumPyro's ``scale``, per site); only valid with the unit-precision
+    config (:func:`unit_config`).
     """
 
     def __init__(self, fn, weights: dict):
@@ -145,8 +123,6 @@ class _scaled_unit_model(Messenger):
     def process_message(self, msg):
         if msg["type"] != "sample":
             return
-        if msg["name"] in _ISOTROPIC_SITES:
-            msg["fn"] = _isotropic(msg["fn"])
         weight = self.weights.get(msg["name"])
         if weight is not None:
             msg["scale"] = weight if msg.get("scale") is None else weight * msg["scale"]
