@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from bayesmf import ordinal
@@ -347,18 +348,18 @@ def _record(state: MapState, latent, opt_state, value, grad_norm) -> MapState:
 
 def _optax_step_fn(optimizer, objective, grad_norm=optax.tree_utils.tree_norm):
     """One step of optax's loop. Line-search optimizers (``optax.lbfgs``) keep
-    the value and gradient of the accepted point in their state; they are
-    reused (``optax.value_and_grad_from_state``) and the extra arguments
+    the value and gradient of the accepted point in their state (filled before
+    the loop by :func:`_initial_state`); they are read from there (what
+    ``optax.value_and_grad_from_state`` does, without its fallback branch, a
+    third compiled copy of the objective's gradient) and the extra arguments
     ``value``, ``grad`` and ``value_fn`` are passed to ``update``.
     ``grad_norm(grad)`` is what the stopping rule reads (the norm of the
     gradient in the model's coordinates when the loop's are scaled)."""
-    from_state = optax.value_and_grad_from_state(objective)
     plain = jax.value_and_grad(objective)
 
     def step(state: MapState) -> MapState:
-        stored = optax.tree_utils.tree_get(state.opt_state, "value") is not None
-        if stored:
-            value, grad = from_state(state.latent, state=state.opt_state)
+        if _stores_value(state.opt_state):
+            value, grad = _stored(state.opt_state)
         else:
             value, grad = plain(state.latent)
         if isinstance(optimizer, optax.GradientTransformationExtraArgs):
@@ -371,6 +372,14 @@ def _optax_step_fn(optimizer, objective, grad_norm=optax.tree_utils.tree_norm):
         return _record(state, latent, opt_state, value, grad_norm(grad))
 
     return step
+
+
+def _stores_value(opt_state) -> bool:
+    return opt_state is not None and optax.tree_utils.tree_get(opt_state, "value") is not None
+
+
+def _stored(opt_state):
+    return optax.tree_utils.tree_get(opt_state, "value"), optax.tree_utils.tree_get(opt_state, "grad")
 
 
 def _als_step_fn(ctx: MapContext, config: ModelConfig, precisions: Array, objective):
@@ -445,13 +454,26 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
 
         if solver == "als":
             step = _als_step_fn(ctx, config, precisions, objective)
+            z0, unravel = scaled(start, scales, -1.0), lambda z: z
         else:
-            step = _optax_step_fn(optimizer, objective, grad_norm)
-        state = _initial_state(scaled(start, scales, -1.0), optimizer, max_iters, ctx.data.rating.dtype)
+            # The optimizer sees one flat vector: its per-iteration work (L-BFGS's ten curvature pairs,
+            # dot products, line-search updates) is then one array operation each, not one per site.
+            z0, unravel = ravel_pytree(scaled(start, scales, -1.0))
+            flat = objective
+            objective = jax.jit(lambda z: flat(unravel(z)))
+            step = _optax_step_fn(optimizer, objective, lambda g: grad_norm(unravel(g)))
+        state = _initial_state(z0, optimizer, max_iters, ctx.data.rating.dtype)
+        if solver != "als" and _stores_value(state.opt_state):
+            value, grad = jax.value_and_grad(objective)(z0)
+            state = state._replace(opt_state=optax.tree_utils.tree_set(state.opt_state, value=value, grad=grad))
         state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, thresholds), step, state)
-        final_value, final_grad = jax.value_and_grad(objective)(state.latent)
-        state = state._replace(latent=from_optimizer(scaled(state.latent, scales), ctx.data, config))
-        return state, final_value, grad_norm(final_grad)
+        if solver != "als" and _stores_value(state.opt_state):
+            final_value, final_grad = _stored(state.opt_state)
+        else:
+            final_value, final_grad = jax.value_and_grad(objective)(state.latent)
+        latent = unravel(state.latent)
+        state = state._replace(latent=from_optimizer(scaled(latent, scales), ctx.data, config))
+        return state, final_value, grad_norm(unravel(final_grad)) if solver != "als" else grad_norm(final_grad)
 
     return jax.jit(run)
 
