@@ -604,7 +604,7 @@ def fit_ratings(
         map_engine.init_latent(key_refit, data, final_config),
     )
     # Unit weights: the same objective as none, and the tuning fits' compiled loop.
-    weights = jnp.ones(data.nnz, data.rating.dtype) if tune and solver != "als" else None
+    weights = np.ones(data.nnz, data.rating.dtype) if tune and solver != "als" else None
     result = map_engine.fit(
         key_refit, data, final_config, solver=solver, init_params=init, progress_bar=progress_bar, weights=weights,
         **options,

@@ -689,7 +689,7 @@ def make_result(
     ``info`` adds ``engine``, ``solver`` and ``objective`` to ``info``.
     """
     params, objective, train_rmse = _summary(latent, data, config)
-    draws = to_numpy(jax.tree_util.tree_map(lambda x: x[None, None], params))
+    draws = jax.tree_util.tree_map(lambda x: x[None, None], to_numpy(params))  # on the host: no program per site
     stats = {"objective": np.full((1, 1), float(objective)), "train_rmse": np.full((1, 1), float(train_rmse))}
     info = dict(info, engine="map", solver=solver, objective=float(objective))
     return EngineResult(draws=draws, stats=stats, timing={"fit_seconds": seconds}, tracked=None, info=info)
