@@ -50,6 +50,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -210,10 +211,27 @@ def release_freed() -> bool:
     return True
 
 
+# XLA options for the package's heavy programs on a GPU (the sampling sweeps, the
+# MAP loop, evaluate's scoring). XLA's GEMM autotuning took about 9 of the 14 s
+# of compiling an ML-10M-shaped Gibbs sweep on an H200, and without it the
+# sweep ran as fast (29.3 against 27.8-31.9 ms at ML-10M shape, 0.152 against
+# 0.154 s at Netflix shape: "third_run" of results/benchmarks/gpu_check.json).
+# An ``xla_gpu_autotune_level`` in ``XLA_FLAGS`` takes precedence.
+GPU_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
+
+
+def compiler_options() -> dict:
+    """XLA options for the package's compiles on the default backend (:data:`GPU_COMPILER_OPTIONS` on a GPU,
+    none elsewhere or where ``XLA_FLAGS`` sets the autotuning level)."""
+    if jax.default_backend() != "gpu" or "xla_gpu_autotune_level" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(GPU_COMPILER_OPTIONS)
+
+
 class Programs:
     """A jitted function compiled ahead of time, once per static arguments and
-    argument types, with the compiler's freed memory released after each
-    compile (:func:`release_freed`).
+    argument types (with :func:`compiler_options`), with the compiler's freed
+    memory released after each compile (:func:`release_freed`).
 
     Called as the jitted function is (``programs(*args, **static)``). Jit's
     implicit compile runs the program at once, so its buffers stack on the
@@ -241,7 +259,7 @@ class Programs:
         ))
         program = self.compiled.get(key)
         if program is None:
-            program = self.jitted.lower(*args, **static).compile()
+            program = self.jitted.lower(*args, **static).compile(compiler_options=compiler_options() or None)
             release_freed()
             if len(self.compiled) >= self.max_size:
                 self.compiled.pop(next(iter(self.compiled)))

@@ -56,7 +56,7 @@ def child(args) -> dict:
 
     from bayesmf import synthetic
     from bayesmf.engines import gibbs
-    from bayesmf.engines.driver import compiler_options
+    from bayesmf.memory import compiler_options
     from bayesmf.model import ModelConfig
     from bayesmf.modeldata import model_data_from_ratings
 

@@ -98,7 +98,7 @@ THIRD_PLAN = [
 
 # The fourth run (an H100): the segment layout (one loop body per side,
 # whatever the degrees) against buckets, compile with XLA's GEMM autotuning
-# off from the package (engines.driver.compiler_options), where a Netflix
+# off from the package (memory.compiler_options), where a Netflix
 # sweep's time goes, evaluate with the star-scale scores, the tuned MAP
 # against 250 Gibbs sweeps, and rank 512 on an H100's 80 GB.
 _NETFLIX = ["engine", "--shape", "netflix", "--rank", "32", "--warmup", "3", "--sweeps", "10"]
@@ -482,7 +482,7 @@ def child_step(args) -> dict:
     import jax
 
     from bayesmf.engines import gibbs
-    from bayesmf.engines.driver import compiler_options
+    from bayesmf.memory import compiler_options
     from bayesmf.model import ModelConfig
     from bayesmf.synthetic import SHAPES
 

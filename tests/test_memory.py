@@ -223,3 +223,13 @@ def test_to_device_gives_what_jnp_asarray_gives():
     already = jnp.ones(3)
     assert memory.to_device(already) is already
     assert memory.to_device(already, jnp.int32).dtype == jnp.int32
+
+
+def test_compiler_options_turn_gemm_autotuning_off_on_a_gpu_only(monkeypatch):
+    """No options on the CPU; on a GPU autotuning off, unless XLA_FLAGS sets its level (the user's choice wins)."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert memory.compiler_options() == ({} if memory.jax.default_backend() != "gpu" else memory.GPU_COMPILER_OPTIONS)
+    monkeypatch.setattr(memory.jax, "default_backend", lambda: "gpu")
+    assert memory.compiler_options() == {"xla_gpu_autotune_level": 0}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=4")
+    assert memory.compiler_options() == {}

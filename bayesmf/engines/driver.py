@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.engines.common import TrackedMoments, progress, to_numpy
-from bayesmf.memory import release_freed
+from bayesmf.memory import compiler_options, release_freed
 
 Array = jax.Array
 
@@ -186,22 +186,6 @@ def chain_keys(rng_key: Array, num_chains: int) -> Array:
     depend on how many chains run, so a seed means the same thing for chain 0
     whatever ``num_chains`` is."""
     return jax.vmap(lambda c: jax.random.fold_in(rng_key, c))(jnp.arange(num_chains))
-
-
-# XLA options for the sampling programs on a GPU. XLA's GEMM autotuning took
-# about 9 of the 14 s of compiling an ML-10M-shaped Gibbs sweep on an H200,
-# and without it the sweep ran as fast (29.3 against 27.8-31.9 ms at ML-10M
-# shape, 0.152 against 0.154 s at Netflix shape: "third_run" of
-# results/benchmarks/gpu_check.json). An ``xla_gpu_autotune_level`` in
-# ``XLA_FLAGS`` takes precedence.
-GPU_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
-
-
-def compiler_options() -> dict:
-    """XLA options for :func:`timed_compile` on the default backend (:data:`GPU_COMPILER_OPTIONS` on a GPU)."""
-    if jax.default_backend() != "gpu" or "xla_gpu_autotune_level" in os.environ.get("XLA_FLAGS", ""):
-        return {}
-    return dict(GPU_COMPILER_OPTIONS)
 
 
 def timed_compile(fn: Callable, *args):

@@ -93,7 +93,7 @@ from bayesmf.engines.map_objective import (
     unit_config,
 )
 from bayesmf.layout import build_layout, gram_and_rhs
-from bayesmf.memory import to_device
+from bayesmf.memory import compiler_options, to_device
 from bayesmf.model import (
     SEGMENT_GRAD_MIN_RANK,
     FixedPriors,
@@ -475,7 +475,7 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
         state = state._replace(latent=from_optimizer(scaled(latent, scales), ctx.data, config))
         return state, final_value, grad_norm(unravel(final_grad)) if solver != "als" else grad_norm(final_grad)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=compiler_options() or None)  # no GEMM autotuning on a GPU
 
 
 _cached_run_fn = functools.lru_cache(maxsize=32)(_run_fn)
