@@ -189,7 +189,8 @@ EIGHTH_PLAN = [
 # The ninth (prepared, not yet run: no device lent since): the MAP loop over
 # one flat vector with L-BFGS's value and gradient stored before the loop (its
 # CPU compile 3.8-4.3 -> 2.7-3.2 s on u1), the fixed priors as independent
-# Normals (the summary's compile 0.67 -> 0.22 s); and the fair peer, a whole
+# Normals (the summary's compile 0.67 -> 0.22 s), the MAP loop and evaluate's
+# scoring compiled without GEMM autotuning as the sweeps are; and the fair peer, a whole
 # 250-sweep Gibbs fit timed in the same warm process after jax.clear_caches()
 # (--gibbs-wall), beside the compile + 250 x sweep figure of the runs before.
 NINTH_PLAN = [
