@@ -144,7 +144,8 @@ class MapState(NamedTuple):
     latent : dict of str -> array
         The latent sites (``user_factors`` (num_users, rank),
         ``item_factors`` (num_items, rank), ``item_offsets`` (num_items,)
-        when estimated).
+        when estimated); inside the compiled loop of an optax solver, their
+        flat vector in the optimizer's coordinates.
     opt_state : optax state or None
         None for ALS.
     count : int array, shape ()
@@ -348,8 +349,8 @@ def _record(state: MapState, latent, opt_state, value, grad_norm) -> MapState:
 
 def _optax_step_fn(optimizer, objective, grad_norm=optax.tree_utils.tree_norm):
     """One step of optax's loop. Line-search optimizers (``optax.lbfgs``) keep
-    the value and gradient of the accepted point in their state (filled before
-    the loop by :func:`_initial_state`); they are read from there (what
+    the value and gradient of the accepted point in their state (the start's
+    filled in before the loop, :func:`_run_fn`); they are read from there (what
     ``optax.value_and_grad_from_state`` does, without its fallback branch, a
     third compiled copy of the objective's gradient) and the extra arguments
     ``value``, ``grad`` and ``value_fn`` are passed to ``update``.
@@ -471,9 +472,8 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
             final_value, final_grad = _stored(state.opt_state)
         else:
             final_value, final_grad = jax.value_and_grad(objective)(state.latent)
-        latent = unravel(state.latent)
-        state = state._replace(latent=from_optimizer(scaled(latent, scales), ctx.data, config))
-        return state, final_value, grad_norm(unravel(final_grad)) if solver != "als" else grad_norm(final_grad)
+        state = state._replace(latent=from_optimizer(scaled(unravel(state.latent), scales), ctx.data, config))
+        return state, final_value, grad_norm(unravel(final_grad))
 
     return jax.jit(run, compiler_options=compiler_options() or None)  # no GEMM autotuning on a GPU
 
