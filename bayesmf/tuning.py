@@ -131,10 +131,16 @@ def _noise_precision(validation_rmse: float, config: ModelConfig) -> float:
 
 def _all_components_alive(latent: dict) -> bool:
     """Whether every one of the rank directions of both factor matrices is in
-    use (smallest singular value above :data:`ALIVE_RATIO` of the largest)."""
+    use (smallest singular value above :data:`ALIVE_RATIO` of the largest).
+
+    The squared singular values are the eigenvalues of the (rank, rank) Gram
+    in float64 (resolved down to ~1e-8 of the largest singular value, far
+    below the threshold): 8-10 ms against 50-140 ms for the SVD of ML-10M
+    shape's 69,878 x 32 user factors, once per tuning fit."""
     for name in ("user_factors", "item_factors"):
-        sv = np.linalg.svd(np.asarray(latent[name], np.float64), compute_uv=False)
-        if not sv[-1] > ALIVE_RATIO * sv[0]:
+        x = np.asarray(latent[name], np.float64)
+        squared = np.linalg.eigvalsh(x.T @ x)[-min(x.shape):]  # ascending; the SVD's min(n, rank) of them
+        if not squared[0] > ALIVE_RATIO**2 * squared[-1]:
             return False
     return True
 

@@ -250,3 +250,18 @@ def test_padded_tuning_fits_are_the_unpadded_ones(validation):
         other = plain.fits[key]
         np.testing.assert_allclose(fit["info"]["final_value"], other["info"]["final_value"], rtol=1e-5)
         np.testing.assert_allclose(fit["rmse"], other["rmse"], atol=3e-4)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 500])
+def test_alive_directions_follow_the_singular_values(rows):
+    """A fit counts as alive when both factor matrices' smallest singular value is above ALIVE_RATIO of the
+    largest, as NumPy's SVD gives them (also with fewer rows than the rank, where there are ``rows`` of them)."""
+    rng = np.random.default_rng(0)
+    rank = 3
+    for weakest in (1.5 * tuning.ALIVE_RATIO, 0.5 * tuning.ALIVE_RATIO):
+        basis = np.linalg.qr(rng.normal(size=(rows, rank)))[0]  # orthonormal columns (rows x min(rows, rank))
+        spread = np.array([3.0, 1.0, 3.0 * weakest])[: basis.shape[1]]
+        factors = (basis * spread) @ np.linalg.qr(rng.normal(size=(rank, rank)))[0][: basis.shape[1]]
+        sv = np.linalg.svd(factors, compute_uv=False)
+        latent = {"user_factors": factors.astype(np.float32), "item_factors": rng.normal(size=(50, rank))}
+        assert tuning._all_components_alive(latent) == bool(sv[-1] > tuning.ALIVE_RATIO * sv[0]), (rows, weakest)
