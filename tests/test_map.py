@@ -357,6 +357,15 @@ def test_optimizer_is_passed_in(data, fits):
     np.testing.assert_allclose(result.stats["objective"], fits["lbfgs"].stats["objective"], rtol=ADAM_OBJECTIVE_RTOL)
 
 
+def test_a_user_optimizer_sees_the_sites(data, fits):
+    """A user's optimizer gets the sites' dict, not the package's flat vector, so it may address them by name:
+    momentum SGD on the factors and plain SGD on the offsets reach the L-BFGS mode too."""
+    labels = {name: "offsets" if name == "item_offsets" else "factors" for name in map_engine.latent_sites(CONFIG)}
+    optimizer = optax.multi_transform({"factors": optax.sgd(0.5, momentum=0.9), "offsets": optax.sgd(0.5)}, labels)
+    result = map_engine.fit(jax.random.PRNGKey(0), data, CONFIG, solver="adam", optimizer=optimizer, max_iters=3000)
+    np.testing.assert_allclose(result.stats["objective"], fits["lbfgs"].stats["objective"], rtol=ADAM_OBJECTIVE_RTOL)
+
+
 def test_warm_start_from_a_fit_stays_there(data, fits):
     result = map_engine.fit(jax.random.PRNGKey(9), data, CONFIG, solver="als", init_params=fits["als"].draws)
     assert result.info["iterations"] <= map_engine.FTOL_WINDOW + 1

@@ -18,9 +18,10 @@ Solvers:
 
 ``"lbfgs"`` (default)
     ``optax.lbfgs()`` with its zoom line search, run as in optax's L-BFGS
-    example (``optax.value_and_grad_from_state``, ``update`` with
+    example (the stored value and gradient, ``update`` with
     ``value``/``grad``/``value_fn``, ``apply_updates``) inside one
-    ``jax.lax.while_loop``, over coordinates divided by their Jacobi scales
+    ``jax.lax.while_loop``, over one flat vector of the sites (a user's
+    ``optimizer`` gets their dict instead), in coordinates divided by their Jacobi scales
     (:func:`bayesmf.engines.map_objective.jacobi_scales`: each entry's
     curvature from its row's ratings and its prior, the learned means' from
     their tie to every row), so that one movie's rating and another's
@@ -426,7 +427,8 @@ def _als_step_fn(ctx: MapContext, config: ModelConfig, precisions: Array, object
     return step
 
 
-def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precondition: bool = True):
+def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precondition: bool = True,
+            flat: bool = True):
     """Build ``run(latent, precisions, ctx, thresholds) -> (MapState, value, grad_norm)``, jitted.
 
     ``precisions`` is ``[lambda_L, lambda_R, tau_m, alpha]`` and
@@ -436,6 +438,9 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
     ``config`` should be the unit-precision config (:func:`_unit_config`):
     the loop does not read its precisions, and the cache of
     :func:`_cached_run_fn` then serves every fit with the same static settings.
+    ``flat``: the optax loop runs over one flat vector (the package's own
+    optimizers); False keeps the sites' dict, which a user's optimizer may
+    address site by site (``optax.multi_transform``, ``optax.masked``).
     """
 
     def run(latent, precisions, ctx, thresholds):
@@ -453,15 +458,16 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
         def grad_norm(grad):  # the model's gradient norm: d f / d x = (d f / d z) / s
             return optax.tree_utils.tree_norm(scaled(grad, scales, -1.0))
 
+        z0, unravel = scaled(start, scales, -1.0), lambda z: z
         if solver == "als":
             step = _als_step_fn(ctx, config, precisions, objective)
-            z0, unravel = scaled(start, scales, -1.0), lambda z: z
         else:
-            # The optimizer sees one flat vector: its per-iteration work (L-BFGS's ten curvature pairs,
-            # dot products, line-search updates) is then one array operation each, not one per site.
-            z0, unravel = ravel_pytree(scaled(start, scales, -1.0))
-            flat = objective
-            objective = jax.jit(lambda z: flat(unravel(z)))
+            if flat:
+                # One flat vector: the optimizer's per-iteration work (L-BFGS's ten curvature pairs,
+                # dot products, line-search updates) is then one array operation each, not one per site.
+                z0, unravel = ravel_pytree(z0)
+                of_sites = objective
+                objective = jax.jit(lambda z: of_sites(unravel(z)))
             step = _optax_step_fn(optimizer, objective, lambda g: grad_norm(unravel(g)))
         state = _initial_state(z0, optimizer, max_iters, ctx.data.rating.dtype)
         if solver != "als" and _stores_value(state.opt_state):
@@ -620,8 +626,8 @@ def make_solver(
         weights = to_device(weights, data.rating.dtype)
         if weights.shape != (data.nnz,):
             raise ValueError(f"weights must have shape ({data.nnz},), got {tuple(weights.shape)}")
-    optimizer = _default_optimizer(solver, optimizer)
-    args = (unit_config(config), solver, optimizer, int(max_iters), bool(precondition))
+    args = (unit_config(config), solver, _default_optimizer(solver, optimizer), int(max_iters), bool(precondition),
+            optimizer is None)
     try:
         run = _cached_run_fn(*args)
     except TypeError:  # an unhashable optimizer: compile for this fit only
