@@ -127,6 +127,22 @@ def test_prediction_set_is_the_shortest_run_with_enough_mass():
     assert rows["set_mass_75"] == pytest.approx([0.8, 0.9375], abs=1e-15)
 
 
+def test_prediction_sets_of_many_rows_equal_the_search_written_out():
+    """The vectorized search against the definition, row by row: the shortest run of consecutive stars with
+    mass >= p, the heaviest of that length, the lowest of equal ones. Masses in eighths, so that ties are
+    frequent and exact; K = 2..6."""
+    rng = np.random.default_rng(4)
+    for num_stars in range(2, 7):
+        masses = rng.multinomial(8, np.ones(num_stars) / num_stars, size=400) / 8.0
+        for prob in (0.2, 0.5, 0.75, 0.99):
+            start, size, mass = metrics.prediction_set(masses, prob)
+            for row, got in zip(masses, zip(start, size, mass)):
+                runs = [(length, -row[a : a + length].sum(), a) for length in range(1, num_stars + 1)
+                        for a in range(num_stars - length + 1) if row[a : a + length].sum() >= prob or length == num_stars]
+                length, neg_mass, a = min(runs)
+                assert (int(got[0]), int(got[1]), float(got[2])) == (a, length, -neg_mass), (row, prob)
+
+
 def test_sets_are_calibrated_on_ratings_drawn_from_the_predictive():
     """Stars drawn from each row's own predictive: coverage matches the mean predicted mass.
 

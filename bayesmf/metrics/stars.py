@@ -248,26 +248,37 @@ def prediction_set(masses: ArrayLike, prob: float) -> tuple[np.ndarray, np.ndarr
 
 def _best_runs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The heaviest run of each length 1..K (the first maximum: the lowest of equal masses) of every row:
-    its start and its mass, two arrays of shape (K, n) -- what every level's prediction set is chosen from."""
-    n, num_stars = m.shape
-    rows = np.arange(n)
-    starts, masses = np.empty((num_stars, n), np.int64), np.empty((num_stars, n))
-    run = m  # run[:, a] = mass of the stars a..a+length-1
+    its start and its mass, two arrays of shape (K, n) -- what every level's prediction set is chosen from.
+
+    Star-major, ``(K, n)``: the runs' sums and the comparisons between the K
+    candidates are whole-array operations, where NumPy's ``argmax`` along a
+    row's K stars ran row by row (1M rows: 0.17 s of 0.48 s of ``star_rows``)."""
+    stars = np.ascontiguousarray(m.T)  # (K, n)
+    num_stars, n = stars.shape
+    starts, masses = np.zeros((num_stars, n), np.int64), np.empty((num_stars, n))
+    run = stars  # run[a] = mass of the stars a..a+length-1
     for length in range(1, num_stars + 1):
         if length > 1:
-            run = run[:, :-1] + m[:, length - 1 :]
-        starts[length - 1] = np.argmax(run, axis=1)
-        masses[length - 1] = run[rows, starts[length - 1]]
+            run = run[:-1] + stars[length - 1 :]
+        best, start = masses[length - 1], starts[length - 1]
+        best[:] = run[0]
+        for a in range(1, run.shape[0]):  # strictly heavier: the lowest start keeps a tie
+            np.copyto(start, a, where=run[a] > best)
+            np.maximum(best, run[a], out=best)
     return starts, masses
 
 
 def _set_at(starts: np.ndarray, masses: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`prediction_set` from :func:`_best_runs`: the shortest length whose heaviest run reaches ``prob``."""
-    qualifies = masses >= prob
-    qualifies[-1] = True  # the whole scale always qualifies
-    length = np.argmax(qualifies, axis=0)
-    rows = np.arange(starts.shape[1])
-    return starts[length, rows], length + 1, masses[length, rows]
+    num_stars, n = starts.shape
+    length = np.full(n, num_stars - 1)  # the whole scale always qualifies
+    start, mass = starts[-1].copy(), masses[-1].copy()
+    for shorter in range(num_stars - 2, -1, -1):  # the shortest qualifying length is the last one set
+        reaches = masses[shorter] >= prob
+        np.copyto(length, shorter, where=reaches)
+        np.copyto(start, starts[shorter], where=reaches)
+        np.copyto(mass, masses[shorter], where=reaches)
+    return start, length + 1, mass
 
 
 def level_tags(levels: Sequence[float]) -> list[str]:
@@ -317,12 +328,13 @@ def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Se
         raise ValueError("y contains non-finite values")
     n = y.shape[0]
     k = star_index(y, c)
-    rows = np.arange(n)
     with np.errstate(divide="ignore"):
-        out = {"star_nll": -np.log(m[rows, k])}
-    below = np.cumsum(m, axis=1)[:, :-1]  # F_k, k = 0..K-2
-    step = (np.arange(c.size)[None, :] >= k[:, None]).astype(np.float64)  # 1[y <= star k]
-    out["rps"] = np.sum((below - step) ** 2, axis=1)
+        out = {"star_nll": -np.log(m[np.arange(n), k])}
+    # Star-major (K - 1, n): the cumulative sum and the sum over stars run across whole rows of
+    # the array (the same additions in the same order as along each row's K stars).
+    below = np.cumsum(m.T, axis=0)[:-1]  # F_k, k = 0..K-2
+    step = (np.arange(c.size)[:, None] >= k[None, :]).astype(np.float64)  # 1[y <= star k]
+    out["rps"] = np.sum((below - step) ** 2, axis=0)
     runs = _best_runs(m)  # shared by the levels
     for p, tag in zip(levels, level_tags(levels)):
         start, size, mass = _set_at(*runs, float(p))
