@@ -472,11 +472,11 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
                 objective = jax.jit(lambda z: of_sites(unravel(z)))
             step = _optax_step_fn(optimizer, objective, lambda g: grad_norm(unravel(g)))
         state = _initial_state(z0, optimizer, max_iters, ctx.data.rating.dtype)
-        if solver != "als" and _stores_value(state.opt_state):
+        if _stores_value(state.opt_state):  # a line-search optimizer's (ALS has no state)
             value, grad = jax.value_and_grad(objective)(z0)
             state = state._replace(opt_state=optax.tree_utils.tree_set(state.opt_state, value=value, grad=grad))
         state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, thresholds), step, state)
-        if solver != "als" and _stores_value(state.opt_state):
+        if _stores_value(state.opt_state):  # a line-search optimizer's (ALS has no state)
             final_value, final_grad = _stored(state.opt_state)
         else:
             final_value, final_grad = jax.value_and_grad(objective)(state.latent)
