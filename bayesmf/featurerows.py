@@ -120,6 +120,24 @@ class _Transposed(NamedTuple):
         return jnp.concatenate([x.side.T @ y, x.implicit_rmatmul(y)], axis=0)
 
 
+def column_square_sums(x, weights) -> Array:
+    """``sum_u w_u X_uf^2`` per column ``f`` of a feature matrix, shape (F,).
+
+    ``x`` is a dense array (n, F) or a :class:`FeatureRows`; ``weights`` has
+    shape (n,). For :class:`FeatureRows` the implicit columns' squares
+    ``(N_uf - c_f)^2`` are summed over the entries of ``N`` and the centre's
+    part ``c_f^2 sum_u w_u`` added, without forming ``N - 1 c^T``.
+    """
+    if not isinstance(x, FeatureRows):
+        x = jnp.asarray(x)
+        return jnp.square(x).T @ weights
+    w = weights[x.rows]
+    entries = jax.ops.segment_sum(w * x.values * (x.values - 2 * x.centre[x.cols]), x.cols,
+                                  num_segments=x.centre.shape[0])
+    implicit = entries + jnp.square(x.centre) * jnp.sum(weights)
+    return jnp.concatenate([jnp.square(x.side).T @ weights, implicit])
+
+
 def implicit_dense(x: FeatureRows) -> np.ndarray:
     """The implicit columns ``N - 1 c^T`` as a dense host array, shape (n, F_e) (small problems)."""
     _, matrix, centre = x.host_parts()

@@ -72,6 +72,45 @@ def test_link_precisions_enter_the_loop_as_data(problem):
     assert float(jnp.linalg.norm(strong["user_link"][side])) < 0.5 * float(jnp.linalg.norm(weak["user_link"][side]))
 
 
+def test_link_jacobi_scales_follow_the_rows_their_features_reach(problem):
+    """A link entry's scale is sqrt(h_ref / h) with h = alpha k_other sum_u X_uf^2 n_u (the ratings of the
+    rows its feature moves) plus its prior's lambda_g lambda, for side and implicit columns alike."""
+    data, config = problem
+    start = map_objective.to_optimizer(map_engine.init_latent(jax.random.PRNGKey(0), data, config), data, config)
+    precisions = map_objective.precision_vector(PRIORS, jnp.float32, config)
+    scales = map_objective.jacobi_scales(start, data, config, precisions)
+    alpha = PRIORS.noise_precision
+    k = {side: np.mean(np.asarray(start[f"{side}_factors"], np.float64) ** 2) for side in ("user", "item")}
+    reference = np.mean(alpha * np.asarray(data.user_degree) * k["item"] + PRIORS.user_precision)
+    for side, other, lam, num_other in (("user", "item", PRIORS.user_precision, data.num_items),
+                                        ("item", "user", PRIORS.item_precision, data.num_users)):
+        spec = getattr(config, f"{side}_features")
+        x = np.asarray(getattr(data, f"{side}_features"), np.float64)
+        degree = np.asarray(getattr(data, f"{side}_degree"), np.float64)
+        group = np.where(np.arange(x.shape[1]) < spec.num_side, spec.link_precision, spec.implicit_precision)
+        assert x.shape[1] == len(spec.groups(num_other))
+        h = alpha * k[other] * (x**2).T @ degree + group * lam
+        # float32 sums over 40-60 rows: 1e-5 relative.
+        np.testing.assert_allclose(scales[f"{side}_link"][:, 0], np.sqrt(reference / h), rtol=1e-5)
+
+
+def test_a_warm_start_into_a_stiff_link_prior_reaches_its_mode(problem):
+    """The tuning's warm start: from the mode at the problem's link precisions to one at 1e6 times them (the
+    search reaches such ratios). The loop must run to its float32 floor (measured: the model's gradient norm
+    ~3e-5 at the stop, and a cold fit run with tol 1e-7 and no ftol reaches ~1e-5); with the Gaussian
+    normalizers in the objective (w log(2 pi) / 2 per link entry, ~1e6 per rating) float32 no longer
+    resolved its progress and the warm fit stopped at a gradient norm of 1.1-1.5, the cold one at 11."""
+    data, config = problem
+    solver = map_engine.make_solver(data, config)
+    weak, _ = map_engine.solve(solver, map_engine.init_latent(jax.random.PRNGKey(0), data, config), PRIORS)
+    stiff = config.replace(**{f"{side}_features": getattr(config, f"{side}_features")._replace(
+        link_precision=1e6 * getattr(config, f"{side}_features").link_precision,
+        implicit_precision=1e6 * getattr(config, f"{side}_features").implicit_precision) for side in ("user", "item")})
+    warm, info = map_engine.solve(solver, weak, PRIORS, config=stiff)
+    assert info["iterations"] > map_engine.FTOL_WINDOW + 1
+    assert _grad_norm(warm, data, stiff) < 1e-3
+
+
 def _informative(seed: int = 0):
     """Users whose factors are set by a 4-level category (plus small noise), with few ratings each."""
     from bayesmf.data import Ratings

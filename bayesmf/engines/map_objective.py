@@ -43,10 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 from numpyro.infer.util import log_density
 from numpyro.primitives import Messenger
 
 from bayesmf import ordinal
+from bayesmf.featurerows import column_square_sums
 from bayesmf.model import FixedPriors, ModelConfig, ModelData, log_joint, numpyro_model, params_from_sites
 
 Array = jax.Array
@@ -112,8 +114,9 @@ class _scaled_unit_model(Messenger):
     """Run the model at unit precisions with per-site log-density scales.
 
     ``weights`` maps site names to the factor their log density is multiplied
-    by (NumPyro's ``scale``, per site); only valid with the unit-precision
-    config (:func:`unit_config`).
+    by (NumPyro's ``scale``, per site); a weighted Normal site's density
+    loses its log normalizer (:class:`_Quadratic`, see :func:`objective_fn`).
+    Only valid with the unit-precision config (:func:`unit_config`).
     """
 
     def __init__(self, fn, weights: dict):
@@ -126,6 +129,7 @@ class _scaled_unit_model(Messenger):
         weight = self.weights.get(msg["name"])
         if weight is not None:
             msg["scale"] = weight if msg.get("scale") is None else weight * msg["scale"]
+            msg["fn"] = _without_normalizer(msg["fn"])
 
 
 def _prior_shift(latent: dict, data: ModelData, config: ModelConfig, sign: float) -> dict:
@@ -171,7 +175,13 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
       same way round);
     - a movie offset ``alpha n_v + tau_m``, a user offset ``alpha n_u + tau_b``;
     - a learned factor mean ``(N + beta) lambda`` (``N`` the side's rows):
-      the centred prior ties it to every row of its side.
+      the centred prior ties it to every row of its side;
+    - a link entry ``b_fd`` (row ``f`` of ``B``, optimizer coordinates
+      ``(L - X B, B)``) ``alpha k_R sum_u X_uf^2 n_u + lambda_g lambda``:
+      it moves every row's factor by ``X_uf``, so every rating of those
+      rows, and its prior's precision is the row group's ``lambda_g`` times
+      the side's factor precision. At a tuning point's ``lambda_g`` of 1e6
+      the links were the stiffest entries by that factor, unscaled.
 
     ``h_ref`` is the users' mean factor curvature. The loop minimizes
     ``f(s * z)`` over ``z``: the same mode, with curvatures that spread over
@@ -181,8 +191,8 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
     MovieLens-100K u1 at rank 10 with learned means a cold fit at factor ratio
     10 (``ftol`` 1e-5) took 446 iterations without the scales and 180 with
     them, to a lower objective (4.32454 against 4.32512); at the ML-1M shape,
-    rank 32, 93 against 432 (4.47447 against 4.47684). Sites not listed
-    (links, cut points) keep scale 1.
+    rank 32, 93 against 432 (4.47447 against 4.47684). Cut points keep
+    scale 1.
 
     Parameters
     ----------
@@ -213,6 +223,12 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
         curvature["item_offsets"] = alpha * n_item + tau_m
     if "user_offsets" in coordinates:
         curvature["user_offsets"] = alpha * n_user + tau_b
+    for side, degree, k_other in (("user", n_user, k_item), ("item", n_item, k_user)):
+        # A link entry b_fd moves every row's factor by X_uf, so every rating of those rows:
+        # alpha sum_u X_uf^2 n_u k_other, plus its prior's lambda_g lambda.
+        if f"{side}_link" in coordinates:
+            data_part = alpha * k_other * column_square_sums(getattr(data, f"{side}_features"), degree)
+            curvature[f"{side}_link"] = (data_part + link_weights(data, config, precisions)[f"{side}_link"])[:, None]
     if "user_mean" in coordinates:
         beta = config.fixed.mean_precision
         curvature["user_mean"] = (data.num_users + beta) * lam_user
@@ -237,14 +253,33 @@ def unit_config(config: ModelConfig) -> ModelConfig:
     return unit
 
 
+def link_weights(data: ModelData, config: ModelConfig, precisions: Array) -> dict:
+    """Each link matrix's row precisions ``lambda_g lambda`` (``lambda_g`` of the row's group, side or
+    implicit, from ``precisions[5:9]``; ``lambda`` the side's factor precision): ``{"user_link": array
+    (F_u,), "item_link": array (F_v,)}`` for the sides with features."""
+    out = {}
+    for k, (side, num_other) in enumerate((("user", data.num_items), ("item", data.num_users))):
+        spec = getattr(config, f"{side}_features")
+        if spec is not None:
+            kinds = np.asarray([0] * (spec.num_side > 0) + [1] * spec.implicit)[spec.groups(num_other)]
+            out[f"{side}_link"] = precisions[k] * precisions[5 + 2 * k + jnp.asarray(kinds)]
+    return out
+
+
 def objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating_weights=None):
     """``f(latent)`` at the precisions of :func:`precision_vector` (traced, shape (9,)).
 
     The model at unit precisions with each site's log density multiplied by
     its precision: for a Gaussian site, ``w log N(x; mu, 1)`` is
     ``log N(x; mu, 1/w)`` up to a constant, so this equals
-    :func:`neg_log_joint` at those precisions up to an additive constant (the
-    normalizers) and has the same gradient (tested). A link matrix's rows
+    :func:`neg_log_joint` at those precisions up to an additive constant and
+    has the same gradient (tested). The weighted Gaussian sites' log
+    normalizers (their log density at the mean, times ``w``) are left out:
+    kept, they grow with the precisions (``w`` times ``-log(2 pi) / 2`` per
+    entry: ~2e6 per rating for MovieLens-100K's implicit-feedback links at
+    a tuning point's ratio 1e6) and float32 no longer resolves the loop's
+    progress, where without them ``f`` is the weighted squared residuals,
+    ~0.5-2 per rating at any precision. A link matrix's rows
     have precision ``lambda_g lambda`` (``lambda_g`` of the row's group,
     ``precisions[5:9]``; ``config``'s own are not read). ``rating_weights``
     (nnz,): each rating's term times its weight, over the weights' sum.
@@ -258,11 +293,7 @@ def objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating
         "item_offsets": precisions[2], "user_offsets": precisions[4],
         "obs": precisions[3] if rating_weights is None else precisions[3] * rating_weights,
     }
-    for k, (side, num_other) in enumerate((("user", data.num_items), ("item", data.num_users))):
-        spec = getattr(config, f"{side}_features")
-        if spec is not None:
-            kinds = np.asarray([0] * (spec.num_side > 0) + [1] * spec.implicit)[spec.groups(num_other)]
-            weights[f"{side}_link"] = precisions[k] * precisions[5 + 2 * k + jnp.asarray(kinds)]
+    weights.update(link_weights(data, config, precisions))
     model = _scaled_unit_model(numpyro_model, weights)
     count = data.nnz if rating_weights is None else jnp.sum(rating_weights)
 
@@ -272,9 +303,26 @@ def objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating
         # tracing; here they are the config's constants (I, 0, 1), always valid,
         # and checking them compiled ~20 one-op programs per process (0.3 s).
         with numpyro.validation_enabled(False):
-            value, _ = log_density(model, (data, unit), {}, from_optimizer(coordinates, data, unit))
+            value, trace = log_density(model, (data, unit), {}, from_optimizer(coordinates, data, unit))
         return -value / count
 
     return objective
+
+
+class _Quadratic(dist.Normal):
+    """``N(loc, scale)`` without its log normalizer: ``log_prob`` is ``-((x - loc) / scale)^2 / 2``."""
+
+    def log_prob(self, value):
+        return -0.5 * jnp.square((value - self.loc) / self.scale)
+
+
+def _without_normalizer(fn):
+    """``fn`` with its Normal base as :class:`_Quadratic` (through ``to_event``); other distributions as they are."""
+    if isinstance(fn, dist.Independent):
+        base = _without_normalizer(fn.base_dist)
+        return fn if base is fn.base_dist else dist.Independent(base, fn.reinterpreted_batch_ndims)
+    if type(fn) is dist.Normal:
+        return _Quadratic(fn.loc, fn.scale)
+    return fn
 
 
