@@ -21,13 +21,14 @@ Solvers:
     example (the stored value and gradient, ``update`` with
     ``value``/``grad``/``value_fn``, ``apply_updates``) inside one
     ``jax.lax.while_loop``, over one flat vector of the sites (their dict
-    with features or cut points, or for a user's ``optimizer``), in
-    coordinates divided by their Jacobi scales
-    (:func:`bayesmf.engines.map_objective.jacobi_scales`: each entry's
-    curvature from its row's ratings and its prior, the learned means' from
-    their tie to every row), so that one movie's rating and another's
-    thousands, or a mean and a row, are on one scale for L-BFGS's ten
-    curvature pairs.
+    for a user's ``optimizer``), in coordinates divided by their Jacobi
+    scales (:func:`bayesmf.engines.map_objective.jacobi_scales`: each
+    entry's curvature from its row's ratings and its prior, the learned
+    means' from their tie to every row, a link row's from the ratings of the
+    rows its feature reaches), so that one movie's rating and another's
+    thousands, a mean and a row, or a link held near 0 by a tuning point's
+    precision and a factor, are on one scale for L-BFGS's ten curvature
+    pairs.
 ``"adam"``
     Any optax ``GradientTransformation`` (default ``optax.adam``) in the same
     loop.
@@ -125,8 +126,9 @@ DEFAULT_TOL = 1e-5
 # ... or when the objective fell by less than FTOL per iteration on average
 # over the last FTOL_WINDOW iterations (a window, because a single short
 # line-search step or a float32 tie would stop a per-iteration test early).
-# The objective is per rating and summed in float32; with the Gaussian
-# normalizers it is ~1-6, so its round-off is ~1e-7 to 5e-7 and FTOL = 1e-7
+# The objective is per rating and summed in float32; without the Gaussian
+# normalizers (map_objective.objective_fn) it is ~0.5-2, so its round-off is
+# ~1e-7 and FTOL = 1e-7
 # amounts to "until float32 stops resolving progress" (on MovieLens-100K the
 # validation RMSE is then within ~1e-4 of a fit run to a complete stall).
 DEFAULT_FTOL = 1e-7
@@ -440,8 +442,7 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
     the loop does not read its precisions, and the cache of
     :func:`_cached_run_fn` then serves every fit with the same static settings.
     ``flat``: the optax loop runs over one flat vector (the package's own
-    optimizers, models without features or cut points: :func:`make_solver`);
-    False keeps the sites' dict, which a user's optimizer may address site
+    optimizers: :func:`make_solver`); False keeps the sites' dict, which a user's optimizer may address site
     by site (``optax.multi_transform``, ``optax.masked``).
     """
 
@@ -628,11 +629,8 @@ def make_solver(
         weights = to_device(weights, data.rating.dtype)
         if weights.shape != (data.nnz,):
             raise ValueError(f"weights must have shape ({data.nnz},), got {tuple(weights.shape)}")
-    # The flat vector for the package's optimizers on the Jacobi-scaled sites only: with feature links
-    # (unscaled) the warm-started tuning fits stalled after FTOL_WINDOW + 1 iterations over one
-    # vector where they ran 30-300 over the sites' dict (MovieLens-100K u5, all features, rank 10:
-    # tuned test RMSE 0.8998 against 0.8784); not understood, so those models keep the dict.
-    flat = optimizer is None and config.user_features is None and config.item_features is None and not config.ordinal
+    # The flat vector for the package's own optimizers; a user's sees the sites' dict.
+    flat = optimizer is None
     args = (unit_config(config), solver, _default_optimizer(solver, optimizer), int(max_iters), bool(precondition),
             flat)
     try:
