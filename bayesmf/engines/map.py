@@ -442,8 +442,9 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
     the loop does not read its precisions, and the cache of
     :func:`_cached_run_fn` then serves every fit with the same static settings.
     ``flat``: the optax loop runs over one flat vector (the package's own
-    optimizers: :func:`make_solver`); False keeps the sites' dict, which a user's optimizer may address site
-    by site (``optax.multi_transform``, ``optax.masked``).
+    optimizers: :func:`make_solver`); False keeps the sites' dict, which a
+    user's optimizer may address site by site (``optax.multi_transform``,
+    ``optax.masked``).
     """
 
     def run(latent, precisions, ctx, thresholds):

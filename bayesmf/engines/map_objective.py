@@ -303,7 +303,7 @@ def objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating
         # tracing; here they are the config's constants (I, 0, 1), always valid,
         # and checking them compiled ~20 one-op programs per process (0.3 s).
         with numpyro.validation_enabled(False):
-            value, trace = log_density(model, (data, unit), {}, from_optimizer(coordinates, data, unit))
+            value, _ = log_density(model, (data, unit), {}, from_optimizer(coordinates, data, unit))
         return -value / count
 
     return objective
