@@ -97,9 +97,10 @@ def test_link_jacobi_scales_follow_the_rows_their_features_reach(problem):
 def test_a_warm_start_into_a_stiff_link_prior_reaches_its_mode(problem):
     """The tuning's warm start: from the mode at the problem's link precisions to one at 1e6 times them (the
     search reaches such ratios). The loop must run to its float32 floor (measured: the model's gradient norm
-    ~3e-5 at the stop, and a cold fit run with tol 1e-7 and no ftol reaches ~1e-5); with the Gaussian
-    normalizers in the objective (w log(2 pi) / 2 per link entry, ~1e6 per rating) float32 no longer
-    resolved its progress and the warm fit stopped at a gradient norm of 1.1-1.5, the cold one at 11."""
+    4.7e-5 at the stop; a cold fit at link precisions 1e3-1e6 run with tol 1e-7 and no ftol reaches 1e-5 to
+    3e-5). With the Gaussian normalizers in the objective (w log(2 pi) / 2 per link entry, ~1e6 per rating)
+    float32 no longer resolved its progress and this warm fit stopped at a gradient norm of 2.3 (without the
+    links' Jacobi scales, 0.054); the cold fit at link precision 1e6 stopped at 11."""
     data, config = problem
     solver = map_engine.make_solver(data, config)
     weak, _ = map_engine.solve(solver, map_engine.init_latent(jax.random.PRNGKey(0), data, config), PRIORS)
