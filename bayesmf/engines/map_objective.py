@@ -223,12 +223,13 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
         curvature["item_offsets"] = alpha * n_item + tau_m
     if "user_offsets" in coordinates:
         curvature["user_offsets"] = alpha * n_user + tau_b
+    links = link_weights(data, config, precisions)
     for side, degree, k_other in (("user", n_user, k_item), ("item", n_item, k_user)):
         # A link entry b_fd moves every row's factor by X_uf, so every rating of those rows:
         # alpha sum_u X_uf^2 n_u k_other, plus its prior's lambda_g lambda.
         if f"{side}_link" in coordinates:
             data_part = alpha * k_other * column_square_sums(getattr(data, f"{side}_features"), degree)
-            curvature[f"{side}_link"] = (data_part + link_weights(data, config, precisions)[f"{side}_link"])[:, None]
+            curvature[f"{side}_link"] = (data_part + links[f"{side}_link"])[:, None]
     if "user_mean" in coordinates:
         beta = config.fixed.mean_precision
         curvature["user_mean"] = (data.num_users + beta) * lam_user
