@@ -1,8 +1,9 @@
 """What the NumPyro engines (NUTS and SVI) share: the model with its constant
-normalizers computed on the host, and the init strategy.
+normalizers computed on the host, NumPyro's checks off while their programs
+are traced, and the init strategy.
 
 Both engines run :func:`bayesmf.model.numpyro_model`; these helpers change how
-fast it compiles and where it starts, never its density.
+fast it compiles and runs and where it starts, never its density.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import init_to_median
 from numpyro.primitives import Messenger
@@ -99,6 +101,31 @@ def host_normalized(model, config: ModelConfig):
     config : ModelConfig
     """
     return _HostNormalizers(model, config)
+
+
+def unchecked(fn):
+    """``fn`` run with NumPyro's argument and support checks off (``numpyro.validation_enabled(False)``).
+
+    NumPyro 0.22 turns the checks on by default, and under ``jit`` they do not
+    raise: every ``log_prob`` gains a support test and a ``where`` that sets
+    out-of-support values to ``-inf``. For SVI's guide that is an ``eigh`` of
+    each Wishart precision per step (the ``positive_definite`` support) and its
+    gradient. The engines' values are in support by construction (NumPyro's
+    bijections), so the density is unchanged. With the checks off (2-core
+    CPU), 250 SVI steps on a 150 x 100 problem at rank 4 took 0.08 s against
+    0.15 s and compiled in 5 s against 7 s; on MovieLens-100K u1 at rank 10,
+    where the factors' work dominates a step, 10.9 ms against 11.7 ms.
+
+    Wrap every function that traces the model: its program is built while it
+    runs, so the checks are off in the compiled program and on again after.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with numpyro.validation_enabled(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def init_to_prior_centre(site=None):

@@ -57,7 +57,7 @@ from numpyro.infer.reparam import LocScaleReparam, Reparam
 from bayesmf.engines import driver
 from bayesmf.engines.common import EngineResult, to_numpy
 from bayesmf.engines.driver import Engine, chain_keys, check_counts, check_pairs
-from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre
+from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre, unchecked
 from bayesmf.model import ModelConfig, ModelData, Params, latent_sites, numpyro_model, params_from_sites, predict_mean
 
 Array = jax.Array
@@ -216,7 +216,7 @@ class NutsKernel:
         )
         self.num_warmup = num_warmup
         self.sites = latent_sites(config)
-        self.init_program = jax.jit(self._init)
+        self.init_program = jax.jit(unchecked(self._init))
         self.compiled = {}
 
     def _init(self, rng_key, params, data):
@@ -294,9 +294,9 @@ def engine(data: ModelData, config: ModelConfig, kernel: NutsKernel, init_params
     return Engine(
         name="nuts",
         init_fn=lambda chain_key: init(chain_key, data, config, kernel, init_params),
-        step_fn=lambda rng_key, state, data: step(rng_key, state, data, kernel),
-        draw_fn=draw_fn,
-        track_fn=track_fn,
+        step_fn=unchecked(lambda rng_key, state, data: step(rng_key, state, data, kernel)),
+        draw_fn=unchecked(draw_fn),
+        track_fn=unchecked(track_fn),
         thin_info_fn=_thin_info,
         postfix_fn=lambda infos: {"step_size": f"{float(np.mean(infos.step_size[:, -1])):.3g}",
                                   "steps": int(np.max(infos.num_steps[:, -1]))},

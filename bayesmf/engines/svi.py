@@ -52,7 +52,7 @@ from numpyro.optim import optax_to_numpyro
 from bayesmf.engines import driver
 from bayesmf.engines.common import EngineResult, to_numpy
 from bayesmf.engines.driver import Engine
-from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre
+from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre, unchecked
 from bayesmf.model import ModelConfig, ModelData, latent_sites, numpyro_model, params_from_sites, predict_mean
 
 Array = jax.Array
@@ -120,11 +120,11 @@ def step(rng_key: Array, state: SVIState, data: ModelData, svi: SVI) -> tuple[SV
 def engine(data: ModelData, config: ModelConfig, svi: SVI) -> Engine:
     """The SVI engine for :func:`bayesmf.engines.driver.sample` (run as a
     warm-up of ``num_steps`` iterations with no kept draws)."""
-    init_program = jax.jit(functools.partial(init, config=config, svi=svi))
+    init_program = jax.jit(unchecked(functools.partial(init, config=config, svi=svi)))
     return Engine(
         name="svi",
         init_fn=lambda chain_key: init_program(chain_key, data),
-        step_fn=lambda rng_key, state, data: step(rng_key, state, data, svi),
+        step_fn=unchecked(lambda rng_key, state, data: step(rng_key, state, data, svi)),
         postfix_fn=lambda infos: {"loss": f"{float(infos.loss[0, -1]):.4g}"},
         blocks=("none", "ELBO loss"),
         hint="try a smaller learning_rate or init_scale",
@@ -229,7 +229,7 @@ def fit(
 
     guide_params = svi.get_params(state)
     sites = latent_sites(config)
-    sample_fn = jax.jit(lambda key, p: svi.guide.sample_posterior(key, p, sample_shape=(num_samples,)))
+    sample_fn = jax.jit(unchecked(lambda key, p: svi.guide.sample_posterior(key, p, sample_shape=(num_samples,))))
     samples = sample_fn(key_draws, guide_params)
     draws = params_from_sites({name: samples[name][None] for name in sites}, data, config)
     draws = to_numpy(draws)
