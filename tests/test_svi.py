@@ -107,3 +107,34 @@ def test_bad_input(problem, kwargs):
     data, _ = problem
     with pytest.raises(ValueError):
         svi.fit(jax.random.PRNGKey(0), data, CONFIG, progress_bar=False, **kwargs)
+
+
+def _primitives(jaxpr) -> set:
+    """Names of every primitive in ``jaxpr`` and its sub-jaxprs (loops, conds, jit calls)."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+def test_the_step_program_carries_no_support_checks(problem):
+    """NumPyro (0.22) checks each log density's value against its support by default; under jit that
+    never raises, it only adds ops: for the guide's Wishart precisions an eigendecomposition per step
+    (the positive-definite check) and its gradient. The engine's step is traced without them, and
+    NumPyro's own setting is left as it was."""
+    import numpyro.distributions as dist
+
+    data, _ = problem
+    before = dist.Distribution._validate_args
+    model = svi.build(ModelConfig(rank=2), num_steps=10)
+    engine = svi.engine(data, ModelConfig(rank=2), model)
+    state = engine.init_fn(jax.random.PRNGKey(0))
+    names = _primitives(jax.make_jaxpr(engine.step_fn)(jax.random.PRNGKey(1), state, data).jaxpr)
+    assert "cholesky" in names  # the Wishart's own log density is in the program
+    assert "eigh" not in names
+    assert dist.Distribution._validate_args == before
