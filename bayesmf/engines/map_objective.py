@@ -181,7 +181,18 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
       it moves every row's factor by ``X_uf``, so every rating of those
       rows, and its prior's precision is the row group's ``lambda_g`` times
       the side's factor precision. At a tuning point's ``lambda_g`` of 1e6
-      the links were the stiffest entries by that factor, unscaled.
+      the links were the stiffest entries by that factor, unscaled;
+    - the ordinal likelihood's free cut point ``f_i`` (the log increment
+      that moves cuts ``c_{i+1}, ...`` by ``Delta_i = exp(f_i)``)
+      ``alpha Delta_i^2 n_{>i}``, ``n_{>i}`` the ratings of a star above
+      ``i``: each has a cut it uses moved by ``Delta_i``, as a shift of its
+      mean by ``Delta_i`` would (one unit of curvature per rating, as for a
+      Gaussian; the ordered probit's is near it). At a cold start on
+      MovieLens-100K u5 this was 0.90-0.96 of the Hessian's diagonal (75,048
+      against 78,216 for ``f_0``), about 3,600 times the users' mean factor
+      curvature. Unscaled, a cold ordinal fit there (rank 10, all features,
+      offset ratio 3) took 495 iterations where the scaled one takes 218, and
+      its refit stopped 0.0023 per rating above the scaled refit's objective.
 
     ``h_ref`` is the users' mean factor curvature. The loop minimizes
     ``f(s * z)`` over ``z``: the same mode, with curvatures that spread over
@@ -191,8 +202,7 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
     MovieLens-100K u1 at rank 10 with learned means a cold fit at factor ratio
     10 (``ftol`` 1e-5) took 446 iterations without the scales and 180 with
     them, to a lower objective (4.32454 against 4.32512); at the ML-1M shape,
-    rank 32, 93 against 432 (4.47447 against 4.47684). Cut points keep
-    scale 1.
+    rank 32, 93 against 432 (4.47447 against 4.47684).
 
     Parameters
     ----------
@@ -230,6 +240,10 @@ def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, preci
         if f"{side}_link" in coordinates:
             data_part = alpha * k_other * column_square_sums(getattr(data, f"{side}_features"), degree)
             curvature[f"{side}_link"] = (data_part + links[f"{side}_link"])[:, None]
+    if "cutpoints" in coordinates:
+        stars = jnp.bincount(data.star, length=config.num_stars).astype(dtype)
+        above = (data.nnz - jnp.cumsum(stars))[:-2]  # n_{>i}, i = 0..K-3: ratings of star i+1 or above
+        curvature["cutpoints"] = alpha * jnp.exp(2.0 * coordinates["cutpoints"]) * above
     if "user_mean" in coordinates:
         beta = config.fixed.mean_precision
         curvature["user_mean"] = (data.num_users + beta) * lam_user
