@@ -39,6 +39,27 @@ def test_padded_fraction_is_between_one_and_two():
     assert 1.0 <= padded_fraction(np.random.default_rng(0).integers(1, 1000, 500)) <= 2.0
 
 
+def test_segment_padding_counts_the_layouts_own_slots():
+    """With its plan, a segment layout's padded fraction is the built layout's slots per rating: every block
+    padded to the largest and rounded up to whole chunks, which the segments alone leave out (a few percent
+    at ML-10M shape, rank 512). A small stats budget forces blocks here."""
+    from bayesmf.layout import build_layout
+    from bayesmf.layout_plan import segment_plan
+
+    rng = np.random.default_rng(0)
+    degree = np.minimum(rng.zipf(1.6, 300), 400)
+    rows = np.repeat(np.arange(degree.size), degree)
+    cols = rng.integers(0, 500, rows.size)
+    width, chunk_bytes, stats_bytes = 8, 2**14, 20 * 81 * 4
+    layout = build_layout(rows, cols, degree.size, 500, "segment", width=width, chunk_bytes=chunk_bytes,
+                          stats_bytes=stats_bytes)
+    shape = segment_plan(degree, width, chunk_bytes, stats_bytes)
+    assert shape.blocks > 1 and layout.entries.shape[0] == shape.blocks
+    exact = padded_fraction(degree, "segment", shape)
+    assert exact == layout.entries.size / rows.size
+    assert exact > padded_fraction(degree, "segment")
+
+
 def test_check_names_need_have_and_advice():
     plan = memory.gibbs_plan(10**6, 10**5, 10**8, 512, num_samples=1000)
     with pytest.raises(MemoryError) as info:

@@ -67,6 +67,7 @@ from bayesmf.layout_plan import (
     padded_fraction,
     peak_working_bytes,
     resolve_kind,
+    segment_plan,
     segment_working_bytes,
 )
 from bayesmf.model import (
@@ -163,7 +164,8 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
                                       (item_degree, data.num_items, data.num_users, config.rank + 1)):
         kind = resolve_kind(layout, rows, cols, width)
         kinds.add(kind)
-        padded += padded_fraction(degree, kind) / 2  # (each side indexes every rating)
+        shape = segment_plan(degree, width, chunk_bytes, stats_bytes, itemsize) if kind == "segment" else None
+        padded += padded_fraction(degree, kind, shape) / 2  # (each side indexes every rating)
         if kind == "bucket":
             working = max(working, peak_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
         elif kind == "segment":
