@@ -151,8 +151,8 @@ def _cold_ordinal_problem():
     from bayesmf.synthetic import movielens_like
 
     sim = movielens_like(0, num_users=300, num_items=150, num_ratings=12000, rank=3, min_per_user=10, factor_sd=1.0)
-    est = BayesMF(rank=3, method="map", likelihood="ordinal", user_offsets=True, progress_bar=False)
-    return star_model_data(sim.ratings), est._with_stars(sim.ratings, est.config)
+    config = BayesMF(rank=3, method="map", likelihood="ordinal", user_offsets=True).config.replace(num_stars=K)
+    return star_model_data(sim.ratings), config
 
 
 def test_cut_point_scales_follow_their_curvature():
