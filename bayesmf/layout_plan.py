@@ -334,11 +334,9 @@ def segment_plan(degree: np.ndarray, design_width: int, chunk_bytes: int, stats_
     return SegmentShape(width, blocks, rows, k, -(-segments // k), r, -(-rows // r))
 
 
-def segment_working_bytes(degree: np.ndarray, design_width: int, chunk_bytes: int, itemsize: int = 4,
-                          stats_bytes: int | None = None) -> int:
-    """What :func:`bayesmf.layout.map_rows` holds at once with a ``"segment"`` layout: one
-    block's statistics plus the larger of a chunk of segments and a chunk of rows."""
-    shape = segment_plan(degree, design_width, chunk_bytes, stats_bytes, itemsize)
+def segment_working_bytes(shape: SegmentShape, design_width: int, itemsize: int = 4) -> int:
+    """What :func:`bayesmf.layout.map_rows` holds at once with a ``"segment"`` layout of this plan
+    (:func:`segment_plan`): one block's statistics plus the larger of a chunk of segments and a chunk of rows."""
     d = int(design_width)
     seg = shape.chunk_segments * _segment_bytes(shape.width, d, itemsize)
     stats = (shape.block_rows + 1) * (d + 1) ** 2 * itemsize

@@ -169,7 +169,7 @@ def memory_plan(data: ModelData, config: ModelConfig, *, num_samples: int, num_c
         if kind == "bucket":
             working = max(working, peak_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
         elif kind == "segment":
-            working = max(working, segment_working_bytes(degree, width, chunk_bytes, itemsize, stats_bytes))
+            working = max(working, segment_working_bytes(shape, width, itemsize))
     return memory.gibbs_plan(
         data.num_users, data.num_items, data.nnz, config.rank, num_samples=num_samples, num_chains=num_chains,
         keep_draws=keep_draws, itemsize=itemsize,
