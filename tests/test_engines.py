@@ -201,6 +201,35 @@ def test_engine_result_contract(engine_results, name):
     assert result.info["engine"] == name
 
 
+def test_a_repeated_fit_reuses_its_compiled_sweep(synthetic_ratings, caplog):
+    """Each fit builds fresh closures, but the same engine on the same data
+    lowers to the same program, which the process keeps
+    (:func:`bayesmf.memory.compile_program`): a second Gibbs fit compiles no
+    sweep and, with the same key, gives the first fit's draws. A config that
+    changes the sweep (hyper-prior values, which the trace bakes in) lowers to
+    another program and compiles it."""
+    import logging
+
+    data = model_data_from_ratings(synthetic_ratings.train)
+
+    def fit(config):
+        caplog.clear()
+        with jax.log_compiles(), caplog.at_level(logging.WARNING):
+            result = gibbs.sample(jax.random.PRNGKey(11), data, config, num_samples=7, num_warmup=3,
+                                  progress_bar=False)
+        return result, sum("XLA compilation of jit(gibbs_chunk)" in r.getMessage() for r in caplog.records)
+
+    config = ModelConfig(rank=RANK)
+    first, _ = fit(config)
+    again, compiled = fit(config)
+    assert compiled == 0
+    np.testing.assert_array_equal(again.draws.user_factors, first.draws.user_factors)
+    other = config.replace(hyper=config.hyper._replace(noise_rate=7.0))
+    moved, compiled = fit(other)
+    assert compiled == 1
+    assert not np.array_equal(moved.draws.noise_precision, first.draws.noise_precision)
+
+
 # --- part 3: the driver, on a toy engine -------------------------------------------------
 
 

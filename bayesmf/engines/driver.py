@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmf.engines.common import TrackedMoments, progress, to_numpy
-from bayesmf.memory import compiler_options, release_freed
+from bayesmf.memory import compile_program, release_freed
 
 Array = jax.Array
 
@@ -189,15 +189,15 @@ def chain_keys(rng_key: Array, num_chains: int) -> Array:
 
 
 def timed_compile(fn: Callable, *args):
-    """Jit-compile ``fn`` for ``args`` ahead of time (:func:`compiler_options`); return (compiled, seconds).
+    """Jit-compile ``fn`` for ``args`` ahead of time; return (compiled, seconds).
 
-    The compiler's freed working memory goes back to the operating system
-    afterwards (:func:`bayesmf.memory.release_freed`), so the first run's
-    buffers do not stack on top of it in the peak.
+    By :func:`bayesmf.memory.compile_program`: a program this process has
+    compiled before is reused (seconds: its lowering), and the compiler's
+    freed working memory goes back to the operating system after a compile,
+    so the first run's buffers do not stack on top of it in the peak.
     """
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options() or None)
-    release_freed()
+    compiled = compile_program(fn, *args)
     return compiled, time.perf_counter() - start
 
 
@@ -365,6 +365,7 @@ def _chunk_fn(engine: Engine, thin: int, keep: bool, track: bool):
         (state, acc), (draws, infos, tracked) = jax.lax.scan(one, (state, acc), keys)
         return state, acc, draws, infos, tracked
 
+    chunk.__name__ = chunk.__qualname__ = f"{engine.name}_chunk"  # what jax.log_compiles and profiles show
     return chunk
 
 
@@ -383,6 +384,7 @@ def _over_chains(chunk, width: int, method: str):
     if width > 1:
         return (jax.pmap if method == "parallel" else jax.vmap)(chunk, in_axes=(0, 0, 0, None, None))
 
+    @functools.wraps(chunk)
     def single(keys, state, acc, context, pairs):
         squeeze = functools.partial(jax.tree_util.tree_map, lambda x: x[0])
         out = chunk(squeeze(keys), squeeze(state), squeeze(acc), context, pairs)
