@@ -138,3 +138,17 @@ def test_the_step_program_carries_no_support_checks(problem):
     assert "cholesky" in names  # the Wishart's own log density is in the program
     assert "eigh" not in names
     assert dist.Distribution._validate_args == before
+
+
+def test_a_repeated_fit_compiles_nothing(problem, fitted, caplog):
+    """The guide's set-up, its optimizer chunk and its draws are compiled through the process's kept
+    programs (:func:`bayesmf.memory.compile_program`): the same fit again (same settings, data shapes and
+    key) compiles no program at all, and gives the same draws."""
+    import logging
+
+    data, _ = problem
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        again = svi.fit(jax.random.PRNGKey(0), data, CONFIG, num_samples=NUM_SAMPLES, num_steps=NUM_STEPS,
+                        progress_bar=False)
+    assert [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()] == []
+    np.testing.assert_array_equal(again.draws.item_offsets, fitted.draws.item_offsets)

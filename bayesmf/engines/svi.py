@@ -53,6 +53,7 @@ from bayesmf.engines import driver
 from bayesmf.engines.common import EngineResult, to_numpy
 from bayesmf.engines.driver import Engine
 from bayesmf.engines.numpyro_util import host_normalized, init_to_prior_centre, unchecked
+from bayesmf.memory import compile_program
 from bayesmf.model import ModelConfig, ModelData, latent_sites, numpyro_model, params_from_sites, predict_mean
 
 Array = jax.Array
@@ -63,6 +64,10 @@ STEPS_PER_CHUNK = 250
 MAX_LOSS_POINTS = 500
 # Initial sd of every guide coordinate (NumPyro's default).
 INIT_SCALE = 0.1
+
+
+# Each draw's predicted means of the tracked pairs, draws with leading axes (chains, draws).
+_draw_means = jax.jit(jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None)))
 
 
 class SviInfo(NamedTuple):
@@ -120,10 +125,15 @@ def step(rng_key: Array, state: SVIState, data: ModelData, svi: SVI) -> tuple[SV
 def engine(data: ModelData, config: ModelConfig, svi: SVI) -> Engine:
     """The SVI engine for :func:`bayesmf.engines.driver.sample` (run as a
     warm-up of ``num_steps`` iterations with no kept draws)."""
-    init_program = jax.jit(unchecked(functools.partial(init, config=config, svi=svi)))
+    # Compiled through the process's kept programs: a later fit with the same
+    # settings and data shapes sets up without compiling (about 6 s of a small fit).
+    @unchecked
+    def svi_init(chain_key, data):
+        return init(chain_key, data, config, svi)
+
     return Engine(
         name="svi",
-        init_fn=lambda chain_key: init_program(chain_key, data),
+        init_fn=lambda chain_key: compile_program(svi_init, chain_key, data)(chain_key, data),
         step_fn=unchecked(lambda rng_key, state, data: step(rng_key, state, data, svi)),
         postfix_fn=lambda infos: {"loss": f"{float(infos.loss[0, -1]):.4g}"},
         blocks=("none", "ELBO loss"),
@@ -229,15 +239,18 @@ def fit(
 
     guide_params = svi.get_params(state)
     sites = latent_sites(config)
-    sample_fn = jax.jit(unchecked(lambda key, p: svi.guide.sample_posterior(key, p, sample_shape=(num_samples,))))
-    samples = sample_fn(key_draws, guide_params)
+
+    @unchecked
+    def guide_draws(key, params):
+        return svi.guide.sample_posterior(key, params, sample_shape=(num_samples,))
+
+    samples = compile_program(guide_draws, key_draws, guide_params)(key_draws, guide_params)
     draws = params_from_sites({name: samples[name][None] for name in sites}, data, config)
     draws = to_numpy(draws)
 
     tracked = None
     if track_pairs is not None:
-        fn = jax.jit(jax.vmap(jax.vmap(predict_mean, in_axes=(0, None, None)), in_axes=(0, None, None)))
-        means = np.asarray(fn(draws, pairs[0], pairs[1]))  # (1, num_samples, n)
+        means = np.asarray(_draw_means(draws, pairs[0], pairs[1]))  # (1, num_samples, n)
         tracked = driver.moments_of(means, 1.0 / draws.noise_precision, keep_track_draws)
         if keep_track_draws:
             tracked = tracked._replace(noise_sd=1.0 / np.sqrt(draws.noise_precision))
