@@ -40,6 +40,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def padded_count(n: int, step: int = 1 << 16) -> int:
+    """``n`` rounded up to a power of two, or above ``step`` to a multiple of it: few distinct
+    shapes for compiled programs, at most twice (above ``step``, ``1 + step / n`` times) the work."""
+    return next_pow2(n) if n <= step else -(-int(n) // step) * step
+
+
 # Fewest given ratings a batch is padded to: every batch of up to 8 ratings
 # per row shares one compiled shape.
 MIN_WIDTH = 8

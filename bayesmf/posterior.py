@@ -48,6 +48,7 @@ from bayesmf import metrics, ordinal_predictive
 from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.data import as_pairs, as_ratings
+from bayesmf.given import padded_count
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.memory import device_limit, to_device
 from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_design, user_row_prior
@@ -356,24 +357,26 @@ class Posterior:
         total = flat.user_factors.shape[0]
         n = user_index.shape[0]
         known = (user_index >= 0) & (item_index >= 0)
-        # Known pairs (nearly all of a test set) skip the cold-start terms.
-        parts = [(np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)]
         # The spread of unknown features, for the sides that have new rows here.
         spreads = [self._spread(side, x is not None) if (index < 0).any() else None
                    for side, x, index in (("user", user_x, user_index), ("item", item_x, item_index))]
         mean = np.empty((total, n), np.float64)
         var = np.empty((total, n), np.float64)
-        block = max(1, DRAW_BLOCK_CELLS // max(n, 1))
+        # Known pairs (nearly all of a test set) skip the cold-start terms. Each part is padded with its
+        # last pair to a few sizes, so that other pair counts reuse its compiled program.
+        parts = [(rows, rows[np.minimum(np.arange(padded_count(rows.size)), rows.size - 1)], fn)
+                 for rows, fn in ((np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments))
+                 if rows.size]
+        block = max(1, DRAW_BLOCK_CELLS // max(sum(take.size for _, take, _ in parts), 1))
         for start in range(0, total, block):
             draws = jax.tree.map(lambda x: to_device(x[start : start + block]), flat)
-            for rows, fn in parts:
-                if rows.size:
-                    x = [None if a is None else to_device(a[rows]) for a in (user_x, item_x)]
-                    args = (draws, to_device(user_index[rows]), to_device(item_index[rows]))
-                    spread = [None if a is None else to_device(a[start : start + block]) for a in spreads]
-                    m, v = fn(*args) if fn is _batched_known else fn(*args, *x, *spread)
-                    mean[start : start + block, rows] = np.asarray(m)
-                    var[start : start + block, rows] = np.asarray(v)
+            for rows, take, fn in parts:
+                x = [None if a is None else to_device(a[take]) for a in (user_x, item_x)]
+                args = (draws, to_device(user_index[take]), to_device(item_index[take]))
+                spread = [None if a is None else to_device(a[start : start + block]) for a in spreads]
+                m, v = fn(*args) if fn is _batched_known else fn(*args, *x, *spread)
+                mean[start : start + block, rows] = np.asarray(m)[:, : rows.size]
+                var[start : start + block, rows] = np.asarray(v)[:, : rows.size]
         if laplace and total == 1:
             var = var + self._laplace_var(user_index, item_index)[None]
         noise_sd = 1.0 / np.sqrt(flat.noise_precision.astype(np.float64))
@@ -716,10 +719,8 @@ class Posterior:
         return metrics.activity_bucket(np.where(known, degree[np.where(known, idx, 0)], 0))
 
     def __repr__(self) -> str:
-        return (
-            f"Posterior(method={self.method!r}, rank={self.rank}, chains={self.num_chains}, draws={self.num_draws}, "
-            f"users={len(self.user_vocab)}, items={len(self.item_vocab)})"
-        )
+        return (f"Posterior(method={self.method!r}, rank={self.rank}, chains={self.num_chains}, "
+                f"draws={self.num_draws}, users={len(self.user_vocab)}, items={len(self.item_vocab)})")
 
 
 # --- thinning -------------------------------------------------------------------------------
@@ -781,9 +782,7 @@ def thinned(posterior, *, thin: int | None = None, num_draws: int | None = None)
         return posterior
     c, s = posterior.num_chains, posterior.num_draws
     index = draw_indices(s, thin=thin, keep=num_draws)
-    stats = {
-        k: (np.asarray(v)[:, index] if np.shape(v)[:2] == (c, s) else v) for k, v in posterior.stats.items()
-    }
+    stats = {k: (np.asarray(v)[:, index] if np.shape(v)[:2] == (c, s) else v) for k, v in posterior.stats.items()}
     return Posterior(
         jax.tree.map(lambda x: np.asarray(x)[:, index], posterior.draws),
         posterior.config,

@@ -232,6 +232,30 @@ def test_evaluate_compiles_one_scoring_program_for_known_and_cold_pairs(posterio
     assert table.loc[("all", "all"), "coverage_70"] == metrics.summarize(rows).iloc[0]["coverage_70"]
 
 
+def test_components_of_other_pair_counts_reuse_the_compiled_programs(posterior, caplog):
+    """components pads its known and its cold pairs to a few sizes (a power of two here): other pair
+    counts of one size compile nothing, and every pair gets the moments it gets in any other call
+    (float32 round-off: each pair's mean is its own D-term dot product)."""
+    import logging
+
+    test = make_ratings(7, 400)
+    pairs = posterior.pairs(test.user_ids, test.item_ids)
+    u, i = pairs.user_index, pairs.item_index
+    assert 0 < (u < 0).sum() < len(u)
+    whole = posterior.components(u, i)
+    for n in (1, 37, 200):  # known and cold pairs mixed: each part padded on its own
+        part = posterior.components(u[-n:], i[-n:])
+        np.testing.assert_allclose(part.mean, whole.mean[:, -n:], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(part.sd, whole.sd[:, -n:], rtol=1e-6, atol=1e-6)
+    known = np.flatnonzero((u >= 0) & (i >= 0))
+    first = posterior.components(u[known[:33]], i[known[:33]])  # padded to 64
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        for n in (40, 64, 50):
+            again = posterior.components(u[known[:n]], i[known[:n]])
+    assert [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()] == []
+    np.testing.assert_array_equal(again.mean[:, :33], first.mean)
+
+
 def test_stream_score_rows_is_the_same_in_any_chunking(posterior):
     test = make_ratings(9, 300)
     pairs = posterior.pairs(test.user_ids, test.item_ids)
