@@ -229,7 +229,7 @@ def compiler_options() -> dict:
     return dict(GPU_COMPILER_OPTIONS)
 
 
-# Programs :func:`compile_program` keeps for the process's later fits; the oldest goes first.
+# Programs :func:`compile_program` keeps for the process's later fits; the least recently used goes first.
 PROGRAMS_KEPT = 16
 _programs: dict = {}
 

@@ -254,3 +254,26 @@ def test_compiler_options_turn_gemm_autotuning_off_on_a_gpu_only(monkeypatch):
     assert memory.compiler_options() == {"xla_gpu_autotune_level": 0}
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=4")
     assert memory.compiler_options() == {}
+
+
+def test_compile_program_keeps_programs_by_their_lowered_text(monkeypatch):
+    """compile_program reuses a program for a fresh closure that lowers to the same text, compiles
+    another for a closure over other constants, and forgets the least recently used past PROGRAMS_KEPT."""
+    import jax.numpy as jnp
+
+    def closure(constant):
+        return lambda x: x * constant + 1.0
+
+    x = jnp.arange(4.0)
+    memory.clear_programs()
+    monkeypatch.setattr(memory, "PROGRAMS_KEPT", 2)
+    two = memory.compile_program(closure(2.0), x)
+    assert memory.compile_program(closure(2.0), x) is two  # a new closure, the same program
+    three = memory.compile_program(closure(3.0), x)
+    assert three is not two and float(three(x)[1]) == 4.0 and float(two(x)[1]) == 3.0
+    assert memory.compile_program(closure(2.0), x) is two  # used last: 3.0 is now the least recent
+    memory.compile_program(closure(5.0), x)  # a third program: 3.0's goes
+    assert memory.compile_program(closure(2.0), x) is two
+    assert memory.compile_program(closure(3.0), x) is not three
+    memory.clear_programs()
+    assert memory.compile_program(closure(2.0), x) is not two
