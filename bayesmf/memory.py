@@ -229,6 +229,13 @@ def compiler_options() -> dict:
     return dict(GPU_COMPILER_OPTIONS)
 
 
+def _compile(lowered):
+    """``lowered`` compiled with :func:`compiler_options`, the compiler's freed memory released after it."""
+    program = lowered.compile(compiler_options=compiler_options() or None)
+    release_freed()
+    return program
+
+
 # Programs :func:`compile_program` keeps for the process's later fits; the least recently used goes first.
 PROGRAMS_KEPT = 16
 _programs: dict = {}
@@ -252,17 +259,15 @@ def compile_program(fn, *args):
     """
     lowered = jax.jit(fn).lower(*args)
     text = lowered.as_text()
-    options = compiler_options() or None
     key = (
         hashlib.sha256(text.encode()).digest(),
         jax.default_backend(),
-        tuple(sorted((options or {}).items())),
+        tuple(sorted(compiler_options().items())),
         tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(args)),
     )
     program = _programs.pop(key, None)
     if program is None:
-        program = lowered.compile(compiler_options=options)
-        release_freed()
+        program = _compile(lowered)
         if "callback" in text:
             return program
         if len(_programs) >= PROGRAMS_KEPT:
@@ -308,8 +313,7 @@ class Programs:
         ))
         program = self.compiled.get(key)
         if program is None:
-            program = self.jitted.lower(*args, **static).compile(compiler_options=compiler_options() or None)
-            release_freed()
+            program = _compile(self.jitted.lower(*args, **static))
             if len(self.compiled) >= self.max_size:
                 self.compiled.pop(next(iter(self.compiled)))
             self.compiled[key] = program
