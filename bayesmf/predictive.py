@@ -478,9 +478,9 @@ def stream_score_rows(
         Components x rows per chunk; default
         :func:`bayesmf.metrics.streaming.default_chunk_cells` of the backend.
     scale : bayesmf.data.RatingScale, optional
-        On a star scale the star masses are formed on the device too (``K``
-        floats per row come back) and scored on the host as
-        :func:`score_rows` scores them.
+        On a star scale the star masses and the star scores are formed on
+        the device too (:func:`bayesmf.metrics.stars.star_scores`, the math
+        :func:`score_rows` uses on the host).
 
     Returns
     -------
@@ -502,9 +502,7 @@ def stream_score_rows(
     on_device = jax.tree.map(to_device, params) if any(own is None for _, _, own in parts) else None
     tables = tuple(on_device if own is None else own for _, _, own in parts)
     moments_fns = tuple(moments_fn for _, moments_fn, _ in parts)
-    out = {name: np.empty(n) for name in streaming.row_keys(levels)}  # score_rows' order, not jit's sorted one
-    if cuts is not None:
-        out["star_mass"] = np.empty((n, len(cuts) + 1))
+    out = {name: np.empty(n) for name in streaming.row_keys(levels, cuts)}  # score_rows' order, not jit's sorted one
 
     def collect(keep, part):
         for name, values in part.items():
@@ -528,7 +526,7 @@ def stream_score_rows(
                     collect(*pending.popleft())
         while pending:
             collect(*pending.popleft())
-    return streaming.add_star_rows(out, y, cuts, levels)
+    return out
 
 
 def star_interval(masses: np.ndarray, values: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:

@@ -143,6 +143,39 @@ def test_prediction_sets_of_many_rows_equal_the_search_written_out():
                 assert (int(got[0]), int(got[1]), float(got[2])) == (a, length, -neg_mass), (row, prob)
 
 
+@pytest.mark.parametrize("num_stars", [2, 5, 10])
+def test_star_scores_under_jit_equal_the_numpy_ones_exactly(num_stars):
+    """evaluate scores stars on the device with the same kernel (metrics.stars.star_scores with jax.numpy,
+    jitted, float64): given the same masses the prediction sets equal star_rows' bit for bit (their run
+    masses are additions in the same order, compared exactly), with exact ties (masses in eighths) and
+    masses exactly at a level (0.5 and 0.75 are eighths); the log score and the rps to round-off (XLA's
+    log and its fused multiply-adds differ from NumPy's in the last bit). K = 2, 5 and 10 (half stars)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bayesmf.metrics.stars import star_index, star_keys, star_scores
+
+    rng = np.random.default_rng(num_stars)
+    tied = rng.multinomial(8, np.ones(num_stars) / num_stars, size=300) / 8.0
+    masses = np.concatenate([tied, rng.dirichlet(np.full(num_stars, 0.7), size=300)])
+    cuts = tuple(1.5 + np.arange(num_stars - 1.0))
+    y = rng.integers(1, num_stars + 1, len(masses)).astype(np.float64)
+    y[:7] = cuts[0]  # on a cut point: the lower star
+    levels = (0.5, 0.75, 0.9)
+    want = metrics.star_rows(y, masses, cuts, levels)
+    with jax.enable_x64(True):
+        program = jax.jit(lambda y, m: star_scores(star_index(y, cuts, xp=jnp), m, levels, xp=jnp))
+        got = program(jnp.asarray(y), jnp.asarray(masses))
+    assert list(want) == star_keys(levels) and set(got) == set(want)
+    for name in want:
+        assert got[name].dtype == np.float64, name
+        if name in ("star_nll", "rps"):
+            np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=ROUND_OFF, atol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(np.asarray(got[name]), want[name], err_msg=name)
+    assert np.array_equal(want["set_size_50"] > 1, masses.max(axis=1) < 0.5)  # the sets did vary
+
+
 def test_sets_are_calibrated_on_ratings_drawn_from_the_predictive():
     """Stars drawn from each row's own predictive: coverage matches the mean predicted mass.
 

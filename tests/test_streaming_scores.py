@@ -323,20 +323,3 @@ def test_draw_minor_is_the_transpose_in_any_pieces(monkeypatch, piece_bytes):
     np.testing.assert_array_equal(dm.item_factors, np.swapaxes(factors[:, :5], 0, 1).reshape(-1, 3))
     np.testing.assert_array_equal(dm.item_offsets, np.swapaxes(offsets, 0, 1).reshape(-1))
     np.testing.assert_array_equal(dm.user_offsets, dm.item_offsets)
-
-
-def test_star_scores_are_the_same_in_blocks_of_rows(monkeypatch):
-    """add_star_rows scores a block of rows at a time (here 3, which does not
-    divide 10): the scores of star_rows on all rows at once, exactly (row-wise)."""
-    from bayesmf.metrics import star_rows
-
-    rng = np.random.default_rng(5)
-    masses = rng.dirichlet(np.ones(5), size=10)
-    y = rng.integers(1, 6, 10).astype(np.float64)
-    cuts, levels = (1.5, 2.5, 3.5, 4.5), (0.5, 0.9)
-    want = star_rows(y, masses, cuts, levels)
-    monkeypatch.setattr(streaming, "STAR_ROWS_BLOCK", 3)
-    got = streaming.add_star_rows({"star_mass": masses}, y, cuts, levels)
-    assert set(got) == set(want)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -14,8 +14,9 @@ open ends,
 i.e. the cells ``(-inf, 1.5], (1.5, 2.5], ..., (4.5, inf)`` on the 1..5
 scale (right-closed: a rating on a cut point belongs to the lower star).
 :func:`star_masses` computes them (NumPy), :func:`mixture_masses` is the
-same kernel for any array namespace (the jitted streaming path calls it with
-``jax.numpy``). A model that predicts stars directly (an ordinal model)
+same kernel for any array namespace, as :func:`star_scores` is for the
+scores below (evaluate's jitted streaming path calls both with
+``jax.numpy``, on the device). A model that predicts stars directly (an ordinal model)
 hands in its own ``(n, K)`` masses to :func:`star_rows`; every score below is
 a function of the masses and the observed star only, so every variant is
 scored on the same footing:
@@ -86,13 +87,16 @@ def star_cuts(scale) -> tuple[float, ...] | None:
     return tuple(float(scale.low + (k + 0.5) * scale.step) for k in range(num_stars - 1))
 
 
-def star_index(y: ArrayLike, cuts: Sequence[float]) -> np.ndarray:
+def star_index(y: ArrayLike, cuts: Sequence[float], *, xp=np):
     """The star (0-based, from the lowest) whose cell holds each rating: the number of cut points below it.
 
     Parameters
     ----------
     y : array, shape (n,)
     cuts : sequence of float, length K - 1, increasing
+    xp : module
+        ``numpy`` (``y`` is taken as float64) or ``jax.numpy`` (traceable;
+        the cut points in ``y``'s dtype).
 
     Returns
     -------
@@ -103,7 +107,10 @@ def star_index(y: ArrayLike, cuts: Sequence[float]) -> np.ndarray:
     >>> star_index([1.0, 1.5, 1.6, 5.0], (1.5, 2.5, 3.5, 4.5)).tolist()
     [0, 0, 1, 4]
     """
-    return np.searchsorted(np.asarray(cuts, np.float64), np.asarray(y, np.float64), side="left")
+    if xp is np:
+        y = np.asarray(y, np.float64)
+    below = xp.asarray(cuts, dtype=y.dtype)[:, None] < y[None, :]  # (K - 1, n); a rating on a cut is the lower star
+    return xp.sum(below, axis=0, dtype=np.int32)
 
 
 def mixture_masses(mu, sd, weights, cuts: Sequence[float], *, xp=np):
@@ -243,41 +250,48 @@ def prediction_set(masses: ArrayLike, prob: float) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"masses must have shape (n, K), got {m.shape}")
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob must be in the open interval (0, 1), got {prob}")
-    return _set_at(*_best_runs(m), prob)
+    start, size, mass = (x[0] for x in _set_at(*_best_runs(np.ascontiguousarray(m.T)), (prob,)))
+    return start.astype(np.int64), size.astype(np.int64), mass
 
 
-def _best_runs(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _best_runs(stars, *, xp=np) -> tuple[list, list]:
     """The heaviest run of each length 1..K (the first maximum: the lowest of equal masses) of every row:
-    its start and its mass, two arrays of shape (K, n) -- what every level's prediction set is chosen from.
+    its start and its mass, two lists of K arrays of shape (n,) -- what every level's prediction set is
+    chosen from.
 
-    Star-major, ``(K, n)``: the runs' sums and the comparisons between the K
-    candidates are whole-array operations, where NumPy's ``argmax`` along a
-    row's K stars ran row by row (1M rows: 0.17 s of 0.48 s of ``star_rows``)."""
-    stars = np.ascontiguousarray(m.T)  # (K, n)
-    num_stars, n = stars.shape
-    starts, masses = np.zeros((num_stars, n), np.int64), np.empty((num_stars, n))
+    ``stars`` is star-major, ``(K, n)``: the runs' sums and the comparisons
+    between the candidates are whole-array operations (NumPy's ``argmax``
+    along a row's K stars ran row by row), written for any array namespace
+    ``xp`` (``numpy``, or ``jax.numpy`` inside evaluate's jitted scoring),
+    with the same additions in the same order in both."""
+    num_stars = stars.shape[0]
+    starts, masses = [], []
     run = stars  # run[a] = mass of the stars a..a+length-1
     for length in range(1, num_stars + 1):
         if length > 1:
             run = run[:-1] + stars[length - 1 :]
-        best, start = masses[length - 1], starts[length - 1]
-        best[:] = run[0]
+        best, start = run[0], xp.zeros(run.shape[1:], np.int32)
         for a in range(1, run.shape[0]):  # strictly heavier: the lowest start keeps a tie
-            np.copyto(start, a, where=run[a] > best)
-            np.maximum(best, run[a], out=best)
+            start = xp.where(run[a] > best, np.int32(a), start)
+            best = xp.maximum(best, run[a])
+        starts.append(start)
+        masses.append(best)
     return starts, masses
 
 
-def _set_at(starts: np.ndarray, masses: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`prediction_set` from :func:`_best_runs`: the shortest length whose heaviest run reaches ``prob``."""
-    num_stars, n = starts.shape
-    length = np.full(n, num_stars - 1)  # the whole scale always qualifies
-    start, mass = starts[-1].copy(), masses[-1].copy()
+def _set_at(starts: list, masses: list, probs: Sequence[float], *, xp=np) -> tuple:
+    """:func:`prediction_set` from :func:`_best_runs` at every level of ``probs`` at once: the shortest
+    length whose heaviest run reaches the level. Three arrays of shape (len(probs), n)."""
+    num_stars = len(starts)
+    levels = xp.asarray(np.asarray(probs, np.float64)[:, None], dtype=masses[-1].dtype)  # (L, 1)
+    shape = (levels.shape[0],) + tuple(starts[-1].shape)
+    length = xp.full(shape, np.int32(num_stars - 1))  # the whole scale always qualifies
+    start, mass = xp.broadcast_to(starts[-1], shape), xp.broadcast_to(masses[-1], shape)
     for shorter in range(num_stars - 2, -1, -1):  # the shortest qualifying length is the last one set
-        reaches = masses[shorter] >= prob
-        np.copyto(length, shorter, where=reaches)
-        np.copyto(start, starts[shorter], where=reaches)
-        np.copyto(mass, masses[shorter], where=reaches)
+        reaches = masses[shorter] >= levels
+        length = xp.where(reaches, np.int32(shorter), length)
+        start = xp.where(reaches, starts[shorter], start)
+        mass = xp.where(reaches, masses[shorter], mass)
     return start, length + 1, mass
 
 
@@ -326,19 +340,61 @@ def star_rows(y: ArrayLike, masses: ArrayLike, cuts: Sequence[float], levels: Se
         raise ValueError(f"masses must be finite, >= 0 and sum to 1 (within {MASS_TOL}) in every row")
     if not np.all(np.isfinite(y)):
         raise ValueError("y contains non-finite values")
-    n = y.shape[0]
-    k = star_index(y, c)
-    with np.errstate(divide="ignore"):
-        out = {"star_nll": -np.log(m[np.arange(n), k])}
-    # Star-major (K - 1, n): the cumulative sum and the sum over stars run across whole rows of
-    # the array (the same additions in the same order as along each row's K stars).
-    below = np.cumsum(m.T, axis=0)[:-1]  # F_k, k = 0..K-2
-    step = (np.arange(c.size)[:, None] >= k[None, :]).astype(np.float64)  # 1[y <= star k]
-    out["rps"] = np.sum((below - step) ** 2, axis=0)
-    runs = _best_runs(m)  # shared by the levels
-    for p, tag in zip(levels, level_tags(levels)):
-        start, size, mass = _set_at(*runs, float(p))
-        out[f"set_covered_{tag}"] = ((start <= k) & (k < start + size)).astype(np.float64)
-        out[f"set_mass_{tag}"] = mass
-        out[f"set_size_{tag}"] = size.astype(np.float64)
+    return star_scores(star_index(y, c), m, levels)
+
+
+def star_scores(star, masses, levels: Sequence[float], *, xp=np) -> dict:
+    """:func:`star_rows` from the observed stars, without validation, for any array namespace.
+
+    The one home of the star scores' math: :func:`star_rows` calls it with
+    NumPy, evaluate's jitted scoring (:mod:`bayesmf.metrics.streaming`) with
+    ``jax.numpy`` on the device, the same additions in the same order (the
+    cumulative masses and the runs left to right, the prediction sets'
+    comparisons exact), so the prediction sets agree exactly given equal
+    masses.
+
+    Parameters
+    ----------
+    star : int array, shape (n,)
+        The observed stars, 0-based (:func:`star_index`).
+    masses : array, shape (n, K)
+        Predicted star masses.
+    levels : sequence of float
+        Prediction-set levels, in (0, 1).
+    xp : module
+        ``numpy`` or ``jax.numpy``.
+
+    Returns
+    -------
+    dict of str to array, shape (n,), in ``masses``' dtype
+        The keys of :func:`star_rows`, in its order.
+    """
+    stars = np.ascontiguousarray(masses.T) if xp is np else masses.T  # (K, n): whole-row operations
+    num_stars = stars.shape[0]
+    observed = xp.take_along_axis(masses, star[:, None], axis=1)[:, 0]
+    if xp is np:
+        with np.errstate(divide="ignore"):
+            out = {"star_nll": -np.log(observed)}
+    else:
+        out = {"star_nll": -xp.log(observed)}
+    # rps: sum over k = 0..K-2 of (F_k - 1[y <= star k])^2, F_k summed down the stars.
+    cumulative, rps = None, xp.zeros_like(observed)
+    for k in range(num_stars - 1):
+        cumulative = stars[0] if k == 0 else cumulative + stars[k]
+        term = cumulative - (star <= k).astype(masses.dtype)
+        rps = term * term if k == 0 else rps + term * term
+    out["rps"] = rps
+    if not len(levels):
+        return out
+    start, size, mass = _set_at(*_best_runs(stars, xp=xp), levels, xp=xp)  # (L, n) each
+    covered = ((start <= star) & (star < start + size)).astype(masses.dtype)
+    size = size.astype(masses.dtype)
+    for j, tag in enumerate(level_tags(levels)):
+        out[f"set_covered_{tag}"], out[f"set_mass_{tag}"], out[f"set_size_{tag}"] = covered[j], mass[j], size[j]
     return out
+
+
+def star_keys(levels: Sequence[float]) -> list[str]:
+    """The keys of :func:`star_rows` (and :func:`star_scores`), in their order."""
+    return ["star_nll", "rps", *(f"set_{kind}_{tag}" for tag in level_tags(levels)
+                                 for kind in ("covered", "mass", "size"))]

@@ -36,10 +36,10 @@ The scores are those of the reference, step for step:
   (``S = 1``) takes the closed form;
 - on a star scale (``cuts`` given), the star masses of the mixture by the
   reference's own kernel (:func:`bayesmf.metrics.stars.mixture_masses` with
-  ``jax.numpy``), returned as ``star_mass`` of shape ``(c, K)``; the star
-  scores are computed from them on the host by
-  :func:`bayesmf.metrics.star_rows` (:func:`add_star_rows`), the one home of
-  that math, for the streamed and the in-memory path alike.
+  ``jax.numpy``), and from them the star scores by the reference's own
+  :func:`bayesmf.metrics.stars.star_scores` (the one home of that math, with
+  ``jax.numpy``: the same additions in the same order, so the prediction
+  sets agree exactly given equal masses), on the device in the same program.
 
 Dtype: the functions compute in the dtype of ``mu``. Under
 ``jax.enable_x64(True)`` with float64 components every score equals the
@@ -61,7 +61,7 @@ from numpy.typing import ArrayLike
 from scipy.special import ndtri
 
 from bayesmf.metrics.scores import BRACKET_SDS, MAX_PAIRS, QUANTILE_TOL
-from bayesmf.metrics.stars import level_tags, mixture_masses, star_cuts, star_rows
+from bayesmf.metrics.stars import level_tags, mixture_masses, star_cuts, star_index, star_keys, star_scores
 
 Array = jax.Array
 
@@ -88,10 +88,11 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def row_keys(levels: Sequence[float]) -> list[str]:
-    """The keys of :func:`bayesmf.metrics.score_rows`, in its order."""
+def row_keys(levels: Sequence[float], cuts: tuple[float, ...] | None = None) -> list[str]:
+    """The keys of :func:`bayesmf.metrics.score_rows`, in its order (the star scores' with ``cuts``)."""
     return ["squared_error", "absolute_error", "nll", "crps",
-            *(f"{kind}_{tag}" for tag in level_tags(levels) for kind in ("covered", "width"))]
+            *(f"{kind}_{tag}" for tag in level_tags(levels) for kind in ("covered", "width")),
+            *(star_keys(levels) if cuts is not None else ())]
 
 
 def check_levels(levels) -> tuple[float, ...]:
@@ -263,13 +264,13 @@ def chunk_scores(
         Absolute tolerance of the mixture quantiles.
     cuts : tuple of float (static), optional
         Star cut points (:func:`bayesmf.metrics.star_cuts`): also return
-        ``star_mass``.
+        the star scores of :func:`bayesmf.metrics.star_rows`.
 
     Returns
     -------
     dict of str to array, shape (c,)
-        The keys of :func:`bayesmf.metrics.score_rows` without star scores,
-        in its order; with ``cuts`` also ``star_mass``, shape (c, K).
+        The keys of :func:`bayesmf.metrics.score_rows`, in its order (the
+        star scores with ``cuts`` only).
     """
     num_components = mu.shape[0]
     sd = jnp.sqrt(var)
@@ -298,26 +299,8 @@ def chunk_scores(
         rows[f"covered_{tag}"] = ((lower[j] <= y) & (y <= upper[j])).astype(mu.dtype)
         rows[f"width_{tag}"] = upper[j] - lower[j]
     if cuts is not None:
-        rows["star_mass"] = mixture_masses(mu, sd, w, cuts, xp=jnp)
-    return rows
-
-
-# Rows add_star_rows scores at once: star_rows' (n, K) float64 temporaries exist for a block
-# of rows (1M rows at K = 5: ~270 MB on top of evaluate's peak at once).
-STAR_ROWS_BLOCK = 2**16
-
-
-def add_star_rows(rows: dict, y: np.ndarray, cuts: tuple[float, ...] | None, levels: Sequence[float]) -> dict:
-    """Replace a streamed ``star_mass`` (n, K) by the star scores of :func:`bayesmf.metrics.star_rows` (in place),
-    a block of :data:`STAR_ROWS_BLOCK` rows at a time."""
-    if cuts is None:
-        return rows
-    masses, n, out = rows.pop("star_mass"), len(y), {}
-    for start in range(0, max(n, 1), STAR_ROWS_BLOCK):
-        block = slice(start, start + STAR_ROWS_BLOCK)
-        for name, values in star_rows(y[block], masses[block], cuts, levels).items():
-            out.setdefault(name, np.empty(n))[block] = values
-    rows.update(out)
+        masses = mixture_masses(mu, sd, w, cuts, xp=jnp)
+        rows.update(star_scores(star_index(y, cuts, xp=jnp), masses, levels, xp=jnp))
     return rows
 
 
@@ -396,9 +379,7 @@ def score_rows(
     rng = shift_generator(jax.random.PRNGKey(0) if rng_key is None else rng_key)
     size = min(n, chunk_rows(num_components, chunk_cells))
     cuts = star_cuts(scale)
-    out = {name: np.empty(n) for name in row_keys(levels)}  # the reference's order (jit returns keys sorted)
-    if cuts is not None:
-        out["star_mass"] = np.empty((n, len(cuts) + 1))
+    out = {name: np.empty(n) for name in row_keys(levels, cuts)}  # the reference's order (jit returns keys sorted)
     with jax.enable_x64(True):
         for start in range(0, n, size):
             stop = min(start + size, n)
@@ -409,4 +390,4 @@ def score_rows(
             )
             for name, values in part.items():
                 out[name][start:stop] = np.asarray(values)[: stop - start]
-    return add_star_rows(out, y, cuts, levels)
+    return out
