@@ -410,6 +410,9 @@ def cmd_recommend(args):
         target, user = _new_user(posterior, args, label), label
     elif args.user is not None:
         target, user = posterior, _parse_id(posterior.user_vocab, args.user)
+        if user not in posterior.user_vocab:  # a mistyped id would otherwise pass for a new user
+            print(f"bayesmf: note: user {user} is not in the model: ranked by the cold-start prior "
+                  "(pass --ratings to fold in a new user's ratings)", file=sys.stderr)
     else:
         raise CLIError("give --user U or --ratings new_user.csv")
     frame = ranking.recommend(

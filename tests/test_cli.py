@@ -79,6 +79,12 @@ def test_fit_predict_recommend_similar(tmp_path, small_dir, capsys):
     recs = last_json(capsys)
     assert len(recs) == 5 and {"item", "score", "mean", "sd"} <= set(recs[0])
     assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+    # An unknown user is ranked by the cold-start prior, said on stderr (stdout stays one JSON line).
+    assert cli.main(["recommend", "--model", str(model), "--user", "99999", "--k", "3", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "user 99999 is not in the model" in err and "cold-start prior" in err
+    assert cli.main(["recommend", "--model", str(model), "--user", "1", "--k", "3"]) == 0
+    assert "not in the model" not in capsys.readouterr().err
     new_user = tmp_path / "new_user.csv"
     new_user.write_text("item,rating\n1,5\n2,4\n")
     assert cli.main(["recommend", "--model", str(model), "--ratings", str(new_user), "--k", "3", "--json"]) == 0
