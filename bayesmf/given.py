@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bayesmf.arrays import next_pow2, stable_order
 from bayesmf.data import as_ratings
 
 UNKNOWN_MODES = ("raise", "ignore")
@@ -36,16 +37,6 @@ class PaddedRatings(NamedTuple):
     mask: np.ndarray
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def padded_count(n: int, step: int = 1 << 16) -> int:
-    """``n`` rounded up to a power of two, or above ``step`` to a multiple of it: few distinct
-    shapes for compiled programs, at most twice (above ``step``, ``1 + step / n`` times) the work."""
-    return next_pow2(n) if n <= step else -(-int(n) // step) * step
-
-
 # Fewest given ratings a batch is padded to: every batch of up to 8 ratings
 # per row shares one compiled shape.
 MIN_WIDTH = 8
@@ -66,7 +57,7 @@ def frame_rows(frame, side: str) -> tuple[list, np.ndarray]:
     own, other = np.asarray(own), np.asarray(other)
     other_ids = np.asarray((ratings.item_vocab if side == "user" else ratings.user_vocab).ids)
     labels = np.asarray((ratings.user_vocab if side == "user" else ratings.item_vocab).ids)
-    order = np.argsort(own, kind="stable")
+    order = stable_order(own, labels.size)
     starts = np.searchsorted(own[order], np.arange(labels.size + 1))
     value = np.asarray(ratings.rating, np.float64)
     rows = [(other_ids[other[order[a:b]]], value[order[a:b]]) for a, b in zip(starts[:-1], starts[1:])]

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmf.arrays import stable_order
 from bayesmf.layout_plan import (
     CHUNK_BYTES,
     STATS_BYTES,
@@ -156,7 +157,7 @@ def _bucket_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: 
                    design_width: int | None = None, chunk_bytes: int = CHUNK_BYTES,
                    stats_bytes: int = STATS_BYTES, itemsize: int = 4) -> BucketLayout:
     nnz = rows.size
-    order = np.argsort(rows, kind="stable")
+    order = stable_order(rows, num_rows)
     degree = np.bincount(rows, minlength=num_rows)
     starts = np.concatenate([[0], np.cumsum(degree)[:-1]])
     width_of_row = bucket_widths(degree)
@@ -217,7 +218,7 @@ BUILD_SLOTS = 2**22
 def _segment_layout(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int, design_width: int,
                     chunk_bytes: int, stats_bytes: int, itemsize: int, segment: int | None = None) -> SegmentLayout:
     nnz = rows.size
-    order = np.argsort(rows, kind="stable").astype(np.int32)
+    order = stable_order(rows, num_rows).astype(np.int32)
     degree = np.bincount(rows, minlength=num_rows)
     w = segment_width(degree) if segment is None else int(segment)
     shape = segment_plan(degree, design_width, chunk_bytes, stats_bytes, itemsize, w)

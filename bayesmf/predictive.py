@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf import metrics
+from bayesmf.arrays import next_pow2
 from bayesmf.metrics import streaming
 from bayesmf.memory import Programs, to_device
 from bayesmf.model import Params, pair_mean
@@ -417,7 +418,8 @@ def _score_chunk(tables, user_index, item_index, y, shifts, part, *, moments_fns
     branches = [functools.partial(moments, fn, table) for fn, table in zip(moments_fns, tables)]
     mean, var = branches[0]() if len(branches) == 1 else jax.lax.switch(part, branches)
     w = jnp.full(mean.shape[0], 1.0 / mean.shape[0], y.dtype)
-    return streaming.chunk_scores(y, mean, var, w, levels=levels, shifts=shifts, tol=tol, cuts=cuts)
+    rows = streaming.chunk_scores(y, mean, var, w, levels=levels, shifts=shifts, tol=tol, cuts=cuts)
+    return jnp.stack([rows[name] for name in streaming.row_keys(levels, cuts)])  # (scores, c): one copy to the host
 
 
 # Chunks of stream_score_rows dispatched ahead of the one whose scores it copies to the host.
@@ -498,15 +500,21 @@ def stream_score_rows(
     parts = [part for part in parts if part[0].size]
     # One chunk shape for every part, so that one program serves them all: a short evaluate
     # pads to a power of two (few shapes), a short part to the others' chunk.
-    c = min(size, 1 << (max((rows.size for rows, _, _ in parts), default=1) - 1).bit_length())
+    c = min(size, next_pow2(max((rows.size for rows, _, _ in parts), default=1)))
     on_device = jax.tree.map(to_device, params) if any(own is None for _, _, own in parts) else None
     tables = tuple(on_device if own is None else own for _, _, own in parts)
     moments_fns = tuple(moments_fn for _, moments_fn, _ in parts)
-    out = {name: np.empty(n) for name in streaming.row_keys(levels, cuts)}  # score_rows' order, not jit's sorted one
+    keys = streaming.row_keys(levels, cuts)  # score_rows' order
+    out = np.empty((len(keys), n))
 
-    def collect(keep, part):
-        for name, values in part.items():
-            out[name][keep] = np.asarray(values)[: keep.size]
+    def collect(keep, scores):
+        # A part's rows in order (as evaluate passes them) take a slice: a scatter into the
+        # test set's order cost 0.8-1.0 s per 1M rows of 26 scores on the CPU host.
+        scores = np.asarray(scores)
+        if keep[-1] - keep[0] == keep.size - 1 and np.all(np.diff(keep) == 1):
+            out[:, keep[0] : keep[-1] + 1] = scores[:, : keep.size]
+        else:
+            out[:, keep] = scores[:, : keep.size]
 
     pending = collections.deque()
     with jax.enable_x64(True):
@@ -526,7 +534,7 @@ def stream_score_rows(
                     collect(*pending.popleft())
         while pending:
             collect(*pending.popleft())
-    return out
+    return dict(zip(keys, out))
 
 
 def star_interval(masses: np.ndarray, values: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,7 @@ from jax.scipy.special import ndtr as device_ndtr
 from scipy.special import ndtr
 
 from bayesmf import metrics
+from bayesmf.arrays import next_pow2, stable_order
 from bayesmf.choices import SPREADS, STRATEGIES
 from bayesmf.model import augmented_factors, pair_mean
 from bayesmf.ordinal_model import star_grid
@@ -340,7 +341,7 @@ def _seen_lists(posterior) -> tuple[np.ndarray, np.ndarray]:
     keep = (u >= 0) & (i >= 0)
     u, i = u[keep], i[keep]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=len(posterior.user_vocab)))])
-    return indptr, i[np.argsort(u, kind="stable")]
+    return indptr, i[stable_order(u, len(posterior.user_vocab))]
 
 
 def _valid(user_index: np.ndarray, candidate: np.ndarray, seen) -> np.ndarray:
@@ -356,7 +357,7 @@ def _valid(user_index: np.ndarray, candidate: np.ndarray, seen) -> np.ndarray:
 
 def _block_size(n: int, most: int) -> int:
     """Users per block: a power of two (few compiled shapes), at most ``most``."""
-    return int(min(most, 1 << max(0, int(n - 1).bit_length())))
+    return int(min(most, next_pow2(n)))
 
 
 def _thompson_draws(rng_key, positions: np.ndarray, num_draws: int, single: bool) -> np.ndarray:
