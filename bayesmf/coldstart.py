@@ -69,10 +69,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from bayesmf.arrays import next_pow2
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
 from bayesmf.featurerows import training_implicit_mean
 from bayesmf.given import PaddedRatings  # noqa: F401 - part of this module's API (fold_in_users takes it)
-from bayesmf.arrays import next_pow2
 from bayesmf.given import Given, frame_rows, pad_given, validate_given
 from bayesmf.model import Params, user_row_prior
 from bayesmf.posterior import Posterior

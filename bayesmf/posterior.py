@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 
 from bayesmf import metrics, ordinal_predictive
+from bayesmf.arrays import padded_count, stable_order
 from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
 from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
-from bayesmf.arrays import padded_count, stable_order
 from bayesmf.data import as_pairs, as_ratings
 from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.memory import device_limit, to_device
