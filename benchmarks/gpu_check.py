@@ -193,6 +193,9 @@ EIGHTH_PLAN = [
 # scoring compiled without GEMM autotuning as the sweeps are; and the fair peer, a whole
 # 250-sweep Gibbs fit timed in the same warm process after jax.clear_caches()
 # (--gibbs-wall), beside the compile + 250 x sweep figure of the runs before.
+# Since prepared: evaluate's star scores computed on the device (0.58-0.64 s of
+# host time in the eighth run's warm call) and its scores kept in the scoring
+# order (no scatter back into the test set's order), both in its profile.
 NINTH_PLAN = [
     ("ml-10m-d32-evaluate-map-9", _ML10M_EVAL + ["--map", "--gibbs-wall"], 110),
     ("paths-map-9", ["paths", "--precision", "default", "--map", "--gibbs-wall"], 60),
