@@ -362,19 +362,20 @@ class Posterior:
                    for side, x, index in (("user", user_x, user_index), ("item", item_x, item_index))]
         mean = np.empty((total, n), np.float64)
         var = np.empty((total, n), np.float64)
-        # Known pairs (nearly all of a test set) skip the cold-start terms. Each part is padded with its
-        # last pair to a few sizes, so that other pair counts reuse its compiled program.
-        parts = [(rows, rows[np.minimum(np.arange(padded_count(rows.size)), rows.size - 1)], fn)
-                 for rows, fn in ((np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments))
-                 if rows.size]
-        block = max(1, DRAW_BLOCK_CELLS // max(sum(take.size for _, take, _ in parts), 1))
+        # Known pairs (nearly all of a test set) skip the cold-start terms. Each part is padded with its last
+        # pair to a few sizes, so that other pair counts reuse its compiled program; its pairs and feature
+        # rows go to the device once, not once per block of draws.
+        parts = []
+        for rows, fn in ((np.flatnonzero(known), _batched_known), (np.flatnonzero(~known), _batched_moments)):
+            if rows.size:
+                take = rows[np.minimum(np.arange(padded_count(rows.size)), rows.size - 1)]
+                parts.append((rows, fn, [None if a is None else to_device(a[take]) for a in (user_index, item_index, user_x, item_x)]))
+        block = max(1, DRAW_BLOCK_CELLS // max(sum(pairs[0].shape[0] for _, _, pairs in parts), 1))
         for start in range(0, total, block):
             draws = jax.tree.map(lambda x: to_device(x[start : start + block]), flat)
-            for rows, take, fn in parts:
-                x = [None if a is None else to_device(a[take]) for a in (user_x, item_x)]
-                args = (draws, to_device(user_index[take]), to_device(item_index[take]))
-                spread = [None if a is None else to_device(a[start : start + block]) for a in spreads]
-                m, v = fn(*args) if fn is _batched_known else fn(*args, *x, *spread)
+            spread = [None if a is None else to_device(a[start : start + block]) for a in spreads]
+            for rows, fn, pairs in parts:
+                m, v = fn(draws, *pairs[:2]) if fn is _batched_known else fn(draws, *pairs, *spread)
                 mean[start : start + block, rows] = np.asarray(m)[:, : rows.size]
                 var[start : start + block, rows] = np.asarray(v)[:, : rows.size]
         if laplace and total == 1:
