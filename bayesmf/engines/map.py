@@ -17,10 +17,11 @@ tuned test RMSE from 0.951 to 0.922 (``benchmarks/map_ml100k.py``).
 Solvers:
 
 ``"lbfgs"`` (default)
-    ``optax.lbfgs()`` with its zoom line search, run as in optax's L-BFGS
-    example (the stored value and gradient, ``update`` with
-    ``value``/``grad``/``value_fn``, ``apply_updates``) inside one
-    ``jax.lax.while_loop``, over one flat vector of the sites (their dict
+    :mod:`bayesmf.engines.lbfgs`: optax's L-BFGS directions
+    (``optax.scale_by_lbfgs``) and a weak Wolfe line search whose trial
+    points the one ``jax.lax.while_loop`` evaluates at one call site (optax's
+    zoom line search compiles two more copies of the objective's gradient),
+    over one flat vector of the sites (their dict
     for a user's ``optimizer``), in coordinates divided by their Jacobi
     scales (:func:`bayesmf.engines.map_objective.jacobi_scales`: each
     entry's curvature from its row's ratings and its prior, the learned
@@ -83,6 +84,7 @@ from tqdm.auto import tqdm
 
 from bayesmf import ordinal
 from bayesmf.conjugate import row_mean
+from bayesmf.engines import lbfgs
 from bayesmf.engines.common import EngineResult, to_numpy
 from bayesmf.engines.map_objective import (
     check_config,
@@ -337,7 +339,8 @@ def _continuing(state: MapState, max_iters: int, thresholds: Array) -> Array:
     k = state.count - 1 - FTOL_WINDOW
     earlier = jnp.where(k >= 0, state.trace[jnp.maximum(k, 0)], jnp.inf)
     moving = ~(earlier - state.value <= thresholds[1])
-    return (state.count == 0) | ((state.count < max_iters) & (state.grad_norm > thresholds[0]) & moving)
+    going = (state.count == 0) | ((state.count < max_iters) & (state.grad_norm > thresholds[0]) & moving)
+    return going & ~state.opt_state.failed if isinstance(state.opt_state, lbfgs.LbfgsState) else going
 
 
 def _record(state: MapState, latent, opt_state, value, grad_norm) -> MapState:
@@ -352,14 +355,10 @@ def _record(state: MapState, latent, opt_state, value, grad_norm) -> MapState:
 
 
 def _optax_step_fn(optimizer, objective, grad_norm=optax.tree_utils.tree_norm):
-    """One step of optax's loop. Line-search optimizers (``optax.lbfgs``) keep
-    the value and gradient of the accepted point in their state (the start's
-    filled in before the loop, :func:`_run_fn`); they are read from there (what
-    ``optax.value_and_grad_from_state`` does, without its fallback branch, a
-    third compiled copy of the objective's gradient) and the extra arguments
-    ``value``, ``grad`` and ``value_fn`` are passed to ``update``.
-    ``grad_norm(grad)`` is what the stopping rule reads (the norm of the
-    gradient in the model's coordinates when the loop's are scaled)."""
+    """One step of optax's loop. A line search's state (``optax.lbfgs()``'s) holds the accepted
+    point's value and gradient (the start's filled in before the loop): read there, as
+    ``optax.value_and_grad_from_state`` without its fallback branch (another compiled copy of the
+    gradient). ``grad_norm(grad)``: what the stopping rule reads (in the model's coordinates)."""
     plain = jax.value_and_grad(objective)
 
     def step(state: MapState) -> MapState:
@@ -381,6 +380,21 @@ def _optax_step_fn(optimizer, objective, grad_norm=optax.tree_utils.tree_norm):
 
 def _stores_value(opt_state) -> bool:
     return opt_state is not None and optax.tree_utils.tree_get(opt_state, "value") is not None
+
+
+def _lbfgs_step_fn(objective, grad_norm):
+    """One trial point of :mod:`bayesmf.engines.lbfgs`: the objective's only call site in the loop,
+    an iteration recorded when the point is accepted."""
+    value_and_grad = jax.value_and_grad(objective)
+
+    def step(state: MapState) -> MapState:
+        point = lbfgs.trial_point(state.latent, state.opt_state)
+        value, grad = value_and_grad(point)
+        latent, opt_state, accepted = lbfgs.update(state.opt_state, state.latent, point, value, grad)
+        recorded = _record(state, latent, opt_state, value, grad_norm(grad))
+        return jax.tree.map(lambda a, b: jnp.where(accepted, a, b), recorded, state._replace(opt_state=opt_state))
+
+    return step
 
 
 def _stored(opt_state):
@@ -472,9 +486,11 @@ def _run_fn(config: ModelConfig, solver: str, optimizer, max_iters: int, precond
                 z0, unravel = ravel_pytree(z0)
                 of_sites = objective
                 objective = jax.jit(lambda z: of_sites(unravel(z)))
-            step = _optax_step_fn(optimizer, objective, lambda g: grad_norm(unravel(g)))
+            model_norm = lambda g: grad_norm(unravel(g))  # noqa: E731
+            step = (_lbfgs_step_fn(objective, model_norm) if isinstance(optimizer, lbfgs.Lbfgs)
+                    else _optax_step_fn(optimizer, objective, model_norm))
         state = _initial_state(z0, optimizer, max_iters, ctx.data.rating.dtype)
-        if _stores_value(state.opt_state):  # a line-search optimizer's (ALS has no state)
+        if _stores_value(state.opt_state) and not isinstance(optimizer, lbfgs.Lbfgs):  # optax's line search
             value, grad = jax.value_and_grad(objective)(z0)
             state = state._replace(opt_state=optax.tree_utils.tree_set(state.opt_state, value=value, grad=grad))
         state = jax.lax.while_loop(lambda s: _continuing(s, max_iters, thresholds), step, state)
@@ -495,7 +511,7 @@ _cached_run_fn = functools.lru_cache(maxsize=32)(_run_fn)
 def _default_optimizer_for(solver: str):
     # One instance per solver, so that compiled loops are reused across fits.
     if solver == "lbfgs":
-        return optax.lbfgs()
+        return lbfgs.Lbfgs()
     if solver == "adam":
         return optax.adam(DEFAULT_ADAM_LEARNING_RATE)
     return None
@@ -734,8 +750,9 @@ def fit(
         ``priors="fixed"``; ``config.fixed`` holds the precisions.
     solver : {"lbfgs", "adam", "als"}
     optimizer : optax.GradientTransformation, optional
-        The optimizer of ``"lbfgs"`` (default ``optax.lbfgs()``) or ``"adam"``
-        (default ``optax.adam(0.01)``); any optax transformation works.
+        The optimizer of ``"lbfgs"`` (default :class:`bayesmf.engines.lbfgs.Lbfgs`; ``optax.lbfgs()``
+        runs optax's zoom line search) or ``"adam"`` (default ``optax.adam(0.01)``); any optax
+        transformation works.
     max_iters : int, optional
         Iteration cap (default per solver: :data:`DEFAULT_MAX_ITERS`).
     tol : float
