@@ -45,3 +45,16 @@ def test_fast_pairs_are_distinct_and_on_the_star_scale():
     assert np.unique(pairs).size == pairs.size  # repeats dropped
     assert set(np.unique(np.asarray(data.rating))) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     assert np.bincount(np.asarray(data.user_index), minlength=50).min() >= 1
+
+
+@pytest.mark.slow
+def test_paths_child_times_the_map_loop_against_optax_zoom():
+    """The ninth plan's MAP peer (--map-zoom): the same tuned MAP with optax.lbfgs()'s zoom loop, in the
+    same process, after the package's loop. Both solve the same objective to the tuning's ftol, so their
+    test RMSEs agree to far below the 0.02 that separates a bad fit (test_map.py's SOLVER_PREDICTION_ATOL
+    between two converged solvers)."""
+    paths = _child("paths", "--precision", "default", "--map", "--map-zoom")
+    for key in ("map_fit_seconds", "zoom_map_fit_seconds", "map_rmse", "zoom_map_rmse"):
+        assert np.isfinite(paths[key]), key
+    assert paths["zoom_map_tuning_fits"] > 0
+    assert abs(paths["map_rmse"] - paths["zoom_map_rmse"]) < 0.02
