@@ -366,6 +366,20 @@ def test_a_user_optimizer_sees_the_sites(data, fits):
     np.testing.assert_allclose(result.stats["objective"], fits["lbfgs"].stats["objective"], rtol=ADAM_OBJECTIVE_RTOL)
 
 
+@pytest.mark.parametrize("optimizer", ["optax-zoom", "lbfgs-memory-5"])
+def test_other_lbfgs_optimizers_reach_the_same_mode(data, fits, optimizer):
+    """optax.lbfgs() (its zoom line search, the previous default) and the package's L-BFGS with a
+    shorter memory, each passed in as a user's optimizer (over the sites' dict): the default's mode,
+    to the objective tolerance of two converged float32 solvers."""
+    from bayesmf.engines import lbfgs
+
+    chosen = optax.lbfgs() if optimizer == "optax-zoom" else lbfgs.Lbfgs(memory_size=5)
+    result = map_engine.fit(jax.random.PRNGKey(0), data, CONFIG, optimizer=chosen)
+    np.testing.assert_allclose(result.stats["objective"], fits["lbfgs"].stats["objective"],
+                               rtol=SOLVER_OBJECTIVE_RTOL)
+    np.testing.assert_allclose(all_pairs_mean(result), all_pairs_mean(fits["lbfgs"]), atol=SOLVER_PREDICTION_ATOL)
+
+
 def test_warm_start_from_a_fit_stays_there(data, fits):
     result = map_engine.fit(jax.random.PRNGKey(9), data, CONFIG, solver="als", init_params=fits["als"].draws)
     assert result.info["iterations"] <= map_engine.FTOL_WINDOW + 1
