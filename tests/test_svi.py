@@ -152,3 +152,32 @@ def test_a_repeated_fit_compiles_nothing(problem, fitted, caplog):
                         progress_bar=False)
     assert [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()] == []
     np.testing.assert_array_equal(again.draws.item_offsets, fitted.draws.item_offsets)
+
+
+def test_the_start_is_the_prior_mean_with_factor_noise_from_the_key(problem):
+    """The guide starts every site at its prior mean given its parents' (NumPyro's init_to_mean: no prior
+    draws compiled into the set-up), and the factors, whose mean L = R = 0 is a saddle, START_SPREAD prior
+    sds off it along the host-drawn normals: at rank 2 the Wishart precisions start at their mean
+    nu0 W0 = 2 I, so a factor's prior sd is 1 / sqrt(2) and its location moves by exactly
+    START_SPREAD / sqrt(2) times its normal (to float32 round-off). Everything else is untouched, and the
+    noise is the key's."""
+    data, _ = problem
+    model = svi.build(CONFIG, num_steps=10)
+    key = jax.random.PRNGKey(3)
+    normals = svi.start_normals(key, data, CONFIG)
+    plain = model.get_params(svi.init(key, data, CONFIG, model))
+    moved = model.get_params(svi.init(key, data, CONFIG, model, normals))
+    for name in plain:
+        site = name.removesuffix("_auto_loc")
+        if site in svi.JITTER_SITES:
+            np.testing.assert_array_equal(plain[name], 0.0)
+            np.testing.assert_allclose(moved[name], svi.START_SPREAD / np.sqrt(2.0) * np.asarray(normals[site]),
+                                       rtol=1e-5)
+        else:
+            np.testing.assert_array_equal(moved[name], plain[name])
+    again = svi.start_normals(key, data, CONFIG)
+    other = svi.start_normals(jax.random.PRNGKey(4), data, CONFIG)
+    for site in svi.JITTER_SITES:
+        assert normals[site].shape == (data.num_users if site == "user_factors" else data.num_items, CONFIG.rank)
+        np.testing.assert_array_equal(again[site], normals[site])
+        assert not np.array_equal(other[site], normals[site])
