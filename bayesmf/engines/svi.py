@@ -18,7 +18,8 @@ MovieLens-100K u1 that schedule (0.05 to 0.005 over 2,000 steps) reached a
 lower loss than a constant 0.01 over 5,000 steps at rank 10 (109,593 against
 109,803) and at rank 100 (132,582 against 135,343, where the constant rate
 had not converged), in 40% of the steps, and test RMSE 0.9146 / 0.928
-against 0.9167 / 0.954.
+against 0.9167 / 0.954 (measured before SVI's start moved to the prior mean with host-drawn
+noise; :func:`init`).
 
 Draws are sampled from the fitted guide and returned as
 :class:`~bayesmf.model.Params` with leading axes ``(1, num_samples)``, so a
