@@ -5,9 +5,9 @@ direction) with a zoom line search that evaluates the objective's value and
 gradient in both branches of a ``lax.cond``, and a loop around it needs them
 once more before its first step. Each call site compiles its own copy of the
 objective's gradient, which for this package's objective is most of the
-program: on MovieLens-100K u1 at rank 10 the MAP loop compiled in 1.3-1.5 s
-on the 2-core CPU with three copies (237 fusions), against 0.7 s with one
-(106 fusions), and compiling is what the tuned MAP's first fit spends most of
+program: on MovieLens-100K u1 at rank 10 the MAP loop compiled in 1.2-1.5 s
+on the 2-core CPU with three copies (237 fusions, 9 scatter-adds), against
+0.9 s with one (157 fusions, 3 scatter-adds), and compiling is what the tuned MAP's first fit spends most of
 its time on, on a GPU above all.
 
 Here the line search is a state machine instead, driven one trial point per
