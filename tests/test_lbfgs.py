@@ -125,3 +125,10 @@ def test_the_map_loop_stops_when_the_line_search_fails(loop_inputs, monkeypatch)
     state, value, _ = run_fn(*args)
     assert int(state.count) == 1 and bool(state.opt_state.failed)
     assert np.isfinite(float(value))
+
+
+def test_module_doctest():
+    """The module's example (the state machine driven by hand to a minimum) runs as written."""
+    import doctest
+
+    assert doctest.testmod(lbfgs).failed == 0
