@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from bayesmf.arrays import stable_order
 from bayesmf.metrics.scores import MAX_PAIRS, crps_per_row, interval, moments, nll_per_row
 from bayesmf.metrics.stars import star_cuts, star_masses, star_rows
 
@@ -175,7 +176,7 @@ def summarize(rows: dict[str, np.ndarray], groups: ArrayLike | None = None, *, o
         codes, labels = _group_codes(groups, n, order)
         # A stable sort keeps each group's rows in their original order, so a
         # group's means are those of its rows alone, to the last bit.
-        by_group = np.argsort(codes, kind="stable")
+        by_group = stable_order(codes, len(labels))
         ends = np.cumsum(np.bincount(codes, minlength=len(labels)))
         members = np.split(by_group, ends[:-1])
 
