@@ -248,23 +248,29 @@ def _map_parts(post) -> dict:
                 map_tuning_fits=len(fits), map_fits=fits)
 
 
+def _forget_programs() -> None:
+    """Clear JAX's caches and the package's kept programs (``memory.clear_programs``, which
+    ``jax.clear_caches`` does not reach): the next fit compiles afresh, as in a new process."""
+    import jax
+
+    from bayesmf import memory
+
+    jax.clear_caches()
+    memory.clear_programs()
+
+
 def _gibbs_wall(rng_key, train, rank: int, **options) -> float:
     """Wall seconds of a whole 250-sweep Gibbs fit (200 kept after 50) in this warm process, its programs
     compiled afresh (``jax.clear_caches`` and the package's kept programs, ``memory.clear_programs``): the tuned
     MAP's peer, set-up included. The caches are cleared again after it, so that the MAP fit timed next compiles
     its own programs too."""
-    import jax
-
     import bayesmf
-    from bayesmf import memory
 
-    jax.clear_caches()
-    memory.clear_programs()
+    _forget_programs()
     model = bayesmf.BayesMF(rank, "gibbs", num_samples=200, num_warmup=50, progress_bar=False, **options)
     post, seconds = _timed(model.fit, rng_key, train)
     del post
-    jax.clear_caches()
-    memory.clear_programs()
+    _forget_programs()
     return seconds
 
 
@@ -273,15 +279,12 @@ def _map_zoom_peer(rng_key, train, rank: int, test) -> dict:
     flat vector, its programs compiled afresh in this warm process: the peer of the package's loop
     (bayesmf.engines.lbfgs). The engine's default optimizer is swapped for the one fit (a benchmark's
     reach into the engine: the estimator hands a user's optimizer the sites' dict, another loop)."""
-    import jax
     import optax
 
     import bayesmf
-    from bayesmf import memory
     from bayesmf.engines import map as map_engine
 
-    jax.clear_caches()
-    memory.clear_programs()
+    _forget_programs()
     default, zoom = map_engine._default_optimizer_for, optax.lbfgs()
     map_engine._default_optimizer_for = lambda solver: zoom if solver == "lbfgs" else default(solver)
     try:
@@ -290,8 +293,7 @@ def _map_zoom_peer(rng_key, train, rank: int, test) -> dict:
         map_engine._default_optimizer_for = default
     out = {f"zoom_{k}": v for k, v in _map_parts(post).items()}
     out.update(zoom_map_fit_seconds=seconds, zoom_map_rmse=_summary(post.evaluate(test))["rmse"])
-    jax.clear_caches()
-    memory.clear_programs()
+    _forget_programs()
     return out
 
 
