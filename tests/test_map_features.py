@@ -59,6 +59,39 @@ def test_fit_is_a_stationary_point_of_the_model(problem):
             assert _grad_norm(latent, data, wrong) > 10 * norm, (side, name)
 
 
+def test_objective_has_the_model_gradient_in_optimizer_coordinates(problem):
+    """The loop's objective at z = (L - X B, B) is the model's negative log joint at from_optimizer(z), up to an
+    additive constant, with the same gradient: the model's prior mean mu + X B reads the product the coordinate
+    change formed (one product per side), and must still be that product."""
+    data, config = problem
+    latent = map_engine.init_latent(jax.random.PRNGKey(2), data, config, scale=0.5)
+    for name in ("user_link", "item_link"):
+        latent[name] = 0.3 * jax.random.normal(jax.random.PRNGKey(len(name)), latent[name].shape)
+    z = map_objective.to_optimizer(latent, data, config)
+    precisions = map_objective.precision_vector(config.fixed, jnp.float32, config)
+    loop = jax.grad(map_objective.objective_fn(data, config, precisions))(z)
+    model = jax.grad(lambda z: map_objective.neg_log_joint(map_objective.from_optimizer(z, data, config),
+                                                           data, config))(z)
+    for name in model:
+        # One float32 sum taken two ways: round-off ~1e-7 of the largest entry.
+        np.testing.assert_allclose(loop[name], model[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_objective_forms_each_sides_feature_product_once(problem, monkeypatch):
+    """X B is formed once per side per evaluation (a sparse product and its transpose on every iteration)."""
+    from bayesmf.featurerows import FeatureRows
+
+    data, config = problem
+    calls = []
+    product = FeatureRows.__matmul__
+    monkeypatch.setattr(FeatureRows, "__matmul__", lambda x, b: calls.append(x.shape) or product(x, b))
+    z = map_objective.to_optimizer(map_engine.init_latent(jax.random.PRNGKey(0), data, config), data, config)
+    calls.clear()
+    precisions = map_objective.precision_vector(config.fixed, jnp.float32, config)
+    jax.value_and_grad(map_objective.objective_fn(data, config, precisions))(z)
+    assert sorted(calls) == sorted([data.user_features.shape, data.item_features.shape])
+
+
 def test_link_precisions_enter_the_loop_as_data(problem):
     """Two fits at different link precisions share one compiled loop and give different modes."""
     data, config = problem

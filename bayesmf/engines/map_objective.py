@@ -39,6 +39,8 @@ the model itself, :func:`bayesmf.model.numpyro_model`.)
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,15 +134,48 @@ class _scaled_unit_model(Messenger):
             msg["fn"] = _without_normalizer(msg["fn"])
 
 
-def _prior_shift(latent: dict, data: ModelData, config: ModelConfig, sign: float) -> dict:
-    out = dict(latent)
+class _Product(NamedTuple):
+    """A side's feature rows ``X`` with the product ``X B`` already formed at the objective's link matrix ``B``.
+
+    The model's prior mean ``mu + X B`` then reads the product that the
+    coordinate change ``L = z + X B`` formed (:func:`objective_fn`), and the
+    gradient passes through one product, not two (XLA merged neither the
+    products nor their transposes). With implicit feedback on both sides,
+    2-core CPU: on MovieLens-100K u1 at rank 50 a value and gradient in the
+    loop took 13-14 ms against 27-31 ms, and a tuned MAP fit (thorough
+    search) 49 s against 78-103 s; at ML-1M shape, rank 32, 40 L-BFGS
+    iterations 7.7 s against 10.8 s. Any other matrix is multiplied by
+    ``X`` itself.
+    """
+
+    rows: Any
+    link: Array
+    product: Array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.shape
+
+    @property
+    def dtype(self):
+        return self.rows.dtype
+
+    def __matmul__(self, link):
+        return self.product if link is self.link else self.rows @ link
+
+
+def _prior_shift(latent: dict, data: ModelData, config: ModelConfig, sign: float) -> tuple[dict, ModelData]:
+    """The shifted sites, and ``data`` with each side's feature rows as a :class:`_Product` at ``latent``'s link."""
+    out, products = dict(latent), {}
     for side in ("user", "item"):
         if getattr(config, f"{side}_features") is not None:
-            shift = getattr(data, f"{side}_features") @ latent[f"{side}_link"]
+            rows, link = getattr(data, f"{side}_features"), latent[f"{side}_link"]
+            shift = rows @ link
             out[f"{side}_factors"] = latent[f"{side}_factors"] + sign * shift
+            products[f"{side}_features"] = _Product(rows, link, shift)
     if config.ordinal and "cutpoints" in latent:  # ordered cut points <-> their free log increments
         out["cutpoints"] = (ordinal.free_from_cuts if sign < 0 else ordinal.cuts_from_free)(latent["cutpoints"])
-    return out
+    return out, data._replace(**products)
 
 
 def to_optimizer(latent: dict, data: ModelData, config: ModelConfig) -> dict:
@@ -156,12 +191,12 @@ def to_optimizer(latent: dict, data: ModelData, config: ModelConfig) -> dict:
     the mode is theirs. No-op without features or cut points.
     :func:`from_optimizer` is its inverse.
     """
-    return _prior_shift(latent, data, config, -1.0)
+    return _prior_shift(latent, data, config, -1.0)[0]
 
 
 def from_optimizer(latent: dict, data: ModelData, config: ModelConfig) -> dict:
     """The model's latent sites from the optimizer's coordinates (:func:`to_optimizer`)."""
-    return _prior_shift(latent, data, config, 1.0)
+    return _prior_shift(latent, data, config, 1.0)[0]
 
 
 def jacobi_scales(coordinates: dict, data: ModelData, config: ModelConfig, precisions: Array) -> dict:
@@ -318,7 +353,8 @@ def objective_fn(data: ModelData, config: ModelConfig, precisions: Array, rating
         # tracing; here they are the config's constants (I, 0, 1), always valid,
         # and checking them compiled ~20 one-op programs per process (0.3 s).
         with numpyro.validation_enabled(False):
-            value, _ = log_density(model, (data, unit), {}, from_optimizer(coordinates, data, unit))
+            latent, with_products = _prior_shift(coordinates, data, unit, 1.0)
+            value, _ = log_density(model, (with_products, unit), {}, latent)
         return -value / count
 
     return objective
