@@ -44,14 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from bayesmf import metrics, ordinal_predictive
+from bayesmf import laplace, metrics, ordinal_predictive
 from bayesmf.arrays import padded_count, stable_order
 from bayesmf.choices import BREAKDOWNS, UNCERTAINTIES
-from bayesmf.conjugate import RowPosterior, draw_from, row_covariance, row_posterior
+from bayesmf.conjugate import RowPosterior, draw_from
 from bayesmf.data import as_pairs, as_ratings
-from bayesmf.layout import build_layout, gram_and_rhs
 from bayesmf.memory import device_limit, to_device
-from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_design, user_row_prior
+from bayesmf.model import ModelConfig, Params, pair_mean, predict_mean, user_row_prior
 from bayesmf.predictive import (
     Components,
     Pairs,
@@ -495,19 +494,10 @@ class Posterior:
         return jax.tree.map(lambda x: jnp.asarray(x[0, 0]), self.draws)
 
     def _laplace_var(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """``R_v^T P_u^{-1} R_v`` for known pairs of a point estimate (0 elsewhere)."""
+        """``R_v^T P_u^{-1} R_v`` for known pairs of a point estimate (0 elsewhere; :mod:`bayesmf.laplace`)."""
         if self.train is None:
             raise ValueError("uncertainty='laplace' needs the training ratings (posterior.train)")
-        p = self._point()
-        layout = build_layout(self.train.user_index, self.train.item_index, self.train.num_users, self.train.num_items, "bucket")
-        response = jnp.zeros(len(self.train), p.item_factors.dtype)
-        design = user_design(p)  # R_v, or (R_v, 1) with user offsets
-        gram, rhs = gram_and_rhs(layout, design, response)
-        cov = np.asarray(row_covariance(row_posterior(*user_row_prior(p), gram, rhs, p.noise_precision)))
-        known = (u >= 0) & (i >= 0)
-        rv = np.asarray(design)[np.where(known, i, 0)]
-        var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
-        return np.where(known, var, 0.0)
+        return laplace.pair_variances(self._point(), self.train, u, i)
 
     # -- what recommend needs beyond the Predictor protocol ----------------------
     def seen_items(self, user) -> np.ndarray:
@@ -566,22 +556,9 @@ class Posterior:
         return sampled_means(flat, s, factors, item_index)
 
     def _conditional_noise(self, rng_key: Array, user) -> np.ndarray:
-        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user, shape (d,) (``d + 1`` with user offsets).
-
-        ``P_u = Lambda_L + alpha sum_v R_v R_v^T`` over the user's training
-        movies: the precision of the user's conditional given the movies
-        (:func:`bayesmf.conjugate.row_posterior`).
-        """
-        p = self._point()
-        items, _ = self._train_rows(user)
-        r = user_design(p)[jnp.asarray(self.item_vocab.index(items), jnp.int32)]
-        gram = (r.T @ r)[None]
-        rhs = jnp.zeros((1, r.shape[1]), r.dtype)
-        precision, mean = user_row_prior(p)
-        post = row_posterior(precision, jnp.zeros_like(mean), gram, rhs, p.noise_precision)
-        # The key stream of the fold-in this replaced: (choice of draw, row draw).
-        _, key_row = jax.random.split(rng_key)
-        return np.asarray(draw_from(key_row, RowPosterior(jnp.zeros_like(post.mean), post.chol)))[0]
+        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user (:func:`bayesmf.laplace.conditional_noise`)."""
+        u = int(np.asarray(self.user_vocab.index(np.atleast_1d(np.asarray(user))))[0])
+        return laplace.conditional_noise(rng_key, self._point(), self.train, u)
 
     # -- scoring ------------------------------------------------------------------
     def evaluate(self, test, *, levels=metrics.DEFAULT_LEVELS, by=None, expect_cold: bool = False) -> pd.DataFrame:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmf import metrics
-from bayesmf.arrays import next_pow2
+from bayesmf.arrays import next_pow2, padded_count
 from bayesmf.metrics import streaming
 from bayesmf.memory import Programs, to_device
 from bayesmf.model import Params, pair_mean
@@ -334,13 +334,22 @@ def sampled_means(flat: Params, draw: int, factors, item_index) -> np.ndarray:
     -------
     array, shape (n,)
     """
-    item_index = jnp.asarray(item_index, jnp.int32)
-    factors = jnp.asarray(factors, flat.item_factors.dtype)
-    d = flat.item_factors.shape[-1]
-    offset = None if flat.user_offsets is None else factors[d:]
-    mean = pair_mean(factors[None, :d], jnp.asarray(flat.item_factors[draw]), jnp.asarray(flat.item_offsets[draw]),
-                     jnp.zeros_like(item_index), item_index, offset)
-    return np.asarray(mean, np.float64)
+    item_index = np.asarray(item_index, np.int32)
+    n = item_index.shape[0]
+    if n == 0:
+        return np.zeros(0)
+    # Padded with its last movie to a few sizes: one compiled program per size, not per user's count.
+    padded = item_index[np.minimum(np.arange(padded_count(n)), n - 1)]
+    mean = _draw_means(jnp.asarray(factors, flat.item_factors.dtype), jnp.asarray(flat.item_factors[draw]),
+                       jnp.asarray(flat.item_offsets[draw]), jnp.asarray(padded), flat.user_offsets is not None)
+    return np.asarray(mean, np.float64)[:n]
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _draw_means(factors, item_factors, item_offsets, item_index, with_offset: bool):
+    d = item_factors.shape[-1]
+    return pair_mean(factors[None, :d], item_factors, item_offsets, jnp.zeros_like(item_index), item_index,
+                     factors[d:] if with_offset else None)
 
 
 # --- from components to a prediction --------------------------------------------------------

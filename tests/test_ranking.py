@@ -207,6 +207,44 @@ def test_point_estimate_uses_the_laplace_spread(map_posterior):
     assert not a["score"].equals(b["score"])
 
 
+def test_one_users_laplace_spread_is_every_users_restricted_to_it(map_posterior):
+    """The per-user path forms one user's Gram on the host; the predict path every user's on the device.
+    Same variances up to float32 round-off of the Gram sums (~1e-6 relative)."""
+    from bayesmf import laplace
+
+    point, train = map_posterior._point(), map_posterior.train
+    u = np.repeat(np.asarray([3, 7]), NUM_ITEMS)
+    i = np.tile(np.arange(NUM_ITEMS), 2)
+    every = laplace.pair_variances(point, train, u, i)
+    for user in (3, 7):
+        own = laplace.pair_variances(point, train, u[u == user], i[u == user])
+        np.testing.assert_allclose(own, every[u == user], rtol=1e-4)
+    assert np.all(every > 0)
+
+
+def test_laplace_ranking_of_many_users_compiles_nothing_per_user(map_posterior, caplog):
+    """Users with different numbers of ratings must not each compile programs (host Grams, fixed shapes).
+    The users share one padded candidate count, so predict's own programs are those of the warm-up call."""
+    import logging
+
+    from bayesmf.arrays import padded_count
+
+    users = np.asarray(map_posterior.user_vocab.ids)
+    counts = np.bincount(np.asarray(map_posterior.train.user_index), minlength=len(users))
+    pads = np.asarray([padded_count(NUM_ITEMS - c) for c in counts])
+    same = pads == np.bincount(pads).argmax()
+    chosen = users[same][np.unique(counts[same], return_index=True)[1]]  # one user per distinct count
+    assert len(chosen) >= 6
+    for strategy in ("lcb", "thompson"):
+        recommend(map_posterior, chosen[:2], 5, strategy=strategy, rng_key=jax.random.PRNGKey(0), uncertainty="laplace")
+        with jax.log_compiles(), caplog.at_level(logging.WARNING):
+            caplog.clear()
+            recommend(map_posterior, chosen[2:], 5, strategy=strategy, rng_key=jax.random.PRNGKey(1),
+                      uncertainty="laplace")
+        compiles = [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()]
+        assert compiles == [], (strategy, compiles)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
