@@ -30,36 +30,38 @@ from bayesmf.model import Params, user_design, user_row_prior
 Array = jax.Array
 
 
-def user_gram(point: Params, train, u: int) -> Array:
+def user_gram(design: np.ndarray, train, u: int) -> Array:
     """``sum_v r_v r_v^T`` over user ``u``'s training movies, shape (1, d, d).
 
-    ``train`` is the :class:`bayesmf.data.Ratings` the estimate was fitted
-    on (its indices are the estimate's); ``u`` a user index.
+    ``design`` is :func:`bayesmf.model.user_design` of the estimate on the
+    host (num_items, d); ``train`` the :class:`bayesmf.data.Ratings` the
+    estimate was fitted on (its indices are the estimate's); ``u`` a user
+    index.
     """
-    rows = np.asarray(train.item_index)[np.asarray(train.user_index) == u]
-    r = np.asarray(user_design(point))[rows]
+    r = design[np.asarray(train.item_index)[np.asarray(train.user_index) == u]]
     return jnp.asarray((r.T @ r)[None])
 
 
-def _covariances(point: Params, gram: Array) -> np.ndarray:
-    """``P_u^{-1}`` of the rows with these Grams (n, d, d), shape (n, d, d)."""
+def _conditional(point: Params, gram: Array) -> RowPosterior:
+    """The rows' conditionals given the movies, from their Grams (n, d, d); only their precisions are read."""
     precision, mean = user_row_prior(point)
     zeros = jnp.zeros((gram.shape[0], mean.shape[-1]), mean.dtype)
-    return np.asarray(row_covariance(row_posterior(precision, mean, gram, zeros, point.noise_precision)))
+    return row_posterior(precision, mean, gram, zeros, point.noise_precision)
 
 
 def pair_variances(point: Params, train, u: np.ndarray, i: np.ndarray) -> np.ndarray:
     """``r_v^T P_u^{-1} r_v`` of the pairs ``(u, v)`` (indices; -1: unknown, variance 0), shape (n,)."""
     design = user_design(point)
+    host = np.asarray(design)
     known = (u >= 0) & (i >= 0)
     users = np.unique(u[known])
     if users.size == 1:  # one user (a ranking's per-user path): its own Gram, not every user's
-        gram, u = user_gram(point, train, int(users[0])), np.zeros_like(u)
+        gram, u = user_gram(host, train, int(users[0])), np.zeros_like(u)
     else:
         layout = build_layout(train.user_index, train.item_index, train.num_users, train.num_items, "bucket")
         gram, _ = gram_and_rhs(layout, design, jnp.zeros(len(train), point.item_factors.dtype))
-    cov = _covariances(point, gram)
-    rv = np.asarray(design)[np.where(known, i, 0)]
+    cov = np.asarray(row_covariance(_conditional(point, gram)))
+    rv = host[np.where(known, i, 0)]
     var = np.einsum("ni,nij,nj->n", rv, cov[np.where(known, u, 0)], rv)
     return np.where(known, var, 0.0)
 
@@ -69,9 +71,6 @@ def conditional_noise(rng_key: Array, point: Params, train, u: int) -> np.ndarra
 
     ``rng_key`` is split as a fold-in's was (the choice of draw, then the row draw), and the second part used.
     """
-    precision, mean = user_row_prior(point)
-    gram = user_gram(point, train, u)
-    post = row_posterior(precision, jnp.zeros_like(mean), gram, jnp.zeros((1, gram.shape[-1]), gram.dtype),
-                         point.noise_precision)
+    post = _conditional(point, user_gram(np.asarray(user_design(point)), train, u))
     _, key_row = jax.random.split(rng_key)
     return np.asarray(draw_from(key_row, RowPosterior(jnp.zeros_like(post.mean), post.chol)))[0]

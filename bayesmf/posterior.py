@@ -349,7 +349,7 @@ class Posterior:
             ordinal model these are the latent utility's (its unit noise
             included), not ratings: :meth:`predict` turns them into stars.
         """
-        laplace = check_uncertainty(uncertainty) == "laplace"  # a bad value fails before any work
+        with_laplace = check_uncertainty(uncertainty) == "laplace"  # a bad value fails before any work
         flat = self.flat_draws()
         user_index = np.asarray(user_index, np.int32)
         item_index = np.asarray(item_index, np.int32)
@@ -377,8 +377,8 @@ class Posterior:
                 m, v = fn(draws, *pairs[:2]) if fn is _batched_known else fn(draws, *pairs, *spread)
                 mean[start : start + block, rows] = np.asarray(m)[:, : rows.size]
                 var[start : start + block, rows] = np.asarray(v)[:, : rows.size]
-        if laplace and total == 1:
-            var = var + self._laplace_var(user_index, item_index)[None]
+        if with_laplace and total == 1:
+            var = var + laplace.pair_variances(self._point(), self._laplace_train(), user_index, item_index)[None]
         noise_sd = 1.0 / np.sqrt(flat.noise_precision.astype(np.float64))
         return Components(mean=mean, sd=np.sqrt(var), noise_sd=noise_sd)
 
@@ -493,11 +493,11 @@ class Posterior:
     def _point(self) -> Params:
         return jax.tree.map(lambda x: jnp.asarray(x[0, 0]), self.draws)
 
-    def _laplace_var(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        """``R_v^T P_u^{-1} R_v`` for known pairs of a point estimate (0 elsewhere; :mod:`bayesmf.laplace`)."""
+    def _laplace_train(self):
+        """The training ratings, which a point estimate's Laplace spread (:mod:`bayesmf.laplace`) is formed from."""
         if self.train is None:
             raise ValueError("uncertainty='laplace' needs the training ratings (posterior.train)")
-        return laplace.pair_variances(self._point(), self.train, u, i)
+        return self.train
 
     # -- what recommend needs beyond the Predictor protocol ----------------------
     def seen_items(self, user) -> np.ndarray:
@@ -535,7 +535,7 @@ class Posterior:
         -------
         array, shape (n,)
         """
-        laplace = check_uncertainty(uncertainty) == "laplace"
+        with_laplace = check_uncertainty(uncertainty) == "laplace"
         flat = self.flat_draws()
         num_draws = flat.noise_precision.shape[0]
         key_draw, key_row = jax.random.split(rng_key)
@@ -547,18 +547,13 @@ class Posterior:
             factors = np.asarray(flat.user_factors[s, u])
             if flat.user_offsets is not None:
                 factors = np.append(factors, flat.user_offsets[s, u])
-            if num_draws == 1 and laplace:
-                factors = factors + self._conditional_noise(key_row, user)
+            if num_draws == 1 and with_laplace:
+                factors = factors + laplace.conditional_noise(key_row, self._point(), self._laplace_train(), u)
         else:
             precision, mean = user_row_prior(jax.tree.map(jnp.asarray, draw))
             chol = jnp.linalg.cholesky(precision)[None]
             factors = np.asarray(draw_from(key_row, RowPosterior(mean[None], chol)))[0]
         return sampled_means(flat, s, factors, item_index)
-
-    def _conditional_noise(self, rng_key: Array, user) -> np.ndarray:
-        """A draw of ``N(0, P_u^{-1})`` for a point estimate's known user (:func:`bayesmf.laplace.conditional_noise`)."""
-        u = int(np.asarray(self.user_vocab.index(np.atleast_1d(np.asarray(user))))[0])
-        return laplace.conditional_noise(rng_key, self._point(), self.train, u)
 
     # -- scoring ------------------------------------------------------------------
     def evaluate(self, test, *, levels=metrics.DEFAULT_LEVELS, by=None, expect_cold: bool = False) -> pd.DataFrame:

@@ -522,6 +522,15 @@ def test_batch_needs_the_training_ratings_to_exclude_seen(posterior):
     assert len(recommend(bare, [101, 102], 3, exclude_seen=False)) == 6
 
 
+def test_laplace_spread_without_training_ratings_says_so(map_posterior):
+    bare = Posterior(map_posterior.draws, map_posterior.config, map_posterior.user_vocab, map_posterior.item_vocab,
+                     map_posterior.scale, method="map")
+    for strategy in ("lcb", "thompson"):
+        with pytest.raises(ValueError, match="uncertainty='laplace' needs the training ratings"):
+            recommend(bare, USER, 3, strategy=strategy, rng_key=jax.random.PRNGKey(0), uncertainty="laplace",
+                      exclude_seen=False)
+
+
 @pytest.mark.parametrize("strategy", ["thompson", "prob_above"])
 def test_evaluate_ranking_equals_one_user_at_a_time(posterior, strategy):
     """The batch call keeps the keys of the per-user loop it replaced: user n of the sorted test users
