@@ -548,7 +548,7 @@ class Posterior:
             if flat.user_offsets is not None:
                 factors = np.append(factors, flat.user_offsets[s, u])
             if num_draws == 1 and with_laplace:
-                factors = factors + laplace.conditional_noise(key_row, self._point(), self._laplace_train(), u)
+                factors = factors + laplace.conditional_noise(key_row[None], self._point(), self._laplace_train(), [u])[0]
         else:
             precision, mean = user_row_prior(jax.tree.map(jnp.asarray, draw))
             chol = jnp.linalg.cholesky(precision)[None]

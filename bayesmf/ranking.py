@@ -52,18 +52,23 @@ Known users of a :class:`~bayesmf.posterior.Posterior` are ranked in blocks
    for ``thompson`` each user's own draw ``s_n`` (the same key stream as one
    user at a time). Seen movies and non-candidates are masked out and the
    best ``k + SHORTLIST_EXTRA`` (plus one, the *bound*) kept per user;
+   A point estimate with ``uncertainty="laplace"`` adds, per block, its
+   users' conditional variances of every movie
+   (:func:`bayesmf.laplace.block_variances`), or for Thompson their row
+   draws (:func:`bayesmf.laplace.conditional_noise`, exact);
 2. *exact rescoring* of the shortlist: the per-draw means in the arithmetic
    of :func:`bayesmf.model.pair_mean` (as :meth:`Posterior.components` has
-   them for known pairs) and the per-user path's own float64 moments and
-   scores, then the stable tie rule;
+   them for known pairs), the Laplace variances as the per-user path forms
+   them (:func:`bayesmf.laplace.pair_variances`), and the per-user path's own
+   float64 moments and scores, then the stable tie rule;
 3. a *guard*: every movie left out of the shortlist has a bulk score at most
    the bound, hence an exact score at most ``bound + BULK_SCORE_TOL * max(1,
    |bound|)``; a user whose k-th exact score is not above that (a near-tie
    across the shortlist's edge) is ranked again by the per-user path.
 
 So the batch returns exactly what ranking the users one at a time returns.
-Unknown users (cold start), fold-ins and a point estimate with
-``uncertainty="laplace"`` take the per-user path.
+Unknown users (cold start), fold-ins and ordinal models take the per-user
+path.
 """
 
 from __future__ import annotations
@@ -79,10 +84,10 @@ import pandas as pd
 from jax.scipy.special import ndtr as device_ndtr
 from scipy.special import ndtr
 
-from bayesmf import metrics
+from bayesmf import laplace, metrics
 from bayesmf.arrays import next_pow2, stable_order
 from bayesmf.choices import SPREADS, STRATEGIES
-from bayesmf.model import augmented_factors, pair_mean
+from bayesmf.model import Params, augmented_factors, pair_mean
 from bayesmf.ordinal_model import star_grid
 from bayesmf.ordinal_predictive import draw_star_means, mixture_masses, star_moments
 from bayesmf.posterior import Posterior, check_uncertainty
@@ -360,11 +365,33 @@ def _block_size(n: int, most: int) -> int:
     return int(min(most, next_pow2(n)))
 
 
+def _user_keys(rng_key, positions: np.ndarray, single: bool) -> Array:
+    """Each user's key, as the per-user loop gives it: ``fold_in(rng_key, n)`` (the key itself for one user)."""
+    return jnp.expand_dims(rng_key, 0) if single else jax.vmap(jax.random.fold_in, (None, 0))(rng_key, jnp.asarray(positions))
+
+
 def _thompson_draws(rng_key, positions: np.ndarray, num_draws: int, single: bool) -> np.ndarray:
     """The draw ``s`` of each user, as :meth:`Posterior.sample_means` picks it from the user's key."""
-    keys = jnp.expand_dims(rng_key, 0) if single else jax.vmap(jax.random.fold_in, (None, 0))(rng_key, jnp.asarray(positions))
     pick = jax.vmap(lambda key: jax.random.randint(jax.random.split(key)[0], (), 0, num_draws))
-    return np.asarray(pick(keys), np.int64)
+    return np.asarray(pick(_user_keys(rng_key, positions, single)), np.int64)
+
+
+class _Laplace(NamedTuple):
+    """A point estimate's Laplace spread for the batched path (:mod:`bayesmf.laplace`)."""
+
+    point: Params  # the estimate, one draw
+    rows: laplace.TrainRows  # every user's training movies
+    noise: np.ndarray | None  # (n, k): Thompson's row draw of each ranked user, as Posterior.sample_means draws it
+
+
+def _laplace_of(posterior, user_index, rng_key, positions, single, strategy) -> _Laplace:
+    point = jax.tree.map(lambda x: jnp.asarray(x[0]), posterior.flat_draws())
+    rows = laplace.TrainRows(*_seen_lists(posterior))
+    noise = None
+    if strategy == "thompson":  # sample_means splits each user's key: the draw's choice, then the row draw
+        keys = jax.vmap(lambda key: jax.random.split(key)[1])(_user_keys(rng_key, positions, single))
+        noise = laplace.conditional_noise(keys, point, rows, user_index)
+    return _Laplace(point, rows, noise)
 
 
 class _Draws(NamedTuple):
@@ -386,10 +413,13 @@ def _device_draws(posterior, user_index) -> _Draws:
     return _Draws(users, r, m, jnp.swapaxes(r, 0, 1), m.T, jnp.asarray(flat.noise_precision, jnp.float32))
 
 
-def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen):
+def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen,
+                lap: _Laplace | None = None):
     """Bulk scores on the device, masked, the best ``size`` per user: values (n, size) float32, movies (n, size)."""
     num_draws, num_items, rank = dev.item_factors.shape
-    if strategy == "mean":
+    if lap is not None and strategy != "mean":  # (U, M, k) products per block
+        most = min(SCAN_BLOCK_USERS, BATCH_BLOCK_BYTES // (4 * num_items * (rank + 8)))
+    elif strategy == "mean":
         most = min(MEAN_BLOCK_USERS, BATCH_BLOCK_BYTES // (4 * (num_draws * rank + num_items)))
         item_cat = dev.items_by_movie.reshape(num_items, -1)
     elif strategy == "thompson":
@@ -404,7 +434,9 @@ def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, 
         rows = np.arange(start, min(start + block, n))
         rows = np.concatenate([rows, np.full(block - rows.size, rows[-1])])  # one compiled shape
         factors = dev.users[rows]  # (U, S, D)
-        if strategy == "thompson":
+        if lap is not None and strategy != "mean":
+            scores = _laplace_block(dev, lap, factors[:, 0], rows, user_index, strategy, beta, threshold, spread, noise_var)
+        elif strategy == "thompson":
             scores = _thompson_block(factors[np.arange(block), draw[rows]], dev.item_factors, dev.item_offsets,
                                      jnp.asarray(draw[rows]))
         elif strategy == "mean":
@@ -423,9 +455,23 @@ def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, 
     return values, movies
 
 
-def _exact(posterior, dev: _Draws, row, item_index, strategy, beta, threshold, spread):
+def _laplace_block(dev: _Draws, lap: _Laplace, factors, rows, user_index, strategy, beta, threshold, spread, noise_var):
+    """Bulk scores of a point estimate with the Laplace spread for a block of users (factors (U, k)): (U, M)."""
+    design = dev.item_factors[0]
+    if strategy == "thompson":
+        return _thompson_block(factors + jnp.asarray(lap.noise[rows]), dev.item_factors, dev.item_offsets,
+                               jnp.zeros(rows.shape[0], jnp.int32))
+    var = laplace.block_variances(laplace.user_factors(lap.point, lap.rows, user_index[rows])[1], design)
+    mean = factors @ design.T + dev.item_offsets[0]
+    if strategy == "prob_above":
+        return device_ndtr((mean - jnp.float32(threshold)) / jnp.sqrt(var + noise_var))
+    return _bound_block(mean, var, noise_var, jnp.float32(beta if strategy == "ucb" else -beta), spread == "predictive")
+
+
+def _exact(posterior, dev: _Draws, row, item_index, strategy, beta, threshold, spread, extra_var=None):
     """Moments and score of pairs (row of ``dev.users``, movie) as the per-user path computes them for known
-    pairs (float64 moments of the float32 per-draw means, component variance ``1/alpha_s``), in blocks.
+    pairs (float64 moments of the float32 per-draw means, component variance ``1/alpha_s``, plus a point
+    estimate's Laplace variance ``extra_var`` (n,) when given), in blocks.
 
     Returns mean, sd, epistemic_sd and score (None for Thompson), shape (n,) each.
     """
@@ -445,7 +491,10 @@ def _exact(posterior, dev: _Draws, row, item_index, strategy, beta, threshold, s
         means = [np.asarray(_pair_means_block(dev.users[who[b : b + block]], dev.items_by_movie, dev.offsets_by_movie,
                                               jnp.asarray(table[b : b + block]))) for b in range(0, padded, block)]
         mu = np.concatenate(means)[inverse, within].astype(np.float64).T  # (S, pairs)
-        comps = Components(mean=mu, sd=np.broadcast_to(np.sqrt(var)[:, None], mu.shape), noise_sd=noise_sd)
+        sd = np.broadcast_to(np.sqrt(var)[:, None], mu.shape)
+        if extra_var is not None:  # as Posterior.components adds it (S = 1)
+            sd = np.sqrt(var[:, None] + extra_var[i : i + step][None])
+        comps = Components(mean=mu, sd=sd, noise_sd=noise_sd)
         pred = _moments(comps)
         score = None if strategy == "thompson" else _score(pred, strategy, beta, threshold, spread)
         parts.append((pred.mean, pred.sd, pred.epistemic_sd, score))
@@ -453,13 +502,15 @@ def _exact(posterior, dev: _Draws, row, item_index, strategy, beta, threshold, s
     return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts))
 
 
-def _thompson_exact(posterior, draw, user_index, item_index) -> np.ndarray:
+def _thompson_exact(posterior, draw, user_index, item_index, noise=None) -> np.ndarray:
     """``<L_u^s, R_j^s> + m_j^s`` of pairs under each pair's draw ``s`` (the arithmetic of
-    :func:`bayesmf.predictive.sampled_means`), float64 (n,)."""
+    :func:`bayesmf.predictive.sampled_means`; a point estimate's Laplace row draws ``noise`` (n, k) added to
+    ``L_u`` as :meth:`Posterior.sample_means` adds them), float64 (n,)."""
     flat = posterior.flat_draws()
     user_factors, item_factors = (np.asarray(x) for x in augmented_factors(flat))
     num_items, rank = item_factors.shape[1:]
-    factors = jnp.asarray(user_factors[draw, user_index], item_factors.dtype)
+    factors = user_factors[draw, user_index]
+    factors = jnp.asarray(factors if noise is None else factors + noise, item_factors.dtype)
     mean = pair_mean(factors, jnp.asarray(item_factors.reshape(-1, rank)), jnp.asarray(flat.item_offsets.reshape(-1)),
                      jnp.arange(draw.shape[0], dtype=jnp.int32), jnp.asarray(draw * num_items + item_index, jnp.int32))
     return np.asarray(mean, np.float64)
@@ -492,13 +543,21 @@ def _batched(posterior, users, user_index, positions, single, k, strategy, beta,
     num_short = min(k + SHORTLIST_EXTRA, num_items)
     size = min(num_short + 1, num_items)
     dev = _device_draws(posterior, user_index)
-    values, movies = _shortlists(posterior, dev, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen)
+    lap = None
+    if uncertainty == "laplace" and num_draws == 1:
+        lap = _laplace_of(posterior, user_index, rng_key, positions, single, strategy)
+    values, movies = _shortlists(posterior, dev, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen,
+                                 lap)
     row, slot = np.nonzero(np.isfinite(values[:, :num_short]))
     u, j = user_index[row], movies[row, slot]
+
+    def extra_var(keep=slice(None)):  # the exact Laplace variances of pairs (row, j)[keep], as the per-user path's
+        return None if lap is None else laplace.pair_variances(lap.point, lap.rows, u[keep], j[keep])
+
     if strategy == "thompson":
-        score = _thompson_exact(posterior, draw[row], u, j)
+        score = _thompson_exact(posterior, draw[row], u, j, None if lap is None else lap.noise[row])
     else:
-        mean, sd, epistemic_sd, score = _exact(posterior, dev, row, j, strategy, beta, threshold, spread)
+        mean, sd, epistemic_sd, score = _exact(posterior, dev, row, j, strategy, beta, threshold, spread, extra_var())
     order = np.lexsort((j, -score, row))  # by user, score descending, movie index ascending
     row, u, j, score = row[order], u[order], j[order], score[order]
     rank = np.arange(row.shape[0]) - np.searchsorted(row, row)
@@ -511,7 +570,8 @@ def _batched(posterior, users, user_index, positions, single, k, strategy, beta,
     unsure = finite & ~(kth > edge + BULK_SCORE_TOL * np.maximum(1.0, np.abs(edge)))
     keep = (rank < k) & ~unsure[row]
     if strategy == "thompson":
-        mean, sd, epistemic_sd, _ = _exact(posterior, dev, row[keep], j[keep], strategy, beta, threshold, spread)
+        mean, sd, epistemic_sd, _ = _exact(posterior, dev, row[keep], j[keep], strategy, beta, threshold, spread,
+                                           extra_var(keep))
     else:
         mean, sd, epistemic_sd = (x[order][keep] for x in (mean, sd, epistemic_sd))
     rows = dict(position=positions[row[keep]], rank=rank[keep] + 1, item=id_of[j[keep]], score=score[keep], mean=mean,
@@ -609,7 +669,7 @@ def recommend(
             target.position(user)  # a clear KeyError for an unknown label, before any work
     batched = np.zeros(users.shape[0], bool)
     if isinstance(target, Posterior) and not _ordinal(target) and not (
-            uncertainty == "laplace" and target.num_chains * target.num_draws == 1):
+            uncertainty == "laplace" and target.num_chains * target.num_draws == 1 and target.train is None):
         first = np.repeat(np.asarray(target.item_vocab.ids)[:1], users.shape[0])
         user_index = np.asarray(target.pairs(users, first).user_index)
         batched = user_index >= 0
