@@ -501,6 +501,30 @@ def test_batch_equals_one_user_at_a_time_for_a_point_estimate(map_posterior, str
         assert np.all(known["epistemic_sd"] > 0)
 
 
+@pytest.fixture(scope="module")
+def offsets_posterior():
+    ratings = make_ratings()
+    config = ModelConfig(rank=RANK, user_offsets=True)
+    result = gibbs.sample(jax.random.PRNGKey(3), model_data_from_ratings(ratings), config, num_samples=30,
+                          num_warmup=30, progress_bar=False)
+    return Posterior(result.draws, config, ratings.user_vocab, ratings.item_vocab, ratings.scale, method="gibbs",
+                     train=ratings)
+
+
+@pytest.mark.parametrize("point", [False, True], ids=["draws", "laplace"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batch_equals_one_user_at_a_time_with_user_offsets(offsets_posterior, strategy, point):
+    """The exact rescoring adds ``b_u`` after ``L . R + m``, as the per-user path does (the augmented
+    ``(L, b) . (R, 1)`` of the bulk scores differed from it in the last bit)."""
+    target = with_draws(offsets_posterior, jax.tree.map(lambda x: x[:, -1:], offsets_posterior.draws), method="map") \
+        if point else offsets_posterior
+    kw = dict(strategy=strategy, rng_key=jax.random.PRNGKey(4), threshold=3.5,
+              uncertainty="laplace" if point else "posterior")
+    users = [105, 101, -1, 140, 123, 101]
+    assert_same_ranking(recommend(target, users, 5, **kw), recommend(OneAtATime(target), users, 5, **kw))
+    assert_same_ranking(recommend(target, None, 3, **kw), recommend(OneAtATime(target), None, 3, **kw))
+
+
 def test_batch_keeps_the_tie_rule_across_the_shortlist_edge(posterior):
     """25 identical movies far above the rest: the shortlist (k + SHORTLIST_EXTRA) cuts through the
     tie, the guard sends the users to the per-user path, and the ties still come out in index order."""
