@@ -50,12 +50,12 @@ Known users of a :class:`~bayesmf.posterior.Posterior` are ranked in blocks
    the per-user path) and the predictive variance (plus ``E_s[1/alpha_s]``);
    for ``prob_above`` a scan accumulating ``ndtr((mu_s - t) sqrt(alpha_s))``;
    for ``thompson`` each user's own draw ``s_n`` (the same key stream as one
-   user at a time). Seen movies and non-candidates are masked out and the
-   best ``k + SHORTLIST_EXTRA`` (plus one, the *bound*) kept per user;
-   A point estimate with ``uncertainty="laplace"`` adds, per block, its
-   users' conditional variances of every movie
+   user at a time). A point estimate with ``uncertainty="laplace"`` takes,
+   per block, its users' conditional variances of every movie
    (:func:`bayesmf.laplace.block_variances`), or for Thompson their row
-   draws (:func:`bayesmf.laplace.conditional_noise`, exact);
+   draws (:func:`bayesmf.laplace.conditional_noise`, exact). Seen movies
+   and non-candidates are masked out and the best ``k + SHORTLIST_EXTRA``
+   (plus one, the *bound*) kept per user;
 2. *exact rescoring* of the shortlist: the per-draw means in the arithmetic
    of :func:`bayesmf.model.pair_mean` (as :meth:`Posterior.components` has
    them for known pairs), the Laplace variances as the per-user path forms
@@ -559,13 +559,13 @@ def _batched(posterior, users, user_index, positions, single, k, strategy, beta,
     row, slot = np.nonzero(np.isfinite(values[:, :num_short]))
     u, j = user_index[row], movies[row, slot]
 
-    def extra_var(keep=slice(None)):  # the exact Laplace variances of pairs (row, j)[keep], as the per-user path's
-        return None if lap is None else laplace.pair_variances(lap.point, lap.rows, u[keep], j[keep])
+    def laplace_var(u, j):  # the exact Laplace variances of pairs, as the per-user path forms them
+        return None if lap is None else laplace.pair_variances(lap.point, lap.rows, u, j)
 
     if strategy == "thompson":
         score = _thompson_exact(posterior, draw[row], u, j, None if lap is None else lap.noise[row])
     else:
-        mean, sd, epistemic_sd, score = _exact(posterior, dev, row, j, strategy, beta, threshold, spread, extra_var())
+        mean, sd, epistemic_sd, score = _exact(posterior, dev, row, j, strategy, beta, threshold, spread, laplace_var(u, j))
     order = np.lexsort((j, -score, row))  # by user, score descending, movie index ascending
     row, u, j, score = row[order], u[order], j[order], score[order]
     rank = np.arange(row.shape[0]) - np.searchsorted(row, row)
@@ -579,7 +579,7 @@ def _batched(posterior, users, user_index, positions, single, k, strategy, beta,
     keep = (rank < k) & ~unsure[row]
     if strategy == "thompson":
         mean, sd, epistemic_sd, _ = _exact(posterior, dev, row[keep], j[keep], strategy, beta, threshold, spread,
-                                           extra_var(keep))
+                                           laplace_var(u[keep], j[keep]))
     else:
         mean, sd, epistemic_sd = (x[order][keep] for x in (mean, sd, epistemic_sd))
     rows = dict(position=positions[row[keep]], rank=rank[keep] + 1, item=id_of[j[keep]], score=score[keep], mean=mean,
