@@ -13,8 +13,10 @@
     bayesmf fit --data DIR --method gibbs --out model.nc --resume run.ckpt.npz   (same arguments as the killed run)
     bayesmf fit --data NEW_RATINGS --method gibbs --out new.nc --init-from model.nc   (continue a model)
     bayesmf predict --model model.nc --user U --item I [--json]
+    bayesmf predict --model model.nc --pairs pairs.csv --out predictions.csv   (a header naming user, item)
     bayesmf recommend --model model.nc --user U --k 10 --strategy lcb [--json]
     bayesmf recommend --model model.nc --ratings new_user.csv --k 10 [--json]
+    bayesmf recommend --model model.nc --users all --k 10 --out top10.csv      (or --users users.csv)
     bayesmf similar --model model.nc --item I --k 10 [--json]
 
 With ``--json`` the last line of stdout is one JSON object (or list).
@@ -44,6 +46,7 @@ from bayesmf.choices import (
     SIMILARITY_METRICS,
     SPLIT_NAMES,
     STRATEGIES,
+    UNCERTAINTIES,
 )
 
 # Splits whose test rows are cold-start predictions by design.
@@ -369,8 +372,47 @@ def _new_user(posterior, args, user):
     return coldstart.fold_in_users(posterior, [given], user_ids=[user], user_features=frames.get("user_features"))
 
 
+def _write_csv(frame, path) -> None:
+    """``frame`` to a CSV at ``path``, whole or not at all: written beside it, then moved into place."""
+    import tempfile
+
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise CLIError(f"--out {path}: no directory {path.parent}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            frame.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _many(frame, args, what: str) -> None:
+    """Rows for many users or pairs: to ``--out`` (a one-line summary, or a JSON object with --json), else shown."""
+    if args.out is None:
+        _table(frame, args.json)
+        return
+    _write_csv(frame, args.out)
+    _emit(dict(out=str(args.out), rows=len(frame)), args.json, f"wrote {len(frame)} {what} to {args.out}")
+
+
 def cmd_predict(args):
     posterior = _load_model(args.model)
+    if args.pairs is not None:
+        from bayesmf import data
+
+        if args.user or args.item or args.ratings or args.user_features:
+            raise CLIError("--pairs predicts the pairs of a file: leave out --user, --item, --ratings, --user-features")
+        users, items = data.read_ids(args.pairs, ("user", "item"), (posterior.user_vocab, posterior.item_vocab))
+        pred = posterior.predict(users, items, prob=args.prob, uncertainty=args.uncertainty)
+        _many(pred.to_dataframe(), args, "predictions")
+        return
+    if args.user is None or args.item is None:
+        raise CLIError("give --user U --item I, or --pairs pairs.csv")
+    if args.out is not None:
+        raise CLIError("--out writes the predictions of --pairs")
     user = _parse_id(posterior.user_vocab, args.user)
     item = _parse_id(posterior.item_vocab, args.item)
     target = posterior
@@ -378,7 +420,7 @@ def cmd_predict(args):
         if bool(posterior.pairs([user], [item]).known_user[0]):
             raise CLIError(f"user {user} is in the model: --ratings / --user-features are for a new user")
         target = _new_user(posterior, args, user)
-    pred = target.predict([user], [item], prob=args.prob)
+    pred = target.predict([user], [item], prob=args.prob, **_uncertainty(target, args))
     out = dict(
         user=user, item=item, mean=float(pred.mean[0]), sd=float(pred.sd[0]), lower=float(pred.lower[0]),
         upper=float(pred.upper[0]), known_user=bool(pred.known_user[0]), known_item=bool(pred.known_item[0]),
@@ -405,6 +447,18 @@ def cmd_recommend(args):
 
     posterior = _load_model(args.model)
     key = jax.random.PRNGKey(args.seed)
+    options = dict(strategy=args.strategy, beta=args.beta, threshold=args.threshold, rng_key=key)
+    if args.users is not None:
+        from bayesmf import data
+
+        if args.user is not None or args.ratings or args.user_features:
+            raise CLIError("--users ranks many users of the model: leave out --user, --ratings, --user-features")
+        users = None if args.users == "all" else data.read_ids(args.users, ("user",), (posterior.user_vocab,))[0]
+        frame = ranking.recommend(posterior, users, args.k, uncertainty=args.uncertainty, **options)
+        _many(frame, args, "recommendations")
+        return
+    if args.out is not None:
+        raise CLIError("--out writes the lists of --users")
     if args.ratings or args.user_features:
         label = "new" if args.user is None else _parse_id(posterior.user_vocab, args.user)
         target, user = _new_user(posterior, args, label), label
@@ -414,11 +468,20 @@ def cmd_recommend(args):
             print(f"bayesmf: note: user {user} is not in the model: ranked by the cold-start prior "
                   "(pass --ratings to fold in a new user's ratings)", file=sys.stderr)
     else:
-        raise CLIError("give --user U or --ratings new_user.csv")
-    frame = ranking.recommend(
-        target, user, args.k, strategy=args.strategy, beta=args.beta, threshold=args.threshold, rng_key=key,
-    )
+        raise CLIError("give --user U, --users all|users.csv, or --ratings new_user.csv")
+    frame = ranking.recommend(target, user, args.k, **options, **_uncertainty(target, args))
     _table(frame.drop(columns=["user"]), args.json)
+
+
+def _uncertainty(target, args) -> dict:
+    """``uncertainty=`` for a posterior (a fold-in has its own spread: --uncertainty laplace is refused)."""
+    from bayesmf.posterior import Posterior
+
+    if args.uncertainty == "posterior":
+        return {}
+    if not isinstance(target, Posterior):
+        raise CLIError("--uncertainty laplace is for a point estimate's known users, not a new user folded in")
+    return dict(uncertainty=args.uncertainty)
 
 
 def cmd_similar(args):
@@ -602,10 +665,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "its last draw, new ones from its prior; same --rank and --offsets")
     p.set_defaults(func=cmd_fit)
 
+    uncertainty_help = ("laplace: a point estimate's (MAP's) per-user conditional spread of the factors, added "
+                        "to its plug-in noise sd (changes nothing with several draws)")
     p = sub.add_parser("predict", help="predictive rating with an interval", formatter_class=fmt, allow_abbrev=False)
     p.add_argument("--model", required=True, help="model file written by fit")
-    p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start prior)")
-    p.add_argument("--item", required=True, help="movie id")
+    p.add_argument("--user", help="user id (an unknown id gets the cold-start prior)")
+    p.add_argument("--item", help="movie id")
+    p.add_argument("--pairs", metavar="FILE", help="CSV whose header names user and item columns: predict every "
+                   "pair (unknown ids get the cold-start prior, flagged)")
+    p.add_argument("--out", metavar="CSV", help="with --pairs: write the predictions there (replaced whole)")
+    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default="posterior", help=uncertainty_help)
     p.add_argument("--ratings", help="CSV with columns item,rating of the new user --user (folded in)")
     p.add_argument("--user-features", help="features of the new user --user (a row keyed by its id; a model "
                    "fitted with user features)")
@@ -616,6 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="top-k movies for a user or for new ratings (fold-in)", formatter_class=fmt, allow_abbrev=False)
     p.add_argument("--model", required=True, help="model file written by fit")
     p.add_argument("--user", help="user id")
+    p.add_argument("--users", metavar="all|FILE", help="many users of the model: 'all', or a CSV whose header "
+                   "names a user column (unknown ids get the cold-start prior)")
+    p.add_argument("--out", metavar="CSV", help="with --users: write the lists there (replaced whole)")
+    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default="posterior", help=uncertainty_help)
     p.add_argument("--ratings", help="CSV with columns item,rating for a new user (folded in)")
     p.add_argument("--user-features", help="features of the new user (a row keyed by --user, or by 'new'; a "
                    "model fitted with user features)")

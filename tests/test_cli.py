@@ -282,3 +282,88 @@ def test_text_output_warns_naming_the_quantity_when_rhat_is_high(small_dir, caps
     assert warnings and any("R-hat" in line or "rhat" in line.lower() for line in warnings), captured.err
     assert cli.main([*argv, "--json"]) == 0  # --json output stays one JSON line, no warning text
     assert "bayesmf: warning:" not in capsys.readouterr().err
+
+
+# --- many users or pairs at once: --users, --pairs, --out ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def map_model(tmp_path_factory, small_dir):
+    model = tmp_path_factory.mktemp("map") / "map.nc"
+    assert cli.main(["fit", "--data", str(small_dir), "--method", "map", "--rank", "2", "--no-progress", "--out",
+                     str(model)]) == 0
+    return model
+
+
+def test_predict_pairs_writes_every_pair_as_the_api_predicts_it(tmp_path, map_model, capsys):
+    import bayesmf
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("userId,movieId,rating\n1,1,4\n2,5,3\n99999,3,5\n4,2,1\n")  # aliases; the rating is ignored
+    out = tmp_path / "predictions.csv"
+    for uncertainty in ("posterior", "laplace"):
+        assert cli.main(["predict", "--model", str(map_model), "--pairs", str(pairs), "--out", str(out),
+                         "--uncertainty", uncertainty, "--json"]) == 0
+        assert last_json(capsys) == {"out": str(out), "rows": 4}
+        got = pd.read_csv(out)
+        want = bayesmf.load(map_model).predict([1, 2, 99999, 4], [1, 5, 3, 2], uncertainty=uncertainty).to_dataframe()
+        assert got["user"].tolist() == [1, 2, 99999, 4] and got["known_user"].tolist() == [True, True, False, True]
+        np.testing.assert_allclose(got[["mean", "sd", "lower", "upper"]], want[["mean", "sd", "lower", "upper"]],
+                                   rtol=1e-12)
+        sds = got["sd"].to_numpy()
+        if uncertainty == "posterior":
+            plug_in = sds
+    # The Laplace spread widens a point estimate's known pairs only (the cold-start pair has its prior's).
+    assert np.all(sds[[0, 1, 3]] > plug_in[[0, 1, 3]]) and sds[2] == plug_in[2]
+    # Without --out: shown, or one JSON list.
+    assert cli.main(["predict", "--model", str(map_model), "--pairs", str(pairs), "--json"]) == 0
+    assert len(last_json(capsys)) == 4
+
+
+def test_recommend_users_all_and_from_a_file(tmp_path, map_model, capsys):
+    import bayesmf
+    from bayesmf.ranking import recommend
+
+    posterior = bayesmf.load(map_model)
+    out = tmp_path / "top.csv"
+    assert cli.main(["recommend", "--model", str(map_model), "--users", "all", "--k", "3", "--strategy", "lcb",
+                     "--uncertainty", "laplace", "--out", str(out)]) == 0
+    want = recommend(posterior, None, 3, strategy="lcb", uncertainty="laplace")  # fewer for users who rated most movies
+    assert f"wrote {len(want)} recommendations to {out}" in capsys.readouterr().out
+    got = pd.read_csv(out)
+    assert got["user"].tolist() == want["user"].tolist() and got["item"].tolist() == want["item"].tolist()
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-12)
+    users = tmp_path / "users.csv"
+    users.write_text("user\n4\n99999\n1\n")
+    assert cli.main(["recommend", "--model", str(map_model), "--users", str(users), "--k", "2", "--json"]) == 0
+    recs = last_json(capsys)
+    assert [r["user"] for r in recs] == [4, 4, 99999, 99999, 1, 1]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["predict", "--pairs", "PAIRS", "--user", "1"], "leave out --user"),
+    (["predict", "--user", "1"], "give --user U --item I, or --pairs"),
+    (["predict", "--user", "1", "--item", "1", "--out", "OUT"], "--out writes the predictions of --pairs"),
+    (["predict", "--pairs", "NOFILE"], "no file at"),
+    (["predict", "--pairs", "BADID"], "line 3: item id (this model's ids are integers) 'x7' is not a number"),
+    (["predict", "--pairs", "NOITEM"], "item"),
+    (["predict", "--pairs", "PAIRS", "--out", "NODIR"], "no directory"),
+    (["recommend", "--users", "all", "--user", "1"], "leave out --user"),
+    (["recommend", "--user", "1", "--out", "OUT"], "--out writes the lists of --users"),
+    (["recommend", "--ratings", "NEWUSER", "--uncertainty", "laplace"], "not a new user folded in"),
+])
+def test_many_at_once_refuses_what_it_cannot_do_and_keeps_the_old_output(tmp_path, map_model, capsys, argv, match):
+    files = dict(PAIRS="user,item\n1,1\n", BADID="user,item\n1,1\n2,x7\n", NOITEM="user,rating\n1,4\n",
+                 NEWUSER="item,rating\n1,5\n")
+    for name, text in files.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    out = tmp_path / "out.csv"
+    out.write_text("kept\n")
+    paths = dict({name: str(tmp_path / f"{name}.csv") for name in files}, NOFILE=str(tmp_path / "none.csv"),
+                 OUT=str(out), NODIR=str(tmp_path / "no" / "out.csv"))
+    argv = [paths.get(a, a) for a in argv]
+    if "--out" not in argv and "BADID.csv" in " ".join(argv):
+        argv += ["--out", str(out)]
+    assert cli.main([argv[0], "--model", str(map_model), *argv[1:]]) == 2
+    assert match in capsys.readouterr().err
+    assert out.read_text() == "kept\n"

@@ -137,6 +137,31 @@ def test_read_item_ratings(tmp_path):
         data.read_item_ratings(write(tmp_path / "bad2.csv", "item,stars\n1,4\n"))
 
 
+def test_read_ids(tmp_path):
+    """Users to rank and (user, item) pairs to predict: the columns found by name, typed as a model's ids."""
+    path = write(tmp_path / "pairs.csv", "\nuserId,movieId,rating\n1,5,3\n\n7,50,4\n")  # a blank line before the header
+    users, items = data.read_ids(path)
+    assert users.tolist() == [1, 7] and items.tolist() == [5, 50] and users.dtype.kind == "i"
+    users, items = data.read_ids(path, vocabs=(Vocabulary(["1", "7"]), Vocabulary([5, 50])))
+    assert users.tolist() == ["1", "7"] and items.tolist() == [5, 50]
+    (users,) = data.read_ids(write(tmp_path / "padded.csv", "user\n007\n\n8\n"), ("user",), (Vocabulary(["007"]),))
+    assert users.tolist() == ["007", "8"]  # the text, not the number
+    (users,) = data.read_ids(write(tmp_path / "users.tsv", "user\tname\na1\tx\nb2\ty\n"), ("user",))
+    assert users.tolist() == ["a1", "b2"]
+    with pytest.raises(ValueError, match=r"line 3: item id \(this model's ids are integers\) 'x' is not a number"):
+        data.read_ids(write(tmp_path / "bad.csv", "user,item\n1,2\n3,x\n"), vocabs=(None, Vocabulary([2])))
+    with pytest.raises(ValueError, match="line 3 is truncated or has an empty field"):
+        data.read_ids(write(tmp_path / "short.csv", "user,item\n1,2\n3,\n"))
+    with pytest.raises(ValueError, match="a header and no ids"):
+        data.read_ids(write(tmp_path / "header.csv", "user,item\n"))
+    with pytest.raises(ValueError, match="no item column"):
+        data.read_ids(write(tmp_path / "noitem.csv", "user,rating\n1,4\n"))
+    with pytest.raises(ValueError, match="empty"):
+        data.read_ids(write(tmp_path / "empty.csv", ""))
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        data.read_ids(tmp_path / "missing.csv")
+
+
 
 
 def test_dataframe_of_real_split_matches_pandas(ml100k_dir):

@@ -58,7 +58,8 @@ def cli_lines() -> list[str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A small data set in the ml-100k layout (u.data, u1.base/u1.test, u.item), a ';' file and a new user's ratings."""
+    """A small data set in the ml-100k layout (u.data, u1.base/u1.test, u.item), a ';' file, a new user's ratings
+    and pairs to predict."""
     root = tmp_path_factory.mktemp("readme")
     sim = synthetic.movielens_like(5, num_users=60, num_items=45, num_ratings=1500, rank=2, min_per_user=10)
     frame = sim.ratings.to_dataframe().astype({"rating": int})
@@ -76,6 +77,7 @@ def workspace(tmp_path_factory):
     shop = rows.rename(columns={"user": "customer", "item": "product", "rating": "stars"})[["customer", "product", "stars"]]
     shop.to_csv(root / "shop.csv", sep=";", index=False)
     (root / "new_user.csv").write_text("item,rating\n" + "".join(f"{i},{r}\n" for i, r in zip(items[:3], (5, 4, 1))))
+    (root / "pairs.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in zip(rows["user"][:4], items[:4])))
     return dict(root=root, small=small, user=str(rows["user"].iloc[0]), item=str(items[0]))
 
 
@@ -97,8 +99,8 @@ def concrete(line: str, ws: dict) -> list[str]:
             token = ws["user"]
         elif token == "I":
             token = ws["item"]
-        elif token == "new_user.csv":
-            token = str(ws["root"] / "new_user.csv")
+        elif token in ("new_user.csv", "pairs.csv", "predictions.csv", "top10.csv"):
+            token = str(ws["root"] / token)
         out.append(token)
     if out and out[0] in FITTING:
         out += FAST

@@ -6,8 +6,9 @@ Imports flow vocabulary <- ratings <- readers <- movielens <- features.
   their indices);
 * :mod:`bayesmf.data.ratings`: :class:`Ratings`, :class:`RatingScale` (the
   data model);
-* :mod:`bayesmf.data.readers`: :func:`read_ratings` and
-  :func:`read_item_ratings` (delimited files, the MovieLens layouts);
+* :mod:`bayesmf.data.readers`: :func:`read_ratings`,
+  :func:`read_item_ratings` and :func:`read_ids` (delimited files, the
+  MovieLens layouts);
 * :mod:`bayesmf.data.movielens`: :func:`load_movielens`,
   :func:`find_dataset` (cache and download), :func:`verify_checksums`,
   :func:`load_titles`;
@@ -62,6 +63,7 @@ from bayesmf.data.readers import (
     USER_COLUMNS,
     as_pairs,
     as_ratings,
+    read_ids,
     read_item_ratings,
     read_ratings,
 )
@@ -103,6 +105,7 @@ __all__ = [
     "load_titles",
     "read_dataset_dir",
     "read_item_features",
+    "read_ids",
     "read_item_ratings",
     "read_ratings",
     "read_features",

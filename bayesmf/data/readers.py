@@ -436,10 +436,10 @@ def _read_fast(path: Path, layout: _Layout, id_dtype=np.int32) -> dict | None:
 
 
 def _read_table(path: Path, sep: str, header: bool, num_fields: int, description: str, skiprows: int = 0,
-                first: int = 1) -> pd.DataFrame:
+                first: int = 1, dtype=None) -> pd.DataFrame:
     """Parse with pandas; a line with too many fields is a ``ValueError`` naming it."""
     kw = dict(sep=sep, index_col=False, skip_blank_lines=False, encoding="utf-8", encoding_errors="replace",
-              skiprows=skiprows, keep_default_na=False, na_values=[""])
+              skiprows=skiprows, keep_default_na=False, na_values=[""], dtype=dtype)
     if header:
         kw["header"] = 0
     else:
@@ -684,6 +684,57 @@ def read_item_ratings(path, item_vocab: Vocabulary | None = None, scale: RatingS
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     return items, rating
+
+
+def read_ids(path, roles: tuple[str, ...] = ("user", "item"), vocabs=None) -> tuple[np.ndarray, ...]:
+    """Id columns of a CSV (or tab-separated) file whose header names them: users to rank, (user, item) pairs
+    to predict.
+
+    Parameters
+    ----------
+    path : str or Path
+        Header naming a column per role (the names :func:`read_ratings`
+        accepts, e.g. ``user``/``userId``, ``item``/``movieId``); other
+        columns (a rating, say) are ignored.
+    roles : tuple of {"user", "item"}
+    vocabs : tuple of Vocabulary or None, optional
+        A model's vocabularies, one per role: ids are read as their type
+        (integers or strings). Ids they lack are kept (the caller decides:
+        a cold start, for predict and recommend).
+
+    Returns
+    -------
+    tuple of arrays, shape (n,) each, one per role
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        No file; an empty or binary file, no header naming a role, a
+        missing field or a non-integer id for an integer vocabulary (each
+        naming the file and line).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no file at {path}")
+    description = "a header naming " + " and ".join(roles) + " columns, and an id per line"
+    line, first = _first_line(path)
+    sep = "\t" if "\t" in line and "," not in line else ","
+    # As text: a string id such as "007" stays itself (pandas would read 7, or 7.0 beside a blank line).
+    frame = _read_table(path, sep, True, len(line.split(sep)), description, skiprows=first - 1, dtype=str)
+    found = [pick_column(frame.columns, _ACCEPTED[role], role, path) for role in roles]
+    frame = frame[found]
+    frame.columns = list(roles)
+    if frame.shape[0] == 0:
+        raise ValueError(f"{path}: the file has a header and no ids; expected {description}")
+    frame = _check_complete(path, frame, list(roles), first + 1, description)
+    out = []
+    for role, vocab in zip(roles, vocabs or (None,) * len(roles)):
+        if vocab is not None and vocab.is_string:
+            out.append(frame[role].astype(str).str.strip().to_numpy(dtype=object))
+        else:
+            what = f"{role} id" + ("" if vocab is None else " (this model's ids are integers)")
+            out.append(normalize_ids(_numeric_column(path, frame, role, what, ids=vocab is None), f"{role} ids"))
+    return tuple(out)
 
 
 # --- ratings and pairs from what a user has in hand -------------------------------------------------
