@@ -454,7 +454,7 @@ def cmd_recommend(args):
         if args.user is not None or args.ratings or args.user_features:
             raise CLIError("--users ranks many users of the model: leave out --user, --ratings, --user-features")
         users = None if args.users == "all" else data.read_ids(args.users, ("user",), (posterior.user_vocab,))[0]
-        frame = ranking.recommend(posterior, users, args.k, uncertainty=args.uncertainty, **options)
+        frame = ranking.recommend(posterior, users, args.k, uncertainty=args.uncertainty, progress_bar=True, **options)
         _many(frame, args, "recommendations")
         return
     if args.out is not None:

@@ -83,6 +83,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import ndtr as device_ndtr
 from scipy.special import ndtr
+from tqdm.auto import tqdm
 
 from bayesmf import laplace, metrics
 from bayesmf.arrays import next_pow2, stable_order
@@ -418,7 +419,7 @@ def _device_draws(posterior, user_index) -> _Draws:
 
 
 def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen,
-                lap: _Laplace | None = None):
+                lap: _Laplace | None = None, progress_bar: bool = False):
     """Bulk scores on the device, masked, the best ``size`` per user: values (n, size) float32, movies (n, size)."""
     num_draws, num_items, rank = dev.item_factors.shape
     if lap is not None and strategy != "mean":  # (U, M, k) products per block
@@ -434,7 +435,8 @@ def _shortlists(posterior, dev: _Draws, user_index, draw, size, strategy, beta, 
     block = _block_size(n, max(1, most))
     values, movies = np.empty((n, size), np.float32), np.empty((n, size), np.int64)
     noise_var = np.float32(np.mean(1.0 / np.asarray(posterior.flat_draws().noise_precision, np.float64)))
-    for start in range(0, n, block):
+    for start in tqdm(range(0, n, block), desc="recommend", unit="block", leave=False,
+                      disable=None if progress_bar else True):
         rows = np.arange(start, min(start + block, n))
         rows = np.concatenate([rows, np.full(block - rows.size, rows[-1])])  # one compiled shape
         factors = dev.users[rows]  # (U, S, D)
@@ -525,7 +527,7 @@ def _thompson_exact(posterior, draw, user_index, item_index, noise=None) -> np.n
 
 
 def _batched(posterior, users, user_index, positions, single, k, strategy, beta, threshold, exclude_seen, rng_key, items,
-             uncertainty, spread) -> tuple[dict, np.ndarray]:
+             uncertainty, spread, progress_bar=False) -> tuple[dict, np.ndarray]:
     """Top k of known users of a posterior (user_index (n,), at ``positions`` of the caller's list).
 
     Returns
@@ -555,7 +557,7 @@ def _batched(posterior, users, user_index, positions, single, k, strategy, beta,
     if uncertainty == "laplace" and num_draws == 1:
         lap = _laplace_of(posterior, user_index, rng_key, positions, single, strategy)
     values, movies = _shortlists(posterior, dev, user_index, draw, size, strategy, beta, threshold, spread, candidate, seen,
-                                 lap)
+                                 lap, progress_bar)
     row, slot = np.nonzero(np.isfinite(values[:, :num_short]))
     u, j = user_index[row], movies[row, slot]
 
@@ -600,6 +602,7 @@ def recommend(
     items=None,
     uncertainty: str = "posterior",
     spread: str = "epistemic",
+    progress_bar: bool = False,
 ) -> pd.DataFrame:
     """Top-k movies for one user or many, ranked with or without uncertainty.
 
@@ -640,6 +643,9 @@ def recommend(
         plug-in (noise-only) sd. Changes nothing with several draws.
     spread : {"epistemic", "predictive"}
         Which sd lcb / ucb use (see the module docstring).
+    progress_bar : bool
+        A ``tqdm.auto`` bar over the blocks of known users (no output when
+        stderr is not a terminal).
 
     Returns
     -------
@@ -684,7 +690,7 @@ def recommend(
     parts, redo = [], np.flatnonzero(~batched)
     if batched.any():
         rows, again = _batched(target, users, user_index[batched], np.flatnonzero(batched), single, k, strategy, beta,
-                               threshold, exclude_seen, rng_key, items, uncertainty, spread)
+                               threshold, exclude_seen, rng_key, items, uncertainty, spread, progress_bar)
         parts.append(rows)
         redo = np.sort(np.concatenate([redo, again]))
     for n in redo:
