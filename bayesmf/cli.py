@@ -376,9 +376,7 @@ def _write_csv(frame, path) -> None:
     """``frame`` to a CSV at ``path``, whole or not at all: written beside it, then moved into place."""
     import tempfile
 
-    path = Path(path).expanduser()
-    if not path.parent.is_dir():
-        raise CLIError(f"--out {path}: no directory {path.parent}")
+    path = _out_path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
@@ -387,6 +385,13 @@ def _write_csv(frame, path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _out_path(path) -> Path:
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise CLIError(f"--out {path}: no directory {path.parent}")
+    return path
 
 
 def _many(frame, args, what: str) -> None:
@@ -405,6 +410,8 @@ def cmd_predict(args):
 
         if args.user or args.item or args.ratings or args.user_features:
             raise CLIError("--pairs predicts the pairs of a file: leave out --user, --item, --ratings, --user-features")
+        if args.out is not None:
+            _out_path(args.out)  # before the work
         users, items = data.read_ids(args.pairs, ("user", "item"), (posterior.user_vocab, posterior.item_vocab))
         pred = posterior.predict(users, items, prob=args.prob, uncertainty=args.uncertainty)
         _many(pred.to_dataframe(), args, "predictions")
@@ -453,6 +460,8 @@ def cmd_recommend(args):
 
         if args.user is not None or args.ratings or args.user_features:
             raise CLIError("--users ranks many users of the model: leave out --user, --ratings, --user-features")
+        if args.out is not None:
+            _out_path(args.out)  # before the work
         users = None if args.users == "all" else data.read_ids(args.users, ("user",), (posterior.user_vocab,))[0]
         frame = ranking.recommend(posterior, users, args.k, uncertainty=args.uncertainty, progress_bar=True, **options)
         _many(frame, args, "recommendations")
