@@ -142,10 +142,11 @@ def _row_normals(rng_keys: Array, d: int) -> np.ndarray:
     its key: the choice of draw, then the row draw).
 
     Integer bits on the device, their normal quantiles (24-bit grid, mid
-    points) on the host in float64: XLA's vectorised ``erfinv`` rounds a
-    value by its lane, so ``jax.random.normal`` of one row's key gave other
-    float32 bits alone than among many rows, and a ranking of one user
-    differed from a batch's in the last bit.
+    points) on the host in float64. ``jax.random.normal`` of one row's key,
+    compiled into the solve, gave other float32 bits for some values alone
+    than among many rows (the same bits, transformed by programs of other
+    shapes), and a Thompson ranking of one user differed from a batch's in
+    the last bit (47 of 300 rows at rank 4).
     """
     bits = np.asarray(_row_bits(rng_keys, d))
     return ndtri((np.right_shift(bits, 8) + 0.5) / 2.0**24).astype(np.float32)
