@@ -152,7 +152,7 @@ def test_read_ids(tmp_path):
         data.read_ids(write(tmp_path / "bad.csv", "user,item\n1,2\n3,x\n"), vocabs=(None, Vocabulary([2])))
     with pytest.raises(ValueError, match="line 3 is truncated or has an empty field"):
         data.read_ids(write(tmp_path / "short.csv", "user,item\n1,2\n3,\n"))
-    with pytest.raises(ValueError, match="a header and no ids"):
+    with pytest.raises(ValueError, match="a header and nothing under it"):
         data.read_ids(write(tmp_path / "header.csv", "user,item\n"))
     with pytest.raises(ValueError, match="no item column"):
         data.read_ids(write(tmp_path / "noitem.csv", "user,rating\n1,4\n"))

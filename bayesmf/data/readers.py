@@ -641,6 +641,30 @@ def read_ratings(path, sep: str | None = None, columns=None, header: bool | None
         raise ValueError(f"{path}: {message}") from None
 
 
+def _header_table(path, roles: tuple[str, ...], description: str, missing: str) -> tuple[Path, pd.DataFrame]:
+    """The ``roles`` columns of a CSV (or TSV) whose header names them, as text; a missing field names its line."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{missing} {path}")
+    line, first = _first_line(path)
+    sep = "\t" if "\t" in line and "," not in line else ","
+    # As text: a string id such as "007" stays itself (pandas would read 7, or 7.0 beside a blank line).
+    frame = _read_table(path, sep, True, len(line.split(sep)), description, skiprows=first - 1, dtype=str)
+    frame = frame[[pick_column(frame.columns, _ACCEPTED[role], role, path) for role in roles]]
+    frame.columns = list(roles)
+    if frame.shape[0] == 0:
+        raise ValueError(f"{path}: the file has a header and nothing under it; expected {description}")
+    return path, _check_complete(path, frame, list(roles), first + 1, description)
+
+
+def _ids(path: Path, frame: pd.DataFrame, role: str, vocab: Vocabulary | None) -> np.ndarray:
+    """A role's ids as ``vocab``'s type (strings, or integers: a non-integer id names its line)."""
+    if vocab is not None and vocab.is_string:
+        return frame[role].astype(str).str.strip().to_numpy(dtype=object)
+    what = f"{role} id" + ("" if vocab is None else " (this model's ids are integers)")
+    return normalize_ids(_numeric_column(path, frame, role, what, ids=vocab is None), f"{role} ids")
+
+
 def read_item_ratings(path, item_vocab: Vocabulary | None = None, scale: RatingScale | None = None):
     """One new user's ratings from a CSV with item and rating columns (for fold-in).
 
@@ -660,22 +684,10 @@ def read_item_ratings(path, item_vocab: Vocabulary | None = None, scale: RatingS
     item_ids : array, shape (n,)
     ratings : float64 array, shape (n,)
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no ratings file at {path}")
-    line, _ = _first_line(path)
-    sep = "\t" if "\t" in line and "," not in line else ","
-    frame = _read_table(path, sep, True, len(line.split(sep)), "a header naming item and rating columns")
-    item_col = pick_column(frame.columns, ITEM_COLUMNS, "item", path)
-    rating_col = pick_column(frame.columns, RATING_COLUMNS, "rating", path)
-    frame = frame[[item_col, rating_col]]
-    frame.columns = ["item", "rating"]
-    frame = _check_complete(path, frame, ["item", "rating"], 2, "item and rating on every line")
+    path, frame = _header_table(path, ("item", "rating"), "a header naming item and rating columns, and both on "
+                                "every line", "no ratings file at")
     rating = _numeric_column(path, frame, "rating", "rating", ids=False).astype(np.float64)
-    if item_vocab is not None and item_vocab.is_string:
-        items = frame["item"].astype(str).str.strip().to_numpy(dtype=object)
-    else:
-        items = normalize_ids(_numeric_column(path, frame, "item", "item id", ids=item_vocab is None), "item ids")
+    items = _ids(path, frame, "item", item_vocab)
     if not np.all(np.isfinite(rating)):
         raise ValueError(f"{path}: ratings must be finite")
     if scale is not None:
@@ -687,54 +699,17 @@ def read_item_ratings(path, item_vocab: Vocabulary | None = None, scale: RatingS
 
 
 def read_ids(path, roles: tuple[str, ...] = ("user", "item"), vocabs=None) -> tuple[np.ndarray, ...]:
-    """Id columns of a CSV (or tab-separated) file whose header names them: users to rank, (user, item) pairs
-    to predict.
+    """Id columns of a CSV (or tab-separated) file whose header names them: users to rank, pairs to predict.
 
-    Parameters
-    ----------
-    path : str or Path
-        Header naming a column per role (the names :func:`read_ratings`
-        accepts, e.g. ``user``/``userId``, ``item``/``movieId``); other
-        columns (a rating, say) are ignored.
-    roles : tuple of {"user", "item"}
-    vocabs : tuple of Vocabulary or None, optional
-        A model's vocabularies, one per role: ids are read as their type
-        (integers or strings). Ids they lack are kept (the caller decides:
-        a cold start, for predict and recommend).
-
-    Returns
-    -------
-    tuple of arrays, shape (n,) each, one per role
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        No file; an empty or binary file, no header naming a role, a
-        missing field or a non-integer id for an integer vocabulary (each
-        naming the file and line).
+    ``roles``: of ``"user"``, ``"item"`` (columns named as :func:`read_ratings` accepts, e.g. ``userId``,
+    ``movieId``; others ignored). ``vocabs``: a model's vocabularies, one per role, whose id types the ids take;
+    ids they lack are kept (predict and recommend give them the cold-start prior). Returns an array (n,) per
+    role. No file: ``FileNotFoundError``; an empty file, no column for a role, a missing field or a non-integer
+    id for integer ids: ``ValueError`` naming the file and line.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no file at {path}")
-    description = "a header naming " + " and ".join(roles) + " columns, and an id per line"
-    line, first = _first_line(path)
-    sep = "\t" if "\t" in line and "," not in line else ","
-    # As text: a string id such as "007" stays itself (pandas would read 7, or 7.0 beside a blank line).
-    frame = _read_table(path, sep, True, len(line.split(sep)), description, skiprows=first - 1, dtype=str)
-    found = [pick_column(frame.columns, _ACCEPTED[role], role, path) for role in roles]
-    frame = frame[found]
-    frame.columns = list(roles)
-    if frame.shape[0] == 0:
-        raise ValueError(f"{path}: the file has a header and no ids; expected {description}")
-    frame = _check_complete(path, frame, list(roles), first + 1, description)
-    out = []
-    for role, vocab in zip(roles, vocabs or (None,) * len(roles)):
-        if vocab is not None and vocab.is_string:
-            out.append(frame[role].astype(str).str.strip().to_numpy(dtype=object))
-        else:
-            what = f"{role} id" + ("" if vocab is None else " (this model's ids are integers)")
-            out.append(normalize_ids(_numeric_column(path, frame, role, what, ids=vocab is None), f"{role} ids"))
-    return tuple(out)
+    path, frame = _header_table(path, tuple(roles), "a header naming " + " and ".join(roles) + " columns, and an "
+                                "id in each on every line", "no file at")
+    return tuple(_ids(path, frame, role, vocab) for role, vocab in zip(roles, vocabs or (None,) * len(roles)))
 
 
 # --- ratings and pairs from what a user has in hand -------------------------------------------------
