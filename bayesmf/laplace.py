@@ -181,7 +181,7 @@ def block_variances(chol: Array, design: Array) -> Array:
     ``P_u``, (U, d, d)), float32, shape (U, M).
 
     As ``|C_u^{-1} r_v|^2`` (``P_u = C_u C_u^T``): a sum of squares, so a
-    small variance keeps its relative precision (within 4e-7 of
+    small variance keeps its relative precision (within 3e-7 of
     :func:`pair_variances` on the test posterior).
     """
     eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
