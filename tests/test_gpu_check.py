@@ -58,3 +58,6 @@ def test_paths_child_times_the_map_loop_against_optax_zoom():
         assert np.isfinite(paths[key]), key
     assert paths["zoom_map_tuning_fits"] > 0
     assert abs(paths["map_rmse"] - paths["zoom_map_rmse"]) < 0.02
+    # The MAP model's batched Laplace ranking, checked against one user at a time (equal on the CPU, bit for bit).
+    assert paths["map_laplace_lcb_equal_to_per_user"] and paths["map_laplace_thompson_equal_to_per_user"]
+    assert paths["map_laplace_lcb_seconds"] > 0 and paths["map_laplace_thompson_seconds"] > 0
