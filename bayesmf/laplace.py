@@ -51,6 +51,12 @@ class TrainRows(NamedTuple):
     items: np.ndarray  # (nnz,) movie indices, each user's in training order
 
 
+def csr_rows(user_index: np.ndarray, item_index: np.ndarray, num_users: int) -> TrainRows:
+    """Each user's movies of rating pairs (user_index, item_index (nnz,)), in their order."""
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(user_index, minlength=num_users))])
+    return TrainRows(indptr, np.asarray(item_index)[stable_order(user_index, num_users)])
+
+
 def train_rows(train, only: int | None = None) -> TrainRows:
     """The CSR of :class:`bayesmf.data.Ratings` (its indices are the estimate's); with ``only``, that user's row
     alone (one scan, not a sort: the others are empty)."""
@@ -60,8 +66,7 @@ def train_rows(train, only: int | None = None) -> TrainRows:
         indptr = np.zeros(train.num_users + 1, np.int64)
         indptr[only + 1 :] = items.size
         return TrainRows(indptr, items)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=train.num_users))])
-    return TrainRows(indptr, i[stable_order(u, train.num_users)])
+    return csr_rows(u, i, train.num_users)
 
 
 def _rows(train, users: np.ndarray) -> TrainRows:

@@ -86,7 +86,7 @@ from scipy.special import ndtr
 from tqdm.auto import tqdm
 
 from bayesmf import laplace, metrics
-from bayesmf.arrays import next_pow2, stable_order
+from bayesmf.arrays import next_pow2
 from bayesmf.choices import SPREADS, STRATEGIES
 from bayesmf.model import Params, augmented_factors, pair_mean
 from bayesmf.ordinal_model import star_grid
@@ -343,15 +343,13 @@ def _masked_top(scores: Array, valid: Array, size: int) -> tuple[Array, Array]:
     return jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), size)
 
 
-def _seen_lists(posterior) -> tuple[np.ndarray, np.ndarray]:
+def _seen_lists(posterior) -> laplace.TrainRows:
     """Training movies of every user over the posterior's indices, CSR: indptr (N + 1,), item index (nnz,)."""
     train = posterior.train
     u = np.asarray(posterior.user_vocab.index(train.user_vocab.ids, missing="flag"))[np.asarray(train.user_index)]
     i = np.asarray(posterior.item_vocab.index(train.item_vocab.ids, missing="flag"))[np.asarray(train.item_index)]
     keep = (u >= 0) & (i >= 0)
-    u, i = u[keep], i[keep]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=len(posterior.user_vocab)))])
-    return indptr, i[stable_order(u, len(posterior.user_vocab))]
+    return laplace.csr_rows(u[keep], i[keep], len(posterior.user_vocab))
 
 
 def _valid(user_index: np.ndarray, candidate: np.ndarray, seen) -> np.ndarray:
@@ -391,7 +389,7 @@ class _Laplace(NamedTuple):
 
 def _laplace_of(posterior, user_index, rng_key, positions, single, strategy) -> _Laplace:
     point = jax.tree.map(lambda x: jnp.asarray(x[0]), posterior.flat_draws())
-    rows = laplace.TrainRows(*_seen_lists(posterior))
+    rows = _seen_lists(posterior)
     noise = None
     if strategy == "thompson":  # sample_means splits each user's key: the draw's choice, then the row draw
         keys = jax.vmap(lambda key: jax.random.split(key)[1])(_user_keys(rng_key, positions, single))
@@ -468,7 +466,7 @@ def _laplace_block(dev: _Draws, lap: _Laplace, factors, rows, user_index, strate
         return _thompson_block(factors + jnp.asarray(lap.noise[rows]), dev.item_factors, dev.item_offsets,
                                jnp.zeros(rows.shape[0], jnp.int32))
     var = laplace.block_variances(laplace.user_factors(lap.point, lap.rows, user_index[rows])[1], design)
-    mean = factors @ design.T + dev.item_offsets[0]
+    mean = _mean_block(factors, design, dev.item_offsets)
     if strategy == "prob_above":
         return device_ndtr((mean - jnp.float32(threshold)) / jnp.sqrt(var + noise_var))
     return _bound_block(mean, var, noise_var, jnp.float32(beta if strategy == "ucb" else -beta), spread == "predictive")
